@@ -1,0 +1,239 @@
+/* cmd_generate.c - `inferencecenter generate`: load a model, stream one
+ * completion to stdout, print timings to stderr.
+ *
+ * Runs on the main thread and drives the engine directly (no scheduler):
+ * one sequence, prompt in chunks of the batch size, then one token per
+ * decode.
+ */
+#include "buf.h"
+#include "cmd.h"
+#include "engine.h"
+#include "err.h"
+#include "log.h"
+#include "utf8.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct gen_args {
+    const char *model;
+    const char *prompt;
+    int max_tokens;
+    int n_threads;
+    int n_gpu_layers;
+    int n_ctx_tokens;
+    ic_sample_params sample;
+} gen_args;
+
+static const char usage[] =
+    "usage: inferencecenter generate --model PATH --prompt TEXT [options]\n"
+    "\n"
+    "Streams the model's continuation of TEXT to stdout; timings go to stderr.\n"
+    "\n"
+    "  -m, --model PATH       GGUF model file (required)\n"
+    "  -p, --prompt TEXT      prompt text (required)\n"
+    "  -n, --max-tokens N     tokens to generate (default 128)\n"
+    "  -t, --temperature T    sampling temperature, 0 = greedy (default 0.8)\n"
+    "  -s, --seed S           sampling seed (default random)\n"
+    "      --top-k N          (default 40)\n"
+    "      --top-p P          (default 0.95)\n"
+    "      --min-p P          (default 0.05)\n"
+    "      --repeat-penalty R (default 1.0, off)\n"
+    "      --repeat-last-n N  (default 64)\n"
+    "      --threads N        CPU threads (default: all cores)\n"
+    "      --gpu-layers N     layers to offload to the GPU (default 0; -1 = all)\n"
+    "      --ctx-size N       context tokens (default: the model's training context)\n"
+    "  -h, --help             this help\n";
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Parses an integer option; returns 0 or IC_ERR_INVAL. */
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
+        return IC_ERR_INVAL;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *s, float lo, float hi, float *out)
+{
+    char *end;
+    float v = strtof(s, &end);
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
+        return IC_ERR_INVAL;
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, gen_args *a)
+{
+    enum { O_TOPK = 256, O_TOPP, O_MINP, O_RPEN, O_RLAST, O_THREADS, O_GPU, O_CTX };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
+        {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, 't'},
+        {"seed", required_argument, 0, 's'},    {"top-k", required_argument, 0, O_TOPK},
+        {"top-p", required_argument, 0, O_TOPP}, {"min-p", required_argument, 0, O_MINP},
+        {"repeat-penalty", required_argument, 0, O_RPEN},
+        {"repeat-last-n", required_argument, 0, O_RLAST},
+        {"threads", required_argument, 0, O_THREADS},
+        {"gpu-layers", required_argument, 0, O_GPU}, {"ctx-size", required_argument, 0, O_CTX},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0},
+    };
+    int c, seed = -1, rc = 0;
+    optind = 1;
+    while (rc == 0 && (c = getopt_long(argc, argv, "m:p:n:t:s:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case 'p': a->prompt = optarg; break;
+        case 'n': rc = parse_int(optarg, 1, 1 << 20, &a->max_tokens); break;
+        case 't': rc = parse_float(optarg, 0.0f, 100.0f, &a->sample.temperature); break;
+        case 's': rc = parse_int(optarg, 0, INT32_MAX, &seed); break;
+        case O_TOPK: rc = parse_int(optarg, 0, 1 << 20, &a->sample.top_k); break;
+        case O_TOPP: rc = parse_float(optarg, 0.0f, 1.0f, &a->sample.top_p); break;
+        case O_MINP: rc = parse_float(optarg, 0.0f, 1.0f, &a->sample.min_p); break;
+        case O_RPEN: rc = parse_float(optarg, 0.01f, 10.0f, &a->sample.repeat_penalty); break;
+        case O_RLAST: rc = parse_int(optarg, -1, 1 << 20, &a->sample.repeat_last_n_tokens); break;
+        case O_THREADS: rc = parse_int(optarg, 1, 1024, &a->n_threads); break;
+        case O_GPU: rc = parse_int(optarg, -1, 100000, &a->n_gpu_layers); break;
+        case O_CTX: rc = parse_int(optarg, 16, 1 << 24, &a->n_ctx_tokens); break;
+        case 'h': fputs(usage, stdout); return 1;
+        default: return IC_ERR_INVAL;
+        }
+        if (rc < 0)
+            fprintf(stderr, "inferencecenter generate: invalid value '%s' for %s\n", optarg,
+                    argv[optind - 1]);
+    }
+    if (rc == 0 && optind < argc) {
+        fprintf(stderr, "inferencecenter generate: unexpected argument '%s'\n", argv[optind]);
+        rc = IC_ERR_INVAL;
+    }
+    if (rc == 0 && (!a->model || !a->prompt)) {
+        fprintf(stderr, "inferencecenter generate: --model and --prompt are required\n");
+        rc = IC_ERR_INVAL;
+    }
+    if (seed >= 0)
+        a->sample.seed = (uint32_t)seed;
+    return rc;
+}
+
+/* Decodes the prompt in chunks of the batch size; the last token's logits
+ * are requested. Returns 0 or an ic_err. */
+static int decode_prompt(ic_engine *e, const ic_token *toks, int n, int batch)
+{
+    for (int i = 0; i < n; i += batch) {
+        int end = i + batch < n ? i + batch : n;
+        ic_engine_batch_clear(e);
+        for (int j = i; j < end; j++)
+            ic_engine_batch_add(e, toks[j], j, 0, j == n - 1);
+        int rc = ic_engine_decode(e);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Writes a token's text to stdout through the UTF-8 repair stream. */
+static void emit(const ic_engine *e, ic_token tok, ic_utf8_stream *u, ic_buf *out)
+{
+    char piece[256];
+    int n = ic_engine_token_piece(e, tok, piece, sizeof piece);
+    ic_buf_clear(out);
+    if (n > 0)
+        ic_utf8_push(u, piece, (size_t)n, out);
+    if (out->len) {
+        fwrite(out->data, 1, out->len, stdout);
+        fflush(stdout);
+    }
+}
+
+static int generate(ic_engine *e, const gen_args *a)
+{
+    ic_engine_info info;
+    ic_engine_get_info(e, &info);
+    ic_token *toks = NULL;
+    int n_prompt = 0, rc;
+    double t0 = now_ms();
+    rc = ic_engine_tokenize(e, a->prompt, strlen(a->prompt), true, false, &toks, &n_prompt);
+    if (rc == 0 && n_prompt + a->max_tokens > (int)info.n_ctx_tokens) {
+        fprintf(stderr, "inferencecenter generate: prompt (%d tokens) + --max-tokens (%d) "
+                        "exceed the context (%u tokens)\n",
+                n_prompt, a->max_tokens, info.n_ctx_tokens);
+        free(toks);
+        return IC_ERR_PROMPT_TOO_LONG;
+    }
+    ic_sampler *smp = NULL;
+    rc = rc ? rc : ic_engine_sampler_create(e, &a->sample, &smp);
+    rc = rc ? rc : decode_prompt(e, toks, n_prompt, (int)info.n_batch_tokens);
+    ic_utf8_stream u;
+    ic_utf8_reset(&u);
+    ic_buf out = {0};
+    double t_first = 0, t_last = 0;
+    int n_gen = 0, idx = -1;
+    while (rc == 0 && n_gen < a->max_tokens) {
+        ic_token tok = ic_engine_sample(e, smp, idx);
+        t_last = now_ms();
+        if (n_gen++ == 0)
+            t_first = t_last;
+        if (ic_engine_token_is_eog(e, tok))
+            break;
+        emit(e, tok, &u, &out);
+        if (n_gen == a->max_tokens)
+            break;
+        ic_engine_batch_clear(e);
+        idx = ic_engine_batch_add(e, tok, n_prompt + n_gen - 1, 0, true);
+        rc = ic_engine_decode(e);
+    }
+    ic_buf_clear(&out);
+    ic_utf8_flush(&u, &out);
+    fwrite(out.data ? out.data : "", 1, out.len, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    ic_buf_free(&out);
+    if (rc == 0) {
+        double gen_s = (t_last - t_first) / 1e3;
+        fprintf(stderr, "prompt tokens: %d\ngenerated tokens: %d\ntime to first token: %.1f ms\n"
+                        "tokens/s: %.2f\n",
+                n_prompt, n_gen, t_first - t0, n_gen > 1 && gen_s > 0 ? (n_gen - 1) / gen_s : 0.0);
+    }
+    ic_engine_sampler_destroy(smp);
+    free(toks);
+    return rc;
+}
+
+int ic_cmd_generate(int argc, char **argv)
+{
+    gen_args a = {.max_tokens = 128, .n_ctx_tokens = 0, .sample = ic_sample_params_default()};
+    int rc = parse_args(argc, argv, &a);
+    if (rc != 0)
+        return rc > 0 ? 0 : 2;
+    ic_engine_global_init();
+    ic_engine_opts eo = ic_engine_opts_default();
+    eo.model_path = a.model;
+    eo.n_threads = a.n_threads;
+    eo.n_gpu_layers = a.n_gpu_layers;
+    eo.n_ctx_tokens = (uint32_t)a.n_ctx_tokens;
+    eo.progress = true;
+    ic_engine *e = NULL;
+    const char *why = NULL;
+    rc = ic_engine_create(&eo, &e, &why);
+    if (rc < 0) {
+        fprintf(stderr, "inferencecenter: error: %s: %s\n", a.model, why);
+        return 1;
+    }
+    rc = generate(e, &a);
+    if (rc < 0 && rc != IC_ERR_PROMPT_TOO_LONG)
+        fprintf(stderr, "inferencecenter: error: %s\n", ic_strerror(rc));
+    ic_engine_destroy(e);
+    return rc < 0 ? 1 : 0;
+}

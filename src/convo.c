@@ -1,0 +1,178 @@
+/* convo.c - conversation text and turn tokens (see convo.h). Scheduler
+ * thread only.
+ */
+#include "convo.h"
+#include "buf.h"
+#include "err.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum convo_mode { MODE_NONE, MODE_CHAT, MODE_RAW };
+
+typedef struct msg {
+    char *role;              /* static string: "system", "user", "assistant" */
+    char *content;           /* owned */
+} msg;
+
+struct ic_convo {
+    char *system;            /* owned, or NULL */
+    enum convo_mode mode;
+    msg *msgs;               /* chat turns, system first when there is one */
+    size_t n_msgs, cap_msgs;
+    ic_buf raw;              /* raw mode: the whole text so far */
+    size_t raw_committed;    /* raw mode: bytes of raw before the open turn */
+    bool turn_open;
+};
+
+int ic_convo_create(const char *system_prompt, ic_convo **out)
+{
+    ic_convo *c = calloc(1, sizeof *c);
+    if (!c)
+        return IC_ERR_NOMEM;
+    if (system_prompt && *system_prompt && !(c->system = strdup(system_prompt))) {
+        free(c);
+        return IC_ERR_NOMEM;
+    }
+    *out = c;
+    return 0;
+}
+
+void ic_convo_destroy(ic_convo *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_msgs; i++)
+        free(c->msgs[i].content);
+    free(c->msgs);
+    free(c->system);
+    ic_buf_free(&c->raw);
+    free(c);
+}
+
+const char *ic_convo_system(const ic_convo *c) { return c->system; }
+
+static int push_msg(ic_convo *c, const char *role, const char *content, size_t len)
+{
+    if (c->n_msgs == c->cap_msgs) {
+        size_t cap = c->cap_msgs ? c->cap_msgs * 2 : 8;
+        msg *m = realloc(c->msgs, cap * sizeof *m);
+        if (!m)
+            return IC_ERR_NOMEM;
+        c->msgs = m;
+        c->cap_msgs = cap;
+    }
+    char *copy = strndup(content, len);
+    if (!copy)
+        return IC_ERR_NOMEM;
+    c->msgs[c->n_msgs++] = (msg){.role = (char *)role, .content = copy};
+    return 0;
+}
+
+/* Formats the chat so far (ending with the open user turn) with the
+ * assistant's turn opened. */
+static int format_chat(const ic_convo *c, const ic_engine *e, char **out)
+{
+    ic_chat_msg *cm = malloc((c->n_msgs ? c->n_msgs : 1) * sizeof *cm);
+    if (!cm)
+        return IC_ERR_NOMEM;
+    for (size_t i = 0; i < c->n_msgs; i++)
+        cm[i] = (ic_chat_msg){.role = c->msgs[i].role, .content = c->msgs[i].content};
+    int rc = ic_engine_chat_format(e, cm, c->n_msgs, true, out);
+    free(cm);
+    return rc;
+}
+
+static int open_turn(ic_convo *c, const char *prompt, bool raw, const char **why)
+{
+    enum convo_mode want = raw ? MODE_RAW : MODE_CHAT;
+    if (c->mode != MODE_NONE && c->mode != want) {
+        *why = raw ? "this session is a chat; raw prompts need a new session"
+                   : "this session holds raw text; chat prompts need a new session";
+        return IC_ERR_INVAL;
+    }
+    if (c->mode == MODE_NONE) {
+        c->mode = want;
+        int rc = 0;
+        if (c->system && raw)
+            rc = ic_buf_append(&c->raw, c->system, strlen(c->system));
+        else if (c->system)
+            rc = push_msg(c, "system", c->system, strlen(c->system));
+        if (rc < 0)
+            return rc;
+    }
+    if (raw) {
+        c->raw_committed = c->raw.len;
+        return ic_buf_append(&c->raw, prompt, strlen(prompt));
+    }
+    return push_msg(c, "user", prompt, strlen(prompt));
+}
+
+int ic_convo_begin_turn(ic_convo *c, const ic_engine *e, const char *prompt, bool raw,
+                        ic_token **toks, int *n_toks, const char **why)
+{
+    static const char *unused;
+    if (!why)
+        why = &unused;
+    *toks = NULL;
+    *n_toks = 0;
+    if (c->turn_open)
+        ic_convo_cancel_turn(c);
+    int rc = open_turn(c, prompt, raw, why);
+    if (rc < 0)
+        return rc;
+    c->turn_open = true;
+    if (raw) {
+        rc = ic_engine_tokenize(e, c->raw.data, c->raw.len, true, false, toks, n_toks);
+    } else {
+        char *text = NULL;
+        rc = format_chat(c, e, &text);
+        if (rc == 0)
+            rc = ic_engine_tokenize(e, text, strlen(text), true, true, toks, n_toks);
+        free(text);
+    }
+    if (rc < 0)
+        ic_convo_cancel_turn(c);
+    return rc;
+}
+
+int ic_convo_end_turn(ic_convo *c, const char *reply, size_t len)
+{
+    if (!c->turn_open)
+        return 0;
+    c->turn_open = false;
+    if (c->mode == MODE_RAW)
+        return ic_buf_append(&c->raw, reply, len);
+    return push_msg(c, "assistant", reply, len);
+}
+
+void ic_convo_cancel_turn(ic_convo *c)
+{
+    if (!c->turn_open)
+        return;
+    c->turn_open = false;
+    if (c->mode == MODE_RAW) {
+        c->raw.len = c->raw_committed;
+        if (c->raw.data)
+            c->raw.data[c->raw.len] = '\0';
+    } else if (c->n_msgs > 0) {
+        free(c->msgs[--c->n_msgs].content);
+    }
+}
+
+int ic_convo_system_tokens(const ic_convo *c, const ic_engine *e, ic_token **toks, int *n_toks)
+{
+    *toks = NULL;
+    *n_toks = 0;
+    if (!c->system)
+        return 0;
+    if (c->mode == MODE_RAW)
+        return ic_engine_tokenize(e, c->system, strlen(c->system), true, false, toks, n_toks);
+    ic_chat_msg sys = {.role = "system", .content = c->system};
+    char *text = NULL;
+    int rc = ic_engine_chat_format(e, &sys, 1, false, &text);
+    if (rc == 0)
+        rc = ic_engine_tokenize(e, text, strlen(text), true, true, toks, n_toks);
+    free(text);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/* convo.h - one session's conversation as text, and the token sequence
+ * that the next turn must put in the KV cache.
+ *
+ * A conversation is either chat (turns formatted with the model's template)
+ * or raw (plain text appended as is); the first turn decides. The token
+ * sequence of a turn is the whole conversation re-tokenized; the scheduler
+ * keeps what the KV cache already holds of it and decodes only the rest.
+ * Owned by the scheduler thread.
+ */
+#ifndef IC_CONVO_H
+#define IC_CONVO_H
+
+#include "engine.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct ic_convo ic_convo;
+
+/* Creates an empty conversation with an optional system prompt (copied).
+ * Returns 0 or IC_ERR_NOMEM. */
+int ic_convo_create(const char *system_prompt, ic_convo **out);
+
+/* NULL is ok. */
+void ic_convo_destroy(ic_convo *c);
+
+/* The system prompt, or NULL. */
+const char *ic_convo_system(const ic_convo *c);
+
+/* Starts a turn: returns in *toks (malloc'd, caller frees) the tokens of the
+ * whole conversation with prompt as its next turn, ready for the reply.
+ * Returns 0, IC_ERR_INVAL (raw and chat mixed in one session; *why says
+ * so), IC_ERR_TEMPLATE, IC_ERR_TOKENIZE or IC_ERR_NOMEM. */
+int ic_convo_begin_turn(ic_convo *c, const ic_engine *e, const char *prompt, bool raw,
+                        ic_token **toks, int *n_toks, const char **why);
+
+/* Ends the turn begun last with the reply text the client received. */
+int ic_convo_end_turn(ic_convo *c, const char *reply, size_t len);
+
+/* Forgets the turn begun last (it was refused). */
+void ic_convo_cancel_turn(ic_convo *c);
+
+/* Tokens of the system prompt as the conversation starts with it (for
+ * sharing its KV cells between sessions). *n_toks is 0 without one. */
+int ic_convo_system_tokens(const ic_convo *c, const ic_engine *e, ic_token **toks, int *n_toks);
+
+#endif

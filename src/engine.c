@@ -1,0 +1,447 @@
+/* engine.c - model, context, batch, tokens, chat format and samplers on
+ * llama.cpp's C API. The only file that includes llama.h.
+ *
+ * Thread: whichever thread created the engine (see engine.h). Owns the
+ * llama_model, the llama_context and the llama_batch.
+ */
+#include "engine.h"
+#include "buf.h"
+#include "err.h"
+#include "log.h"
+
+#include <llama.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct ic_engine {
+    struct llama_model *model;
+    struct llama_context *ctx;
+    const struct llama_vocab *vocab;
+    struct llama_batch batch;     /* n_batch_tokens slots, one seq id each */
+    int batch_cap_tokens;
+    const char *chat_template;    /* owned by the model; NULL = fallback */
+    struct llama_logit_bias *eog_bias; /* -inf for every EOG token */
+    int n_eog;
+    ic_engine_info info;
+};
+
+struct ic_sampler {
+    struct llama_sampler *chain;
+};
+
+ic_engine_opts ic_engine_opts_default(void)
+{
+    return (ic_engine_opts){
+        .model_path = NULL,
+        .n_gpu_layers = 0,
+        .n_threads = 0,
+        .n_ctx_tokens = 4096,
+        .n_seq_max = 1,
+        .n_batch_tokens = 512,
+        .kv_unified = true,
+        .progress = false,
+    };
+}
+
+ic_sample_params ic_sample_params_default(void)
+{
+    return (ic_sample_params){
+        .temperature = 0.8f,
+        .top_k = 40,
+        .top_p = 0.95f,
+        .min_p = 0.05f,
+        .repeat_penalty = 1.0f,
+        .repeat_last_n_tokens = 64,
+        .seed = LLAMA_DEFAULT_SEED,
+    };
+}
+
+/* llama.cpp logs in fragments (GGML_LOG_LEVEL_CONT continues a line); join
+ * them per thread and hand whole lines to ic_log at debug level, so that a
+ * failed load prints our one clear line and not llama's internals. */
+static void llama_log_to_ic(enum ggml_log_level level, const char *text, void *ud)
+{
+    (void)level;
+    (void)ud;
+    static _Thread_local char line[1024];
+    static _Thread_local size_t len;
+    for (const char *p = text; *p; p++) {
+        if (*p == '\n' || len == sizeof line - 1) {
+            line[len] = '\0';
+            if (len)
+                ic_log_debug("llama: %s", line);
+            len = 0;
+            if (*p == '\n')
+                continue;
+        }
+        line[len++] = *p;
+    }
+}
+
+void ic_engine_global_init(void)
+{
+    llama_log_set(llama_log_to_ic, NULL);
+    llama_backend_init();
+}
+
+static bool draw_progress(float progress, void *ud)
+{
+    int *last = ud;
+    int pct = (int)(progress * 100.0f);
+    if (pct == *last)
+        return true;
+    *last = pct;
+    char bar[41];
+    int fill = pct * 40 / 100;
+    for (int i = 0; i < 40; i++)
+        bar[i] = i < fill ? '#' : ' ';
+    bar[40] = '\0';
+    fprintf(stderr, "\rloading model [%s] %3d%%%s", bar, pct, pct >= 100 ? "\n" : "");
+    fflush(stderr);
+    return true;
+}
+
+/* Checks the file before llama.cpp sees it, so that the common mistakes get
+ * a precise message. */
+static int check_model_file(const char *path, uint64_t *size, const char **errmsg)
+{
+    struct stat st;
+    if (!path || stat(path, &st) != 0) {
+        *errmsg = errno == EACCES ? "model file is not readable" : "model file does not exist";
+        return IC_ERR_IO;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *errmsg = "model path is not a regular file";
+        return IC_ERR_IO;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *errmsg = "model file is not readable";
+        return IC_ERR_IO;
+    }
+    char magic[4] = {0};
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    if (n != 4 || memcmp(magic, "GGUF", 4) != 0) {
+        *errmsg = "model file is not a GGUF file (bad magic)";
+        return IC_ERR_MODEL;
+    }
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+static void fill_info(ic_engine *e, const ic_engine_opts *opts, uint64_t file_bytes)
+{
+    ic_engine_info *in = &e->info;
+    if (llama_model_meta_val_str(e->model, "general.name", in->name, sizeof in->name) < 0)
+        llama_model_desc(e->model, in->name, sizeof in->name);
+    in->n_params = llama_model_n_params(e->model);
+    in->size_bytes = llama_model_size(e->model);
+    in->file_bytes = file_bytes;
+    in->n_ctx_train_tokens = llama_model_n_ctx_train(e->model);
+    in->n_layer = llama_model_n_layer(e->model);
+    in->n_vocab = llama_vocab_n_tokens(e->vocab);
+    in->has_chat_template = e->chat_template != NULL;
+    in->n_ctx_tokens = llama_n_ctx(e->ctx);
+    in->n_seq_max = llama_n_seq_max(e->ctx);
+    in->n_batch_tokens = llama_n_batch(e->ctx);
+    in->n_gpu_layers = opts->n_gpu_layers;
+    in->kv_unified = opts->kv_unified;
+}
+
+/* Lists the end-of-generation tokens once, for samplers that ban them. */
+static int collect_eog(ic_engine *e)
+{
+    int n_vocab = llama_vocab_n_tokens(e->vocab), n = 0;
+    for (int t = 0; t < n_vocab; t++)
+        n += llama_vocab_is_eog(e->vocab, t);
+    e->eog_bias = calloc(n ? (size_t)n : 1, sizeof *e->eog_bias);
+    if (!e->eog_bias)
+        return IC_ERR_NOMEM;
+    for (int t = 0; t < n_vocab; t++) {
+        if (llama_vocab_is_eog(e->vocab, t))
+            e->eog_bias[e->n_eog++] = (struct llama_logit_bias){.token = t, .bias = -INFINITY};
+    }
+    return 0;
+}
+
+static int create_context(ic_engine *e, const ic_engine_opts *opts, const char **errmsg)
+{
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = opts->n_ctx_tokens;
+    cp.n_batch = opts->n_batch_tokens;
+    cp.n_ubatch = opts->n_batch_tokens;
+    cp.n_seq_max = opts->n_seq_max;
+    int threads = opts->n_threads > 0 ? opts->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    cp.n_threads = threads;
+    cp.n_threads_batch = threads;
+    cp.kv_unified = opts->kv_unified;
+    cp.no_perf = true;
+    e->ctx = llama_init_from_model(e->model, cp);
+    if (!e->ctx) {
+        *errmsg = "could not create the inference context (not enough memory for the KV cache?)";
+        return IC_ERR_CONTEXT;
+    }
+    e->batch_cap_tokens = (int)llama_n_batch(e->ctx);
+    e->batch = llama_batch_init(e->batch_cap_tokens, 0, 1);
+    return 0;
+}
+
+int ic_engine_create(const ic_engine_opts *opts, ic_engine **out, const char **errmsg)
+{
+    static const char *unused;
+    if (!errmsg)
+        errmsg = &unused;
+    *out = NULL;
+    uint64_t file_bytes = 0;
+    int rc = check_model_file(opts->model_path, &file_bytes, errmsg);
+    if (rc < 0)
+        return rc;
+    ic_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        *errmsg = "out of memory";
+        return IC_ERR_NOMEM;
+    }
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = opts->n_gpu_layers;
+    int last_pct = -1;
+    if (opts->progress && isatty(STDERR_FILENO)) {
+        mp.progress_callback = draw_progress;
+        mp.progress_callback_user_data = &last_pct;
+    }
+    e->model = llama_model_load_from_file(opts->model_path, mp);
+    if (!e->model) {
+        *errmsg = "could not load the model (truncated, corrupt or unsupported GGUF)";
+        free(e);
+        return IC_ERR_MODEL;
+    }
+    e->vocab = llama_model_get_vocab(e->model);
+    e->chat_template = llama_model_chat_template(e->model, NULL);
+    rc = create_context(e, opts, errmsg);
+    if (rc == 0 && collect_eog(e) < 0) {
+        *errmsg = "out of memory";
+        rc = IC_ERR_NOMEM;
+    }
+    if (rc < 0) {
+        ic_engine_destroy(e);
+        return rc;
+    }
+    fill_info(e, opts, file_bytes);
+    *out = e;
+    return 0;
+}
+
+void ic_engine_destroy(ic_engine *e)
+{
+    if (!e)
+        return;
+    if (e->ctx) {
+        llama_batch_free(e->batch);
+        llama_free(e->ctx);
+    }
+    llama_model_free(e->model);
+    free(e->eog_bias);
+    free(e);
+}
+
+void ic_engine_get_info(const ic_engine *e, ic_engine_info *out) { *out = e->info; }
+
+int ic_engine_tokenize(const ic_engine *e, const char *text, size_t len, bool add_bos,
+                       bool special, ic_token **tokens, int *n_tokens)
+{
+    *tokens = NULL;
+    *n_tokens = 0;
+    if (len > INT32_MAX / 2)
+        return IC_ERR_TOKENIZE;
+    bool bos = add_bos && llama_vocab_get_add_bos(e->vocab);
+    /* A token covers at least one byte, plus BOS/EOS. */
+    int cap = (int)len + 2;
+    ic_token *buf = malloc((size_t)cap * sizeof *buf);
+    if (!buf)
+        return IC_ERR_NOMEM;
+    int n = llama_tokenize(e->vocab, text, (int32_t)len, buf, cap, bos, special);
+    if (n < 0) {
+        free(buf);
+        return IC_ERR_TOKENIZE;
+    }
+    *tokens = buf;
+    *n_tokens = n;
+    return 0;
+}
+
+int ic_engine_token_piece(const ic_engine *e, ic_token tok, char *buf, size_t cap)
+{
+    int n = llama_token_to_piece(e->vocab, tok, buf, (int32_t)cap, 0, false);
+    return n < 0 ? IC_ERR_INVAL : n;
+}
+
+bool ic_engine_token_is_eog(const ic_engine *e, ic_token tok)
+{
+    return llama_vocab_is_eog(e->vocab, tok);
+}
+
+/* Plain text for models without a template; an assistant turn ends with a
+ * newline so the next turn's text starts cleanly after generated text. */
+static int fallback_format(const ic_chat_msg *msgs, size_t n, bool add_assistant, char **out)
+{
+    ic_buf b = {0};
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const char *role = msgs[i].role;
+        const char *c = msgs[i].content;
+        if (strcmp(role, "system") == 0) {
+            rc = ic_buf_append(&b, c, strlen(c));
+            rc = rc ? rc : ic_buf_append(&b, "\n\n", 2);
+        } else {
+            const char *label = strcmp(role, "assistant") == 0 ? "Assistant:" : "User: ";
+            rc = ic_buf_append(&b, label, strlen(label));
+            rc = rc ? rc : ic_buf_append(&b, c, strlen(c));
+            rc = rc ? rc : ic_buf_append(&b, "\n", 1);
+        }
+    }
+    if (rc == 0 && add_assistant)
+        rc = ic_buf_append(&b, "Assistant:", 10);
+    if (rc < 0) {
+        ic_buf_free(&b);
+        return rc;
+    }
+    *out = ic_buf_take(&b);
+    return *out ? 0 : IC_ERR_NOMEM;
+}
+
+int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
+                          bool add_assistant, char **out)
+{
+    *out = NULL;
+    if (!e->chat_template)
+        return fallback_format(msgs, n, add_assistant, out);
+    struct llama_chat_message *lm = calloc(n ? n : 1, sizeof *lm);
+    if (!lm)
+        return IC_ERR_NOMEM;
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++) {
+        lm[i].role = msgs[i].role;
+        lm[i].content = msgs[i].content;
+        need += strlen(msgs[i].content) + 64;
+    }
+    int cap = (int)need + 256;
+    char *buf = malloc((size_t)cap);
+    int len = buf ? llama_chat_apply_template(e->chat_template, lm, n, add_assistant, buf, cap) : -1;
+    if (buf && len >= cap) {
+        cap = len + 1;
+        char *p = realloc(buf, (size_t)cap);
+        buf = p ? p : (free(buf), NULL);
+        len = buf ? llama_chat_apply_template(e->chat_template, lm, n, add_assistant, buf, cap) : -1;
+    }
+    free(lm);
+    if (!buf)
+        return IC_ERR_NOMEM;
+    if (len < 0) {
+        /* A Jinja-only template this llama.cpp cannot apply without common/. */
+        free(buf);
+        return fallback_format(msgs, n, add_assistant, out);
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return 0;
+}
+
+void ic_engine_batch_clear(ic_engine *e) { e->batch.n_tokens = 0; }
+
+int ic_engine_batch_size(const ic_engine *e) { return e->batch.n_tokens; }
+
+int ic_engine_batch_add(ic_engine *e, ic_token tok, int32_t pos, int seq, bool logits)
+{
+    struct llama_batch *b = &e->batch;
+    int i = b->n_tokens;
+    if (i >= e->batch_cap_tokens)
+        return IC_ERR_INVAL;
+    b->token[i] = tok;
+    b->pos[i] = pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+    b->n_tokens++;
+    return i;
+}
+
+int ic_engine_decode(ic_engine *e)
+{
+    int rc = llama_decode(e->ctx, e->batch);
+    if (rc == 0)
+        return 0;
+    if (rc == 1)
+        return IC_ERR_CONTEXT_FULL;
+    ic_log_error("llama_decode failed with code %d on a batch of %d tokens", rc,
+                 e->batch.n_tokens);
+    return IC_ERR_DECODE;
+}
+
+void ic_engine_seq_rm(ic_engine *e, int seq, int32_t p0, int32_t p1)
+{
+    llama_memory_seq_rm(llama_get_memory(e->ctx), seq, p0, p1);
+}
+
+void ic_engine_seq_cp(ic_engine *e, int src, int dst, int32_t p0, int32_t p1)
+{
+    llama_memory_seq_cp(llama_get_memory(e->ctx), src, dst, p0, p1);
+}
+
+int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out)
+{
+    *out = NULL;
+    ic_sampler *s = calloc(1, sizeof *s);
+    if (!s)
+        return IC_ERR_NOMEM;
+    struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+    cp.no_perf = true;
+    s->chain = llama_sampler_chain_init(cp);
+    if (!s->chain) {
+        free(s);
+        return IC_ERR_NOMEM;
+    }
+    /* The order of llama.cpp's own server: penalties, then truncation, then
+     * temperature, then the draw. */
+    if (p->ban_eog && e->n_eog > 0)
+        llama_sampler_chain_add(s->chain, llama_sampler_init_logit_bias(e->info.n_vocab, e->n_eog,
+                                                                         e->eog_bias));
+    if (p->repeat_penalty != 1.0f && p->repeat_last_n_tokens != 0)
+        llama_sampler_chain_add(s->chain, llama_sampler_init_penalties(
+                                              e->info.n_vocab, p->repeat_last_n_tokens,
+                                              p->repeat_penalty, 0.0f, 0.0f));
+    if (p->temperature <= 0.0f) {
+        llama_sampler_chain_add(s->chain, llama_sampler_init_greedy());
+    } else {
+        if (p->top_k > 0)
+            llama_sampler_chain_add(s->chain, llama_sampler_init_top_k(p->top_k));
+        if (p->top_p < 1.0f)
+            llama_sampler_chain_add(s->chain, llama_sampler_init_top_p(p->top_p, 1));
+        if (p->min_p > 0.0f)
+            llama_sampler_chain_add(s->chain, llama_sampler_init_min_p(p->min_p, 1));
+        llama_sampler_chain_add(s->chain, llama_sampler_init_temp(p->temperature));
+        llama_sampler_chain_add(s->chain, llama_sampler_init_dist(p->seed));
+    }
+    *out = s;
+    return 0;
+}
+
+void ic_engine_sampler_destroy(ic_sampler *s)
+{
+    if (!s)
+        return;
+    llama_sampler_free(s->chain);
+    free(s);
+}
+
+void ic_engine_sampler_accept(ic_sampler *s, ic_token tok) { llama_sampler_accept(s->chain, tok); }
+
+ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx)
+{
+    return llama_sampler_sample(s->chain, e->ctx, idx);
+}

@@ -1,0 +1,141 @@
+/* engine.h - the model and its inference context; the only module that
+ * includes llama.h.
+ *
+ * An ic_engine holds one loaded model, one llama context with n_seq_max
+ * sequences, and one token batch. The thread that creates it (the scheduler
+ * thread in `serve`, the main thread in `generate`) is its only user, with
+ * one exception: the model facts in ic_engine_info are immutable after
+ * creation and any thread may read a copy of them.
+ */
+#ifndef IC_ENGINE_H
+#define IC_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ic_engine ic_engine;
+typedef struct ic_sampler ic_sampler;
+typedef int32_t ic_token;
+
+typedef struct ic_engine_opts {
+    const char *model_path;
+    int n_gpu_layers;        /* layers offloaded to a GPU; -1 = all */
+    int n_threads;           /* 0 = number of online CPUs */
+    uint32_t n_ctx_tokens;   /* whole KV cache, all sequences together */
+    uint32_t n_seq_max;      /* sequences the context can hold at once */
+    uint32_t n_batch_tokens; /* most tokens in one decode */
+    bool kv_unified;         /* one KV buffer shared by all sequences */
+    bool progress;           /* draw a load progress bar on stderr */
+} ic_engine_opts;
+
+typedef struct ic_engine_info {
+    char name[128];          /* general.name, else the model description */
+    uint64_t n_params;
+    uint64_t size_bytes;     /* tensor bytes, as llama.cpp reports */
+    uint64_t file_bytes;     /* size of the GGUF file */
+    int n_ctx_train_tokens;
+    int n_layer;
+    int n_vocab;
+    bool has_chat_template;
+    uint32_t n_ctx_tokens;   /* actual KV cache size of the context */
+    uint32_t n_seq_max;
+    uint32_t n_batch_tokens;
+    int n_gpu_layers;        /* as requested at load */
+    bool kv_unified;
+} ic_engine_info;
+
+typedef struct ic_chat_msg {
+    const char *role;        /* "system", "user" or "assistant" */
+    const char *content;
+} ic_chat_msg;
+
+typedef struct ic_sample_params {
+    float temperature;       /* 0 = greedy */
+    int top_k;               /* <= 0 disables */
+    float top_p;             /* 1 disables */
+    float min_p;             /* 0 disables */
+    float repeat_penalty;    /* 1 disables */
+    int repeat_last_n_tokens;
+    uint32_t seed;
+    bool ban_eog;            /* never sample end-of-generation tokens */
+} ic_sample_params;
+
+/* Defaults: 1 sequence, 4096 tokens of context, batch 512, CPU only. */
+ic_engine_opts ic_engine_opts_default(void);
+
+/* The protocol's sampling defaults (temperature 0.8, top_k 40, ...). */
+ic_sample_params ic_sample_params_default(void);
+
+/* Initialises llama.cpp's backends and routes its logging into ic_log.
+ * Call once per process before ic_engine_create. */
+void ic_engine_global_init(void);
+
+/* Loads the model and creates its context. Returns 0 and *out, or
+ * IC_ERR_IO (missing or unreadable file), IC_ERR_MODEL (not a GGUF model,
+ * truncated), IC_ERR_CONTEXT or IC_ERR_NOMEM; *errmsg (static) says why. */
+int ic_engine_create(const ic_engine_opts *opts, ic_engine **out, const char **errmsg);
+
+/* Frees everything; NULL does nothing. */
+void ic_engine_destroy(ic_engine *e);
+
+/* Copies the model facts. */
+void ic_engine_get_info(const ic_engine *e, ic_engine_info *out);
+
+/* Tokenizes text. add_bos adds the model's BOS when the model wants one;
+ * special parses control tokens such as <|im_end|>. Returns 0 and a
+ * malloc'd array (caller frees) in *tokens, or IC_ERR_TOKENIZE/NOMEM. */
+int ic_engine_tokenize(const ic_engine *e, const char *text, size_t len, bool add_bos,
+                       bool special, ic_token **tokens, int *n_tokens);
+
+/* Writes the bytes of one token (not NUL-terminated; may be a partial UTF-8
+ * character) into buf. Control tokens give no bytes. Returns the length,
+ * or IC_ERR_INVAL if cap is too small (a piece is at most 256 bytes). */
+int ic_engine_token_piece(const ic_engine *e, ic_token tok, char *buf, size_t cap);
+
+/* True for end-of-generation tokens (EOS, EOT, ...). */
+bool ic_engine_token_is_eog(const ic_engine *e, ic_token tok);
+
+/* Formats a conversation with the model's chat template, or with the
+ * plain-text fallback when it has none. add_assistant opens the assistant's
+ * turn. Returns 0 and a malloc'd string in *out, or IC_ERR_TEMPLATE/NOMEM. */
+int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
+                          bool add_assistant, char **out);
+
+/* Empties the batch. */
+void ic_engine_batch_clear(ic_engine *e);
+
+/* Adds a token of sequence seq at position pos. Returns its index in the
+ * batch, or IC_ERR_INVAL when the batch is full. With logits, the decode
+ * computes this token's output so it can be sampled. */
+int ic_engine_batch_add(ic_engine *e, ic_token tok, int32_t pos, int seq, bool logits);
+
+/* Tokens in the batch now. */
+int ic_engine_batch_size(const ic_engine *e);
+
+/* Runs one llama_decode over the batch. Returns 0, IC_ERR_CONTEXT_FULL
+ * (no KV slot; nothing was changed) or IC_ERR_DECODE. */
+int ic_engine_decode(ic_engine *e);
+
+/* Removes positions [p0, p1) of a sequence from the KV cache (p1 < 0: to
+ * the end). */
+void ic_engine_seq_rm(ic_engine *e, int seq, int32_t p0, int32_t p1);
+
+/* Makes positions [p0, p1) of src also belong to dst (shares KV cells in a
+ * unified cache). */
+void ic_engine_seq_cp(ic_engine *e, int src, int dst, int32_t p0, int32_t p1);
+
+/* Creates a sampler for params. Returns 0 and *out, or IC_ERR_NOMEM. */
+int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out);
+
+/* Frees a sampler; NULL does nothing. */
+void ic_engine_sampler_destroy(ic_sampler *s);
+
+/* Feeds a token the sampler did not pick (prompt history) into its
+ * repetition state. */
+void ic_engine_sampler_accept(ic_sampler *s, ic_token tok);
+
+/* Samples (and accepts) the next token from the output of batch index idx. */
+ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx);
+
+#endif

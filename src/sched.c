@@ -1,0 +1,1067 @@
+/* sched.c - the scheduler thread: sessions as llama sequences, one
+ * llama_decode per step for everyone's work (see sched.h).
+ *
+ * Thread: everything below `--- scheduler thread ---` runs only on the
+ * scheduler thread, which owns the engine, the session slots, the prefix
+ * cache and all generations. The public request functions run on any
+ * thread and touch only the queues and atomics.
+ */
+#include "sched.h"
+#include "buf.h"
+#include "convo.h"
+#include "err.h"
+#include "log.h"
+#include "queue.h"
+#include "utf8.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REQUEST_QUEUE_CAP 4096
+#define MIN_SHARED_PREFIX_TOKENS 8
+
+enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE };
+
+/* A request from another thread; owned by the queue, then by the
+ * scheduler thread, which frees it. */
+typedef struct req {
+    enum req_type type;
+    uint64_t session_id;
+    uint64_t request_id;
+    char *text;               /* OPEN: system prompt or NULL; INFER: prompt */
+    bool raw;
+    ic_gen_params params;     /* stop strings point into stop_copies */
+    char *stop_copies[IC_STOP_MAX];
+    enum ic_close_reason close_reason;
+    double t_submit_ms;
+} req;
+
+/* One generation (one INFER). Scheduler thread. */
+typedef struct gen {
+    uint64_t request_id;
+    enum ic_session_state state;
+    enum ic_priority priority;
+    int max_tokens;
+    bool ignore_eos;
+    bool penalize;            /* repetition penalty on: feed it the prompt */
+    ic_sampler *sampler;
+    ic_stop stop;
+    ic_utf8_stream utf8;
+    ic_buf reply;             /* every byte sent in this generation's TOKENs */
+    ic_buf piece_text;        /* scratch: one token's text after UTF-8 repair */
+    ic_buf out_text;          /* scratch: one token's text after stop strings */
+    ic_token *prompt;         /* the whole conversation for this turn */
+    int n_prompt_tokens;
+    int n_prompt_decoded;     /* prompt tokens decoded in this turn */
+    ic_token next;            /* sampled, to be decoded next step */
+    bool has_next;
+    int batch_idx;            /* output row in this step's batch, or -1 */
+    int n_generated;
+    int prefix;               /* prefix entry this turn waits for, or -1 */
+    uint64_t last_served_step;
+    double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms;
+} gen;
+
+/* A session: one llama sequence and its conversation. Scheduler thread. */
+typedef struct session {
+    uint64_t id;              /* 0 = free slot */
+    int seq;                  /* llama sequence id (the slot index) */
+    ic_convo *convo;
+    ic_token *hist;           /* tokens in the KV cache at positions 0..n_hist-1 */
+    int n_hist, cap_hist;
+    int n_step_start;         /* n_hist before this step's batch (for rollback) */
+    int n_shared;             /* leading cells shared with a prefix entry */
+    bool first_turn_done;
+    gen *gen;
+} session;
+
+/* A system prompt's KV cells kept in their own sequence so new sessions
+ * can share them. Scheduler thread. */
+typedef struct prefix {
+    char *system;             /* NULL = free entry */
+    int seq;
+    ic_token *toks;
+    int n_toks;
+    bool ready;               /* cells are in seq */
+    uint64_t owner;           /* session computing it, while !ready */
+    uint64_t last_used_step;
+} prefix;
+
+/* What other threads may read about a slot. One writer: the scheduler. */
+typedef struct slot_pub {
+    _Atomic uint64_t id;
+    _Atomic int state;
+    _Atomic int n_ctx_used;
+} slot_pub;
+
+struct ic_sched {
+    ic_sched_opts opts;       /* immutable after create */
+    ic_engine_info info;      /* immutable after create */
+    pthread_t thread;
+    bool thread_started;      /* touched only by create/stop callers */
+    ic_queue *requests;       /* req *, bounded */
+    ic_queue *events;         /* ic_event *, unbounded */
+    _Atomic bool stop;
+    _Atomic bool stopped;
+    _Atomic int n_sessions;   /* reserved by open, released on close */
+    _Atomic int n_pending;    /* INFERs submitted and not yet started */
+    _Atomic uint64_t next_session_id;
+    slot_pub *pub;            /* [max_sessions] */
+    _Atomic int st_generating, st_queued;
+    _Atomic int64_t st_kv_used;
+    _Atomic uint64_t st_steps;
+    _Atomic uint64_t st_tps_milli; /* tokens/s x 1000 */
+
+    /* --- scheduler thread only --- */
+    ic_engine *engine;
+    session *sessions;        /* [max_sessions] */
+    prefix *prefixes;         /* [prefix_slots] */
+    uint64_t step;
+    int n_active;             /* sessions with a generation */
+    bool wake_pending;
+    uint64_t tps_tokens;
+    double tps_window_start_ms;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+ic_sched_opts ic_sched_opts_default(void)
+{
+    return (ic_sched_opts){
+        .max_sessions = 8,
+        .n_ctx_per_session = 2048,
+        .max_queued = 64,
+        .prefix_slots = 4,
+        .max_chunk_tokens = 256,
+        .kv_unified = true,
+    };
+}
+
+void ic_sched_engine_opts(const ic_sched_opts *o, ic_engine_opts *eo)
+{
+    int prefixes = o->kv_unified ? o->prefix_slots : 0;
+    eo->kv_unified = o->kv_unified;
+    eo->n_seq_max = (uint32_t)(o->max_sessions + prefixes);
+    /* Prefix cells are shared with the sessions that use them; one extra
+     * session's worth of cells holds prefixes whose sessions have gone. */
+    eo->n_ctx_tokens = o->n_ctx_per_session * (uint32_t)(o->max_sessions + (prefixes ? 1 : 0));
+    if (!o->kv_unified)
+        eo->n_ctx_tokens = o->n_ctx_per_session * eo->n_seq_max;
+}
+
+const char *ic_end_reason_name(enum ic_end_reason r)
+{
+    static const char *const names[] = {"eos",   "length",       "stop_string", "abort",
+                                        "context_full", "shutdown", "error"};
+    return (unsigned)r < sizeof names / sizeof *names ? names[r] : "error";
+}
+
+const char *ic_close_reason_name(enum ic_close_reason r)
+{
+    static const char *const names[] = {"client", "disconnect", "shutdown"};
+    return (unsigned)r < 3 ? names[r] : "client";
+}
+
+const char *ic_session_state_name(enum ic_session_state s)
+{
+    static const char *const names[] = {"idle", "queued", "prefill", "generating"};
+    return (unsigned)s < 4 ? names[s] : "idle";
+}
+
+int ic_priority_parse(const char *s, enum ic_priority *out)
+{
+    static const char *const names[] = {"low", "normal", "high"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            *out = (enum ic_priority)i;
+            return 0;
+        }
+    }
+    return IC_ERR_INVAL;
+}
+
+void ic_event_free(ic_event *ev)
+{
+    if (!ev)
+        return;
+    free(ev->text);
+    free(ev);
+}
+
+static void req_free(void *p)
+{
+    req *r = p;
+    if (!r)
+        return;
+    free(r->text);
+    for (int i = 0; i < IC_STOP_MAX; i++)
+        free(r->stop_copies[i]);
+    free(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests: any thread.                                                */
+
+static int submit(ic_sched *s, req *r)
+{
+    if (atomic_load(&s->stopped)) {
+        req_free(r);
+        return IC_ERR_SHUTDOWN;
+    }
+    r->t_submit_ms = now_ms();
+    int rc = ic_queue_push(s->requests, r);
+    if (rc < 0)
+        req_free(r);
+    return rc < 0 ? rc : 0;
+}
+
+int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id)
+{
+    int n = atomic_load(&s->n_sessions);
+    do {
+        if (n >= s->opts.max_sessions)
+            return IC_ERR_CAPACITY;
+    } while (!atomic_compare_exchange_weak(&s->n_sessions, &n, n + 1));
+    req *r = calloc(1, sizeof *r);
+    if (!r || (system_prompt && !(r->text = strdup(system_prompt)))) {
+        free(r);
+        atomic_fetch_sub(&s->n_sessions, 1);
+        return IC_ERR_NOMEM;
+    }
+    r->type = REQ_OPEN;
+    r->session_id = atomic_fetch_add(&s->next_session_id, 1);
+    uint64_t id = r->session_id;
+    int rc = submit(s, r);
+    if (rc < 0) {
+        atomic_fetch_sub(&s->n_sessions, 1);
+        return rc;
+    }
+    *session_id = id;
+    return 0;
+}
+
+int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
+                   bool raw, const ic_gen_params *params)
+{
+    if (atomic_fetch_add(&s->n_pending, 1) >= s->opts.max_queued) {
+        atomic_fetch_sub(&s->n_pending, 1);
+        return IC_ERR_OVERLOADED;
+    }
+    req *r = calloc(1, sizeof *r);
+    int rc = r && (r->text = strdup(prompt)) ? 0 : IC_ERR_NOMEM;
+    if (rc == 0) {
+        r->type = REQ_INFER;
+        r->session_id = session_id;
+        r->request_id = request_id;
+        r->raw = raw;
+        r->params = *params;
+        for (int i = 0; i < params->n_stop && i < IC_STOP_MAX && rc == 0; i++) {
+            r->stop_copies[i] = strdup(params->stop[i]);
+            r->params.stop[i] = r->stop_copies[i];
+            rc = r->stop_copies[i] ? 0 : IC_ERR_NOMEM;
+        }
+    }
+    if (rc == 0)
+        return (rc = submit(s, r)) < 0 ? (atomic_fetch_sub(&s->n_pending, 1), rc) : 0;
+    req_free(r);
+    atomic_fetch_sub(&s->n_pending, 1);
+    return rc;
+}
+
+static int simple_request(ic_sched *s, enum req_type type, uint64_t session_id,
+                          enum ic_close_reason why)
+{
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return IC_ERR_NOMEM;
+    r->type = type;
+    r->session_id = session_id;
+    r->close_reason = why;
+    return submit(s, r);
+}
+
+int ic_sched_abort(ic_sched *s, uint64_t session_id)
+{
+    return simple_request(s, REQ_ABORT, session_id, IC_CLOSE_CLIENT);
+}
+
+int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason)
+{
+    return simple_request(s, REQ_CLOSE, session_id, reason);
+}
+
+ic_event *ic_sched_poll_event(ic_sched *s, int timeout_ms)
+{
+    return ic_queue_pop_wait(s->events, timeout_ms);
+}
+
+void ic_sched_model_info(const ic_sched *s, ic_engine_info *out) { *out = s->info; }
+
+void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
+{
+    ic_sched *m = (ic_sched *)s; /* atomics are read-only here */
+    out->sessions = atomic_load(&m->n_sessions);
+    out->generating = atomic_load(&m->st_generating);
+    out->queued = atomic_load(&m->st_queued);
+    out->kv_cells_used = atomic_load(&m->st_kv_used);
+    out->kv_cells_total = s->info.n_ctx_tokens;
+    out->tokens_per_second = (double)atomic_load(&m->st_tps_milli) / 1000.0;
+    out->steps = atomic_load(&m->st_steps);
+}
+
+int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
+                          enum ic_session_state *state, int *n_ctx_used_tokens)
+{
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        slot_pub *p = &s->pub[i];
+        if (atomic_load(&p->id) == session_id) {
+            *state = (enum ic_session_state)atomic_load(&p->state);
+            *n_ctx_used_tokens = atomic_load(&p->n_ctx_used);
+            return 0;
+        }
+    }
+    return IC_ERR_NOT_FOUND;
+}
+
+/* ------------------------------------------------------------------ */
+/* --- scheduler thread ---                                             */
+
+static void emit(ic_sched *s, ic_event *ev)
+{
+    int rc = ic_queue_push(s->events, ev);
+    if (rc < 0) {
+        /* Only allocation can fail here (the queue is unbounded). */
+        ic_log_error("scheduler: dropping an event: %s", ic_strerror(rc));
+        ic_event_free(ev);
+        return;
+    }
+    if (rc == 1)
+        s->wake_pending = true;
+}
+
+static ic_event *new_event(enum ic_event_type type, uint64_t session_id, uint64_t request_id)
+{
+    ic_event *ev = calloc(1, sizeof *ev);
+    if (ev) {
+        ev->type = type;
+        ev->session_id = session_id;
+        ev->request_id = request_id;
+    }
+    return ev;
+}
+
+static void emit_error(ic_sched *s, uint64_t sid, uint64_t rid, int err, const char *msg)
+{
+    ic_event *ev = new_event(IC_EVENT_ERROR, sid, rid);
+    if (!ev)
+        return;
+    ev->err = err;
+    snprintf(ev->message, sizeof ev->message, "%s", msg);
+    emit(s, ev);
+}
+
+static session *find_session(ic_sched *s, uint64_t id)
+{
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        if (s->sessions[i].id == id)
+            return &s->sessions[i];
+    }
+    return NULL;
+}
+
+static void publish_session(ic_sched *s, const session *ss)
+{
+    slot_pub *p = &s->pub[ss->seq];
+    atomic_store(&p->state, ss->gen ? (int)ss->gen->state : (int)IC_SESSION_IDLE);
+    atomic_store(&p->n_ctx_used, ss->n_hist);
+}
+
+static int hist_push(session *ss, ic_token t)
+{
+    if (ss->n_hist == ss->cap_hist) {
+        int cap = ss->cap_hist ? ss->cap_hist * 2 : 256;
+        ic_token *h = realloc(ss->hist, (size_t)cap * sizeof *h);
+        if (!h)
+            return IC_ERR_NOMEM;
+        ss->hist = h;
+        ss->cap_hist = cap;
+    }
+    ss->hist[ss->n_hist++] = t;
+    return 0;
+}
+
+static int common_prefix(const ic_token *a, int na, const ic_token *b, int nb)
+{
+    int n = 0;
+    while (n < na && n < nb && a[n] == b[n])
+        n++;
+    return n;
+}
+
+/* Drops a prefix entry and its cells. */
+static void prefix_drop(ic_sched *s, prefix *p)
+{
+    if (p->ready)
+        ic_engine_seq_rm(s->engine, p->seq, -1, -1);
+    free(p->system);
+    free(p->toks);
+    int seq = p->seq;
+    memset(p, 0, sizeof *p);
+    p->seq = seq;
+}
+
+static prefix *prefix_find(ic_sched *s, const char *system)
+{
+    for (int i = 0; i < s->opts.prefix_slots; i++) {
+        if (s->prefixes[i].system && strcmp(s->prefixes[i].system, system) == 0)
+            return &s->prefixes[i];
+    }
+    return NULL;
+}
+
+/* A free entry, evicting the least recently used ready one if need be. */
+static prefix *prefix_alloc(ic_sched *s)
+{
+    prefix *victim = NULL;
+    for (int i = 0; i < s->opts.prefix_slots; i++) {
+        prefix *p = &s->prefixes[i];
+        if (!p->system)
+            return p;
+        if (p->ready && (!victim || p->last_used_step < victim->last_used_step))
+            victim = p;
+    }
+    if (victim)
+        prefix_drop(s, victim);
+    return victim;
+}
+
+/* Shares a ready prefix's cells with a session starting its first turn, or
+ * makes the session compute a new prefix that later sessions share.
+ * Returns false when the generation must wait for a prefix being computed. */
+static bool prefix_attach(ic_sched *s, session *ss, gen *g)
+{
+    const char *system = ic_convo_system(ss->convo);
+    if (!system || s->opts.prefix_slots == 0 || ss->n_hist > 0 || ss->first_turn_done)
+        return true;
+    prefix *p = prefix_find(s, system);
+    if (p && p->ready) {
+        int n = common_prefix(p->toks, p->n_toks, g->prompt, g->n_prompt_tokens);
+        ic_engine_seq_cp(s->engine, p->seq, ss->seq, 0, n);
+        for (int i = 0; i < n; i++)
+            hist_push(ss, g->prompt[i]);
+        ss->n_shared = n;
+        p->last_used_step = s->step;
+        return true;
+    }
+    if (p)
+        return p->owner == ss->id; /* someone else computes it: wait */
+    ic_token *toks = NULL;
+    int n_toks = 0;
+    if (ic_convo_system_tokens(ss->convo, s->engine, &toks, &n_toks) < 0)
+        return true;
+    int n = common_prefix(toks, n_toks, g->prompt, g->n_prompt_tokens);
+    if (n < MIN_SHARED_PREFIX_TOKENS || !(p = prefix_alloc(s)) || !(p->system = strdup(system))) {
+        free(toks);
+        return true;
+    }
+    p->toks = toks;
+    p->n_toks = n;
+    p->owner = ss->id;
+    p->ready = false;
+    p->last_used_step = s->step;
+    return true;
+}
+
+/* After a step: prefixes whose owner has decoded past them become ready. */
+static void prefix_publish(ic_sched *s)
+{
+    for (int i = 0; i < s->opts.prefix_slots; i++) {
+        prefix *p = &s->prefixes[i];
+        if (!p->system || p->ready)
+            continue;
+        session *owner = find_session(s, p->owner);
+        if (!owner || !owner->gen) {
+            prefix_drop(s, p); /* owner went away; a waiter will take over */
+            continue;
+        }
+        if (owner->n_hist >= p->n_toks) {
+            ic_engine_seq_cp(s->engine, owner->seq, p->seq, 0, p->n_toks);
+            p->ready = true;
+            p->owner = 0;
+            ic_log_debug("scheduler: shared prefix of %d tokens ready", p->n_toks);
+        }
+    }
+}
+
+static void gen_free(gen *g)
+{
+    if (!g)
+        return;
+    ic_engine_sampler_destroy(g->sampler);
+    ic_stop_free(&g->stop);
+    ic_buf_free(&g->reply);
+    ic_buf_free(&g->piece_text);
+    ic_buf_free(&g->out_text);
+    free(g->prompt);
+    free(g);
+}
+
+static void fill_stats(const gen *g, double t_end, ic_gen_stats *st)
+{
+    st->prompt_tokens = g->n_prompt_decoded;
+    st->generated_tokens = g->n_generated;
+    st->queue_ms = (g->t_start_ms ? g->t_start_ms : t_end) - g->t_submit_ms;
+    st->ttft_ms = g->t_first_ms ? g->t_first_ms - g->t_submit_ms : 0;
+    st->total_ms = t_end - g->t_submit_ms;
+    double gen_s = g->t_first_ms ? (t_end - g->t_first_ms) / 1e3 : 0;
+    st->tokens_per_second = g->n_generated > 1 && gen_s > 0 ? (g->n_generated - 1) / gen_s : 0;
+    double pre_s = g->t_prefill_done_ms && g->t_start_ms
+                       ? (g->t_prefill_done_ms - g->t_start_ms) / 1e3 : 0;
+    st->prompt_tokens_per_second = pre_s > 0 ? g->n_prompt_decoded / pre_s : 0;
+}
+
+/* Ends the session's generation: records the reply in the conversation and
+ * emits END. The token sampled last is not in the KV cache; the next turn
+ * re-tokenizes the reply and decodes what the cache lacks. */
+static void finish(ic_sched *s, session *ss, enum ic_end_reason reason)
+{
+    gen *g = ss->gen;
+    if (!g)
+        return;
+    if (g->state == IC_SESSION_QUEUED)
+        atomic_fetch_sub(&s->n_pending, 1);
+    if (ic_convo_end_turn(ss->convo, g->reply.data ? g->reply.data : "", g->reply.len) < 0)
+        ic_log_error("session %llu: reply not kept in the conversation (out of memory)",
+                     (unsigned long long)ss->id);
+    ss->first_turn_done = true;
+    ic_event *ev = new_event(IC_EVENT_END, ss->id, g->request_id);
+    if (ev) {
+        ev->reason = reason;
+        fill_stats(g, now_ms(), &ev->stats);
+        emit(s, ev);
+    }
+    gen_free(g);
+    ss->gen = NULL;
+    s->n_active--;
+    publish_session(s, ss);
+}
+
+static int gen_init(ic_sched *s, req *r, gen *g)
+{
+    g->request_id = r->request_id;
+    g->state = IC_SESSION_QUEUED;
+    g->priority = r->params.priority;
+    g->max_tokens = r->params.max_tokens > 0 ? r->params.max_tokens : 1;
+    g->ignore_eos = r->params.ignore_eos;
+    g->batch_idx = -1;
+    g->prefix = -1;
+    g->t_submit_ms = r->t_submit_ms;
+    ic_utf8_reset(&g->utf8);
+    ic_sample_params sp = r->params.sample;
+    sp.ban_eog = r->params.ignore_eos;
+    g->penalize = sp.repeat_penalty != 1.0f && sp.repeat_last_n_tokens != 0;
+    int rc = ic_stop_init(&g->stop, r->params.stop, r->params.n_stop);
+    if (rc == 0)
+        rc = ic_engine_sampler_create(s->engine, &sp, &g->sampler);
+    return rc;
+}
+
+/* REQ_INFER: builds the turn's tokens and queues the generation, or
+ * refuses it with an ERROR event. */
+static void start_generation(ic_sched *s, req *r)
+{
+    session *ss = find_session(s, r->session_id);
+    if (!ss || ss->gen) {
+        atomic_fetch_sub(&s->n_pending, 1);
+        emit_error(s, r->session_id, r->request_id, ss ? IC_ERR_BUSY : IC_ERR_NOT_FOUND,
+                   ss ? "a generation is already running in this session" : "session not found");
+        return;
+    }
+    gen *g = calloc(1, sizeof *g);
+    const char *why = NULL;
+    int rc = g ? gen_init(s, r, g) : IC_ERR_NOMEM;
+    if (rc == 0)
+        rc = ic_convo_begin_turn(ss->convo, s->engine, r->text, r->raw, &g->prompt,
+                                 &g->n_prompt_tokens, &why);
+    char msg[192];
+    if (rc == 0 && g->n_prompt_tokens >= (int)s->opts.n_ctx_per_session) {
+        snprintf(msg, sizeof msg, "prompt needs %d tokens but the session context holds %u",
+                 g->n_prompt_tokens, s->opts.n_ctx_per_session);
+        why = msg;
+        rc = IC_ERR_PROMPT_TOO_LONG;
+        ic_convo_cancel_turn(ss->convo);
+    }
+    if (rc < 0) {
+        atomic_fetch_sub(&s->n_pending, 1);
+        emit_error(s, r->session_id, r->request_id, rc, why ? why : ic_strerror(rc));
+        gen_free(g);
+        return;
+    }
+    /* Keep what the cache already holds of this conversation. */
+    int keep = common_prefix(ss->hist, ss->n_hist, g->prompt, g->n_prompt_tokens);
+    if (keep == g->n_prompt_tokens)
+        keep--; /* the last prompt token must be decoded to get logits */
+    if (keep < ss->n_hist) {
+        ic_engine_seq_rm(s->engine, ss->seq, keep, -1);
+        ss->n_hist = keep;
+        if (ss->n_shared > keep)
+            ss->n_shared = keep;
+    }
+    ss->gen = g;
+    s->n_active++;
+    publish_session(s, ss);
+}
+
+/* QUEUED -> PREFILL when it may start (its shared prefix is ready). */
+static void admit(ic_sched *s, session *ss)
+{
+    gen *g = ss->gen;
+    if (!prefix_attach(s, ss, g))
+        return;
+    if (g->penalize) {
+        /* Repetition penalties see the prompt as llama.cpp's server does. */
+        int from = g->n_prompt_tokens > 64 ? g->n_prompt_tokens - 64 : 0;
+        for (int i = from; i < g->n_prompt_tokens; i++)
+            ic_engine_sampler_accept(g->sampler, g->prompt[i]);
+    }
+    g->state = IC_SESSION_PREFILL;
+    atomic_fetch_sub(&s->n_pending, 1);
+    publish_session(s, ss);
+}
+
+/* Runs one token's text through UTF-8 repair and stop strings into
+ * g->out_text; flush ends both streams. Returns 1 on a stop-string match. */
+static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush)
+{
+    char piece[256];
+    int n = is_eog ? 0 : ic_engine_token_piece(s->engine, tok, piece, sizeof piece);
+    ic_buf_clear(&g->piece_text);
+    ic_buf_clear(&g->out_text);
+    if (n > 0)
+        ic_utf8_push(&g->utf8, piece, (size_t)n, &g->piece_text);
+    if (flush)
+        ic_utf8_flush(&g->utf8, &g->piece_text);
+    int matched = ic_stop_push(&g->stop, g->piece_text.data ? g->piece_text.data : "",
+                               g->piece_text.len, &g->out_text);
+    if (matched == 0 && flush)
+        ic_stop_flush(&g->stop, &g->out_text);
+    return matched == 1;
+}
+
+/* Handles a freshly sampled token: one TOKEN event, and END when a stop
+ * condition holds. */
+static void on_token(ic_sched *s, session *ss, ic_token tok)
+{
+    gen *g = ss->gen;
+    double t = now_ms();
+    if (g->n_generated++ == 0) {
+        g->t_first_ms = t;
+        g->t_prefill_done_ms = t;
+        g->state = IC_SESSION_GENERATING;
+    }
+    s->tps_tokens++;
+    bool eog = !g->ignore_eos && ic_engine_token_is_eog(s->engine, tok);
+    bool full = ss->n_hist >= (int)s->opts.n_ctx_per_session; /* no room to decode tok */
+    bool last = eog || full || g->n_generated >= g->max_tokens;
+    bool stopped = token_text(s, g, tok, eog, last);
+    ic_event *ev = new_event(IC_EVENT_TOKEN, ss->id, g->request_id);
+    if (ev) {
+        ev->index = g->n_generated - 1;
+        ev->text_len = g->out_text.len;
+        ev->text = ic_buf_take(&g->out_text);
+        if (ev->text)
+            ic_buf_append(&g->reply, ev->text, ev->text_len);
+        emit(s, ev);
+    }
+    if (stopped)
+        finish(s, ss, IC_END_STOP_STRING);
+    else if (eog)
+        finish(s, ss, IC_END_EOS);
+    else if (g->n_generated >= g->max_tokens)
+        finish(s, ss, IC_END_LENGTH);
+    else if (full)
+        finish(s, ss, IC_END_CONTEXT_FULL);
+    else {
+        g->next = tok;
+        g->has_next = true;
+    }
+}
+
+static int prio_weight(enum ic_priority p) { return p == IC_PRIORITY_HIGH ? 4 : p == IC_PRIORITY_NORMAL ? 2 : 1; }
+
+/* Orders prefill candidates: higher priority first, then the one served
+ * longest ago, so equal priorities take turns. */
+static int cmp_candidates(const void *a, const void *b)
+{
+    const session *x = *(session *const *)a, *y = *(session *const *)b;
+    if (x->gen->priority != y->gen->priority)
+        return (int)y->gen->priority - (int)x->gen->priority;
+    return x->gen->last_served_step < y->gen->last_served_step ? -1
+           : x->gen->last_served_step > y->gen->last_served_step;
+}
+
+/* Adds up to n prompt tokens of ss to the batch; asks for logits when
+ * the prompt's last token goes in. */
+static void add_prompt_tokens(ic_sched *s, session *ss, int n)
+{
+    gen *g = ss->gen;
+    if (n > 0 && g->t_start_ms == 0)
+        g->t_start_ms = now_ms();
+    for (int i = 0; i < n; i++) {
+        int pos = ss->n_hist;
+        bool last = pos == g->n_prompt_tokens - 1;
+        int idx = ic_engine_batch_add(s->engine, g->prompt[pos], pos, ss->seq, last);
+        hist_push(ss, g->prompt[pos]);
+        g->n_prompt_decoded++;
+        if (last)
+            g->batch_idx = idx;
+    }
+    g->last_served_step = s->step;
+}
+
+/* Shares the batch left after decoding among sessions in prefill: first a
+ * weighted share each (so everyone progresses), then what is left in
+ * priority order. A session takes at most max_chunk_tokens per step. */
+static void schedule_prefill(ic_sched *s, int budget)
+{
+    session *cand[256];
+    int n = 0, weights = 0;
+    for (int i = 0; i < s->opts.max_sessions && n < 256; i++) {
+        session *ss = &s->sessions[i];
+        if (ss->gen && ss->gen->state == IC_SESSION_PREFILL) {
+            cand[n++] = ss;
+            weights += prio_weight(ss->gen->priority);
+        }
+    }
+    if (n == 0 || budget <= 0)
+        return;
+    qsort(cand, (size_t)n, sizeof *cand, cmp_candidates);
+    int given[256] = {0};
+    int total = budget;
+    int cap = s->opts.max_chunk_tokens > 0 ? s->opts.max_chunk_tokens : budget;
+    for (int pass = 0; pass < 2 && budget > 0; pass++) {
+        for (int i = 0; i < n && budget > 0; i++) {
+            gen *g = cand[i]->gen;
+            int left = g->n_prompt_tokens - cand[i]->n_hist - given[i];
+            int share = pass == 0 ? total * prio_weight(g->priority) / weights : budget;
+            if (share < 1)
+                share = 1;
+            int k = left < share ? left : share;
+            if (k > cap - given[i])
+                k = cap - given[i];
+            if (k <= 0)
+                continue;
+            given[i] += k;
+            budget -= k;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        add_prompt_tokens(s, cand[i], given[i]);
+}
+
+/* The decode failed: forget this step's tokens of every session in the
+ * batch and end their generations with an error. */
+static void rollback_step(ic_sched *s, int err)
+{
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        session *ss = &s->sessions[i];
+        if (!ss->id || ss->n_hist == ss->n_step_start)
+            continue;
+        ic_engine_seq_rm(s->engine, ss->seq, ss->n_step_start, -1);
+        ss->n_hist = ss->n_step_start;
+        if (ss->gen) {
+            ic_log_error("session %llu: generation ended: %s", (unsigned long long)ss->id,
+                         ic_strerror(err));
+            finish(s, ss, IC_END_ERROR);
+        }
+    }
+}
+
+/* One step: decode tokens first, then prompt chunks, one llama_decode,
+ * then sample. Returns true if anything was decoded. */
+static bool step(ic_sched *s)
+{
+    ic_engine_batch_clear(s->engine);
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        session *ss = &s->sessions[i];
+        ss->n_step_start = ss->n_hist;
+        gen *g = ss->gen;
+        if (!g)
+            continue;
+        g->batch_idx = -1;
+        if (g->state == IC_SESSION_QUEUED)
+            admit(s, ss);
+        if (g->state == IC_SESSION_GENERATING && g->has_next) {
+            g->batch_idx = ic_engine_batch_add(s->engine, g->next, ss->n_hist, ss->seq, true);
+            hist_push(ss, g->next);
+            g->has_next = false;
+        }
+    }
+    schedule_prefill(s, (int)s->info.n_batch_tokens - ic_engine_batch_size(s->engine));
+    if (ic_engine_batch_size(s->engine) == 0)
+        return false;
+    s->step++;
+    int rc = ic_engine_decode(s->engine);
+    if (rc == IC_ERR_CONTEXT_FULL) {
+        /* The shared cache is out of cells: give back cached prefixes no
+         * session holds and try once more. */
+        for (int i = 0; i < s->opts.prefix_slots; i++) {
+            if (s->prefixes[i].ready)
+                prefix_drop(s, &s->prefixes[i]);
+        }
+        rc = ic_engine_decode(s->engine);
+    }
+    atomic_fetch_add(&s->st_steps, 1);
+    if (rc < 0) {
+        rollback_step(s, rc);
+        return true;
+    }
+    prefix_publish(s);
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        session *ss = &s->sessions[i];
+        if (ss->gen && ss->gen->batch_idx >= 0) {
+            ic_token tok = ic_engine_sample(s->engine, ss->gen->sampler, ss->gen->batch_idx);
+            on_token(s, ss, tok);
+        }
+        if (ss->id)
+            publish_session(s, ss);
+    }
+    return true;
+}
+
+static void publish_stats(ic_sched *s);
+
+static void open_session(ic_sched *s, req *r)
+{
+    session *ss = NULL;
+    for (int i = 0; i < s->opts.max_sessions && !ss; i++) {
+        if (!s->sessions[i].id)
+            ss = &s->sessions[i];
+    }
+    /* ic_sched_open_session reserved a slot, so one is free. */
+    if (!ss || ic_convo_create(r->text, &ss->convo) < 0) {
+        ic_log_error("scheduler: could not open session %llu", (unsigned long long)r->session_id);
+        atomic_fetch_sub(&s->n_sessions, 1);
+        ic_event *ev = new_event(IC_EVENT_SESSION_CLOSED, r->session_id, 0);
+        if (ev) {
+            ev->close_reason = IC_CLOSE_SHUTDOWN;
+            emit(s, ev);
+        }
+        return;
+    }
+    ss->id = r->session_id;
+    ss->n_hist = ss->n_shared = 0;
+    ss->first_turn_done = false;
+    atomic_store(&s->pub[ss->seq].id, ss->id);
+    publish_session(s, ss);
+}
+
+static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
+{
+    if (ss->gen)
+        finish(s, ss, why == IC_CLOSE_SHUTDOWN ? IC_END_SHUTDOWN : IC_END_ABORT);
+    ic_engine_seq_rm(s->engine, ss->seq, -1, -1);
+    ic_convo_destroy(ss->convo);
+    free(ss->hist);
+    int seq = ss->seq;
+    uint64_t id = ss->id;
+    memset(ss, 0, sizeof *ss);
+    ss->seq = seq;
+    atomic_store(&s->pub[seq].id, 0);
+    atomic_store(&s->pub[seq].n_ctx_used, 0);
+    atomic_store(&s->pub[seq].state, IC_SESSION_IDLE);
+    atomic_fetch_sub(&s->n_sessions, 1);
+    publish_stats(s); /* who sees SESSION_CLOSED sees the cells freed */
+    ic_event *ev = new_event(IC_EVENT_SESSION_CLOSED, id, 0);
+    if (ev) {
+        ev->close_reason = why;
+        emit(s, ev);
+    }
+}
+
+static void handle_request(ic_sched *s, req *r)
+{
+    session *ss;
+    switch (r->type) {
+    case REQ_OPEN: open_session(s, r); break;
+    case REQ_INFER: start_generation(s, r); break;
+    case REQ_ABORT:
+        if ((ss = find_session(s, r->session_id)) && ss->gen)
+            finish(s, ss, IC_END_ABORT);
+        break;
+    case REQ_CLOSE:
+        if ((ss = find_session(s, r->session_id)))
+            close_session(s, ss, r->close_reason);
+        break;
+    }
+    req_free(r);
+}
+
+/* Gauges for other threads, and the generated tokens/s over ~1 s windows. */
+static void publish_stats(ic_sched *s)
+{
+    int generating = 0, queued = 0;
+    int64_t used = 0;
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        session *ss = &s->sessions[i];
+        used += ss->n_hist - ss->n_shared;
+        if (ss->gen && ss->gen->state == IC_SESSION_QUEUED)
+            queued++;
+        else if (ss->gen)
+            generating++;
+    }
+    for (int i = 0; i < s->opts.prefix_slots; i++)
+        used += s->prefixes[i].ready ? s->prefixes[i].n_toks : 0;
+    atomic_store(&s->st_generating, generating);
+    atomic_store(&s->st_queued, queued);
+    atomic_store(&s->st_kv_used, used);
+    double t = now_ms();
+    if (t - s->tps_window_start_ms >= 1000.0 || s->n_active == 0) {
+        double dt = (t - s->tps_window_start_ms) / 1e3;
+        uint64_t milli = dt > 0 && s->n_active ? (uint64_t)(s->tps_tokens * 1000.0 / dt) : 0;
+        atomic_store(&s->st_tps_milli, milli);
+        s->tps_tokens = 0;
+        s->tps_window_start_ms = t;
+    }
+}
+
+static void *sched_main(void *arg)
+{
+    ic_sched *s = arg;
+    bool worked = false;
+    while (!atomic_load(&s->stop)) {
+        /* Idle: sleep until a request arrives. Busy: take what is there.
+         * Work that cannot run yet is looked at again every 100 ms. */
+        req *r = s->n_active && worked ? ic_queue_pop(s->requests)
+                                       : ic_queue_pop_wait(s->requests, s->n_active ? 100 : -1);
+        for (; r; r = ic_queue_pop(s->requests))
+            handle_request(s, r);
+        worked = s->n_active && !atomic_load(&s->stop) && step(s);
+        publish_stats(s);
+        if (s->wake_pending && s->opts.wake) {
+            s->wake_pending = false;
+            s->opts.wake(s->opts.wake_ud);
+        }
+    }
+    /* Shutdown: drain requests so every INFER gets its END or ERROR. */
+    for (req *r; (r = ic_queue_pop(s->requests));)
+        handle_request(s, r);
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        if (s->sessions[i].id)
+            close_session(s, &s->sessions[i], IC_CLOSE_SHUTDOWN);
+    }
+    publish_stats(s);
+    atomic_store(&s->stopped, true);
+    if (s->opts.wake)
+        s->opts.wake(s->opts.wake_ud);
+    return NULL;
+}
+
+static int check_engine(const ic_sched_opts *o, const ic_engine_info *in)
+{
+    ic_engine_opts want = ic_engine_opts_default();
+    ic_sched_engine_opts(o, &want);
+    if (o->max_sessions < 1 || o->max_sessions > 256 || o->n_ctx_per_session < 16) {
+        ic_log_error("scheduler: max sessions must be 1..256 and context at least 16 tokens");
+        return IC_ERR_INVAL;
+    }
+    if (in->n_seq_max < want.n_seq_max || in->n_ctx_tokens < want.n_ctx_tokens ||
+        in->kv_unified != o->kv_unified) {
+        ic_log_error("scheduler: engine holds %u sequences and %u tokens; %u and %u needed",
+                     in->n_seq_max, in->n_ctx_tokens, want.n_seq_max, want.n_ctx_tokens);
+        return IC_ERR_INVAL;
+    }
+    /* Every generating session needs a batch row each step, and prefill
+     * must still get some: that keeps every session progressing. */
+    if ((int)in->n_batch_tokens < 2 * o->max_sessions) {
+        ic_log_error("scheduler: batch of %u tokens is too small for %d sessions",
+                     in->n_batch_tokens, o->max_sessions);
+        return IC_ERR_INVAL;
+    }
+    return 0;
+}
+
+static int alloc_tables(ic_sched *s)
+{
+    int n = s->opts.max_sessions;
+    s->sessions = calloc((size_t)n, sizeof *s->sessions);
+    s->pub = calloc((size_t)n, sizeof *s->pub);
+    s->prefixes = calloc(s->opts.prefix_slots ? (size_t)s->opts.prefix_slots : 1,
+                         sizeof *s->prefixes);
+    if (!s->sessions || !s->pub || !s->prefixes)
+        return IC_ERR_NOMEM;
+    for (int i = 0; i < n; i++)
+        s->sessions[i].seq = i;
+    for (int i = 0; i < s->opts.prefix_slots; i++)
+        s->prefixes[i].seq = n + i;
+    if (ic_queue_create(REQUEST_QUEUE_CAP, &s->requests) < 0 ||
+        ic_queue_create(0, &s->events) < 0)
+        return IC_ERR_NOMEM;
+    return 0;
+}
+
+int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out)
+{
+    *out = NULL;
+    ic_sched *s = calloc(1, sizeof *s);
+    if (!s) {
+        ic_engine_destroy(engine);
+        return IC_ERR_NOMEM;
+    }
+    s->engine = engine;
+    s->opts = *opts;
+    if (!opts->kv_unified)
+        s->opts.prefix_slots = 0;
+    ic_engine_get_info(engine, &s->info);
+    atomic_init(&s->next_session_id, 1);
+    s->tps_window_start_ms = now_ms();
+    int rc = check_engine(&s->opts, &s->info);
+    if (rc == 0)
+        rc = alloc_tables(s);
+    if (rc == 0 && pthread_create(&s->thread, NULL, sched_main, s) != 0)
+        rc = IC_ERR_SYS;
+    if (rc < 0) {
+        ic_sched_destroy(s);
+        return rc;
+    }
+    s->thread_started = true;
+    *out = s;
+    return 0;
+}
+
+void ic_sched_stop(ic_sched *s)
+{
+    if (!s || !s->thread_started)
+        return;
+    atomic_store(&s->stop, true);
+    ic_queue_interrupt(s->requests);
+    pthread_join(s->thread, NULL);
+    s->thread_started = false;
+}
+
+void ic_sched_destroy(ic_sched *s)
+{
+    if (!s)
+        return;
+    ic_sched_stop(s);
+    for (int i = 0; s->prefixes && i < s->opts.prefix_slots; i++) {
+        free(s->prefixes[i].system);
+        free(s->prefixes[i].toks);
+    }
+    ic_queue_destroy(s->requests, req_free);
+    ic_queue_destroy(s->events, (void (*)(void *))ic_event_free);
+    free(s->sessions);
+    free(s->prefixes);
+    free(s->pub);
+    ic_engine_destroy(s->engine);
+    free(s);
+}

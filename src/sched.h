@@ -1,0 +1,182 @@
+/* sched.h - the continuous-batching scheduler.
+ *
+ * One scheduler thread owns the engine (model, context, batch, samplers)
+ * and every session's conversation and KV cache. Each step it puts one
+ * token of every generating session and a fair share of prompt tokens into
+ * one llama_decode, then samples every session that has output.
+ *
+ * Other threads talk to it only through the calls below: requests go in
+ * through a bounded queue, events come out through an unbounded queue and
+ * a wake-up callback. Sessions and requests are named by integer IDs.
+ */
+#ifndef IC_SCHED_H
+#define IC_SCHED_H
+
+#include "engine.h"
+#include "stop.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct ic_sched ic_sched;
+
+enum ic_priority {
+    IC_PRIORITY_LOW = 0,
+    IC_PRIORITY_NORMAL = 1,
+    IC_PRIORITY_HIGH = 2,
+};
+
+enum ic_end_reason {
+    IC_END_EOS,
+    IC_END_LENGTH,
+    IC_END_STOP_STRING,
+    IC_END_ABORT,
+    IC_END_CONTEXT_FULL,
+    IC_END_SHUTDOWN,
+    IC_END_ERROR,
+};
+
+/* Why a session went away. */
+enum ic_close_reason {
+    IC_CLOSE_CLIENT,
+    IC_CLOSE_DISCONNECT,
+    IC_CLOSE_SHUTDOWN,
+};
+
+enum ic_session_state {
+    IC_SESSION_IDLE,
+    IC_SESSION_QUEUED,
+    IC_SESSION_PREFILL,
+    IC_SESSION_GENERATING,
+};
+
+typedef struct ic_gen_params {
+    ic_sample_params sample;
+    int max_tokens;
+    bool ignore_eos;
+    enum ic_priority priority;
+    int n_stop;
+    const char *stop[IC_STOP_MAX]; /* borrowed by ic_sched_infer, which copies */
+} ic_gen_params;
+
+typedef struct ic_gen_stats {
+    int prompt_tokens;        /* tokens decoded for this turn's prompt */
+    int generated_tokens;
+    double queue_ms;          /* submit -> first prompt token in a batch */
+    double ttft_ms;           /* submit -> first generated token */
+    double total_ms;          /* submit -> end */
+    double tokens_per_second; /* generated tokens after the first, per second */
+    double prompt_tokens_per_second;
+} ic_gen_stats;
+
+enum ic_event_type {
+    IC_EVENT_TOKEN,          /* one generated token's text */
+    IC_EVENT_END,            /* a generation ended; exactly one per accepted INFER */
+    IC_EVENT_ERROR,          /* an INFER was refused (never followed by END) */
+    IC_EVENT_SESSION_CLOSED, /* the session's KV cache is free */
+};
+
+/* An event; owned by whoever pops it, freed with ic_event_free. */
+typedef struct ic_event {
+    enum ic_event_type type;
+    uint64_t session_id;
+    uint64_t request_id;      /* TOKEN, END, ERROR */
+    int index;                /* TOKEN: counts from 0 in each generation */
+    char *text;               /* TOKEN: valid UTF-8, may be ""; owned */
+    size_t text_len;
+    enum ic_end_reason reason;        /* END */
+    enum ic_close_reason close_reason; /* SESSION_CLOSED */
+    ic_gen_stats stats;       /* END */
+    int err;                  /* ERROR: an ic_err */
+    char message[192];        /* ERROR: for the client */
+} ic_event;
+
+typedef struct ic_sched_opts {
+    int max_sessions;            /* sessions held at once */
+    uint32_t n_ctx_per_session;  /* tokens of context per session */
+    int max_queued;              /* generations waiting to start; beyond: overloaded */
+    int prefix_slots;            /* shared system-prompt prefixes kept */
+    int max_chunk_tokens;        /* most prompt tokens of one session per step */
+    bool kv_unified;             /* one KV buffer for all; enables prefix sharing */
+    /* Called from the scheduler thread after events were added to an empty
+     * queue; must be cheap and thread-safe (e.g. lws_cancel_service). */
+    void (*wake)(void *ud);
+    void *wake_ud;
+} ic_sched_opts;
+
+/* Counters and gauges, readable from any thread. */
+typedef struct ic_sched_stats {
+    int sessions;
+    int generating;           /* generations in prefill or decode */
+    int queued;               /* generations waiting to start */
+    int64_t kv_cells_used;
+    int64_t kv_cells_total;
+    double tokens_per_second; /* generated tokens/s over the last second or so */
+    uint64_t steps;           /* decode steps since start */
+} ic_sched_stats;
+
+/* max_sessions 8, 2048 tokens each, 64 queued, 4 prefixes, 256-token chunks. */
+ic_sched_opts ic_sched_opts_default(void);
+
+/* The engine options that hold opts' sessions (and prefixes) in one context. */
+void ic_sched_engine_opts(const ic_sched_opts *opts, ic_engine_opts *eo);
+
+/* Creates the scheduler and starts its thread. Takes ownership of engine
+ * on every path (it is destroyed on failure too). Returns 0, IC_ERR_NOMEM,
+ * IC_ERR_INVAL (engine too small for opts) or IC_ERR_SYS. */
+int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out);
+
+/* Stops the thread: running generations end with IC_END_SHUTDOWN, sessions
+ * close with IC_CLOSE_SHUTDOWN; those events stay in the queue to be
+ * polled. Idempotent. Any thread except the scheduler's. */
+void ic_sched_stop(ic_sched *s);
+
+/* Stops (if needed) and frees everything, the engine included. NULL is ok. */
+void ic_sched_destroy(ic_sched *s);
+
+/* Model facts (immutable). Any thread. */
+void ic_sched_model_info(const ic_sched *s, ic_engine_info *out);
+
+/* Opens a session, optionally with a system prompt (copied). Returns 0 and
+ * its ID, IC_ERR_CAPACITY (max_sessions reached), IC_ERR_OVERLOADED or
+ * IC_ERR_NOMEM. Any thread. */
+int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id);
+
+/* Starts a generation: prompt is the next user turn (chat-formatted) or,
+ * with raw, text appended as is. Everything is copied. Returns 0 when
+ * queued (then exactly one END follows, or one ERROR if the scheduler
+ * refuses it, e.g. prompt_too_long), IC_ERR_OVERLOADED or IC_ERR_NOMEM.
+ * The caller ensures one generation per session at a time. Any thread. */
+int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
+                   bool raw, const ic_gen_params *params);
+
+/* Ends the session's running generation within one step (END abort).
+ * Any thread. Returns 0 or IC_ERR_NOMEM. */
+int ic_sched_abort(ic_sched *s, uint64_t session_id);
+
+/* Ends any generation (END abort), frees the KV cache, then emits
+ * SESSION_CLOSED with reason. Any thread. Returns 0 or IC_ERR_NOMEM. */
+int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason);
+
+/* Pops the next event, waiting up to timeout_ms (0 = not at all, -1 =
+ * forever). Returns NULL if there is none. One consumer thread. */
+ic_event *ic_sched_poll_event(ic_sched *s, int timeout_ms);
+
+/* Frees an event; NULL is ok. */
+void ic_event_free(ic_event *ev);
+
+/* Reads the gauges. Any thread. */
+void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out);
+
+/* A session's state and context use; IC_ERR_NOT_FOUND if it is not open.
+ * Any thread (values may be a step old). */
+int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
+                          enum ic_session_state *state, int *n_ctx_used_tokens);
+
+/* Names for the protocol. */
+const char *ic_end_reason_name(enum ic_end_reason r);
+const char *ic_close_reason_name(enum ic_close_reason r);
+const char *ic_session_state_name(enum ic_session_state s);
+int ic_priority_parse(const char *s, enum ic_priority *out);
+
+#endif
