@@ -9,4 +9,11 @@
 /* `inferencecenter generate`: one prompt, streamed to stdout. */
 int ic_cmd_generate(int argc, char **argv);
 
+/* `inferencecenter serve`: the WebSocket server. */
+int ic_cmd_serve(int argc, char **argv);
+
+/* `inferencecenter token add`: create a client's API token, append its hash
+ * to the tokens file and print the token once on stdout. */
+int ic_cmd_token(int argc, char **argv);
+
 #endif

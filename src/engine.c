@@ -84,6 +84,8 @@ static void llama_log_to_ic(enum ggml_log_level level, const char *text, void *u
     }
 }
 
+bool ic_engine_supports_gpu(void) { return llama_supports_gpu_offload(); }
+
 void ic_engine_global_init(void)
 {
     llama_log_set(llama_log_to_ic, NULL);

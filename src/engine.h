@@ -67,6 +67,9 @@ ic_engine_opts ic_engine_opts_default(void);
 /* The protocol's sampling defaults (temperature 0.8, top_k 40, ...). */
 ic_sample_params ic_sample_params_default(void);
 
+/* True when this llama.cpp build can offload layers to a GPU. */
+bool ic_engine_supports_gpu(void);
+
 /* Initialises llama.cpp's backends and routes its logging into ic_log.
  * Call once per process before ic_engine_create. */
 void ic_engine_global_init(void);

@@ -13,7 +13,9 @@ static const char usage[] =
     "A self-hosted LLM inference server on llama.cpp.\n"
     "\n"
     "commands:\n"
+    "  serve      serve the model to WebSocket clients (protocol v1)\n"
     "  generate   stream one completion of a prompt to stdout\n"
+    "  token      manage API tokens (token add NAME --tokens FILE)\n"
     "\n"
     "  inferencecenter <command> --help   options of a command\n"
     "  inferencecenter --version          version and llama.cpp commit\n";
@@ -33,8 +35,12 @@ int main(int argc, char **argv)
         printf("inferencecenter %s (llama.cpp %.12s)\n", IC_VERSION, IC_LLAMA_COMMIT);
         return 0;
     }
+    if (strcmp(cmd, "serve") == 0)
+        return ic_cmd_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0)
         return ic_cmd_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "token") == 0)
+        return ic_cmd_token(argc - 1, argv + 1);
     fprintf(stderr, "inferencecenter: unknown command '%s'\n\n%s", cmd, usage);
     return 2;
 }

@@ -306,6 +306,8 @@ ic_event *ic_sched_poll_event(ic_sched *s, int timeout_ms)
 
 void ic_sched_model_info(const ic_sched *s, ic_engine_info *out) { *out = s->info; }
 
+void ic_sched_get_opts(const ic_sched *s, ic_sched_opts *out) { *out = s->opts; }
+
 void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
 {
     ic_sched *m = (ic_sched *)s; /* atomics are read-only here */

@@ -134,6 +134,9 @@ void ic_sched_stop(ic_sched *s);
 /* Stops (if needed) and frees everything, the engine included. NULL is ok. */
 void ic_sched_destroy(ic_sched *s);
 
+/* The options it runs with (immutable). Any thread. */
+void ic_sched_get_opts(const ic_sched *s, ic_sched_opts *out);
+
 /* Model facts (immutable). Any thread. */
 void ic_sched_model_info(const ic_sched *s, ic_engine_info *out);
 

@@ -1,0 +1,738 @@
+/* gateway.c - protocol v1 on the network thread (see gateway.h): auth,
+ * sessions, limits, dispatch to the scheduler and event routing.
+ *
+ * Thread: network thread, except the few "any thread" entry points, which
+ * touch only atomics and ic_server_wake.
+ */
+#include "gateway.h"
+#include "auth.h"
+#include "err.h"
+#include "gpu.h"
+#include "idmap.h"
+#include "log.h"
+#include "protocol.h"
+
+#include <jansson.h>
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CLOSE_GOING_AWAY 1001
+#define CLOSE_TOO_BIG 1009
+#define CLOSE_AUTH_FAILED 4001
+#define CLOSE_AUTH_TIMEOUT 4002
+
+/* A client's connection as the gateway sees it. Network thread. */
+typedef struct client_conn {
+    uint64_t id;
+    char addr[64];
+    bool authed;
+    ic_client_cfg client;
+    int max_sessions;
+    int metrics_interval_ms;   /* 0 = not subscribed */
+    ic_msg_id metrics_id;
+} client_conn;
+
+/* A session's network-side record, keyed by the scheduler's session ID.
+ * conn_id 0 means its connection has gone and the close is in flight. */
+typedef struct gw_session {
+    uint64_t id;
+    char sid[24];              /* "s<id>", as clients name it */
+    uint64_t conn_id;
+    char client[IC_CLIENT_NAME_MAX + 1];
+    ic_req_params defaults;
+    bool running;              /* an INFER awaits its END or ERROR */
+    bool abort_sent;
+    bool closing;
+    uint64_t request_id;
+    char rid[24];
+    ic_msg_id infer_id;
+    ic_msg_id close_id;
+} gw_session;
+
+/* Sessions held per client name, across its connections. */
+typedef struct client_count {
+    char name[IC_CLIENT_NAME_MAX + 1];
+    int n;
+} client_count;
+
+struct ic_gateway {
+    ic_gateway_opts opts;
+    ic_server *srv;
+    ic_auth *auth;             /* NULL = open server */
+    ic_auth_throttle *throttle;
+    ic_gpu_monitor *hw;
+    ic_idmap conns;            /* conn id -> client_conn */
+    ic_idmap sessions;         /* session id -> gw_session */
+    client_count *counts;
+    int n_counts, cap_counts;
+    uint64_t next_request;
+    ic_sched *sched;           /* NULL while loading */
+    bool stopping;
+    bool failed;
+    int n_gpu_layers;
+    int n_ctx_per_session;
+    /* Set from other threads, read on the network thread. */
+    _Atomic(ic_sched *) attach_pending;
+    _Atomic bool load_failed;
+    _Atomic bool stop_requested;
+    _Atomic bool reload_requested;
+};
+
+ic_gateway_opts ic_gateway_opts_default(void)
+{
+    return (ic_gateway_opts){
+        .tokens_path = NULL,
+        .max_sessions_per_client = 8,
+        .max_message_bytes = 1 << 20,
+        .auth_timeout_s = 30,
+        .auth_max_failures = 5,
+        .auth_window_s = 60,
+        .shutdown_timeout_s = 10,
+        .listen_url = "",
+    };
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* --- sending ------------------------------------------------------- */
+
+static void send_json(ic_gateway *g, uint64_t conn, char *json)
+{
+    if (!json) {
+        ic_log_error("connection %llu: out of memory building a message",
+                     (unsigned long long)conn);
+        return;
+    }
+    ic_server_send(g->srv, conn, json, strlen(json));
+}
+
+/* Every client-visible error goes through here. */
+static void send_error(ic_gateway *g, uint64_t conn, enum ic_proto_code code, const char *message,
+                       const char *sid, const ic_msg_id *id)
+{
+    send_json(g, conn, ic_proto_error_msg(code, message, sid, id));
+}
+
+/* --- client session counts --------------------------------------- */
+
+static client_count *count_of(ic_gateway *g, const char *name, bool create)
+{
+    for (int i = 0; i < g->n_counts; i++) {
+        if (strcmp(g->counts[i].name, name) == 0)
+            return &g->counts[i];
+    }
+    if (!create)
+        return NULL;
+    if (g->n_counts == g->cap_counts) {
+        int cap = g->cap_counts ? g->cap_counts * 2 : 16;
+        client_count *c = realloc(g->counts, (size_t)cap * sizeof *c);
+        if (!c)
+            return NULL;
+        g->counts = c;
+        g->cap_counts = cap;
+    }
+    client_count *c = &g->counts[g->n_counts++];
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->n = 0;
+    return c;
+}
+
+static void session_free(ic_gateway *g, gw_session *ss)
+{
+    client_count *cc = count_of(g, ss->client, false);
+    if (cc && cc->n > 0)
+        cc->n--;
+    ic_idmap_del(&g->sessions, ss->id);
+    ic_req_params_free(&ss->defaults);
+    free(ss);
+}
+
+/* A session of this connection named by the client, or NULL. */
+static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
+{
+    if (!sid || sid[0] != 's')
+        return NULL;
+    char *end;
+    unsigned long long id = strtoull(sid + 1, &end, 10);
+    if (*end != '\0' || id == 0)
+        return NULL;
+    gw_session *ss = ic_idmap_get(&g->sessions, id);
+    return ss && ss->conn_id == c->id && !ss->closing ? ss : NULL;
+}
+
+/* --- client messages ------------------------------------------------ */
+
+static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
+{
+    if (c->authed) {
+        send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
+        return;
+    }
+    if (!g->auth) {
+        /* An open server accepts any AUTH, so clients can always send one. */
+        c->authed = true;
+        send_json(g, c->id, ic_proto_auth_success(c->client.name, c->max_sessions, &m->id));
+        return;
+    }
+    double t = now_s();
+    const char *reason = NULL;
+    ic_client_cfg cfg;
+    if (!ic_auth_throttle_allowed(g->throttle, c->addr, t))
+        reason = "too many failed attempts from this address; try again later";
+    else if (ic_auth_check(g->auth, m->token, &cfg) < 0)
+        reason = "invalid token";
+    if (reason) {
+        ic_auth_throttle_fail(g->throttle, c->addr, t);
+        ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
+                    c->addr);
+        send_json(g, c->id, ic_proto_auth_failed(reason, &m->id));
+        ic_server_close(g->srv, c->id, CLOSE_AUTH_FAILED, "authentication failed");
+        return;
+    }
+    c->authed = true;
+    c->client = cfg;
+    c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : g->opts.max_sessions_per_client;
+    ic_server_set_timer(g->srv, c->id, 0);
+    ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
+                c->addr, cfg.name);
+    send_json(g, c->id, ic_proto_auth_success(cfg.name, c->max_sessions, &m->id));
+}
+
+static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
+{
+    client_count *cc = count_of(g, c->client.name, true);
+    if (!cc) {
+        send_error(g, c->id, IC_CODE_INTERNAL, "out of memory", NULL, &m->id);
+        return;
+    }
+    if (cc->n >= c->max_sessions) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "client %s already holds its limit of %d sessions",
+                 c->client.name, c->max_sessions);
+        send_error(g, c->id, IC_CODE_SESSION_LIMIT, msg, NULL, &m->id);
+        return;
+    }
+    gw_session *ss = calloc(1, sizeof *ss);
+    uint64_t id = 0;
+    int rc = ss ? ic_sched_open_session(g->sched, m->system, &id) : IC_ERR_NOMEM;
+    if (rc == 0 && ic_idmap_put(&g->sessions, id, ss) < 0) {
+        ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);
+        rc = IC_ERR_NOMEM;
+    }
+    if (rc < 0) {
+        free(ss);
+        enum ic_proto_code code = ic_proto_code_from_err(rc);
+        send_error(g, c->id, code,
+                   code == IC_CODE_CAPACITY ? "the server holds its maximum number of sessions"
+                                            : ic_strerror(rc),
+                   NULL, &m->id);
+        return;
+    }
+    ss->id = id;
+    ss->conn_id = c->id;
+    snprintf(ss->sid, sizeof ss->sid, "s%llu", (unsigned long long)id);
+    snprintf(ss->client, sizeof ss->client, "%s", c->client.name);
+    ss->defaults = m->params; /* take the strings over */
+    memset(&m->params, 0, sizeof m->params);
+    cc->n++;
+    send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
+}
+
+static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
+{
+    gw_session *ss = own_session(g, c, m->session_id);
+    if (!ss) {
+        send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id, &m->id);
+        return;
+    }
+    if (ss->running) {
+        send_error(g, c->id, IC_CODE_BUSY, "a generation is already running in this session",
+                   ss->sid, &m->id);
+        return;
+    }
+    ic_gen_params gp;
+    ic_proto_gen_params(&ss->defaults, &m->params, c->client.priority, &gp);
+    uint64_t rid = ++g->next_request;
+    int rc = ic_sched_infer(g->sched, ss->id, rid, m->prompt, m->raw, &gp);
+    if (rc < 0) {
+        send_error(g, c->id, ic_proto_code_from_err(rc),
+                   rc == IC_ERR_OVERLOADED ? "too much work is waiting; try again later"
+                                           : ic_strerror(rc),
+                   ss->sid, &m->id);
+        return;
+    }
+    ss->running = true;
+    ss->abort_sent = false;
+    ss->request_id = rid;
+    snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
+    ss->infer_id = m->id;
+}
+
+static void on_abort(ic_gateway *g, client_conn *c, const ic_msg *m)
+{
+    gw_session *ss = own_session(g, c, m->session_id);
+    if (!ss) {
+        send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id, &m->id);
+        return;
+    }
+    if (!ss->running) {
+        send_error(g, c->id, IC_CODE_NOT_RUNNING, "no generation is running in this session",
+                   ss->sid, &m->id);
+        return;
+    }
+    /* The reply is the generation's END with reason "abort". */
+    if (!ss->abort_sent && ic_sched_abort(g->sched, ss->id) == 0)
+        ss->abort_sent = true;
+}
+
+static void on_close_session(ic_gateway *g, client_conn *c, const ic_msg *m)
+{
+    gw_session *ss = own_session(g, c, m->session_id);
+    if (!ss) {
+        send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id, &m->id);
+        return;
+    }
+    if (ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT) < 0) {
+        send_error(g, c->id, IC_CODE_INTERNAL, "could not close the session", ss->sid, &m->id);
+        return;
+    }
+    ss->closing = true;
+    ss->close_id = m->id;
+}
+
+static void fill_sessions(ic_gateway *g, client_conn *c, ic_metrics_session *out, int *n, int cap)
+{
+    *n = 0;
+    for (size_t i = 0; i < g->sessions.cap && *n < cap; i++) {
+        uint64_t id = g->sessions.keys[i];
+        gw_session *ss = id && id != UINT64_MAX ? g->sessions.vals[i] : NULL;
+        if (!ss || ss->conn_id != c->id || ss->closing)
+            continue;
+        ic_metrics_session *ms = &out[(*n)++];
+        snprintf(ms->session_id, sizeof ms->session_id, "%s", ss->sid);
+        if (ic_sched_session_info(g->sched, ss->id, &ms->state, &ms->n_ctx_used) < 0) {
+            ms->state = IC_SESSION_IDLE;
+            ms->n_ctx_used = 0;
+        }
+        if (ss->running && ms->state == IC_SESSION_IDLE)
+            ms->state = IC_SESSION_QUEUED; /* submitted, not yet seen by the scheduler */
+    }
+}
+
+static void send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
+{
+    enum { MAX_LISTED = 256 };
+    ic_metrics_session *list = calloc(MAX_LISTED, sizeof *list);
+    if (!list)
+        return;
+    ic_hw_sample hw;
+    ic_gpu_monitor_sample(g->hw, &hw);
+    ic_metrics_msg mm = {
+        .timestamp_ms = wall_ms(),
+        .state = "ready",
+        .n_gpu_layers = g->n_gpu_layers,
+        .gpus = hw.gpus,
+        .n_gpus = hw.n_gpus,
+        .cpu_pct = hw.cpu_pct,
+        .ram_used_bytes = hw.ram_used_bytes,
+        .ram_total_bytes = hw.ram_total_bytes,
+        .sessions = list,
+    };
+    ic_sched_get_stats(g->sched, &mm.engine);
+    fill_sessions(g, c, list, &mm.n_sessions, MAX_LISTED);
+    send_json(g, c->id, ic_proto_metrics(&mm, id));
+    free(list);
+}
+
+static void on_subscribe(ic_gateway *g, client_conn *c, const ic_msg *m)
+{
+    c->metrics_interval_ms = m->interval_ms;
+    c->metrics_id = m->id;
+    ic_server_set_timer(g->srv, c->id, m->interval_ms);
+    if (m->interval_ms > 0)
+        send_metrics(g, c, &m->id);
+}
+
+static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
+{
+    if (!c->authed && m->type != IC_MSG_AUTH) {
+        send_error(g, c->id, IC_CODE_UNAUTHENTICATED, "send AUTH with a valid token first", NULL,
+                   &m->id);
+        return;
+    }
+    switch (m->type) {
+    case IC_MSG_AUTH: on_auth(g, c, m); break;
+    case IC_MSG_CREATE_SESSION: on_create_session(g, c, m); break;
+    case IC_MSG_CLOSE_SESSION: on_close_session(g, c, m); break;
+    case IC_MSG_INFER: on_infer(g, c, m); break;
+    case IC_MSG_ABORT: on_abort(g, c, m); break;
+    case IC_MSG_METRICS: send_metrics(g, c, &m->id); break;
+    case IC_MSG_SUBSCRIBE_METRICS: on_subscribe(g, c, m); break;
+    }
+}
+
+/* --- server handlers (network thread) ------------------------------ */
+
+static bool h_accept(void *ud)
+{
+    ic_gateway *g = ud;
+    return g->sched && !g->stopping;
+}
+
+static void h_open(void *ud, uint64_t id, const char *addr)
+{
+    ic_gateway *g = ud;
+    client_conn *c = calloc(1, sizeof *c);
+    if (!c || ic_idmap_put(&g->conns, id, c) < 0) {
+        free(c);
+        ic_server_close(g->srv, id, 1011, "out of memory");
+        return;
+    }
+    c->id = id;
+    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    c->authed = g->auth == NULL;
+    snprintf(c->client.name, sizeof c->client.name, "anonymous");
+    c->client.priority = IC_PRIORITY_HIGH;
+    c->max_sessions = g->opts.max_sessions_per_client;
+    ic_engine_info info;
+    ic_sched_model_info(g->sched, &info);
+    ic_hello h = {
+        .version = IC_VERSION,
+        .auth_required = g->auth != NULL,
+        .model_name = info.name,
+        .n_params = info.n_params,
+        .size_bytes = info.file_bytes,
+        .n_ctx_train = info.n_ctx_train_tokens,
+        .max_message_bytes = (int64_t)g->opts.max_message_bytes,
+        .max_sessions_per_client = g->opts.max_sessions_per_client,
+        .n_ctx_per_session = g->n_ctx_per_session,
+    };
+    send_json(g, id, ic_proto_hello(&h));
+    if (!c->authed)
+        ic_server_set_timer(g->srv, id, g->opts.auth_timeout_s * 1000);
+}
+
+static void h_message(void *ud, uint64_t id, const char *data, size_t len, bool binary)
+{
+    ic_gateway *g = ud;
+    client_conn *c = ic_idmap_get(&g->conns, id);
+    if (!c || g->stopping)
+        return;
+    if (binary) {
+        send_error(g, id, IC_CODE_BAD_REQUEST, "binary frames are not supported; send JSON text",
+                   NULL, NULL);
+        return;
+    }
+    ic_msg m;
+    ic_proto_error pe;
+    if (ic_proto_parse(data, len, &m, &pe) < 0) {
+        send_error(g, id, pe.code, pe.message, NULL, &pe.id);
+        return;
+    }
+    dispatch(g, c, &m);
+    ic_msg_free(&m);
+}
+
+static void h_too_large(void *ud, uint64_t id)
+{
+    ic_gateway *g = ud;
+    char msg[96];
+    snprintf(msg, sizeof msg, "message exceeds %zu bytes", g->opts.max_message_bytes);
+    send_error(g, id, IC_CODE_MESSAGE_TOO_LARGE, msg, NULL, NULL);
+    ic_server_close(g->srv, id, CLOSE_TOO_BIG, "message too large");
+}
+
+/* The connection is gone: its sessions close (their generations stop
+ * within a step); their records go when SESSION_CLOSED comes back. */
+static void h_close(void *ud, uint64_t id)
+{
+    ic_gateway *g = ud;
+    client_conn *c = ic_idmap_del(&g->conns, id);
+    if (!c)
+        return;
+    for (size_t i = 0; i < g->sessions.cap; i++) {
+        uint64_t sid = g->sessions.keys[i];
+        gw_session *ss = sid && sid != UINT64_MAX ? g->sessions.vals[i] : NULL;
+        if (!ss || ss->conn_id != id)
+            continue;
+        ss->conn_id = 0;
+        if (!ss->closing && g->sched && !g->stopping)
+            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_DISCONNECT);
+        ss->closing = true;
+    }
+    free(c);
+    if (g->stopping && ic_server_n_connections(g->srv) == 0)
+        ic_server_quit(g->srv);
+}
+
+static void h_timer(void *ud, uint64_t id)
+{
+    ic_gateway *g = ud;
+    if (id == 0) {
+        /* The shutdown time-out: stop waiting for slow clients. */
+        ic_log_warn("shutdown: %d connections did not close in time",
+                    ic_server_n_connections(g->srv));
+        ic_server_quit(g->srv);
+        return;
+    }
+    client_conn *c = ic_idmap_get(&g->conns, id);
+    if (!c)
+        return;
+    if (!c->authed) {
+        send_error(g, id, IC_CODE_UNAUTHENTICATED, "no AUTH in time", NULL, NULL);
+        ic_server_close(g->srv, id, CLOSE_AUTH_TIMEOUT, "authentication timeout");
+        return;
+    }
+    if (c->metrics_interval_ms > 0 && g->sched && !g->stopping) {
+        send_metrics(g, c, &c->metrics_id);
+        ic_server_set_timer(g->srv, id, c->metrics_interval_ms);
+    }
+}
+
+static int h_http(void *ud, const char *path, char **body)
+{
+    ic_gateway *g = ud;
+    int status = 404;
+    json_t *j;
+    if (strcmp(path, "/health") == 0) {
+        const char *st = g->stopping ? "stopping" : g->sched ? "ok" : "loading";
+        status = g->sched && !g->stopping ? 200 : 503;
+        j = json_pack("{s:s}", "status", st);
+    } else {
+        j = json_pack("{s:s}", "error", "not found");
+    }
+    *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return status;
+}
+
+/* --- scheduler events ------------------------------------------------ */
+
+static void route_event(ic_gateway *g, ic_event *ev)
+{
+    gw_session *ss = ic_idmap_get(&g->sessions, ev->session_id);
+    if (!ss)
+        return;
+    uint64_t conn = ss->conn_id;
+    switch (ev->type) {
+    case IC_EVENT_TOKEN:
+        if (conn)
+            send_json(g, conn, ic_proto_token(ss->sid, ss->rid, ev->index, ev->text, ev->text_len,
+                                              &ss->infer_id));
+        break;
+    case IC_EVENT_END:
+        ss->running = false;
+        if (conn)
+            send_json(g, conn, ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats,
+                                            &ss->infer_id));
+        break;
+    case IC_EVENT_ERROR:
+        ss->running = false;
+        if (conn)
+            send_error(g, conn, ic_proto_code_from_err(ev->err), ev->message, ss->sid,
+                       &ss->infer_id);
+        break;
+    case IC_EVENT_SESSION_CLOSED:
+        if (conn)
+            send_json(g, conn, ic_proto_session_closed(ss->sid,
+                                                       ic_close_reason_name(ev->close_reason),
+                                                       &ss->close_id));
+        session_free(g, ss);
+        break;
+    }
+}
+
+static void drain_events(ic_gateway *g)
+{
+    if (!g->sched)
+        return;
+    for (ic_event *ev; (ev = ic_sched_poll_event(g->sched, 0));) {
+        route_event(g, ev);
+        ic_event_free(ev);
+    }
+}
+
+static void close_conn_for_stop(uint64_t id, void *val, void *ud)
+{
+    (void)val;
+    ic_gateway *g = ud;
+    ic_server_close(g->srv, id, CLOSE_GOING_AWAY, "server shutting down");
+}
+
+/* Graceful stop: the scheduler ends everything (END shutdown, then
+ * SESSION_CLOSED shutdown), those events go out, then every connection
+ * closes with 1001. The server loop ends when the last one has gone or
+ * the shutdown time-out passes. */
+static void begin_stop(ic_gateway *g)
+{
+    g->stopping = true;
+    ic_log_info("shutting down: ending generations and closing %d connections",
+                ic_server_n_connections(g->srv));
+    if (g->sched) {
+        ic_sched_stop(g->sched);
+        drain_events(g);
+    }
+    ic_idmap_each(&g->conns, close_conn_for_stop, g);
+    ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
+}
+
+static void reload_tokens(ic_gateway *g)
+{
+    if (!g->opts.tokens_path)
+        return;
+    char err[256];
+    ic_auth *fresh = NULL;
+    if (ic_auth_load(g->opts.tokens_path, &fresh, err, sizeof err) < 0) {
+        ic_log_error("tokens reload failed, keeping the previous tokens: %s", err);
+        return;
+    }
+    ic_auth_destroy(g->auth);
+    g->auth = fresh;
+    ic_log_info("tokens reloaded: %d clients", ic_auth_count(fresh));
+}
+
+static void h_wake(void *ud)
+{
+    ic_gateway *g = ud;
+    ic_sched *s = atomic_exchange(&g->attach_pending, NULL);
+    if (s && !g->stopping) {
+        g->sched = s;
+        ic_sched_opts so;
+        ic_sched_get_opts(s, &so);
+        g->n_ctx_per_session = (int)so.n_ctx_per_session;
+        ic_engine_info info;
+        ic_sched_model_info(s, &info);
+        g->n_gpu_layers = info.n_gpu_layers;
+        ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
+                    so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
+    }
+    if (atomic_exchange(&g->reload_requested, false))
+        reload_tokens(g);
+    if (atomic_load(&g->load_failed) && !g->stopping) {
+        g->failed = true;
+        begin_stop(g);
+    }
+    if (atomic_load(&g->stop_requested) && !g->stopping)
+        begin_stop(g);
+    drain_events(g);
+    if (g->stopping && ic_server_n_connections(g->srv) == 0)
+        ic_server_quit(g->srv);
+}
+
+/* --- lifetime and other threads ----------------------------------- */
+
+int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    ic_gateway *g = calloc(1, sizeof *g);
+    if (!g)
+        return IC_ERR_NOMEM;
+    g->opts = *opts;
+    int rc = ic_gpu_monitor_create(&g->hw);
+    if (rc == 0)
+        rc = ic_auth_throttle_create(opts->auth_max_failures, opts->auth_window_s, &g->throttle);
+    if (rc == 0 && opts->tokens_path)
+        rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
+    if (rc < 0) {
+        ic_gateway_destroy(g);
+        return rc;
+    }
+    *out = g;
+    return 0;
+}
+
+static void free_session_cb(uint64_t id, void *val, void *ud)
+{
+    (void)id;
+    (void)ud;
+    gw_session *ss = val;
+    ic_req_params_free(&ss->defaults);
+    free(ss);
+}
+
+static void free_conn_cb(uint64_t id, void *val, void *ud)
+{
+    (void)id;
+    (void)ud;
+    free(val);
+}
+
+void ic_gateway_destroy(ic_gateway *g)
+{
+    if (!g)
+        return;
+    ic_idmap_each(&g->sessions, free_session_cb, NULL);
+    ic_idmap_free(&g->sessions);
+    ic_idmap_each(&g->conns, free_conn_cb, NULL);
+    ic_idmap_free(&g->conns);
+    ic_auth_destroy(g->auth);
+    ic_auth_throttle_destroy(g->throttle);
+    ic_gpu_monitor_destroy(g->hw);
+    free(g->counts);
+    free(g);
+}
+
+void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *h)
+{
+    *h = (ic_server_handlers){
+        .ud = g,
+        .accept = h_accept,
+        .on_open = h_open,
+        .on_message = h_message,
+        .on_too_large = h_too_large,
+        .on_close = h_close,
+        .on_wake = h_wake,
+        .on_timer = h_timer,
+        .on_http = h_http,
+    };
+}
+
+void ic_gateway_set_server(ic_gateway *g, ic_server *srv) { g->srv = srv; }
+
+void ic_gateway_wake(void *ud)
+{
+    ic_gateway *g = ud;
+    ic_server_wake(g->srv);
+}
+
+void ic_gateway_attach(ic_gateway *g, ic_sched *sched)
+{
+    atomic_store(&g->attach_pending, sched);
+    ic_gateway_wake(g);
+}
+
+void ic_gateway_load_failed(ic_gateway *g)
+{
+    atomic_store(&g->load_failed, true);
+    ic_gateway_wake(g);
+}
+
+void ic_gateway_request_stop(ic_gateway *g)
+{
+    atomic_store(&g->stop_requested, true);
+    ic_gateway_wake(g);
+}
+
+void ic_gateway_request_reload(ic_gateway *g)
+{
+    atomic_store(&g->reload_requested, true);
+    ic_gateway_wake(g);
+}
+
+bool ic_gateway_failed(const ic_gateway *g) { return g->failed; }

@@ -1,0 +1,69 @@
+/* gateway.h - the protocol's logic on the network thread: authentication,
+ * the session table, per-client limits, dispatching client messages to the
+ * scheduler and routing its events back to connections.
+ *
+ * Owns: the tokens (ic_auth), the auth throttle, every session's
+ * network-side record, metrics subscriptions. Borrows the server and,
+ * once the model is loaded, the scheduler. Runs on the network thread;
+ * the functions marked "any thread" only set atomics and wake it.
+ */
+#ifndef IC_GATEWAY_H
+#define IC_GATEWAY_H
+
+#include "sched.h"
+#include "server.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct ic_gateway ic_gateway;
+
+typedef struct ic_gateway_opts {
+    const char *tokens_path;       /* NULL: no authentication */
+    int max_sessions_per_client;   /* default for clients without their own */
+    size_t max_message_bytes;      /* shown in HELLO; enforced by the server */
+    int auth_timeout_s;            /* to authenticate after connecting */
+    int auth_max_failures;         /* per address, per auth_window_s */
+    double auth_window_s;
+    double shutdown_timeout_s;     /* to flush and close connections */
+    const char *listen_url;        /* for the log line when ready */
+} ic_gateway_opts;
+
+ic_gateway_opts ic_gateway_opts_default(void);
+
+/* Loads the tokens file (if any). Returns 0, or IC_ERR_IO/IC_ERR_PARSE
+ * with a one-line reason in err. */
+int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, size_t errlen);
+
+/* NULL is ok. Call after the server is destroyed. */
+void ic_gateway_destroy(ic_gateway *g);
+
+/* The handlers to create the server with. */
+void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *out);
+
+/* Gives the gateway its server (borrowed). Network thread, before run. */
+void ic_gateway_set_server(ic_gateway *g, ic_server *srv);
+
+/* The model is loaded: sched (borrowed; must outlive the server loop) now
+ * serves. Any thread. */
+void ic_gateway_attach(ic_gateway *g, ic_sched *sched);
+
+/* Loading failed: the server stops. Any thread. */
+void ic_gateway_load_failed(ic_gateway *g);
+
+/* Graceful stop (SIGTERM): generations end with "shutdown", sessions
+ * close, connections close with 1001, then the server loop returns. Any
+ * thread. */
+void ic_gateway_request_stop(ic_gateway *g);
+
+/* Re-reads the tokens file (SIGHUP); keeps the old one if the new is bad.
+ * Any thread. */
+void ic_gateway_request_reload(ic_gateway *g);
+
+/* The scheduler's wake callback (ud is the gateway). Any thread. */
+void ic_gateway_wake(void *ud);
+
+/* True when the stop was for a failed load (exit status 1). */
+bool ic_gateway_failed(const ic_gateway *g);
+
+#endif

@@ -1,0 +1,189 @@
+/* protocol.h - protocol v1: client JSON messages to C structs, and server
+ * messages from C values to JSON text. The one place that knows the wire
+ * format and the only builder of ERROR messages. See docs/protocol.md.
+ *
+ * Pure functions on the network thread (any thread may call them). Uses
+ * jansson inside; no jansson type appears here.
+ */
+#ifndef IC_PROTOCOL_H
+#define IC_PROTOCOL_H
+
+#include "sched.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define IC_PROTOCOL_VERSION 1
+#define IC_MSG_ID_MAX_BYTES 64
+
+enum ic_msg_type {
+    IC_MSG_AUTH,
+    IC_MSG_CREATE_SESSION,
+    IC_MSG_CLOSE_SESSION,
+    IC_MSG_INFER,
+    IC_MSG_ABORT,
+    IC_MSG_METRICS,
+    IC_MSG_SUBSCRIBE_METRICS,
+};
+
+/* Client-visible error codes, in the order of the protocol document. */
+enum ic_proto_code {
+    IC_CODE_BAD_JSON,
+    IC_CODE_BAD_REQUEST,
+    IC_CODE_UNKNOWN_TYPE,
+    IC_CODE_UNAUTHENTICATED,
+    IC_CODE_SESSION_NOT_FOUND,
+    IC_CODE_SESSION_LIMIT,
+    IC_CODE_CAPACITY,
+    IC_CODE_BUSY,
+    IC_CODE_NOT_RUNNING,
+    IC_CODE_PROMPT_TOO_LONG,
+    IC_CODE_MESSAGE_TOO_LARGE,
+    IC_CODE_OVERLOADED,
+    IC_CODE_INTERNAL,
+};
+
+/* The client's "id", echoed in every reply to its message. */
+typedef struct ic_msg_id {
+    bool present;
+    bool is_int;
+    int64_t i;
+    char s[IC_MSG_ID_MAX_BYTES + 1];
+} ic_msg_id;
+
+/* Generation parameters as a client sent them: `set` says which were given
+ * (bit (1u << IC_PARAM_x)), so session defaults and request values merge. */
+enum ic_param {
+    IC_PARAM_MAX_TOKENS, IC_PARAM_TEMPERATURE, IC_PARAM_TOP_K, IC_PARAM_TOP_P,
+    IC_PARAM_MIN_P, IC_PARAM_REPEAT_PENALTY, IC_PARAM_REPEAT_LAST_N, IC_PARAM_SEED,
+    IC_PARAM_STOP, IC_PARAM_IGNORE_EOS, IC_PARAM_PRIORITY,
+};
+
+typedef struct ic_req_params {
+    unsigned set;
+    int max_tokens;
+    float temperature;
+    int top_k;
+    float top_p;
+    float min_p;
+    float repeat_penalty;
+    int repeat_last_n;
+    uint32_t seed;
+    bool ignore_eos;
+    enum ic_priority priority;
+    int n_stop;
+    char *stop[IC_STOP_MAX];   /* owned */
+} ic_req_params;
+
+/* A parsed client message; free with ic_msg_free. Strings are owned,
+ * NUL-terminated and valid UTF-8 (prompt and system may hold U+0000 only
+ * as "\u0000" escapes, which are refused). */
+typedef struct ic_msg {
+    enum ic_msg_type type;
+    ic_msg_id id;
+    char *token;               /* AUTH */
+    char *session_id;          /* CLOSE_SESSION, INFER, ABORT */
+    char *system;              /* CREATE_SESSION, NULL when absent */
+    char *prompt;              /* INFER */
+    bool raw;                  /* INFER */
+    ic_req_params params;      /* CREATE_SESSION, INFER */
+    int interval_ms;           /* SUBSCRIBE_METRICS: 0 stops, else >= 250 */
+} ic_msg;
+
+/* Why a message was refused. */
+typedef struct ic_proto_error {
+    enum ic_proto_code code;
+    char message[160];         /* names the offending field */
+    ic_msg_id id;              /* the id, when it could be read */
+} ic_proto_error;
+
+/* Parses one text frame. Returns 0 and fills *out, or IC_ERR_PARSE and
+ * fills *err (code bad_json, bad_request or unknown_type). */
+int ic_proto_parse(const char *text, size_t len, ic_msg *out, ic_proto_error *err);
+
+/* Frees what ic_proto_parse allocated in msg; the struct itself is the caller's. */
+void ic_msg_free(ic_msg *msg);
+
+/* Copies params (strings included). Returns 0 or IC_ERR_NOMEM. */
+int ic_req_params_copy(ic_req_params *dst, const ic_req_params *src);
+
+/* Frees the strings of params. */
+void ic_req_params_free(ic_req_params *p);
+
+/* Fills gen with the protocol defaults (max_tokens 256, temperature 0.8,
+ * top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0, repeat_last_n 64,
+ * random seed, no stop, ignore_eos false, priority normal), then
+ * session_defaults, then request (either may be NULL). Stop strings point
+ * into the params they came from. Priority is capped at max_priority. */
+void ic_proto_gen_params(const ic_req_params *session_defaults, const ic_req_params *request,
+                         enum ic_priority max_priority, ic_gen_params *gen);
+
+/* The protocol's name of a code ("bad_json", ...). */
+const char *ic_proto_code_name(enum ic_proto_code code);
+
+/* The client-visible code for an ic_err from the scheduler. */
+enum ic_proto_code ic_proto_code_from_err(int err);
+
+/* --- server messages: each returns malloc'd JSON text, or NULL when out
+ * of memory. id may be NULL (or not present): then no "id" member. --- */
+
+typedef struct ic_hello {
+    const char *version;
+    bool auth_required;
+    const char *model_name;
+    uint64_t n_params;
+    uint64_t size_bytes;
+    int n_ctx_train;
+    int64_t max_message_bytes;
+    int max_sessions_per_client;
+    int n_ctx_per_session;
+} ic_hello;
+
+char *ic_proto_hello(const ic_hello *h);
+char *ic_proto_auth_success(const char *client, int max_sessions, const ic_msg_id *id);
+char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id);
+char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id);
+char *ic_proto_session_closed(const char *session_id, const char *reason, const ic_msg_id *id);
+char *ic_proto_token(const char *session_id, const char *request_id, int index, const char *text,
+                     size_t text_len, const ic_msg_id *id);
+char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_reason reason,
+                   const ic_gen_stats *stats, const ic_msg_id *id);
+/* The one builder of ERROR messages; session_id may be NULL. (Not named
+ * ic_proto_error: that is the type above, and C has one namespace for both.) */
+char *ic_proto_error_msg(enum ic_proto_code code, const char *message, const char *session_id,
+                         const ic_msg_id *id);
+
+typedef struct ic_metrics_gpu {
+    int index;
+    char name[96];
+    double temperature_c;
+    double utilization_pct;
+    int64_t memory_used_bytes;
+    int64_t memory_total_bytes;
+    double power_w;
+} ic_metrics_gpu;
+
+typedef struct ic_metrics_session {
+    char session_id[32];
+    enum ic_session_state state;
+    int n_ctx_used;
+} ic_metrics_session;
+
+typedef struct ic_metrics_msg {
+    int64_t timestamp_ms;
+    const char *state;         /* "loading", "ready", "throttled", "sleeping" */
+    ic_sched_stats engine;
+    int n_gpu_layers;
+    const ic_metrics_gpu *gpus;
+    int n_gpus;
+    double cpu_pct;
+    int64_t ram_used_bytes;
+    int64_t ram_total_bytes;
+    const ic_metrics_session *sessions;
+    int n_sessions;
+} ic_metrics_msg;
+
+char *ic_proto_metrics(const ic_metrics_msg *m, const ic_msg_id *id);
+
+#endif

@@ -1,0 +1,874 @@
+/* test_protocol.c - protocol v1: client frames parse into ic_msg or into the
+ * right error code with a message naming the field; ids are echoed; params
+ * merge with the right precedence; every server message round-trips
+ * through a JSON parser with the documented field names. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "err.h"
+#include "protocol.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- helpers --- */
+
+static int parse(const char *text, ic_msg *m, ic_proto_error *e)
+{
+    return ic_proto_parse(text, strlen(text), m, e);
+}
+
+/* Parses text, expecting it to be refused with code and a message that
+ * contains needle; also checks the message makes a valid ERROR. */
+static void expect_refused(const char *text, size_t len, enum ic_proto_code code,
+                           const char *needle)
+{
+    ic_msg m;
+    ic_proto_error e;
+    int rc = ic_proto_parse(text, len, &m, &e);
+    if (rc != IC_ERR_PARSE || e.code != code || !strstr(e.message, needle))
+        fail_msg("%.80s: rc %d code %s message '%s', wanted %s containing '%s'", text, rc,
+                 ic_proto_code_name(e.code), e.message, ic_proto_code_name(code), needle);
+    assert_null(m.token); /* nothing left to free */
+    assert_null(m.prompt);
+    assert_int_equal(m.params.n_stop, 0);
+    char *err = ic_proto_error_msg(e.code, e.message, NULL, &e.id);
+    assert_non_null(err); /* the message is valid UTF-8 */
+    free(err);
+}
+
+static void refused(const char *text, enum ic_proto_code code, const char *needle)
+{
+    expect_refused(text, strlen(text), code, needle);
+}
+
+/* Parses a builder's output (taking it), asserting it is JSON whose first
+ * member is "type" == type. */
+static json_t *load(char *text, const char *type)
+{
+    assert_non_null(text);
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "{\"type\":\"%s\"", type);
+    if (strncmp(text, prefix, strlen(prefix)) != 0)
+        fail_msg("%s does not start with %s", text, prefix);
+    json_error_t jerr;
+    json_t *j = json_loads(text, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &jerr);
+    if (!j)
+        fail_msg("not JSON: %s (%s)", text, jerr.text);
+    free(text);
+    return j;
+}
+
+/* The member at a dotted path ("stats.ttft_ms"), or NULL. */
+static const json_t *member_at(const json_t *obj, const char *path)
+{
+    const json_t *v = obj;
+    char key[64];
+    for (const char *p = path; v && *p;) {
+        size_t n = strcspn(p, ".");
+        snprintf(key, sizeof key, "%.*s", (int)n, p);
+        v = json_object_get(v, key);
+        p += n + (p[n] == '.');
+    }
+    return v;
+}
+
+static const char *get_s(const json_t *obj, const char *path)
+{
+    const json_t *v = member_at(obj, path);
+    if (!json_is_string(v))
+        fail_msg("'%s' is not a string", path);
+    return json_string_value(v);
+}
+
+static json_int_t get_i(const json_t *obj, const char *path)
+{
+    const json_t *v = member_at(obj, path);
+    if (!json_is_integer(v))
+        fail_msg("'%s' is not an integer", path);
+    return json_integer_value(v);
+}
+
+static double get_f(const json_t *obj, const char *path)
+{
+    const json_t *v = member_at(obj, path);
+    if (!json_is_number(v))
+        fail_msg("'%s' is not a number", path);
+    return json_number_value(v);
+}
+
+/* --- parsing: good messages --- */
+
+static void parses_every_type(void **state)
+{
+    (void)state;
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"type\":\"AUTH\",\"token\":\"s3cret\",\"extra\":[1,{}]}", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_AUTH);
+    assert_string_equal(m.token, "s3cret");
+    assert_false(m.id.present);
+    ic_msg_free(&m);
+
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\"}", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_CREATE_SESSION);
+    assert_null(m.system);
+    assert_int_equal(m.params.set, 0);
+    ic_msg_free(&m);
+
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\",\"system\":\"Be brief.\","
+                           "\"params\":{\"temperature\":0,\"bogus\":true}}", &m, &e), 0);
+    assert_string_equal(m.system, "Be brief.");
+    assert_int_equal(m.params.set, 1u << IC_PARAM_TEMPERATURE);
+    assert_true(m.params.temperature == 0.0f);
+    ic_msg_free(&m);
+
+    assert_int_equal(parse("{\"session_id\":\"s1\",\"type\":\"CLOSE_SESSION\"}", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_CLOSE_SESSION);
+    assert_string_equal(m.session_id, "s1");
+    ic_msg_free(&m);
+
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"h\\u00e9\"}",
+                           &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_INFER);
+    assert_string_equal(m.prompt, "h\xc3\xa9");
+    assert_false(m.raw);
+    ic_msg_free(&m);
+
+    assert_int_equal(parse("{\"type\":\"ABORT\",\"session_id\":\"\"}", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_ABORT);
+    assert_string_equal(m.session_id, "");
+    ic_msg_free(&m);
+
+    assert_int_equal(parse(" {\"type\":\"METRICS\"} \n", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_METRICS);
+    ic_msg_free(&m);
+}
+
+static void parses_infer_with_all_params(void **state)
+{
+    (void)state;
+    ic_msg m;
+    ic_proto_error e;
+    const char *text =
+        "{\"type\":\"INFER\",\"id\":7,\"session_id\":\"abc\",\"prompt\":\"Once\",\"raw\":true,"
+        "\"params\":{\"max_tokens\":1000000,\"temperature\":100,\"top_k\":0,\"top_p\":1,"
+        "\"min_p\":0.5,\"repeat_penalty\":0.001,\"repeat_last_n\":-1,\"seed\":4294967295,"
+        "\"stop\":[\"\\n\\n\",\"\",\"END\"],\"ignore_eos\":true,\"priority\":\"low\"}}";
+    assert_int_equal(parse(text, &m, &e), 0);
+    assert_true(m.raw);
+    assert_true(m.id.present && m.id.is_int && m.id.i == 7);
+    const ic_req_params *p = &m.params;
+    assert_int_equal(p->set, (1u << (IC_PARAM_PRIORITY + 1)) - 1); /* all eleven */
+    assert_int_equal(p->max_tokens, 1000000);
+    assert_true(p->temperature == 100.0f);
+    assert_int_equal(p->top_k, 0);
+    assert_true(p->top_p == 1.0f);
+    assert_true(p->min_p == 0.5f);
+    assert_true(p->repeat_penalty == 0.001f);
+    assert_int_equal(p->repeat_last_n, -1);
+    assert_true(p->seed == 4294967295u);
+    assert_true(p->ignore_eos);
+    assert_int_equal(p->priority, IC_PRIORITY_LOW);
+    assert_int_equal(p->n_stop, 3);
+    assert_string_equal(p->stop[0], "\n\n");
+    assert_string_equal(p->stop[1], "");
+    assert_string_equal(p->stop[2], "END");
+    ic_msg_free(&m);
+    ic_msg_free(&m); /* idempotent */
+}
+
+static void subscribe_interval_rules(void **state)
+{
+    (void)state;
+    static const struct { const char *v; int ok; int ms; } cases[] = {
+        {"0", 1, 0}, {"250", 1, 250}, {"1000", 1, 1000}, {"3600000", 1, 3600000},
+        {"3600001", 1, 3600000}, {"9223372036854775807", 1, 3600000},
+        {"249", 0, 0}, {"1", 0, 0}, {"-1", 0, 0}, {"1000.0", 0, 0}, {"\"1000\"", 0, 0},
+        {"true", 0, 0}, {"null", 0, 0},
+    };
+    char text[128];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(text, sizeof text, "{\"type\":\"SUBSCRIBE_METRICS\",\"interval_ms\":%s}",
+                 cases[i].v);
+        if (cases[i].ok) {
+            ic_msg m;
+            ic_proto_error e;
+            assert_int_equal(parse(text, &m, &e), 0);
+            assert_int_equal(m.type, IC_MSG_SUBSCRIBE_METRICS);
+            assert_int_equal(m.interval_ms, cases[i].ms);
+            ic_msg_free(&m);
+        } else {
+            refused(text, IC_CODE_BAD_REQUEST, "'interval_ms'");
+        }
+    }
+    refused("{\"type\":\"SUBSCRIBE_METRICS\"}", IC_CODE_BAD_REQUEST, "'interval_ms'");
+}
+
+/* --- parsing: refusals --- */
+
+static void not_json_is_bad_json(void **state)
+{
+    (void)state;
+    refused("", IC_CODE_BAD_JSON, "not valid JSON");
+    refused("{", IC_CODE_BAD_JSON, "not valid JSON");
+    refused("hello", IC_CODE_BAD_JSON, "not valid JSON");
+    refused("{\"type\":\"METRICS\"} {}", IC_CODE_BAD_JSON, "not valid JSON");
+    refused("{'type':'METRICS'}", IC_CODE_BAD_JSON, "not valid JSON");
+    refused("{\"type\":\"METRICS\",}", IC_CODE_BAD_JSON, "not valid JSON");
+    refused("{\"type\":\"METRICS\",\"type\":\"AUTH\"}", IC_CODE_BAD_JSON, "duplicate");
+    refused("{\"type\":\"METRICS\",\"x\":{\"a\":1,\"a\":2}}", IC_CODE_BAD_JSON, "duplicate");
+    refused("{\"type\":\"METRICS\",\"a\\u0000b\":1}", IC_CODE_BAD_JSON, "not valid JSON");
+    /* A raw NUL byte inside the frame, and an absent buffer. */
+    expect_refused("{\"type\":\"METRICS\"}\0", 19, IC_CODE_BAD_JSON, "not valid JSON");
+    expect_refused("{\"type\":\"ME\0TRICS\"}", 19, IC_CODE_BAD_JSON, "not valid JSON");
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(ic_proto_parse(NULL, 0, &m, &e), IC_ERR_PARSE);
+    assert_int_equal(e.code, IC_CODE_BAD_JSON);
+    assert_false(e.id.present);
+}
+
+static void invalid_utf8_is_bad_json(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "{\"type\":\"AUTH\",\"token\":\"\xff\"}",            /* never valid */
+        "{\"type\":\"AUTH\",\"token\":\"\xc3\"}",            /* truncated */
+        "{\"type\":\"AUTH\",\"token\":\"\xc0\xaf\"}",        /* overlong '/' */
+        "{\"type\":\"AUTH\",\"token\":\"\xed\xa0\x80\"}",    /* surrogate */
+        "{\"type\":\"AUTH\",\"token\":\"\xf4\x90\x80\x80\"}", /* > U+10FFFF */
+        "{\"type\":\"AUTH\",\"id\":1,\"token\":\"\\ud800\"}", /* lone surrogate escape */
+        "\xef\xbb\xbf{\"type\":\"METRICS\"}",                /* a BOM is not JSON */
+        "{\"type\":\"\x80\"}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        refused(bad[i], IC_CODE_BAD_JSON, "not valid JSON");
+        ic_msg m;
+        ic_proto_error e;
+        parse(bad[i], &m, &e);
+        assert_false(e.id.present);
+        /* The message never quotes the bad bytes. */
+        for (const char *c = e.message; *c; c++)
+            assert_true((unsigned char)*c >= 0x20 && (unsigned char)*c < 0x7f);
+    }
+}
+
+static void non_object_is_bad_request(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {"[]", "[{\"type\":\"METRICS\"}]", "3", "\"METRICS\"",
+                                        "null", "true"};
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
+        refused(texts[i], IC_CODE_BAD_REQUEST, "message must be a JSON object");
+}
+
+static void type_must_be_a_known_string(void **state)
+{
+    (void)state;
+    refused("{}", IC_CODE_BAD_REQUEST, "field 'type' must be a string");
+    refused("{\"type\":7}", IC_CODE_BAD_REQUEST, "'type'");
+    refused("{\"type\":null}", IC_CODE_BAD_REQUEST, "'type'");
+    refused("{\"type\":[\"AUTH\"]}", IC_CODE_BAD_REQUEST, "'type'");
+    refused("{\"type\":\"FETCH\"}", IC_CODE_UNKNOWN_TYPE, "'FETCH'");
+    refused("{\"type\":\"auth\",\"token\":\"x\"}", IC_CODE_UNKNOWN_TYPE, "'auth'");
+    refused("{\"type\":\"\"}", IC_CODE_UNKNOWN_TYPE, "''");
+    /* An embedded U+0000 must not make it "AUTH". */
+    refused("{\"type\":\"AUTH\\u0000x\",\"token\":\"t\"}", IC_CODE_UNKNOWN_TYPE, "'AUTH'");
+    refused("{\"type\":\"AUTHX\",\"token\":\"t\"}", IC_CODE_UNKNOWN_TYPE, "'AUTHX'");
+}
+
+static void long_unknown_type_is_cut_on_a_character(void **state)
+{
+    (void)state;
+    /* 63 ASCII bytes then 'é' (2 bytes) straddling the 64-byte cut. */
+    char text[512];
+    char type[300];
+    memset(type, 'A', 63);
+    strcpy(type + 63, "\xc3\xa9");
+    memset(type + 65, 'B', 200);
+    type[265] = '\0';
+    snprintf(text, sizeof text, "{\"type\":\"%s\"}", type);
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse(text, &m, &e), IC_ERR_PARSE);
+    assert_int_equal(e.code, IC_CODE_UNKNOWN_TYPE);
+    assert_non_null(strstr(e.message, "AAAA...'"));
+    assert_null(strstr(e.message, "\xc3"));
+    assert_true(strlen(e.message) < sizeof e.message - 1);
+    char *err = ic_proto_error_msg(e.code, e.message, NULL, NULL);
+    json_t *j = load(err, "ERROR");
+    assert_string_equal(get_s(j, "code"), "unknown_type");
+    json_decref(j);
+}
+
+static void field_types_and_ranges_are_checked(void **state)
+{
+    (void)state;
+    static const struct { const char *params; const char *field; } bad[] = {
+        {"3", "'params'"}, {"[]", "'params'"}, {"null", "'params'"},
+        {"{\"max_tokens\":0}", "'params.max_tokens' must be an integer from 1 to 1000000"},
+        {"{\"max_tokens\":1000001}", "'params.max_tokens'"},
+        {"{\"max_tokens\":10.0}", "'params.max_tokens'"},
+        {"{\"max_tokens\":\"10\"}", "'params.max_tokens'"},
+        {"{\"max_tokens\":9223372036854775807}", "'params.max_tokens'"},
+        {"{\"max_tokens\":-9223372036854775808}", "'params.max_tokens'"},
+        {"{\"temperature\":-0.01}", "'params.temperature' must be a number"},
+        {"{\"temperature\":100.5}", "'params.temperature'"},
+        {"{\"temperature\":1e308}", "'params.temperature'"},
+        {"{\"temperature\":true}", "'params.temperature'"},
+        {"{\"temperature\":\"0.5\"}", "'params.temperature'"},
+        {"{\"top_k\":-1}", "'params.top_k'"},
+        {"{\"top_k\":2147483648}", "'params.top_k'"},
+        {"{\"top_k\":1.5}", "'params.top_k'"},
+        {"{\"top_p\":1.0000001}", "'params.top_p'"},
+        {"{\"min_p\":-1e-300}", "'params.min_p'"},
+        {"{\"repeat_penalty\":0}", "'params.repeat_penalty' must be a number > 0"},
+        {"{\"repeat_penalty\":101}", "'params.repeat_penalty'"},
+        {"{\"repeat_last_n\":-2}", "'params.repeat_last_n'"},
+        {"{\"seed\":-1}", "'params.seed'"},
+        {"{\"seed\":4294967296}", "'params.seed'"},
+        {"{\"seed\":1e3}", "'params.seed'"},
+        {"{\"ignore_eos\":1}", "'params.ignore_eos' must be a boolean"},
+        {"{\"ignore_eos\":\"true\"}", "'params.ignore_eos'"},
+        {"{\"priority\":\"urgent\"}", "'params.priority'"},
+        {"{\"priority\":\"HIGH\"}", "'params.priority'"},
+        {"{\"priority\":\"high\\u0000\"}", "'params.priority'"},
+        {"{\"priority\":2}", "'params.priority'"},
+        {"{\"stop\":\"END\"}", "'params.stop' must be an array"},
+        {"{\"stop\":[1]}", "'params.stop'"},
+        {"{\"stop\":[\"a\",null]}", "'params.stop'"},
+        {"{\"stop\":[[\"a\"]]}", "'params.stop'"},
+        {"{\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}", "'params.stop'"},
+        {"{\"stop\":[\"a\\u0000b\"]}", "'params.stop' must not contain U+0000"},
+    };
+    char text[512];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(text, sizeof text,
+                 "{\"type\":\"INFER\",\"id\":\"q\",\"session_id\":\"s\",\"prompt\":\"p\","
+                 "\"params\":%s}", bad[i].params);
+        refused(text, IC_CODE_BAD_REQUEST, bad[i].field);
+        snprintf(text, sizeof text, "{\"type\":\"CREATE_SESSION\",\"params\":%s}", bad[i].params);
+        refused(text, IC_CODE_BAD_REQUEST, bad[i].field);
+    }
+    refused("{\"type\":\"INFER\",\"session_id\":\"s\",\"prompt\":\"p\",\"raw\":1}",
+            IC_CODE_BAD_REQUEST, "field 'raw' must be a boolean");
+    refused("{\"type\":\"INFER\",\"session_id\":\"s\"}", IC_CODE_BAD_REQUEST,
+            "field 'prompt' must be a string");
+    refused("{\"type\":\"INFER\",\"prompt\":\"p\"}", IC_CODE_BAD_REQUEST, "'session_id'");
+    refused("{\"type\":\"INFER\",\"session_id\":5,\"prompt\":\"p\"}", IC_CODE_BAD_REQUEST,
+            "'session_id'");
+    refused("{\"type\":\"AUTH\"}", IC_CODE_BAD_REQUEST, "field 'token' must be a string");
+    refused("{\"type\":\"AUTH\",\"token\":null}", IC_CODE_BAD_REQUEST, "'token'");
+    refused("{\"type\":\"CREATE_SESSION\",\"system\":[]}", IC_CODE_BAD_REQUEST, "'system'");
+    refused("{\"type\":\"CLOSE_SESSION\"}", IC_CODE_BAD_REQUEST, "'session_id'");
+    refused("{\"type\":\"ABORT\",\"session_id\":{}}", IC_CODE_BAD_REQUEST, "'session_id'");
+    /* Huge literals that jansson cannot hold at all are not JSON to us. */
+    refused("{\"type\":\"INFER\",\"session_id\":\"s\",\"prompt\":\"p\","
+            "\"params\":{\"max_tokens\":99999999999999999999}}", IC_CODE_BAD_JSON, "JSON");
+    refused("{\"type\":\"INFER\",\"session_id\":\"s\",\"prompt\":\"p\","
+            "\"params\":{\"temperature\":1e400}}", IC_CODE_BAD_JSON, "JSON");
+}
+
+static void limits_of_stop_strings_are_accepted(void **state)
+{
+    (void)state;
+    char big[IC_STOP_MAX_BYTES + 2];
+    char text[2048];
+    memset(big, 'x', IC_STOP_MAX_BYTES);
+    big[IC_STOP_MAX_BYTES] = '\0';
+    snprintf(text, sizeof text,
+             "{\"type\":\"CREATE_SESSION\",\"params\":{\"stop\":[\"%s\",\"1\",\"2\",\"3\","
+             "\"4\",\"5\",\"6\",\"\"]}}", big);
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse(text, &m, &e), 0);
+    assert_int_equal(m.params.n_stop, IC_STOP_MAX);
+    assert_int_equal(strlen(m.params.stop[0]), IC_STOP_MAX_BYTES);
+    ic_msg_free(&m);
+
+    strcat(big, "y");
+    snprintf(text, sizeof text, "{\"type\":\"CREATE_SESSION\",\"params\":{\"stop\":[\"%s\"]}}",
+             big);
+    refused(text, IC_CODE_BAD_REQUEST, "'params.stop'");
+}
+
+static void nul_escapes_are_refused(void **state)
+{
+    (void)state;
+    refused("{\"type\":\"AUTH\",\"token\":\"ab\\u0000cd\"}", IC_CODE_BAD_REQUEST,
+            "field 'token' must not contain U+0000");
+    refused("{\"type\":\"ABORT\",\"session_id\":\"\\u0000\"}", IC_CODE_BAD_REQUEST,
+            "'session_id' must not contain U+0000");
+    refused("{\"type\":\"CREATE_SESSION\",\"system\":\"x\\u0000\"}", IC_CODE_BAD_REQUEST,
+            "'system' must not contain U+0000");
+    refused("{\"type\":\"INFER\",\"session_id\":\"s\",\"prompt\":\"\\u0000\"}",
+            IC_CODE_BAD_REQUEST, "'prompt' must not contain U+0000");
+    /* Elsewhere it is just an ignored field. */
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"type\":\"METRICS\",\"note\":\"\\u0000\"}", &m, &e), 0);
+    ic_msg_free(&m);
+}
+
+static void nested_garbage_is_survived(void **state)
+{
+    (void)state;
+    /* Far deeper than jansson's parser allows: refused, not a stack overflow. */
+    size_t depth = 100000;
+    char *deep = malloc(2 * depth + 64);
+    assert_non_null(deep);
+    size_t n = (size_t)sprintf(deep, "{\"type\":\"METRICS\",\"x\":");
+    memset(deep + n, '[', depth);
+    memset(deep + n + depth, ']', depth);
+    strcpy(deep + n + 2 * depth, "}");
+    expect_refused(deep, strlen(deep), IC_CODE_BAD_JSON, "not valid JSON");
+
+    /* Moderately nested junk in ignored fields is fine. */
+    depth = 500;
+    n = (size_t)sprintf(deep, "{\"type\":\"METRICS\",\"x\":");
+    for (size_t i = 0; i < depth; i++)
+        n += (size_t)sprintf(deep + n, "{\"a\":[");
+    for (size_t i = 0; i < depth; i++)
+        n += (size_t)sprintf(deep + n, "]}");
+    strcpy(deep + n, "}");
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse(deep, &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_METRICS);
+    ic_msg_free(&m);
+    free(deep);
+
+    refused("{\"type\":\"INFER\",\"session_id\":\"s\",\"prompt\":\"p\",\"params\":"
+            "{\"stop\":[{\"a\":[{\"b\":[]}]}]}}", IC_CODE_BAD_REQUEST, "'params.stop'");
+}
+
+/* --- ids --- */
+
+static void ids_are_read_first_and_echoed(void **state)
+{
+    (void)state;
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"type\":\"METRICS\",\"id\":\"req-1\"}", &m, &e), 0);
+    assert_true(m.id.present && !m.id.is_int);
+    assert_string_equal(m.id.s, "req-1");
+    ic_msg_free(&m);
+
+    assert_int_equal(parse("{\"type\":\"METRICS\",\"id\":-9223372036854775808}", &m, &e), 0);
+    assert_true(m.id.present && m.id.is_int && m.id.i == INT64_MIN);
+    ic_msg_free(&m);
+
+    char id64[IC_MSG_ID_MAX_BYTES + 1];
+    char text[256];
+    memset(id64, 'i', IC_MSG_ID_MAX_BYTES);
+    id64[IC_MSG_ID_MAX_BYTES] = '\0';
+    snprintf(text, sizeof text, "{\"id\":\"%s\",\"type\":\"METRICS\"}", id64);
+    assert_int_equal(parse(text, &m, &e), 0);
+    assert_string_equal(m.id.s, id64);
+    ic_msg_free(&m);
+
+    /* Errors about other fields still carry the id. */
+    assert_int_equal(parse("{\"id\":\"abc\",\"type\":\"AUTH\",\"token\":3}", &m, &e), IC_ERR_PARSE);
+    assert_int_equal(e.code, IC_CODE_BAD_REQUEST);
+    assert_true(e.id.present && !e.id.is_int);
+    assert_string_equal(e.id.s, "abc");
+    assert_int_equal(parse("{\"id\":42,\"type\":\"NOPE\"}", &m, &e), IC_ERR_PARSE);
+    assert_int_equal(e.code, IC_CODE_UNKNOWN_TYPE);
+    assert_true(e.id.present && e.id.is_int && e.id.i == 42);
+    assert_int_equal(parse("{\"id\":42}", &m, &e), IC_ERR_PARSE);
+    assert_true(e.id.present && e.id.i == 42);
+}
+
+static void bad_ids_are_refused_without_echo(void **state)
+{
+    (void)state;
+    char id65[IC_MSG_ID_MAX_BYTES + 2];
+    char text[256];
+    memset(id65, 'i', IC_MSG_ID_MAX_BYTES + 1);
+    id65[IC_MSG_ID_MAX_BYTES + 1] = '\0';
+    snprintf(text, sizeof text, "{\"type\":\"METRICS\",\"id\":\"%s\"}", id65);
+    static const char *const bad[] = {
+        "{\"type\":\"METRICS\",\"id\":1.5}",   "{\"type\":\"METRICS\",\"id\":true}",
+        "{\"type\":\"METRICS\",\"id\":null}",  "{\"type\":\"METRICS\",\"id\":[1]}",
+        "{\"type\":\"METRICS\",\"id\":{}}",    "{\"type\":\"METRICS\",\"id\":\"a\\u0000\"}",
+        "{\"type\":\"NOPE\",\"id\":1e2}",      "{\"id\":false}",
+    };
+    for (size_t i = 0; i <= sizeof bad / sizeof *bad; i++) {
+        const char *t = i < sizeof bad / sizeof *bad ? bad[i] : text;
+        ic_msg m;
+        ic_proto_error e;
+        assert_int_equal(parse(t, &m, &e), IC_ERR_PARSE);
+        assert_int_equal(e.code, IC_CODE_BAD_REQUEST);
+        assert_non_null(strstr(e.message, "field 'id'"));
+        assert_false(e.id.present);
+    }
+}
+
+/* --- params merge --- */
+
+static void gen_params_defaults(void **state)
+{
+    (void)state;
+    ic_gen_params g;
+    ic_proto_gen_params(NULL, NULL, IC_PRIORITY_HIGH, &g);
+    assert_int_equal(g.max_tokens, 256);
+    assert_true(g.sample.temperature == 0.8f);
+    assert_int_equal(g.sample.top_k, 40);
+    assert_true(g.sample.top_p == 0.95f);
+    assert_true(g.sample.min_p == 0.05f);
+    assert_true(g.sample.repeat_penalty == 1.0f);
+    assert_int_equal(g.sample.repeat_last_n_tokens, 64);
+    assert_true(g.sample.seed == 0xFFFFFFFFu);
+    assert_false(g.sample.ban_eog);
+    assert_false(g.ignore_eos);
+    assert_int_equal(g.priority, IC_PRIORITY_NORMAL);
+    assert_int_equal(g.n_stop, 0);
+
+    /* Parsed but unset values do not leak into the result. */
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\",\"params\":{}}", &m, &e), 0);
+    ic_proto_gen_params(&m.params, &m.params, IC_PRIORITY_HIGH, &g);
+    assert_int_equal(g.max_tokens, 256);
+    assert_true(g.sample.seed == 0xFFFFFFFFu);
+    ic_msg_free(&m);
+}
+
+static void gen_params_merge_and_priority_cap(void **state)
+{
+    (void)state;
+    ic_msg session, request;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\",\"params\":{\"temperature\":0.2,"
+                           "\"top_k\":5,\"seed\":42,\"stop\":[\"A\",\"B\"],\"priority\":\"high\","
+                           "\"ignore_eos\":true}}", &session, &e), 0);
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s\",\"prompt\":\"p\","
+                           "\"params\":{\"temperature\":1,\"max_tokens\":9,"
+                           "\"priority\":\"high\"}}", &request, &e), 0);
+    ic_gen_params g;
+    ic_proto_gen_params(&session.params, &request.params, IC_PRIORITY_NORMAL, &g);
+    assert_true(g.sample.temperature == 1.0f); /* request beats session */
+    assert_int_equal(g.max_tokens, 9);
+    assert_int_equal(g.sample.top_k, 5);       /* session beats default */
+    assert_true(g.sample.seed == 42);
+    assert_true(g.sample.top_p == 0.95f);      /* default */
+    assert_true(g.ignore_eos && g.sample.ban_eog);
+    assert_int_equal(g.n_stop, 2);
+    assert_ptr_equal(g.stop[0], session.params.stop[0]); /* borrowed */
+    assert_string_equal(g.stop[1], "B");
+    assert_int_equal(g.priority, IC_PRIORITY_NORMAL); /* capped */
+
+    ic_proto_gen_params(&session.params, NULL, IC_PRIORITY_LOW, &g);
+    assert_int_equal(g.priority, IC_PRIORITY_LOW);
+    ic_proto_gen_params(&session.params, NULL, IC_PRIORITY_HIGH, &g);
+    assert_int_equal(g.priority, IC_PRIORITY_HIGH);
+    ic_msg_free(&request);
+
+    /* A request may lower its priority, and an empty stop list clears. */
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s\",\"prompt\":\"p\","
+                           "\"params\":{\"priority\":\"low\",\"stop\":[],\"ignore_eos\":false}}",
+                           &request, &e), 0);
+    ic_proto_gen_params(&session.params, &request.params, IC_PRIORITY_NORMAL, &g);
+    assert_int_equal(g.priority, IC_PRIORITY_LOW);
+    assert_int_equal(g.n_stop, 0);
+    assert_null(g.stop[0]);
+    assert_false(g.ignore_eos || g.sample.ban_eog);
+    assert_true(g.sample.temperature == 0.2f);
+    ic_msg_free(&request);
+    ic_msg_free(&session);
+}
+
+static void req_params_copy_is_deep(void **state)
+{
+    (void)state;
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\",\"params\":{\"stop\":[\"x\",\"yz\"],"
+                           "\"top_k\":3}}", &m, &e), 0);
+    ic_req_params copy;
+    assert_int_equal(ic_req_params_copy(&copy, &m.params), 0);
+    ic_msg_free(&m); /* the copy outlives the original */
+    assert_int_equal(copy.set, (1u << IC_PARAM_STOP) | (1u << IC_PARAM_TOP_K));
+    assert_int_equal(copy.top_k, 3);
+    assert_int_equal(copy.n_stop, 2);
+    assert_string_equal(copy.stop[0], "x");
+    assert_string_equal(copy.stop[1], "yz");
+    assert_null(copy.stop[2]);
+    ic_req_params_free(&copy);
+    assert_int_equal(copy.n_stop, 0);
+    ic_req_params_free(&copy);
+}
+
+/* --- codes --- */
+
+static void code_names_and_err_mapping(void **state)
+{
+    (void)state;
+    static const char *const names[] = {
+        "bad_json", "bad_request", "unknown_type", "unauthenticated", "session_not_found",
+        "session_limit", "capacity", "busy", "not_running", "prompt_too_long",
+        "message_too_large", "overloaded", "internal",
+    };
+    for (int c = IC_CODE_BAD_JSON; c <= IC_CODE_INTERNAL; c++)
+        assert_string_equal(ic_proto_code_name((enum ic_proto_code)c), names[c]);
+    assert_string_equal(ic_proto_code_name((enum ic_proto_code)99), "internal");
+
+    static const struct { int err; enum ic_proto_code code; } map[] = {
+        {IC_ERR_PROMPT_TOO_LONG, IC_CODE_PROMPT_TOO_LONG}, {IC_ERR_OVERLOADED, IC_CODE_OVERLOADED},
+        {IC_ERR_CAPACITY, IC_CODE_CAPACITY}, {IC_ERR_NOT_FOUND, IC_CODE_SESSION_NOT_FOUND},
+        {IC_ERR_BUSY, IC_CODE_BUSY}, {IC_ERR_NOT_RUNNING, IC_CODE_NOT_RUNNING},
+        {IC_ERR_INVAL, IC_CODE_BAD_REQUEST}, {IC_ERR_AUTH, IC_CODE_UNAUTHENTICATED},
+        {IC_ERR_NOMEM, IC_CODE_INTERNAL}, {IC_ERR_DECODE, IC_CODE_INTERNAL},
+        {IC_ERR_CONTEXT_FULL, IC_CODE_INTERNAL}, {0, IC_CODE_INTERNAL}, {-999, IC_CODE_INTERNAL},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        assert_int_equal(ic_proto_code_from_err(map[i].err), map[i].code);
+}
+
+/* --- builders --- */
+
+static void hello_round_trips(void **state)
+{
+    (void)state;
+    ic_hello h = {
+        .version = "0.1.0", .auth_required = true, .model_name = "stories \"260K\"",
+        .n_params = UINT64_MAX, .size_bytes = 1048576, .n_ctx_train = 512,
+        .max_message_bytes = 1 << 20, .max_sessions_per_client = 4, .n_ctx_per_session = 2048,
+    };
+    json_t *j = load(ic_proto_hello(&h), "HELLO");
+    assert_string_equal(get_s(j, "server"), "InferenceCenter");
+    assert_string_equal(get_s(j, "version"), "0.1.0");
+    assert_int_equal(get_i(j, "protocol"), IC_PROTOCOL_VERSION);
+    assert_true(json_is_true(json_object_get(j, "auth_required")));
+    assert_string_equal(get_s(j, "model.name"), "stories \"260K\"");
+    assert_true(get_i(j, "model.n_params") == INT64_MAX); /* clamped */
+    assert_int_equal(get_i(j, "model.size_bytes"), 1048576);
+    assert_int_equal(get_i(j, "model.n_ctx_train"), 512);
+    assert_int_equal(get_i(j, "limits.max_message_bytes"), 1 << 20);
+    assert_int_equal(get_i(j, "limits.max_sessions_per_client"), 4);
+    assert_int_equal(get_i(j, "limits.n_ctx_per_session"), 2048);
+    assert_null(json_object_get(j, "id"));
+    json_decref(j);
+}
+
+static void small_messages_round_trip_with_ids(void **state)
+{
+    (void)state;
+    ic_msg_id sid = {.present = true};
+    strcpy(sid.s, "r\"1\\");
+    ic_msg_id iid = {.present = true, .is_int = true, .i = -5};
+    ic_msg_id absent = {.present = false, .is_int = true, .i = 9};
+
+    char *text = ic_proto_auth_success("alice", 3, &sid);
+    assert_non_null(strstr(text, "{\"type\":\"AUTH_SUCCESS\",\"id\":\"r\\\"1\\\\\","));
+    json_t *j = load(text, "AUTH_SUCCESS");
+    assert_string_equal(get_s(j, "id"), "r\"1\\");
+    assert_string_equal(get_s(j, "client"), "alice");
+    assert_int_equal(get_i(j, "max_sessions"), 3);
+    json_decref(j);
+
+    j = load(ic_proto_auth_failed("bad token", &iid), "AUTH_FAILED");
+    assert_int_equal(get_i(j, "id"), -5);
+    assert_string_equal(get_s(j, "reason"), "bad token");
+    json_decref(j);
+
+    j = load(ic_proto_session_created("s-7", 2048, &absent), "SESSION_CREATED");
+    assert_null(json_object_get(j, "id"));
+    assert_string_equal(get_s(j, "session_id"), "s-7");
+    assert_int_equal(get_i(j, "n_ctx"), 2048);
+    json_decref(j);
+
+    j = load(ic_proto_session_closed("s-7", "client", NULL), "SESSION_CLOSED");
+    assert_string_equal(get_s(j, "session_id"), "s-7");
+    assert_string_equal(get_s(j, "reason"), "client");
+    assert_int_equal(json_object_size(j), 3);
+    json_decref(j);
+}
+
+static void token_text_keeps_nul_bytes(void **state)
+{
+    (void)state;
+    ic_msg_id id = {.present = true, .is_int = true, .i = 1};
+    const char text[] = "a\0b\n\xe2\x82\xac";
+    char *out = ic_proto_token("s1", "r9", 4, text, sizeof text - 1, &id);
+    assert_non_null(strstr(out, "\"text\":\"a\\u0000b\\n\xe2\x82\xac\""));
+    json_t *j = load(out, "TOKEN");
+    assert_string_equal(get_s(j, "session_id"), "s1");
+    assert_string_equal(get_s(j, "request_id"), "r9");
+    assert_int_equal(get_i(j, "index"), 4);
+    const json_t *t = json_object_get(j, "text");
+    assert_int_equal(json_string_length(t), sizeof text - 1);
+    assert_memory_equal(json_string_value(t), text, sizeof text - 1);
+    json_decref(j);
+
+    j = load(ic_proto_token("s1", "r9", 0, "", 0, NULL), "TOKEN");
+    assert_string_equal(get_s(j, "text"), "");
+    json_decref(j);
+    /* Invalid UTF-8 is the caller's bug: no half-escaped output. */
+    assert_null(ic_proto_token("s1", "r9", 0, "\xff", 1, NULL));
+}
+
+static void end_has_reason_and_finite_stats(void **state)
+{
+    (void)state;
+    static const char *const reasons[] = {"eos", "length", "stop_string", "abort",
+                                          "context_full", "shutdown", "error"};
+    ic_gen_stats st = {
+        .prompt_tokens = 12, .generated_tokens = 34, .queue_ms = 1.5, .ttft_ms = NAN,
+        .total_ms = INFINITY, .tokens_per_second = -INFINITY, .prompt_tokens_per_second = 99.25,
+    };
+    for (int r = IC_END_EOS; r <= IC_END_ERROR; r++) {
+        json_t *j = load(ic_proto_end("s", "r", (enum ic_end_reason)r, &st, NULL), "END");
+        assert_string_equal(get_s(j, "reason"), reasons[r]);
+        json_decref(j);
+    }
+    ic_msg_id id = {.present = true};
+    strcpy(id.s, "x");
+    json_t *j = load(ic_proto_end("s2", "r3", IC_END_LENGTH, &st, &id), "END");
+    assert_string_equal(get_s(j, "id"), "x");
+    assert_string_equal(get_s(j, "session_id"), "s2");
+    assert_string_equal(get_s(j, "request_id"), "r3");
+    assert_int_equal(get_i(j, "stats.prompt_tokens"), 12);
+    assert_int_equal(get_i(j, "stats.generated_tokens"), 34);
+    assert_true(get_f(j, "stats.queue_ms") == 1.5);
+    assert_true(get_f(j, "stats.ttft_ms") == 0.0);
+    assert_true(get_f(j, "stats.total_ms") == 0.0);
+    assert_true(get_f(j, "stats.tokens_per_second") == 0.0);
+    assert_true(get_f(j, "stats.prompt_tokens_per_second") == 99.25);
+    json_decref(j);
+}
+
+static void error_builder(void **state)
+{
+    (void)state;
+    ic_msg_id id = {.present = true, .is_int = true, .i = 77};
+    json_t *j = load(ic_proto_error_msg(IC_CODE_BUSY, "session is busy", "s5", &id), "ERROR");
+    assert_int_equal(get_i(j, "id"), 77);
+    assert_string_equal(get_s(j, "code"), "busy");
+    assert_string_equal(get_s(j, "message"), "session is busy");
+    assert_string_equal(get_s(j, "session_id"), "s5");
+    json_decref(j);
+
+    j = load(ic_proto_error_msg(IC_CODE_BAD_JSON, "x", NULL, NULL), "ERROR");
+    assert_null(json_object_get(j, "session_id"));
+    assert_int_equal(json_object_size(j), 3);
+    json_decref(j);
+
+    /* A message that is not UTF-8 still gives an ERROR, with the code as text. */
+    j = load(ic_proto_error_msg(IC_CODE_INTERNAL, "bad \xc3", NULL, NULL), "ERROR");
+    assert_string_equal(get_s(j, "message"), "internal");
+    json_decref(j);
+
+    /* What the parser says goes straight into an ERROR. */
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"id\":\"z\",\"type\":\"ABORT\"}", &m, &e), IC_ERR_PARSE);
+    j = load(ic_proto_error_msg(e.code, e.message, NULL, &e.id), "ERROR");
+    assert_string_equal(get_s(j, "id"), "z");
+    assert_string_equal(get_s(j, "code"), "bad_request");
+    assert_string_equal(get_s(j, "message"), "field 'session_id' must be a string");
+    json_decref(j);
+}
+
+static void metrics_round_trips(void **state)
+{
+    (void)state;
+    ic_metrics_gpu gpus[2] = {
+        {.index = 0, .name = "NVIDIA H100", .temperature_c = 41.5, .utilization_pct = NAN,
+         .memory_used_bytes = 1000, .memory_total_bytes = 80000000000LL, .power_w = 120.25},
+        {.index = 1, .name = "bad \xff name", .power_w = INFINITY},
+    };
+    ic_metrics_session sessions[2] = {
+        {.session_id = "s1", .state = IC_SESSION_GENERATING, .n_ctx_used = 100},
+        {.session_id = "s2", .state = IC_SESSION_PREFILL, .n_ctx_used = 0},
+    };
+    ic_metrics_msg mm = {
+        .timestamp_ms = 1700000000123LL, .state = "ready",
+        .engine = {.sessions = 2, .generating = 1, .queued = 3, .kv_cells_used = 10,
+                   .kv_cells_total = 4096, .tokens_per_second = 55.5},
+        .n_gpu_layers = -1, .gpus = gpus, .n_gpus = 2, .cpu_pct = 12.5,
+        .ram_used_bytes = 1 << 30, .ram_total_bytes = 1LL << 34,
+        .sessions = sessions, .n_sessions = 2,
+    };
+    ic_msg_id id = {.present = true};
+    strcpy(id.s, "m");
+    json_t *j = load(ic_proto_metrics(&mm, &id), "METRICS");
+    assert_string_equal(get_s(j, "id"), "m");
+    assert_true(get_i(j, "timestamp_ms") == 1700000000123LL);
+    assert_string_equal(get_s(j, "engine.state"), "ready");
+    assert_int_equal(get_i(j, "engine.sessions"), 2);
+    assert_int_equal(get_i(j, "engine.generating"), 1);
+    assert_int_equal(get_i(j, "engine.queued"), 3);
+    assert_true(get_f(j, "engine.tokens_per_second") == 55.5);
+    assert_int_equal(get_i(j, "engine.kv_cells_used"), 10);
+    assert_int_equal(get_i(j, "engine.kv_cells_total"), 4096);
+    assert_int_equal(get_i(j, "engine.n_gpu_layers"), -1);
+    const json_t *g = json_object_get(j, "gpus");
+    assert_int_equal(json_array_size(g), 2);
+    const json_t *g0 = json_array_get(g, 0);
+    assert_int_equal(get_i(g0, "index"), 0);
+    assert_string_equal(get_s(g0, "name"), "NVIDIA H100");
+    assert_true(get_f(g0, "temperature_c") == 41.5);
+    assert_true(get_f(g0, "utilization_pct") == 0.0);
+    assert_int_equal(get_i(g0, "memory_used_bytes"), 1000);
+    assert_true(get_i(g0, "memory_total_bytes") == 80000000000LL);
+    assert_true(get_f(g0, "power_w") == 120.25);
+    const json_t *g1 = json_array_get(g, 1);
+    assert_string_equal(get_s(g1, "name"), ""); /* not UTF-8: dropped, message kept */
+    assert_true(get_f(g1, "power_w") == 0.0);
+    assert_true(get_f(j, "system.cpu_pct") == 12.5);
+    assert_int_equal(get_i(j, "system.ram_used_bytes"), 1 << 30);
+    assert_true(get_i(j, "system.ram_total_bytes") == 1LL << 34);
+    const json_t *s = json_object_get(j, "sessions");
+    assert_int_equal(json_array_size(s), 2);
+    assert_string_equal(get_s(json_array_get(s, 0), "session_id"), "s1");
+    assert_string_equal(get_s(json_array_get(s, 0), "state"), "generating");
+    assert_int_equal(get_i(json_array_get(s, 0), "n_ctx_used"), 100);
+    assert_string_equal(get_s(json_array_get(s, 1), "state"), "prefill");
+    json_decref(j);
+
+    ic_metrics_msg empty = {.state = "loading"};
+    j = load(ic_proto_metrics(&empty, NULL), "METRICS");
+    assert_int_equal(json_array_size(json_object_get(j, "gpus")), 0);
+    assert_int_equal(json_array_size(json_object_get(j, "sessions")), 0);
+    assert_string_equal(get_s(j, "engine.state"), "loading");
+    json_decref(j);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(parses_every_type),
+        cmocka_unit_test(parses_infer_with_all_params),
+        cmocka_unit_test(subscribe_interval_rules),
+        cmocka_unit_test(not_json_is_bad_json),
+        cmocka_unit_test(invalid_utf8_is_bad_json),
+        cmocka_unit_test(non_object_is_bad_request),
+        cmocka_unit_test(type_must_be_a_known_string),
+        cmocka_unit_test(long_unknown_type_is_cut_on_a_character),
+        cmocka_unit_test(field_types_and_ranges_are_checked),
+        cmocka_unit_test(limits_of_stop_strings_are_accepted),
+        cmocka_unit_test(nul_escapes_are_refused),
+        cmocka_unit_test(nested_garbage_is_survived),
+        cmocka_unit_test(ids_are_read_first_and_echoed),
+        cmocka_unit_test(bad_ids_are_refused_without_echo),
+        cmocka_unit_test(gen_params_defaults),
+        cmocka_unit_test(gen_params_merge_and_priority_cap),
+        cmocka_unit_test(req_params_copy_is_deep),
+        cmocka_unit_test(code_names_and_err_mapping),
+        cmocka_unit_test(hello_round_trips),
+        cmocka_unit_test(small_messages_round_trip_with_ids),
+        cmocka_unit_test(token_text_keeps_nul_bytes),
+        cmocka_unit_test(end_has_reason_and_finite_stats),
+        cmocka_unit_test(error_builder),
+        cmocka_unit_test(metrics_round_trips),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
