@@ -76,6 +76,16 @@ static int parse_float(const char *s, float lo, float hi, float *out)
     return 0;
 }
 
+/* The long name of option c (for messages), also when given in short form. */
+static const char *option_name(const struct option *opts, int c)
+{
+    for (; opts->name; opts++) {
+        if (opts->val == c)
+            return opts->name;
+    }
+    return "?";
+}
+
 static int parse_args(int argc, char **argv, gen_args *a)
 {
     enum { O_TOPK = 256, O_TOPP, O_MINP, O_RPEN, O_RLAST, O_THREADS, O_GPU, O_CTX };
@@ -111,8 +121,8 @@ static int parse_args(int argc, char **argv, gen_args *a)
         default: return IC_ERR_INVAL;
         }
         if (rc < 0)
-            fprintf(stderr, "inferencecenter generate: invalid value '%s' for %s\n", optarg,
-                    argv[optind - 1]);
+            fprintf(stderr, "inferencecenter generate: invalid value '%s' for --%s\n", optarg,
+                    option_name(opts, c));
     }
     if (rc == 0 && optind < argc) {
         fprintf(stderr, "inferencecenter generate: unexpected argument '%s'\n", argv[optind]);

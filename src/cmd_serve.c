@@ -114,6 +114,16 @@ static int parse_option(int c, const char *arg, serve_args *a)
     return IC_ERR_INVAL;
 }
 
+/* The long name of option c (for messages), also when given in short form. */
+static const char *option_name(const struct option *opts, int c)
+{
+    for (; opts->name; opts++) {
+        if (opts->val == c)
+            return opts->name;
+    }
+    return "?";
+}
+
 static int parse_args(int argc, char **argv, serve_args *a)
 {
     static const struct option opts[] = {
@@ -135,8 +145,8 @@ static int parse_args(int argc, char **argv, serve_args *a)
         }
         if (c == '?' || parse_option(c, optarg, a) < 0) {
             if (c != '?')
-                fprintf(stderr, "inferencecenter serve: invalid value '%s' for %s\n", optarg,
-                        argv[optind - 1]);
+                fprintf(stderr, "inferencecenter serve: invalid value '%s' for --%s\n", optarg,
+                        option_name(opts, c));
             fputs("try: inferencecenter serve --help\n", stderr);
             return IC_ERR_INVAL;
         }

@@ -32,7 +32,7 @@ static const char usage[] =
     "\n"
     "  --tokens FILE        tokens file (required)\n"
     "  --max-sessions N     sessions the client may hold at once, 1 to 4096\n"
-    "                       (default: the server's per-client limit)\n"
+    "                       (default or 0: the server's per-client limit)\n"
     "  --priority P         highest priority its requests may use: high, normal\n"
     "                       or low (default normal)\n"
     "  -h, --help           this help\n";
@@ -59,10 +59,10 @@ static int parse_add_args(int argc, char **argv, token_args *a)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    int c, rc = 0;
+    int c, idx = -1, rc = 0;
     optind = 1;
     opterr = 0; /* getopt would name the action ("add:"), not the command */
-    while (rc == 0 && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while (rc == 0 && (c = getopt_long(argc, argv, "h", opts, &idx)) != -1) {
         switch (c) {
         case O_TOKENS: a->tokens = optarg; break;
         case O_MAX_SESSIONS: rc = parse_int(optarg, 0, INT_MAX, &a->max_sessions); break;
@@ -74,8 +74,8 @@ static int parse_add_args(int argc, char **argv, token_args *a)
             return IC_ERR_INVAL;
         }
         if (rc < 0)
-            fprintf(stderr, "inferencecenter token: invalid value '%s' for %s\n", optarg,
-                    argv[optind - 1]);
+            fprintf(stderr, "inferencecenter token: invalid value '%s' for --%s\n", optarg,
+                    opts[idx].name);
     }
     if (rc == 0 && optind == argc) {
         fprintf(stderr, "inferencecenter token: add needs a client NAME\n");

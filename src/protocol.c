@@ -11,7 +11,9 @@
  * refused as bad_json (JSON_REJECT_DUPLICATES), so that no two readers of
  * one frame can disagree about it; JSON null is never a valid value, not
  * even for optional fields; integers beyond int64 and reals beyond double
- * are bad_json, as jansson cannot represent them.
+ * are bad_json, as jansson cannot represent them. Beyond its contract,
+ * ic_proto_parse returns IC_ERR_NOMEM (code internal) when out of memory;
+ * on any failure *out holds nothing to free.
  */
 #include "protocol.h"
 #include "err.h"
@@ -45,8 +47,7 @@ static const ic_req_params k_defaults = {
     .priority = IC_PRIORITY_NORMAL,
 };
 
-/* ------------------------------------------------------------------ */
-/* Parsing: errors                                                    */
+/* --- Parsing: errors --- */
 
 /* Records a refusal; returns IC_ERR_PARSE so callers can `return fail(...)`. */
 __attribute__((format(printf, 3, 4)))
@@ -88,8 +89,7 @@ static int fail_nomem(ic_proto_error *err)
     return IC_ERR_NOMEM;
 }
 
-/* ------------------------------------------------------------------ */
-/* Parsing: values                                                    */
+/* --- Parsing: values --- */
 
 /* True when the JSON string v equals lit exactly (an embedded U+0000
  * cannot make "AUTH\u0000x" look like "AUTH"). */
@@ -153,8 +153,7 @@ static int parse_id(const json_t *root, ic_msg_id *id)
     return 0;
 }
 
-/* ------------------------------------------------------------------ */
-/* Parsing: generation parameters, one table row per parameter        */
+/* --- Parsing: generation parameters, one table row per parameter --- */
 
 enum param_kind { PK_INT, PK_U32, PK_NUM, PK_BOOL, PK_PRIORITY, PK_STOP };
 
@@ -240,11 +239,14 @@ static int parse_param(const param_rule *r, const json_t *v, ic_req_params *p)
         else
             *(uint32_t *)field = (uint32_t)json_integer_value(v);
         return FIELD_OK;
-    case PK_NUM:
-        if (!json_is_number(v) || !in_range(r, json_number_value(v)))
+    case PK_NUM: {
+        /* Check the float that will be used: 1e-50 is > 0 but 0.0f is not. */
+        float x = (float)json_number_value(v);
+        if (!json_is_number(v) || !in_range(r, x))
             return FIELD_BAD;
-        *(float *)field = (float)json_number_value(v);
+        *(float *)field = x;
         return FIELD_OK;
+    }
     case PK_BOOL:
         if (!json_is_boolean(v))
             return FIELD_BAD;
@@ -281,8 +283,7 @@ static int parse_params(const json_t *root, ic_req_params *p, ic_proto_error *er
     return 0;
 }
 
-/* ------------------------------------------------------------------ */
-/* Parsing: messages                                                  */
+/* --- Parsing: messages --- */
 
 enum msg_field {
     F_TOKEN = 1 << 0,        /* required string */
@@ -457,8 +458,7 @@ void ic_req_params_free(ic_req_params *p)
     p->n_stop = 0;
 }
 
-/* ------------------------------------------------------------------ */
-/* Generation parameters                                              */
+/* --- Generation parameters --- */
 
 #define HAS(p, x) ((p)->set & (1u << IC_PARAM_##x))
 
@@ -496,8 +496,7 @@ void ic_proto_gen_params(const ic_req_params *session_defaults, const ic_req_par
         gen->priority = max_priority;
 }
 
-/* ------------------------------------------------------------------ */
-/* Names                                                              */
+/* --- Names --- */
 
 const char *ic_proto_code_name(enum ic_proto_code code)
 {
@@ -539,18 +538,13 @@ static const char *session_state_name(enum ic_session_state s)
     return (unsigned)s < sizeof names / sizeof *names ? names[s] : "idle";
 }
 
-/* ------------------------------------------------------------------ */
-/* Building: a value constructor returns NULL when out of memory and  */
-/* set() then fails, so a builder ORs the results and checks once.    */
+/* --- Building: helpers --- */
+/* A constructor returns NULL when out of memory, then set() fails; so a
+ * builder ORs the results together and checks once. */
 
 static json_t *jreal(double x)
 {
     return json_real(isfinite(x) ? x : 0.0); /* JSON has no NaN or inf */
-}
-
-static json_t *jint(int64_t x)
-{
-    return json_integer((json_int_t)x);
 }
 
 static json_t *juint(uint64_t x)
@@ -592,7 +586,7 @@ static json_t *msg_new(const char *type, const ic_msg_id *id)
     json_t *m = json_object();
     int rc = set(m, "type", json_string(type));
     if (id && id->present)
-        rc |= set(m, "id", id->is_int ? jint(id->i) : jstr(id->s));
+        rc |= set(m, "id", id->is_int ? json_integer(id->i) : jstr(id->s));
     return checked(m, rc);
 }
 
@@ -604,8 +598,7 @@ static char *finish(json_t *m, int rc)
     return text;
 }
 
-/* ------------------------------------------------------------------ */
-/* Building: the messages                                             */
+/* --- Building: the messages --- */
 
 char *ic_proto_hello(const ic_hello *h)
 {
@@ -618,10 +611,10 @@ char *ic_proto_hello(const ic_hello *h)
     rc |= set(model, "name", jtext(h->model_name ? h->model_name : "", SIZE_MAX));
     rc |= set(model, "n_params", juint(h->n_params));
     rc |= set(model, "size_bytes", juint(h->size_bytes));
-    rc |= set(model, "n_ctx_train", jint(h->n_ctx_train));
-    rc |= set(limits, "max_message_bytes", jint(h->max_message_bytes));
-    rc |= set(limits, "max_sessions_per_client", jint(h->max_sessions_per_client));
-    rc |= set(limits, "n_ctx_per_session", jint(h->n_ctx_per_session));
+    rc |= set(model, "n_ctx_train", json_integer(h->n_ctx_train));
+    rc |= set(limits, "max_message_bytes", json_integer(h->max_message_bytes));
+    rc |= set(limits, "max_sessions_per_client", json_integer(h->max_sessions_per_client));
+    rc |= set(limits, "n_ctx_per_session", json_integer(h->n_ctx_per_session));
     rc |= set(m, "model", model);
     rc |= set(m, "limits", limits);
     return finish(m, rc);
@@ -631,7 +624,7 @@ char *ic_proto_auth_success(const char *client, int max_sessions, const ic_msg_i
 {
     json_t *m = msg_new("AUTH_SUCCESS", id);
     int rc = set(m, "client", jstr(client));
-    rc |= set(m, "max_sessions", jint(max_sessions));
+    rc |= set(m, "max_sessions", json_integer(max_sessions));
     return finish(m, rc);
 }
 
@@ -645,7 +638,7 @@ char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_i
 {
     json_t *m = msg_new("SESSION_CREATED", id);
     int rc = set(m, "session_id", jstr(session_id));
-    rc |= set(m, "n_ctx", jint(n_ctx));
+    rc |= set(m, "n_ctx", json_integer(n_ctx));
     return finish(m, rc);
 }
 
@@ -663,7 +656,7 @@ char *ic_proto_token(const char *session_id, const char *request_id, int index, 
     json_t *m = msg_new("TOKEN", id);
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "request_id", jstr(request_id));
-    rc |= set(m, "index", jint(index));
+    rc |= set(m, "index", json_integer(index));
     /* json_stringn keeps NUL bytes; the dump writes them as \u0000. */
     rc |= set(m, "text", text ? json_stringn(text, text_len) : json_string(""));
     return finish(m, rc);
@@ -679,8 +672,8 @@ char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_r
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "request_id", jstr(request_id));
     rc |= set(m, "reason", json_string(end_reason_name(reason)));
-    rc |= set(o, "prompt_tokens", jint(st->prompt_tokens));
-    rc |= set(o, "generated_tokens", jint(st->generated_tokens));
+    rc |= set(o, "prompt_tokens", json_integer(st->prompt_tokens));
+    rc |= set(o, "generated_tokens", json_integer(st->generated_tokens));
     rc |= set(o, "queue_ms", jreal(st->queue_ms));
     rc |= set(o, "ttft_ms", jreal(st->ttft_ms));
     rc |= set(o, "total_ms", jreal(st->total_ms));
@@ -707,25 +700,25 @@ static json_t *metrics_engine(const ic_metrics_msg *mm)
 {
     json_t *o = json_object();
     int rc = set(o, "state", jstr(mm->state));
-    rc |= set(o, "sessions", jint(mm->engine.sessions));
-    rc |= set(o, "generating", jint(mm->engine.generating));
-    rc |= set(o, "queued", jint(mm->engine.queued));
+    rc |= set(o, "sessions", json_integer(mm->engine.sessions));
+    rc |= set(o, "generating", json_integer(mm->engine.generating));
+    rc |= set(o, "queued", json_integer(mm->engine.queued));
     rc |= set(o, "tokens_per_second", jreal(mm->engine.tokens_per_second));
-    rc |= set(o, "kv_cells_used", jint(mm->engine.kv_cells_used));
-    rc |= set(o, "kv_cells_total", jint(mm->engine.kv_cells_total));
-    rc |= set(o, "n_gpu_layers", jint(mm->n_gpu_layers));
+    rc |= set(o, "kv_cells_used", json_integer(mm->engine.kv_cells_used));
+    rc |= set(o, "kv_cells_total", json_integer(mm->engine.kv_cells_total));
+    rc |= set(o, "n_gpu_layers", json_integer(mm->n_gpu_layers));
     return checked(o, rc);
 }
 
 static json_t *metrics_gpu(const ic_metrics_gpu *g)
 {
     json_t *o = json_object();
-    int rc = set(o, "index", jint(g->index));
+    int rc = set(o, "index", json_integer(g->index));
     rc |= set(o, "name", jtext(g->name, sizeof g->name));
     rc |= set(o, "temperature_c", jreal(g->temperature_c));
     rc |= set(o, "utilization_pct", jreal(g->utilization_pct));
-    rc |= set(o, "memory_used_bytes", jint(g->memory_used_bytes));
-    rc |= set(o, "memory_total_bytes", jint(g->memory_total_bytes));
+    rc |= set(o, "memory_used_bytes", json_integer(g->memory_used_bytes));
+    rc |= set(o, "memory_total_bytes", json_integer(g->memory_total_bytes));
     rc |= set(o, "power_w", jreal(g->power_w));
     return checked(o, rc);
 }
@@ -735,7 +728,7 @@ static json_t *metrics_session(const ic_metrics_session *s)
     json_t *o = json_object();
     int rc = set(o, "session_id", jtext(s->session_id, sizeof s->session_id));
     rc |= set(o, "state", json_string(session_state_name(s->state)));
-    rc |= set(o, "n_ctx_used", jint(s->n_ctx_used));
+    rc |= set(o, "n_ctx_used", json_integer(s->n_ctx_used));
     return checked(o, rc);
 }
 
@@ -743,14 +736,14 @@ char *ic_proto_metrics(const ic_metrics_msg *mm, const ic_msg_id *id)
 {
     json_t *m = msg_new("METRICS", id);
     json_t *gpus = json_array(), *sessions = json_array(), *sys = json_object();
-    int rc = set(m, "timestamp_ms", jint(mm->timestamp_ms));
+    int rc = set(m, "timestamp_ms", json_integer(mm->timestamp_ms));
     rc |= set(m, "engine", metrics_engine(mm));
     for (int i = 0; gpus && i < mm->n_gpus; i++)
         rc |= json_array_append_new(gpus, metrics_gpu(&mm->gpus[i]));
     rc |= set(m, "gpus", gpus);
     rc |= set(sys, "cpu_pct", jreal(mm->cpu_pct));
-    rc |= set(sys, "ram_used_bytes", jint(mm->ram_used_bytes));
-    rc |= set(sys, "ram_total_bytes", jint(mm->ram_total_bytes));
+    rc |= set(sys, "ram_used_bytes", json_integer(mm->ram_used_bytes));
+    rc |= set(sys, "ram_total_bytes", json_integer(mm->ram_total_bytes));
     rc |= set(m, "system", sys);
     for (int i = 0; sessions && i < mm->n_sessions; i++)
         rc |= json_array_append_new(sessions, metrics_session(&mm->sessions[i]));

@@ -732,8 +732,10 @@ static void add_prompt_tokens(ic_sched *s, session *ss, int n)
 
 /* Shares the batch left after decoding among sessions in prefill: first a
  * weighted share each (so everyone progresses), then what is left in
- * priority order. A session takes at most max_chunk_tokens per step. */
-static void schedule_prefill(ic_sched *s, int budget)
+ * priority order. While others compete (decoding sessions, whose step time
+ * a big chunk would stretch, or other prompts) a session takes at most its
+ * priority's multiple of max_chunk_tokens per step. */
+static void schedule_prefill(ic_sched *s, int budget, int n_decoding)
 {
     session *cand[256];
     int n = 0, weights = 0;
@@ -747,14 +749,17 @@ static void schedule_prefill(ic_sched *s, int budget)
     if (n == 0 || budget <= 0)
         return;
     qsort(cand, (size_t)n, sizeof *cand, cmp_candidates);
+    bool compete = n > 1 || n_decoding > 0;
     int given[256] = {0};
     int total = budget;
-    int cap = s->opts.max_chunk_tokens > 0 ? s->opts.max_chunk_tokens : budget;
     for (int pass = 0; pass < 2 && budget > 0; pass++) {
         for (int i = 0; i < n && budget > 0; i++) {
             gen *g = cand[i]->gen;
+            int w = prio_weight(g->priority);
+            int cap = compete && s->opts.max_chunk_tokens > 0
+                          ? s->opts.max_chunk_tokens * w / 2 : total;
             int left = g->n_prompt_tokens - cand[i]->n_hist - given[i];
-            int share = pass == 0 ? total * prio_weight(g->priority) / weights : budget;
+            int share = pass == 0 ? total * w / weights : budget;
             if (share < 1)
                 share = 1;
             int k = left < share ? left : share;
@@ -808,7 +813,8 @@ static bool step(ic_sched *s)
             g->has_next = false;
         }
     }
-    schedule_prefill(s, (int)s->info.n_batch_tokens - ic_engine_batch_size(s->engine));
+    int n_decoding = ic_engine_batch_size(s->engine);
+    schedule_prefill(s, (int)s->info.n_batch_tokens - n_decoding, n_decoding);
     if (ic_engine_batch_size(s->engine) == 0)
         return false;
     s->step++;

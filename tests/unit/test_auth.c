@@ -320,7 +320,7 @@ static void check_rejects_wrong_empty_and_prefix_tokens(void **state)
     ic_auth *a = load_ok(f->path);
     ic_client_cfg cfg;
     const char *bad[] = {"", "ab", "a", "abcd", "abc ", " abc", "ABC", "beta-toke", "beta-token\n",
-                         "alpha-token", "sha256:" HEX_ABC, HEX_ABC};
+                         "alpha-token", H_ABC, HEX_ABC};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (ic_auth_check(a, bad[i], &cfg) != IC_ERR_AUTH)
             fail_msg("token %zu was accepted", i);
@@ -535,11 +535,17 @@ static void throttle_table_is_bounded_and_evicts_the_quiet(void **state)
     ic_auth_throttle *t = NULL;
     assert_int_equal(ic_auth_throttle_create(1, 60.0, &t), 0);
     char addr[64];
+    /* 1023 addresses whose windows start at 0 and whose last failures (at
+     * 51) are more recent than the attacker's (at 50). */
     for (int i = 0; i < 1023; i++) {
         snprintf(addr, sizeof addr, "10.0.%d.%d", i / 256, i % 256);
         ic_auth_throttle_fail(t, addr, 0.0);
     }
     ic_auth_throttle_fail(t, "attacker", 50.0); /* the table is now full */
+    for (int i = 0; i < 1023; i++) {
+        snprintf(addr, sizeof addr, "10.0.%d.%d", i / 256, i % 256);
+        ic_auth_throttle_fail(t, addr, 51.0);
+    }
     assert_false(ic_auth_throttle_allowed(t, "attacker", 70.0));
     /* New addresses take the slots whose windows are over, not the
      * attacker's, which is still blocked. */

@@ -328,9 +328,11 @@ static void field_types_and_ranges_are_checked(void **state)
         {"{\"top_k\":2147483648}", "'params.top_k'"},
         {"{\"top_k\":1.5}", "'params.top_k'"},
         {"{\"top_p\":1.0000001}", "'params.top_p'"},
-        {"{\"min_p\":-1e-300}", "'params.min_p'"},
+        {"{\"min_p\":-0.001}", "'params.min_p'"},
         {"{\"repeat_penalty\":0}", "'params.repeat_penalty' must be a number > 0"},
         {"{\"repeat_penalty\":101}", "'params.repeat_penalty'"},
+        {"{\"repeat_penalty\":1e-50}", "'params.repeat_penalty'"}, /* 0 as a float */
+        {"{\"temperature\":1e39}", "'params.temperature'"},        /* inf as a float */
         {"{\"repeat_last_n\":-2}", "'params.repeat_last_n'"},
         {"{\"seed\":-1}", "'params.seed'"},
         {"{\"seed\":4294967296}", "'params.seed'"},

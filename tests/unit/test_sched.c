@@ -250,14 +250,19 @@ static void abort_during_generation_and_prefill(void **state)
     infer(a, 2, " and", greedy(2));
     wait_done(2);
     assert_true(W->r[2].end.stats.prompt_tokens <= 4);
-    /* Abort while a long prompt is still in prefill. */
+    /* Abort while a long prompt is still in prefill: with a, generating,
+     * in the same steps, b's prompt goes in chunks of 8 tokens. */
+    infer(a, 4, " and then", greedy(1500));
+    wait_tokens(4, 1);
     char *big = long_prompt(500);
     uint64_t b = open_session(NULL);
     infer(b, 3, big, greedy(8));
     enum ic_session_state st = IC_SESSION_IDLE;
     int used = 0;
-    while (st != IC_SESSION_PREFILL)
+    while (st != IC_SESSION_PREFILL && !W->r[3].ended) {
         ic_sched_session_info(W->s, b, &st, &used);
+        pump(1);
+    }
     assert_int_equal(ic_sched_abort(W->s, b), 0);
     wait_done(3);
     assert_int_equal(W->r[3].end.reason, IC_END_ABORT);
@@ -265,6 +270,9 @@ static void abort_during_generation_and_prefill(void **state)
     /* Stopped part-way: some, not all, of the prompt was decoded. */
     assert_true(W->r[3].end.stats.prompt_tokens > 0);
     assert_true(W->r[3].end.stats.prompt_tokens < 1000);
+    assert_int_equal(ic_sched_abort(W->s, a), 0);
+    wait_done(4);
+    assert_int_equal(W->r[4].end.reason, IC_END_ABORT);
     free(big);
 }
 
@@ -376,6 +384,51 @@ static void shared_system_prompt_is_computed_once(void **state)
     free(system);
 }
 
+static void concurrent_sessions_wait_for_shared_prefix(void **state)
+{
+    (void)state;
+    W->s = make_sched_chunked(3, 1024, true, 32);
+    char *system = long_prompt(60);
+    uint64_t a = open_session(system), b = open_session(system), c = open_session(system);
+    /* All three start together: one computes the system prompt, the
+     * others wait for it and then decode only their own turn. */
+    infer(a, 1, " Once upon a time", greedy(8));
+    infer(b, 2, " Once upon a time", greedy(8));
+    infer(c, 3, " The little dog", greedy(8));
+    wait_done(1);
+    wait_done(2);
+    wait_done(3);
+    int full = W->r[1].end.stats.prompt_tokens > W->r[2].end.stats.prompt_tokens
+                   ? W->r[1].end.stats.prompt_tokens : W->r[2].end.stats.prompt_tokens;
+    int shared_turns = (W->r[1].end.stats.prompt_tokens < full / 4) +
+                       (W->r[2].end.stats.prompt_tokens < full / 4) +
+                       (W->r[3].end.stats.prompt_tokens < full / 4);
+    assert_int_equal(shared_turns, 2);
+    assert_string_equal(W->r[1].text.data, W->r[2].text.data);
+    free(system);
+}
+
+static void priority_first_but_no_starvation(void **state)
+{
+    (void)state;
+    W->s = make_sched_chunked(2, 2048, true, 64);
+    char *big = long_prompt(300);
+    uint64_t lo = open_session(NULL), hi = open_session(NULL);
+    ic_gen_params pl = greedy(4), ph = greedy(4);
+    pl.priority = IC_PRIORITY_LOW;
+    ph.priority = IC_PRIORITY_HIGH;
+    assert_int_equal(ic_sched_infer(W->s, lo, 1, big, true, &pl), 0);
+    assert_int_equal(ic_sched_infer(W->s, hi, 2, big, true, &ph), 0);
+    wait_done(1);
+    wait_done(2);
+    /* Same work, but the high-priority prompt finished prefill first... */
+    assert_true(W->r[2].first_token_seq < W->r[1].first_token_seq);
+    /* ...while the low one progressed meanwhile: its prefill started
+     * before the high one's was done (an order of events on one clock). */
+    assert_true(W->r[1].end.stats.queue_ms < W->r[2].end.stats.ttft_ms);
+    free(big);
+}
+
 static void thousand_sessions(void **state)
 {
     (void)state;
@@ -410,6 +463,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(context_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_string_is_never_sent, setup, teardown),
         cmocka_unit_test_setup_teardown(shared_system_prompt_is_computed_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(concurrent_sessions_wait_for_shared_prefix, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(priority_first_but_no_starvation, setup, teardown),
         cmocka_unit_test_setup_teardown(thousand_sessions, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
