@@ -23,6 +23,7 @@ struct ic_convo {
     ic_buf raw;              /* raw mode: the whole text so far */
     size_t raw_committed;    /* raw mode: bytes of raw before the open turn */
     bool turn_open;
+    bool turn_set_mode;      /* the open turn is the first: cancelling it resets */
 };
 
 int ic_convo_create(const char *system_prompt, ic_convo **out)
@@ -91,6 +92,7 @@ static int open_turn(ic_convo *c, const char *prompt, bool raw, const char **why
                    : "this session holds raw text; chat prompts need a new session";
         return IC_ERR_INVAL;
     }
+    c->turn_set_mode = c->mode == MODE_NONE;
     if (c->mode == MODE_NONE) {
         c->mode = want;
         int rc = 0;
@@ -151,6 +153,15 @@ void ic_convo_cancel_turn(ic_convo *c)
     if (!c->turn_open)
         return;
     c->turn_open = false;
+    if (c->turn_set_mode) {
+        /* A refused first turn leaves the conversation as it was created. */
+        for (size_t i = 0; i < c->n_msgs; i++)
+            free(c->msgs[i].content);
+        c->n_msgs = 0;
+        ic_buf_clear(&c->raw);
+        c->mode = MODE_NONE;
+        return;
+    }
     if (c->mode == MODE_RAW) {
         c->raw.len = c->raw_committed;
         if (c->raw.data)

@@ -29,6 +29,7 @@
 typedef struct client_conn {
     uint64_t id;
     char addr[64];
+    char count_key[IC_CLIENT_NAME_MAX + 1]; /* whose session count this uses */
     bool authed;
     ic_client_cfg client;
     int max_sessions;
@@ -180,14 +181,14 @@ static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
 
 static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
-    if (c->authed) {
-        send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
-        return;
-    }
     if (!g->auth) {
         /* An open server accepts any AUTH, so clients can always send one. */
         c->authed = true;
         send_json(g, c->id, ic_proto_auth_success(c->client.name, c->max_sessions, &m->id));
+        return;
+    }
+    if (c->authed) {
+        send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
         return;
     }
     double t = now_s();
@@ -207,6 +208,7 @@ static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
     }
     c->authed = true;
     c->client = cfg;
+    snprintf(c->count_key, sizeof c->count_key, "%s", cfg.name);
     c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : g->opts.max_sessions_per_client;
     ic_server_set_timer(g->srv, c->id, 0);
     ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
@@ -216,7 +218,7 @@ static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
 
 static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
 {
-    client_count *cc = count_of(g, c->client.name, true);
+    client_count *cc = count_of(g, c->count_key, true);
     if (!cc) {
         send_error(g, c->id, IC_CODE_INTERNAL, "out of memory", NULL, &m->id);
         return;
@@ -224,7 +226,7 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     if (cc->n >= c->max_sessions) {
         char msg[128];
         snprintf(msg, sizeof msg, "client %s already holds its limit of %d sessions",
-                 c->client.name, c->max_sessions);
+                 g->auth ? c->client.name : "(this connection)", c->max_sessions);
         send_error(g, c->id, IC_CODE_SESSION_LIMIT, msg, NULL, &m->id);
         return;
     }
@@ -247,7 +249,7 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->id = id;
     ss->conn_id = c->id;
     snprintf(ss->sid, sizeof ss->sid, "s%llu", (unsigned long long)id);
-    snprintf(ss->client, sizeof ss->client, "%s", c->client.name);
+    snprintf(ss->client, sizeof ss->client, "%s", c->count_key);
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
     cc->n++;
@@ -408,6 +410,9 @@ static void h_open(void *ud, uint64_t id, const char *addr)
     snprintf(c->addr, sizeof c->addr, "%s", addr);
     c->authed = g->auth == NULL;
     snprintf(c->client.name, sizeof c->client.name, "anonymous");
+    /* Without tokens there are no client identities: each connection is
+     * its own client for the per-client limit. */
+    snprintf(c->count_key, sizeof c->count_key, "#%llu", (unsigned long long)id);
     c->client.priority = IC_PRIORITY_HIGH;
     c->max_sessions = g->opts.max_sessions_per_client;
     ic_engine_info info;

@@ -21,7 +21,6 @@
 #include <string.h>
 #include <time.h>
 
-#define REQUEST_QUEUE_CAP 4096
 #define MIN_SHARED_PREFIX_TOKENS 8
 
 enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE };
@@ -1011,7 +1010,10 @@ static int alloc_tables(ic_sched *s)
         s->sessions[i].seq = i;
     for (int i = 0; i < s->opts.prefix_slots; i++)
         s->prefixes[i].seq = n + i;
-    if (ic_queue_create(REQUEST_QUEUE_CAP, &s->requests) < 0 ||
+    /* Unbounded, and still bounded in practice: INFERs by max_queued, OPENs
+     * by max_sessions, ABORT/CLOSE by one per session (the gateway never
+     * repeats them). A close must never be refused. */
+    if (ic_queue_create(0, &s->requests) < 0 ||
         ic_queue_create(0, &s->events) < 0)
         return IC_ERR_NOMEM;
     return 0;

@@ -187,19 +187,25 @@ def test_capacity_is_shared_between_clients(start_server, tmp_path):
     run(body())
 
 
-def test_open_server_connections_share_one_client_limit(start_server):
-    """Without tokens every connection is the client "anonymous": the
-    per-client limit counts the sessions of all connections together."""
+def test_open_server_limits_each_connection(start_server):
+    """Without tokens there are no client identities: each connection is
+    its own client for --max-sessions-per-client, and the server-wide
+    --max-sessions still caps them all."""
     srv = start_server(["--max-sessions", 4, "--max-sessions-per-client", 2])
 
     async def body():
         a = await connect(srv)
         b = await connect(srv)
+        c = await connect(srv)
         await a.create_session()
         await a.create_session()
-        r = await b.request({"type": "CREATE_SESSION"})
+        r = await a.request({"type": "CREATE_SESSION"})
         assert r["type"] == "ERROR" and r["code"] == "session_limit", r
-        assert "anonymous" in r["message"]
+        await b.create_session()
+        await b.create_session()
+        r = await c.request({"type": "CREATE_SESSION"})
+        assert r["type"] == "ERROR" and r["code"] == "capacity", r
         await a.close()
         await b.close()
+        await c.close()
     run(body())
