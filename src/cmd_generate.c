@@ -6,6 +6,7 @@
  * decode.
  */
 #include "buf.h"
+#include "cli.h"
 #include "cmd.h"
 #include "engine.h"
 #include "err.h"
@@ -55,37 +56,6 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Parses an integer option; returns 0 or IC_ERR_INVAL. */
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
-        return IC_ERR_INVAL;
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *s, float lo, float hi, float *out)
-{
-    char *end;
-    float v = strtof(s, &end);
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
-        return IC_ERR_INVAL;
-    *out = v;
-    return 0;
-}
-
-/* The long name of option c (for messages), also when given in short form. */
-static const char *option_name(const struct option *opts, int c)
-{
-    for (; opts->name; opts++) {
-        if (opts->val == c)
-            return opts->name;
-    }
-    return "?";
-}
-
 static int parse_args(int argc, char **argv, gen_args *a)
 {
     enum { O_TOPK = 256, O_TOPP, O_MINP, O_RPEN, O_RLAST, O_THREADS, O_GPU, O_CTX };
@@ -106,23 +76,23 @@ static int parse_args(int argc, char **argv, gen_args *a)
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'p': a->prompt = optarg; break;
-        case 'n': rc = parse_int(optarg, 1, 1 << 20, &a->max_tokens); break;
-        case 't': rc = parse_float(optarg, 0.0f, 100.0f, &a->sample.temperature); break;
-        case 's': rc = parse_int(optarg, 0, INT32_MAX, &seed); break;
-        case O_TOPK: rc = parse_int(optarg, 0, 1 << 20, &a->sample.top_k); break;
-        case O_TOPP: rc = parse_float(optarg, 0.0f, 1.0f, &a->sample.top_p); break;
-        case O_MINP: rc = parse_float(optarg, 0.0f, 1.0f, &a->sample.min_p); break;
-        case O_RPEN: rc = parse_float(optarg, 0.01f, 10.0f, &a->sample.repeat_penalty); break;
-        case O_RLAST: rc = parse_int(optarg, -1, 1 << 20, &a->sample.repeat_last_n_tokens); break;
-        case O_THREADS: rc = parse_int(optarg, 1, 1024, &a->n_threads); break;
-        case O_GPU: rc = parse_int(optarg, -1, 100000, &a->n_gpu_layers); break;
-        case O_CTX: rc = parse_int(optarg, 16, 1 << 24, &a->n_ctx_tokens); break;
+        case 'n': rc = ic_cli_parse_int(optarg, 1, 1 << 20, &a->max_tokens); break;
+        case 't': rc = ic_cli_parse_float(optarg, 0.0f, 100.0f, &a->sample.temperature); break;
+        case 's': rc = ic_cli_parse_int(optarg, 0, INT32_MAX, &seed); break;
+        case O_TOPK: rc = ic_cli_parse_int(optarg, 0, 1 << 20, &a->sample.top_k); break;
+        case O_TOPP: rc = ic_cli_parse_float(optarg, 0.0f, 1.0f, &a->sample.top_p); break;
+        case O_MINP: rc = ic_cli_parse_float(optarg, 0.0f, 1.0f, &a->sample.min_p); break;
+        case O_RPEN: rc = ic_cli_parse_float(optarg, 0.01f, 10.0f, &a->sample.repeat_penalty); break;
+        case O_RLAST: rc = ic_cli_parse_int(optarg, -1, 1 << 20, &a->sample.repeat_last_n_tokens); break;
+        case O_THREADS: rc = ic_cli_parse_int(optarg, 1, 1024, &a->n_threads); break;
+        case O_GPU: rc = ic_cli_parse_int(optarg, -1, 100000, &a->n_gpu_layers); break;
+        case O_CTX: rc = ic_cli_parse_int(optarg, 16, 1 << 24, &a->n_ctx_tokens); break;
         case 'h': fputs(usage, stdout); return 1;
         default: return IC_ERR_INVAL;
         }
         if (rc < 0)
             fprintf(stderr, "inferencecenter generate: invalid value '%s' for --%s\n", optarg,
-                    option_name(opts, c));
+                    ic_cli_option_name(opts, c));
     }
     if (rc == 0 && optind < argc) {
         fprintf(stderr, "inferencecenter generate: unexpected argument '%s'\n", argv[optind]);

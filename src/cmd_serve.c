@@ -6,6 +6,7 @@
  * into a graceful stop (a second one exits at once) and SIGHUP into a
  * tokens reload.
  */
+#include "cli.h"
 #include "cmd.h"
 #include "engine.h"
 #include "err.h"
@@ -68,35 +69,25 @@ static const char usage[] =
     "      --log-level LEVEL        debug, info, warn or error (default info)\n"
     "  -h, --help                   this help\n";
 
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
-        return IC_ERR_INVAL;
-    *out = (int)v;
-    return 0;
-}
-
 static int parse_option(int c, const char *arg, serve_args *a)
 {
     switch (c) {
     case 'm': a->model = arg; return 0;
     case 'H': a->host = arg; return 0;
-    case 'p': return parse_int(arg, 1, 65535, &a->port);
+    case 'p': return ic_cli_parse_int(arg, 1, 65535, &a->port);
     case 'T': a->tokens = arg; return 0;
     case 'I': a->insecure_no_auth = true; return 0;
-    case 'S': return parse_int(arg, 1, 256, &a->max_sessions);
-    case 'C': return parse_int(arg, 1, 4096, &a->max_sessions_per_client);
-    case 'c': return parse_int(arg, 64, 1 << 20, &a->ctx_size);
-    case 't': return parse_int(arg, 1, 1024, &a->threads);
+    case 'S': return ic_cli_parse_int(arg, 1, 256, &a->max_sessions);
+    case 'C': return ic_cli_parse_int(arg, 1, 4096, &a->max_sessions_per_client);
+    case 'c': return ic_cli_parse_int(arg, 64, 1 << 20, &a->ctx_size);
+    case 't': return ic_cli_parse_int(arg, 1, 1024, &a->threads);
     case 'g':
         if (strcmp(arg, "auto") == 0) {
             a->gpu_layers = -2;
             return 0;
         }
-        return parse_int(arg, -1, 100000, &a->gpu_layers);
-    case 'b': return parse_int(arg, 32, 1 << 16, &a->batch);
+        return ic_cli_parse_int(arg, -1, 100000, &a->gpu_layers);
+    case 'b': return ic_cli_parse_int(arg, 32, 1 << 16, &a->batch);
     case 'U':
         if (strcmp(arg, "on") && strcmp(arg, "off"))
             return IC_ERR_INVAL;
@@ -112,16 +103,6 @@ static int parse_option(int c, const char *arg, serve_args *a)
     }
     }
     return IC_ERR_INVAL;
-}
-
-/* The long name of option c (for messages), also when given in short form. */
-static const char *option_name(const struct option *opts, int c)
-{
-    for (; opts->name; opts++) {
-        if (opts->val == c)
-            return opts->name;
-    }
-    return "?";
 }
 
 static int parse_args(int argc, char **argv, serve_args *a)
@@ -146,7 +127,7 @@ static int parse_args(int argc, char **argv, serve_args *a)
         if (c == '?' || parse_option(c, optarg, a) < 0) {
             if (c != '?')
                 fprintf(stderr, "inferencecenter serve: invalid value '%s' for --%s\n", optarg,
-                        option_name(opts, c));
+                        ic_cli_option_name(opts, c));
             fputs("try: inferencecenter serve --help\n", stderr);
             return IC_ERR_INVAL;
         }
@@ -213,17 +194,23 @@ static void *load_model(void *arg)
     return NULL;
 }
 
-/* SIGTERM/SIGINT: graceful stop, a second one exits at once. SIGHUP:
- * reload tokens. SIGUSR1 (from main) ends the thread. */
+/* The signals the signal thread takes: SIGTERM/SIGINT (graceful stop, a
+ * second one exits at once), SIGHUP (reload tokens), SIGUSR1 (from main:
+ * the thread ends). */
+static void server_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGUSR1);
+}
+
 static void *signal_thread(void *arg)
 {
     ic_gateway *gw = arg;
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR1);
+    server_signals(&set);
     int stops = 0;
     for (;;) {
         int sig;
@@ -331,11 +318,7 @@ int ic_cmd_serve(int argc, char **argv)
     /* Signals go to the signal thread only: block them before any thread
      * starts, so every thread inherits the mask. */
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR1);
+    server_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     ic_engine_global_init();

@@ -5,6 +5,7 @@
  * token's hash is written to the tokens file, so the token is shown once.
  */
 #include "auth.h"
+#include "cli.h"
 #include "cmd.h"
 #include "err.h"
 
@@ -37,17 +38,6 @@ static const char usage[] =
     "                       or low (default normal)\n"
     "  -h, --help           this help\n";
 
-/* Parses an integer option; returns 0 or IC_ERR_INVAL. */
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
-        return IC_ERR_INVAL;
-    *out = (int)v;
-    return 0;
-}
-
 /* Returns 0, 1 after --help, or IC_ERR_INVAL after printing why. */
 static int parse_add_args(int argc, char **argv, token_args *a)
 {
@@ -65,7 +55,7 @@ static int parse_add_args(int argc, char **argv, token_args *a)
     while (rc == 0 && (c = getopt_long(argc, argv, "h", opts, &idx)) != -1) {
         switch (c) {
         case O_TOKENS: a->tokens = optarg; break;
-        case O_MAX_SESSIONS: rc = parse_int(optarg, 0, INT_MAX, &a->max_sessions); break;
+        case O_MAX_SESSIONS: rc = ic_cli_parse_int(optarg, 0, INT_MAX, &a->max_sessions); break;
         case O_PRIORITY: rc = ic_priority_parse(optarg, &a->priority); break;
         case 'h': fputs(usage, stdout); return 1;
         default:

@@ -54,7 +54,8 @@ void ic_queue_destroy(ic_queue *q, void (*free_item)(void *))
     free(q);
 }
 
-/* Doubles an unbounded ring, unrolling it so head is 0. Called with mu held. */
+/* Doubles the ring, unrolling it so head is 0. Called with mu held; a
+ * bounded queue's ring already has max_len slots and never grows. */
 static int grow(ic_queue *q)
 {
     void **items = malloc(q->cap * 2 * sizeof *items);
@@ -69,22 +70,30 @@ static int grow(ic_queue *q)
     return 0;
 }
 
-int ic_queue_push(ic_queue *q, void *item)
+int ic_queue_push_many(ic_queue *q, void *const *items, size_t n)
 {
     int rc = 0;
     pthread_mutex_lock(&q->mu);
-    if (q->max_len && q->len >= q->max_len)
+    if (q->max_len && q->len + n > q->max_len)
         rc = IC_ERR_OVERLOADED;
-    else if (q->len == q->cap)
+    while (rc == 0 && q->len + n > q->cap)
         rc = grow(q);
-    if (rc == 0) {
-        q->items[(q->head + q->len) % q->cap] = item;
-        rc = q->len++ == 0;
-        pthread_cond_signal(&q->cv);
+    if (rc == 0 && n > 0) {
+        bool was_empty = q->len == 0;
+        for (size_t i = 0; i < n; i++)
+            q->items[(q->head + q->len + i) % q->cap] = items[i];
+        q->len += n;
+        /* One consumer waits only on an empty queue: wake it on that edge
+         * alone, not once per item. */
+        if (was_empty)
+            pthread_cond_signal(&q->cv);
+        rc = was_empty;
     }
     pthread_mutex_unlock(&q->mu);
     return rc;
 }
+
+int ic_queue_push(ic_queue *q, void *item) { return ic_queue_push_many(q, &item, 1); }
 
 /* Called with mu held. */
 static void *take(ic_queue *q)

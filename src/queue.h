@@ -1,7 +1,8 @@
 /* queue.h - thread-safe FIFO queues of pointers: all of the project's mutex
  * and condition-variable code lives here.
  *
- * Any thread may push; pops are meant for one consumer thread. An item
+ * Any thread may push; pops are for one consumer thread (a push wakes a
+ * waiting consumer only when the queue was empty). An item
  * pushed belongs to whoever pops it; ic_queue_destroy frees what is left.
  */
 #ifndef IC_QUEUE_H
@@ -22,6 +23,10 @@ void ic_queue_destroy(ic_queue *q, void (*free_item)(void *));
 /* Appends item. Returns 1 if the queue was empty before (the consumer may
  * need a wake-up), 0 if not, IC_ERR_OVERLOADED when full, IC_ERR_NOMEM. */
 int ic_queue_push(ic_queue *q, void *item);
+
+/* Appends n items under one lock and one wake-up (all or, when a bounded
+ * queue lacks room, none). Returns like ic_queue_push. */
+int ic_queue_push_many(ic_queue *q, void *const *items, size_t n);
 
 /* Removes and returns the oldest item, or NULL when empty. Never blocks. */
 void *ic_queue_pop(ic_queue *q);

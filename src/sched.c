@@ -11,6 +11,7 @@
 #include "convo.h"
 #include "err.h"
 #include "log.h"
+#include "prefix.h"
 #include "queue.h"
 #include "utf8.h"
 
@@ -21,7 +22,6 @@
 #include <string.h>
 #include <time.h>
 
-#define MIN_SHARED_PREFIX_TOKENS 8
 
 enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE };
 
@@ -60,7 +60,6 @@ typedef struct gen {
     bool has_next;
     int batch_idx;            /* output row in this step's batch, or -1 */
     int n_generated;
-    int prefix;               /* prefix entry this turn waits for, or -1 */
     uint64_t last_served_step;
     double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms;
 } gen;
@@ -77,18 +76,6 @@ typedef struct session {
     bool first_turn_done;
     gen *gen;
 } session;
-
-/* A system prompt's KV cells kept in their own sequence so new sessions
- * can share them. Scheduler thread. */
-typedef struct prefix {
-    char *system;             /* NULL = free entry */
-    int seq;
-    ic_token *toks;
-    int n_toks;
-    bool ready;               /* cells are in seq */
-    uint64_t owner;           /* session computing it, while !ready */
-    uint64_t last_used_step;
-} prefix;
 
 /* What other threads may read about a slot. One writer: the scheduler. */
 typedef struct slot_pub {
@@ -118,10 +105,12 @@ struct ic_sched {
     /* --- scheduler thread only --- */
     ic_engine *engine;
     session *sessions;        /* [max_sessions] */
-    prefix *prefixes;         /* [prefix_slots] */
+    ic_prefix_cache *prefixes;
     uint64_t step;
     int n_active;             /* sessions with a generation */
     bool wake_pending;
+    ic_event **outbox;        /* this step's events, not yet in the queue */
+    int n_outbox, cap_outbox;
     uint64_t tps_tokens;
     double tps_window_start_ms;
 };
@@ -336,17 +325,41 @@ int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
 /* ------------------------------------------------------------------ */
 /* --- scheduler thread ---                                             */
 
-static void emit(ic_sched *s, ic_event *ev)
+/* Events wait in s->outbox until the end of the step and go out together:
+ * one lock and at most one wake-up per step, however many sessions. */
+static void flush_events(ic_sched *s)
 {
-    int rc = ic_queue_push(s->events, ev);
+    if (s->n_outbox == 0)
+        return;
+    int rc = ic_queue_push_many(s->events, (void *const *)s->outbox, (size_t)s->n_outbox);
     if (rc < 0) {
         /* Only allocation can fail here (the queue is unbounded). */
-        ic_log_error("scheduler: dropping an event: %s", ic_strerror(rc));
-        ic_event_free(ev);
-        return;
-    }
-    if (rc == 1)
+        ic_log_error("scheduler: dropping %d events: %s", s->n_outbox, ic_strerror(rc));
+        for (int i = 0; i < s->n_outbox; i++)
+            ic_event_free(s->outbox[i]);
+    } else if (rc == 1) {
         s->wake_pending = true;
+    }
+    s->n_outbox = 0;
+}
+
+static void emit(ic_sched *s, ic_event *ev)
+{
+    if (s->n_outbox == s->cap_outbox) {
+        int cap = s->cap_outbox ? s->cap_outbox * 2 : 64;
+        ic_event **o = realloc(s->outbox, (size_t)cap * sizeof *o);
+        if (!o) {
+            flush_events(s);
+            if (s->n_outbox == s->cap_outbox) {
+                ic_event_free(ev);
+                return;
+            }
+        } else {
+            s->outbox = o;
+            s->cap_outbox = cap;
+        }
+    }
+    s->outbox[s->n_outbox++] = ev;
 }
 
 static ic_event *new_event(enum ic_event_type type, uint64_t session_id, uint64_t request_id)
@@ -408,99 +421,11 @@ static int common_prefix(const ic_token *a, int na, const ic_token *b, int nb)
     return n;
 }
 
-/* Drops a prefix entry and its cells. */
-static void prefix_drop(ic_sched *s, prefix *p)
+/* How far a session computing a shared prefix has got (for prefix.c). */
+static int session_progress(void *ud, uint64_t session_id)
 {
-    if (p->ready)
-        ic_engine_seq_rm(s->engine, p->seq, -1, -1);
-    free(p->system);
-    free(p->toks);
-    int seq = p->seq;
-    memset(p, 0, sizeof *p);
-    p->seq = seq;
-}
-
-static prefix *prefix_find(ic_sched *s, const char *system)
-{
-    for (int i = 0; i < s->opts.prefix_slots; i++) {
-        if (s->prefixes[i].system && strcmp(s->prefixes[i].system, system) == 0)
-            return &s->prefixes[i];
-    }
-    return NULL;
-}
-
-/* A free entry, evicting the least recently used ready one if need be. */
-static prefix *prefix_alloc(ic_sched *s)
-{
-    prefix *victim = NULL;
-    for (int i = 0; i < s->opts.prefix_slots; i++) {
-        prefix *p = &s->prefixes[i];
-        if (!p->system)
-            return p;
-        if (p->ready && (!victim || p->last_used_step < victim->last_used_step))
-            victim = p;
-    }
-    if (victim)
-        prefix_drop(s, victim);
-    return victim;
-}
-
-/* Shares a ready prefix's cells with a session starting its first turn, or
- * makes the session compute a new prefix that later sessions share.
- * Returns false when the generation must wait for a prefix being computed. */
-static bool prefix_attach(ic_sched *s, session *ss, gen *g)
-{
-    const char *system = ic_convo_system(ss->convo);
-    if (!system || s->opts.prefix_slots == 0 || ss->n_hist > 0 || ss->first_turn_done)
-        return true;
-    prefix *p = prefix_find(s, system);
-    if (p && p->ready) {
-        int n = common_prefix(p->toks, p->n_toks, g->prompt, g->n_prompt_tokens);
-        ic_engine_seq_cp(s->engine, p->seq, ss->seq, 0, n);
-        for (int i = 0; i < n; i++)
-            hist_push(ss, g->prompt[i]);
-        ss->n_shared = n;
-        p->last_used_step = s->step;
-        return true;
-    }
-    if (p)
-        return p->owner == ss->id; /* someone else computes it: wait */
-    ic_token *toks = NULL;
-    int n_toks = 0;
-    if (ic_convo_system_tokens(ss->convo, s->engine, &toks, &n_toks) < 0)
-        return true;
-    int n = common_prefix(toks, n_toks, g->prompt, g->n_prompt_tokens);
-    if (n < MIN_SHARED_PREFIX_TOKENS || !(p = prefix_alloc(s)) || !(p->system = strdup(system))) {
-        free(toks);
-        return true;
-    }
-    p->toks = toks;
-    p->n_toks = n;
-    p->owner = ss->id;
-    p->ready = false;
-    p->last_used_step = s->step;
-    return true;
-}
-
-/* After a step: prefixes whose owner has decoded past them become ready. */
-static void prefix_publish(ic_sched *s)
-{
-    for (int i = 0; i < s->opts.prefix_slots; i++) {
-        prefix *p = &s->prefixes[i];
-        if (!p->system || p->ready)
-            continue;
-        session *owner = find_session(s, p->owner);
-        if (!owner || !owner->gen) {
-            prefix_drop(s, p); /* owner went away; a waiter will take over */
-            continue;
-        }
-        if (owner->n_hist >= p->n_toks) {
-            ic_engine_seq_cp(s->engine, owner->seq, p->seq, 0, p->n_toks);
-            p->ready = true;
-            p->owner = 0;
-            ic_log_debug("scheduler: shared prefix of %d tokens ready", p->n_toks);
-        }
-    }
+    session *ss = find_session(ud, session_id);
+    return ss && ss->gen ? ss->n_hist : -1;
 }
 
 static void gen_free(gen *g)
@@ -564,7 +489,6 @@ static int gen_init(ic_sched *s, req *r, gen *g)
     g->max_tokens = r->params.max_tokens > 0 ? r->params.max_tokens : 1;
     g->ignore_eos = r->params.ignore_eos;
     g->batch_idx = -1;
-    g->prefix = -1;
     g->t_submit_ms = r->t_submit_ms;
     ic_utf8_reset(&g->utf8);
     ic_sample_params sp = r->params.sample;
@@ -626,8 +550,17 @@ static void start_generation(ic_sched *s, req *r)
 static void admit(ic_sched *s, session *ss)
 {
     gen *g = ss->gen;
-    if (!prefix_attach(s, ss, g))
-        return;
+    if (ss->n_hist == 0 && !ss->first_turn_done) {
+        int shared = 0;
+        enum ic_prefix_verdict v =
+            ic_prefix_attach(s->prefixes, s->engine, ss->convo, ss->id, ss->seq, g->prompt,
+                             g->n_prompt_tokens, s->step, &shared);
+        if (v == IC_PREFIX_WAIT)
+            return;
+        for (int i = 0; i < shared; i++)
+            hist_push(ss, g->prompt[i]);
+        ss->n_shared = shared;
+    }
     if (g->penalize) {
         /* Repetition penalties see the prompt as llama.cpp's server does. */
         int from = g->n_prompt_tokens > 64 ? g->n_prompt_tokens - 64 : 0;
@@ -821,10 +754,7 @@ static bool step(ic_sched *s)
     if (rc == IC_ERR_CONTEXT_FULL) {
         /* The shared cache is out of cells: give back cached prefixes no
          * session holds and try once more. */
-        for (int i = 0; i < s->opts.prefix_slots; i++) {
-            if (s->prefixes[i].ready)
-                prefix_drop(s, &s->prefixes[i]);
-        }
+        ic_prefix_drop_ready(s->prefixes, s->engine);
         rc = ic_engine_decode(s->engine);
     }
     atomic_fetch_add(&s->st_steps, 1);
@@ -832,7 +762,7 @@ static bool step(ic_sched *s)
         rollback_step(s, rc);
         return true;
     }
-    prefix_publish(s);
+    ic_prefix_publish(s->prefixes, s->engine, session_progress, s);
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];
         if (ss->gen && ss->gen->batch_idx >= 0) {
@@ -926,8 +856,7 @@ static void publish_stats(ic_sched *s)
         else if (ss->gen)
             generating++;
     }
-    for (int i = 0; i < s->opts.prefix_slots; i++)
-        used += s->prefixes[i].ready ? s->prefixes[i].n_toks : 0;
+    used += ic_prefix_cells(s->prefixes);
     atomic_store(&s->st_generating, generating);
     atomic_store(&s->st_queued, queued);
     atomic_store(&s->st_kv_used, used);
@@ -954,6 +883,7 @@ static void *sched_main(void *arg)
             handle_request(s, r);
         worked = s->n_active && !atomic_load(&s->stop) && step(s);
         publish_stats(s);
+        flush_events(s);
         if (s->wake_pending && s->opts.wake) {
             s->wake_pending = false;
             s->opts.wake(s->opts.wake_ud);
@@ -967,6 +897,7 @@ static void *sched_main(void *arg)
             close_session(s, &s->sessions[i], IC_CLOSE_SHUTDOWN);
     }
     publish_stats(s);
+    flush_events(s);
     atomic_store(&s->stopped, true);
     if (s->opts.wake)
         s->opts.wake(s->opts.wake_ud);
@@ -1002,14 +933,11 @@ static int alloc_tables(ic_sched *s)
     int n = s->opts.max_sessions;
     s->sessions = calloc((size_t)n, sizeof *s->sessions);
     s->pub = calloc((size_t)n, sizeof *s->pub);
-    s->prefixes = calloc(s->opts.prefix_slots ? (size_t)s->opts.prefix_slots : 1,
-                         sizeof *s->prefixes);
-    if (!s->sessions || !s->pub || !s->prefixes)
+    if (!s->sessions || !s->pub ||
+        ic_prefix_cache_create(s->opts.prefix_slots, n, &s->prefixes) < 0)
         return IC_ERR_NOMEM;
     for (int i = 0; i < n; i++)
         s->sessions[i].seq = i;
-    for (int i = 0; i < s->opts.prefix_slots; i++)
-        s->prefixes[i].seq = n + i;
     /* Unbounded, and still bounded in practice: INFERs by max_queued, OPENs
      * by max_sessions, ABORT/CLOSE by one per session (the gateway never
      * repeats them). A close must never be refused. */
@@ -1063,14 +991,13 @@ void ic_sched_destroy(ic_sched *s)
     if (!s)
         return;
     ic_sched_stop(s);
-    for (int i = 0; s->prefixes && i < s->opts.prefix_slots; i++) {
-        free(s->prefixes[i].system);
-        free(s->prefixes[i].toks);
-    }
     ic_queue_destroy(s->requests, req_free);
     ic_queue_destroy(s->events, (void (*)(void *))ic_event_free);
     free(s->sessions);
-    free(s->prefixes);
+    ic_prefix_cache_destroy(s->prefixes);
+    for (int i = 0; i < s->n_outbox; i++)
+        ic_event_free(s->outbox[i]);
+    free(s->outbox);
     free(s->pub);
     ic_engine_destroy(s->engine);
     free(s);
