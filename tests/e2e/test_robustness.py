@@ -576,6 +576,24 @@ def test_sigterm_idle_server_exits_zero(start_server):
     assert srv.terminate() == 0
 
 
+def cpu_ticks(pid):
+    """CPU time (user + system, in clock ticks) the process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_until_idle(pid, timeout):
+    """Returns once the process has used no CPU for half a second."""
+    deadline = time.monotonic() + timeout
+    last, still = cpu_ticks(pid), 0
+    while still < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_ticks(pid)
+        still = still + 1 if now == last else 0
+        last = now
+
+
 def test_sigterm_with_a_client_that_does_not_read(start_server):
     """A client that never reads cannot hold the server up: while it waits
     for the connection to drain the server reports 503 "stopping" and takes
@@ -588,7 +606,9 @@ def test_sigterm_with_a_client_that_does_not_read(start_server):
         # than the 8 MiB that would get the client disconnected.
         req = RawWS.frame(0x1, json.dumps({"type": "METRICS", "id": "x" * 64}).encode())
         raw.sock.sendall(req * 9000)
-        time.sleep(0.5)
+        # Wait until the server has handled every request (slow under ASan)
+        # and gone idle, so that its replies are really queued at SIGTERM.
+        wait_until_idle(srv.proc.pid, timeout=30)
         t0 = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 5
