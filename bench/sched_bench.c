@@ -162,7 +162,7 @@ static void run_shared_system(const bench_args *a, int n)
 
 int main(int argc, char **argv)
 {
-    bench_args a = {.prompt_words = 64, .gen = 128, .threads = 2, .ctx = 1024, .unified = true};
+    bench_args a = {.prompt_words = 64, .gen = 128, .threads = 2, .ctx = 1024, .unified = false};
     a.n_list[0] = 1, a.n_list[1] = 2, a.n_list[2] = 4, a.n_list[3] = 8;
     a.n_n = 4;
     for (int i = 1; i < argc; i++) {

@@ -65,7 +65,8 @@ static const char usage[] =
     "      --threads N              CPU threads (default: all cores)\n"
     "      --gpu-layers auto|N      layers on the GPU (default auto)\n"
     "      --batch-size N           most tokens in one decode step (default 512)\n"
-    "      --kv-unified on|off      one KV buffer for all sessions (default on)\n"
+    "      --kv-unified on|off      one KV buffer for all sessions (default off: each\n"
+    "                               session attends only to its own cells)\n"
     "      --log-level LEVEL        debug, info, warn or error (default info)\n"
     "  -h, --help                   this help\n";
 
@@ -290,7 +291,7 @@ int ic_cmd_serve(int argc, char **argv)
 {
     serve_args a = {
         .host = "127.0.0.1", .port = 8765, .max_sessions = 8, .max_sessions_per_client = 0,
-        .ctx_size = 2048, .gpu_layers = -2, .batch = 512, .kv_unified = true,
+        .ctx_size = 2048, .gpu_layers = -2, .batch = 512, .kv_unified = false,
     };
     int rc = parse_args(argc, argv, &a);
     if (rc != 0)

@@ -44,7 +44,7 @@ ic_engine_opts ic_engine_opts_default(void)
         .n_ctx_tokens = 4096,
         .n_seq_max = 1,
         .n_batch_tokens = 512,
-        .kv_unified = true,
+        .kv_unified = false,
         .progress = false,
     };
 }
@@ -390,9 +390,17 @@ void ic_engine_seq_rm(ic_engine *e, int seq, int32_t p0, int32_t p1)
     llama_memory_seq_rm(llama_get_memory(e->ctx), seq, p0, p1);
 }
 
-void ic_engine_seq_cp(ic_engine *e, int src, int dst, int32_t p0, int32_t p1)
+void ic_engine_seq_share(ic_engine *e, int src, int dst, int32_t n)
 {
-    llama_memory_seq_cp(llama_get_memory(e->ctx), src, dst, p0, p1);
+    llama_memory_t mem = llama_get_memory(e->ctx);
+    if (e->info.kv_unified) {
+        llama_memory_seq_cp(mem, src, dst, 0, n);
+        return;
+    }
+    /* Across streams llama.cpp copies only whole buffers (a partial range
+     * asserts): copy everything, then drop what lies past n. */
+    llama_memory_seq_cp(mem, src, dst, -1, -1);
+    llama_memory_seq_rm(mem, dst, n, -1);
 }
 
 int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out)

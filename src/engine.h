@@ -124,9 +124,11 @@ int ic_engine_decode(ic_engine *e);
  * the end). */
 void ic_engine_seq_rm(ic_engine *e, int seq, int32_t p0, int32_t p1);
 
-/* Makes positions [p0, p1) of src also belong to dst (shares KV cells in a
- * unified cache). */
-void ic_engine_seq_cp(ic_engine *e, int src, int dst, int32_t p0, int32_t p1);
+/* Makes positions [0, n) of src the whole content of dst, which must be
+ * empty: a unified KV cache shares the cells (no copy); a cache split per
+ * sequence copies src's whole stream at the next decode (one memcpy of the
+ * stream, far cheaper than decoding the tokens again) and drops the rest. */
+void ic_engine_seq_share(ic_engine *e, int src, int dst, int32_t n);
 
 /* Creates a sampler for params. Returns 0 and *out, or IC_ERR_NOMEM. */
 int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out);

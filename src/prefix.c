@@ -142,7 +142,7 @@ enum ic_prefix_verdict ic_prefix_attach(ic_prefix_cache *pc, ic_engine *e, const
             n--; /* the last prompt token must be decoded for its logits */
         if (n <= 0)
             return IC_PREFIX_NONE;
-        ic_engine_seq_cp(e, p->seq, seq, 0, n);
+        ic_engine_seq_share(e, p->seq, seq, n);
         p->last_used_step = step;
         *n_shared = n;
         return IC_PREFIX_SHARED;
@@ -166,7 +166,7 @@ void ic_prefix_publish(ic_prefix_cache *pc, ic_engine *e,
             continue;
         }
         if (done >= p->n_toks) {
-            ic_engine_seq_cp(e, p->owner_seq, p->seq, 0, p->n_toks);
+            ic_engine_seq_share(e, p->owner_seq, p->seq, p->n_toks);
             p->ready = true;
             p->owner = 0;
             ic_log_debug("scheduler: shared prefix of %d tokens ready", p->n_toks);

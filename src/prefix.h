@@ -1,8 +1,8 @@
 /* prefix.h - shared system-prompt prefixes: the KV cells of a system
  * prompt, computed once by the first session that needs them, kept in a
- * sequence of their own and shared (llama_memory_seq_cp, no copy in a
- * unified KV cache) with every later session that starts with the same
- * system prompt.
+ * sequence of their own and given (ic_engine_seq_share: shared cells in a
+ * unified KV cache, one stream copy in a split one) to every later session
+ * that starts with the same system prompt.
  *
  * Owned by the scheduler thread.
  */

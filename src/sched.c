@@ -130,20 +130,23 @@ ic_sched_opts ic_sched_opts_default(void)
         .max_queued = 64,
         .prefix_slots = 4,
         .max_chunk_tokens = 256,
-        .kv_unified = true,
+        .kv_unified = false,
     };
 }
 
 void ic_sched_engine_opts(const ic_sched_opts *o, ic_engine_opts *eo)
 {
-    int prefixes = o->kv_unified ? o->prefix_slots : 0;
     eo->kv_unified = o->kv_unified;
-    eo->n_seq_max = (uint32_t)(o->max_sessions + prefixes);
-    /* Prefix cells are shared with the sessions that use them; one extra
-     * session's worth of cells holds prefixes whose sessions have gone. */
-    eo->n_ctx_tokens = o->n_ctx_per_session * (uint32_t)(o->max_sessions + (prefixes ? 1 : 0));
-    if (!o->kv_unified)
+    eo->n_seq_max = (uint32_t)(o->max_sessions + o->prefix_slots);
+    if (o->kv_unified) {
+        /* Prefix cells are shared with the sessions that use them; one
+         * extra session's worth holds prefixes whose sessions have gone. */
+        eo->n_ctx_tokens =
+            o->n_ctx_per_session * (uint32_t)(o->max_sessions + (o->prefix_slots ? 1 : 0));
+    } else {
+        /* A split cache gives every sequence, prefixes too, its own stream. */
         eo->n_ctx_tokens = o->n_ctx_per_session * eo->n_seq_max;
+    }
 }
 
 const char *ic_end_reason_name(enum ic_end_reason r)
@@ -957,8 +960,6 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     }
     s->engine = engine;
     s->opts = *opts;
-    if (!opts->kv_unified)
-        s->opts.prefix_slots = 0;
     ic_engine_get_info(engine, &s->info);
     atomic_init(&s->next_session_id, 1);
     s->tps_window_start_ms = now_ms();

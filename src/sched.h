@@ -97,7 +97,7 @@ typedef struct ic_sched_opts {
     int max_queued;              /* generations waiting to start; beyond: overloaded */
     int prefix_slots;            /* shared system-prompt prefixes kept */
     int max_chunk_tokens;        /* most prompt tokens of one session per step */
-    bool kv_unified;             /* one KV buffer for all; enables prefix sharing */
+    bool kv_unified;             /* one KV buffer for all (see docs/scheduler.md) */
     /* Called from the scheduler thread after events were added to an empty
      * queue; must be cheap and thread-safe (e.g. lws_cancel_service). */
     void (*wake)(void *ud);
@@ -115,7 +115,8 @@ typedef struct ic_sched_stats {
     uint64_t steps;           /* decode steps since start */
 } ic_sched_stats;
 
-/* max_sessions 8, 2048 tokens each, 64 queued, 4 prefixes, 256-token chunks. */
+/* max_sessions 8, 2048 tokens each, 64 queued, 4 prefixes, 256-token
+ * chunks, a KV cache split per sequence. */
 ic_sched_opts ic_sched_opts_default(void);
 
 /* The engine options that hold opts' sessions (and prefixes) in one context. */

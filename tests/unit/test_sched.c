@@ -160,7 +160,7 @@ static const char *prompts[4] = {
 static void batching_changes_nothing(void **state)
 {
     (void)state;
-    W->s = make_sched(4, 256, true);
+    W->s = make_sched(4, 256, false);
     /* Alone, one after another. */
     for (int i = 0; i < 4; i++) {
         uint64_t sid = open_session(NULL);
@@ -187,7 +187,7 @@ static void batching_changes_nothing(void **state)
 static void multi_turn_reuses_cache(void **state)
 {
     (void)state;
-    W->s = make_sched(2, 512, true);
+    W->s = make_sched(2, 512, false);
     uint64_t a = open_session(NULL);
     infer(a, 1, "Once upon a time", greedy(16));
     wait_done(1);
@@ -221,7 +221,7 @@ static char *long_prompt(int words)
 static void short_prompt_not_starved_by_long_prefill(void **state)
 {
     (void)state;
-    W->s = make_sched(2, 2048, true);
+    W->s = make_sched(2, 2048, false);
     char *big = long_prompt(400); /* over 1,000 tokens */
     uint64_t a = open_session(NULL), b = open_session(NULL);
     infer(a, 1, big, greedy(4));
@@ -238,7 +238,7 @@ static void abort_during_generation_and_prefill(void **state)
 {
     (void)state;
     /* Small chunks: a long prompt's prefill takes many steps. */
-    W->s = make_sched_chunked(2, 2048, true, 8);
+    W->s = make_sched_chunked(2, 2048, false, 8);
     uint64_t a = open_session(NULL);
     infer(a, 1, "Once upon a time", greedy(1000));
     wait_tokens(1, 3);
@@ -280,7 +280,7 @@ static void abort_during_generation_and_prefill(void **state)
 static void close_frees_capacity_and_kv(void **state)
 {
     (void)state;
-    W->s = make_sched(2, 256, true);
+    W->s = make_sched(2, 256, false);
     uint64_t a = open_session(NULL), b = open_session(NULL), c;
     assert_int_equal(ic_sched_open_session(W->s, NULL, &c), IC_ERR_CAPACITY);
     infer(a, 1, "Once upon a time", greedy(8));
@@ -309,7 +309,7 @@ static void close_frees_capacity_and_kv(void **state)
 static void context_limits(void **state)
 {
     (void)state;
-    W->s = make_sched(1, 48, true);
+    W->s = make_sched(1, 48, false);
     uint64_t a = open_session(NULL);
     infer(a, 1, "Once upon a time", greedy(500));
     wait_done(1);
@@ -343,7 +343,7 @@ static void context_limits(void **state)
 static void stop_string_is_never_sent(void **state)
 {
     (void)state;
-    W->s = make_sched(2, 256, true);
+    W->s = make_sched(2, 256, false);
     uint64_t a = open_session(NULL);
     infer(a, 1, "Once upon a time", greedy(48));
     wait_done(1);
@@ -368,10 +368,11 @@ static void stop_string_is_never_sent(void **state)
     assert_null(strstr(W->r[2].text.data, stop));
 }
 
-static void shared_system_prompt_is_computed_once(void **state)
+/* Both KV layouts share prefixes: a unified cache by sharing cells, a
+ * split one by copying the prefix's stream. */
+static void shared_system_prompt_is_computed_once_in(bool unified)
 {
-    (void)state;
-    W->s = make_sched(3, 1024, true);
+    W->s = make_sched(3, 1024, unified);
     char *system = long_prompt(60);
     uint64_t a = open_session(system), b = open_session(system);
     infer(a, 1, " Once upon a time", greedy(8));
@@ -385,10 +386,21 @@ static void shared_system_prompt_is_computed_once(void **state)
     free(system);
 }
 
-static void concurrent_sessions_wait_for_shared_prefix(void **state)
+static void shared_system_prompt_is_computed_once(void **state)
 {
     (void)state;
-    W->s = make_sched_chunked(3, 1024, true, 32);
+    shared_system_prompt_is_computed_once_in(false);
+}
+
+static void shared_system_prompt_is_computed_once_unified(void **state)
+{
+    (void)state;
+    shared_system_prompt_is_computed_once_in(true);
+}
+
+static void concurrent_sessions_wait_for_shared_prefix_in(bool unified)
+{
+    W->s = make_sched_chunked(3, 1024, unified, 32);
     char *system = long_prompt(60);
     uint64_t a = open_session(system), b = open_session(system), c = open_session(system);
     /* All three start together: one computes the system prompt, the
@@ -409,10 +421,22 @@ static void concurrent_sessions_wait_for_shared_prefix(void **state)
     free(system);
 }
 
+static void concurrent_sessions_wait_for_shared_prefix(void **state)
+{
+    (void)state;
+    concurrent_sessions_wait_for_shared_prefix_in(false);
+}
+
+static void concurrent_sessions_wait_for_shared_prefix_unified(void **state)
+{
+    (void)state;
+    concurrent_sessions_wait_for_shared_prefix_in(true);
+}
+
 static void priority_first_but_no_starvation(void **state)
 {
     (void)state;
-    W->s = make_sched_chunked(2, 2048, true, 64);
+    W->s = make_sched_chunked(2, 2048, false, 64);
     char *big = long_prompt(300);
     uint64_t lo = open_session(NULL), hi = open_session(NULL);
     ic_gen_params pl = greedy(4), ph = greedy(4);
@@ -433,7 +457,7 @@ static void priority_first_but_no_starvation(void **state)
 static void thousand_sessions(void **state)
 {
     (void)state;
-    W->s = make_sched(4, 64, true);
+    W->s = make_sched(4, 64, false);
     for (int i = 0; i < 1000; i++) {
         uint64_t sid = open_session(i % 3 ? NULL : "You are a storyteller.");
         uint64_t rid = 1 + (uint64_t)(i % (MAX_REQ - 1));
@@ -464,8 +488,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(context_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_string_is_never_sent, setup, teardown),
         cmocka_unit_test_setup_teardown(shared_system_prompt_is_computed_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(shared_system_prompt_is_computed_once_unified, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(concurrent_sessions_wait_for_shared_prefix, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(concurrent_sessions_wait_for_shared_prefix_unified,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(priority_first_but_no_starvation, setup, teardown),
         cmocka_unit_test_setup_teardown(thousand_sessions, setup, teardown),
     };
