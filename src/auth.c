@@ -149,29 +149,6 @@ static bool valid_name(const char *s)
     return true;
 }
 
-/* Local so that this module does not need sched.c (and llama.cpp). */
-static const char *priority_name(enum ic_priority p)
-{
-    switch (p) {
-    case IC_PRIORITY_LOW: return "low";
-    case IC_PRIORITY_NORMAL: return "normal";
-    case IC_PRIORITY_HIGH: return "high";
-    }
-    return NULL;
-}
-
-static int priority_parse(const char *s, enum ic_priority *out)
-{
-    static const enum ic_priority all[] = {IC_PRIORITY_LOW, IC_PRIORITY_NORMAL, IC_PRIORITY_HIGH};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        if (strcmp(s, priority_name(all[i])) == 0) {
-            *out = all[i];
-            return 0;
-        }
-    }
-    return IC_ERR_INVAL;
-}
-
 /* ---- loading ---------------------------------------------------------- */
 
 enum line_status { LINE_OK, LINE_EOF, LINE_TOO_LONG, LINE_NUL };
@@ -275,7 +252,7 @@ static int parse_option(const char *f, int fieldno, unsigned *seen, ic_client_cf
             return IC_ERR_PARSE;
         }
         *seen |= 2u;
-        if (priority_parse(f + 9, &cfg->priority) < 0) {
+        if (ic_priority_parse(f + 9, &cfg->priority) < 0) {
             set_err(why, whylen, "priority must be high, normal or low");
             return IC_ERR_PARSE;
         }
@@ -594,7 +571,7 @@ static int validate_new_client(const char *name, int max_sessions, enum ic_prior
                 MAX_SESSIONS_MAX);
         return IC_ERR_INVAL;
     }
-    if (!priority_name(priority)) {
+    if (!ic_priority_name(priority)) {
         set_err(err, errlen, "priority must be high, normal or low");
         return IC_ERR_INVAL;
     }
@@ -636,7 +613,7 @@ int ic_auth_add_token(const char *path, const char *name, int max_sessions,
         if (max_sessions > 0)
             snprintf(ms, sizeof ms, " max_sessions=%d", max_sessions);
         snprintf(line + 1, sizeof line - 1, "%s %s%s%s priority=%s\n", name, HASH_PREFIX,
-                 hash_hex, ms, priority_name(priority));
+                 hash_hex, ms, ic_priority_name(priority));
         rc = append_line(path, line + 1, err, errlen);
     }
     if (rc == 0)

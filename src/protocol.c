@@ -198,9 +198,8 @@ static bool in_range(const param_rule *r, double x)
 
 static int parse_priority(const json_t *v, enum ic_priority *out)
 {
-    static const char *const names[] = {"low", "normal", "high"}; /* enum order */
     for (int i = 0; json_is_string(v) && i < 3; i++) {
-        if (str_is(v, names[i])) {
+        if (str_is(v, ic_priority_name((enum ic_priority)i))) {
             *out = (enum ic_priority)i;
             return FIELD_OK;
         }
@@ -523,21 +522,6 @@ enum ic_proto_code ic_proto_code_from_err(int err)
     }
 }
 
-/* Same table as ic_end_reason_name in sched.c, which links llama.cpp. */
-static const char *end_reason_name(enum ic_end_reason r)
-{
-    static const char *const names[] = {"eos", "length", "stop_string", "abort",
-                                        "context_full", "shutdown", "error"};
-    return (unsigned)r < sizeof names / sizeof *names ? names[r] : "error";
-}
-
-/* Same table as ic_session_state_name in sched.c. */
-static const char *session_state_name(enum ic_session_state s)
-{
-    static const char *const names[] = {"idle", "queued", "prefill", "generating"};
-    return (unsigned)s < sizeof names / sizeof *names ? names[s] : "idle";
-}
-
 /* --- Building: helpers --- */
 /* A constructor returns NULL when out of memory, then set() fails; so a
  * builder ORs the results together and checks once. */
@@ -671,7 +655,7 @@ char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_r
     json_t *o = json_object();
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "request_id", jstr(request_id));
-    rc |= set(m, "reason", json_string(end_reason_name(reason)));
+    rc |= set(m, "reason", json_string(ic_end_reason_name(reason)));
     rc |= set(o, "prompt_tokens", json_integer(st->prompt_tokens));
     rc |= set(o, "generated_tokens", json_integer(st->generated_tokens));
     rc |= set(o, "queue_ms", jreal(st->queue_ms));
@@ -727,7 +711,7 @@ static json_t *metrics_session(const ic_metrics_session *s)
 {
     json_t *o = json_object();
     int rc = set(o, "session_id", jtext(s->session_id, sizeof s->session_id));
-    rc |= set(o, "state", json_string(session_state_name(s->state)));
+    rc |= set(o, "state", json_string(ic_session_state_name(s->state)));
     rc |= set(o, "n_ctx_used", json_integer(s->n_ctx_used));
     return checked(o, rc);
 }

@@ -149,37 +149,6 @@ void ic_sched_engine_opts(const ic_sched_opts *o, ic_engine_opts *eo)
     }
 }
 
-const char *ic_end_reason_name(enum ic_end_reason r)
-{
-    static const char *const names[] = {"eos",   "length",       "stop_string", "abort",
-                                        "context_full", "shutdown", "error"};
-    return (unsigned)r < sizeof names / sizeof *names ? names[r] : "error";
-}
-
-const char *ic_close_reason_name(enum ic_close_reason r)
-{
-    static const char *const names[] = {"client", "disconnect", "shutdown"};
-    return (unsigned)r < 3 ? names[r] : "client";
-}
-
-const char *ic_session_state_name(enum ic_session_state s)
-{
-    static const char *const names[] = {"idle", "queued", "prefill", "generating"};
-    return (unsigned)s < 4 ? names[s] : "idle";
-}
-
-int ic_priority_parse(const char *s, enum ic_priority *out)
-{
-    static const char *const names[] = {"low", "normal", "high"};
-    for (int i = 0; i < 3; i++) {
-        if (strcmp(s, names[i]) == 0) {
-            *out = (enum ic_priority)i;
-            return 0;
-        }
-    }
-    return IC_ERR_INVAL;
-}
-
 void ic_event_free(ic_event *ev)
 {
     if (!ev)

@@ -177,10 +177,13 @@ void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out);
 int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
                           enum ic_session_state *state, int *n_ctx_used_tokens);
 
-/* Names for the protocol. */
+/* Names as the protocol, tokens file and command line spell them
+ * (sched_names.c; pure, any thread). ic_priority_name returns NULL for a
+ * value out of range; ic_priority_parse returns 0 or IC_ERR_INVAL. */
 const char *ic_end_reason_name(enum ic_end_reason r);
 const char *ic_close_reason_name(enum ic_close_reason r);
 const char *ic_session_state_name(enum ic_session_state s);
+const char *ic_priority_name(enum ic_priority p);
 int ic_priority_parse(const char *s, enum ic_priority *out);
 
 #endif

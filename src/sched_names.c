@@ -1,0 +1,45 @@
+/* sched_names.c - the names of the scheduler's enums, as the protocol, the
+ * tokens file and the command line spell them. Pure and free of llama.cpp,
+ * so that protocol.c and auth.c (and the fuzz target) can use them alone.
+ */
+#include "err.h"
+#include "sched.h"
+
+#include <string.h>
+
+const char *ic_end_reason_name(enum ic_end_reason r)
+{
+    static const char *const names[] = {"eos",          "length",   "stop_string", "abort",
+                                        "context_full", "shutdown", "error"};
+    return (unsigned)r < sizeof names / sizeof *names ? names[r] : "error";
+}
+
+const char *ic_close_reason_name(enum ic_close_reason r)
+{
+    static const char *const names[] = {"client", "disconnect", "shutdown"};
+    return (unsigned)r < sizeof names / sizeof *names ? names[r] : "client";
+}
+
+const char *ic_session_state_name(enum ic_session_state s)
+{
+    static const char *const names[] = {"idle", "queued", "prefill", "generating"};
+    return (unsigned)s < sizeof names / sizeof *names ? names[s] : "idle";
+}
+
+static const char *const priority_names[] = {"low", "normal", "high"}; /* enum order */
+
+const char *ic_priority_name(enum ic_priority p)
+{
+    return (unsigned)p < 3 ? priority_names[p] : NULL;
+}
+
+int ic_priority_parse(const char *s, enum ic_priority *out)
+{
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(s, priority_names[i]) == 0) {
+            *out = (enum ic_priority)i;
+            return 0;
+        }
+    }
+    return IC_ERR_INVAL;
+}
