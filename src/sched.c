@@ -604,13 +604,18 @@ static void on_token(ic_sched *s, session *ss, ic_token tok)
 
 static int prio_weight(enum ic_priority p) { return p == IC_PRIORITY_HIGH ? 4 : p == IC_PRIORITY_NORMAL ? 2 : 1; }
 
-/* Orders prefill candidates: higher priority first, then the one served
- * longest ago, so equal priorities take turns. */
+static int prompt_left(const session *ss) { return ss->gen->n_prompt_tokens - ss->n_hist; }
+
+/* Orders prefill candidates: higher priority first, then the prompt with
+ * the least left to decode (shortest remaining first gives the lowest mean
+ * time to first token), then the one served longest ago. */
 static int cmp_candidates(const void *a, const void *b)
 {
     const session *x = *(session *const *)a, *y = *(session *const *)b;
     if (x->gen->priority != y->gen->priority)
         return (int)y->gen->priority - (int)x->gen->priority;
+    if (prompt_left(x) != prompt_left(y))
+        return prompt_left(x) - prompt_left(y);
     return x->gen->last_served_step < y->gen->last_served_step ? -1
            : x->gen->last_served_step > y->gen->last_served_step;
 }
@@ -635,9 +640,10 @@ static void add_prompt_tokens(ic_sched *s, session *ss, int n)
 }
 
 /* Shares the batch left after decoding among sessions in prefill: first a
- * weighted share each (so everyone progresses), then what is left in
- * priority order. While others compete (decoding sessions, whose step time
- * a big chunk would stretch, or other prompts) a session takes at most its
+ * quarter of it by priority weight (so every prompt progresses: no
+ * starvation), then the rest in candidate order (priority, then shortest
+ * remaining). While others compete (decoding sessions, whose step time a
+ * big chunk would stretch, or other prompts) a session takes at most its
  * priority's multiple of max_chunk_tokens per step. */
 static void schedule_prefill(ic_sched *s, int budget, int n_decoding)
 {
@@ -663,7 +669,7 @@ static void schedule_prefill(ic_sched *s, int budget, int n_decoding)
             int cap = compete && s->opts.max_chunk_tokens > 0
                           ? s->opts.max_chunk_tokens * w / 2 : total;
             int left = g->n_prompt_tokens - cand[i]->n_hist - given[i];
-            int share = pass == 0 ? total * w / weights : budget;
+            int share = pass == 0 ? total * w / (4 * weights) : budget;
             if (share < 1)
                 share = 1;
             int k = left < share ? left : share;
