@@ -154,11 +154,24 @@ static client_count *count_of(ic_gateway *g, const char *name, bool create)
     return c;
 }
 
+/* Forgets a per-connection count (open server: key "#<conn>") once its
+ * connection's sessions are all gone, so the table does not grow with
+ * every connection ever made. */
+static void count_release(ic_gateway *g, client_count *cc)
+{
+    if (!cc || cc->n > 0 || cc->name[0] != '#')
+        return;
+    *cc = g->counts[--g->n_counts];
+}
+
 static void session_free(ic_gateway *g, gw_session *ss)
 {
     client_count *cc = count_of(g, ss->client, false);
     if (cc && cc->n > 0)
         cc->n--;
+    if (cc && cc->name[0] == '#' &&
+        !ic_idmap_get(&g->conns, strtoull(cc->name + 1, NULL, 10)))
+        count_release(g, cc); /* its connection has gone */
     ic_idmap_del(&g->sessions, ss->id);
     ic_req_params_free(&ss->defaults);
     free(ss);
@@ -481,6 +494,7 @@ static void h_close(void *ud, uint64_t id)
             ic_sched_close_session(g->sched, ss->id, IC_CLOSE_DISCONNECT);
         ss->closing = true;
     }
+    count_release(g, count_of(g, c->count_key, false));
     free(c);
     if (g->stopping && ic_server_n_connections(g->srv) == 0)
         ic_server_quit(g->srv);
