@@ -37,6 +37,7 @@ typedef struct serve_args {
     int gpu_layers;            /* -2 = auto */
     int batch;
     bool kv_unified;
+    int prefix_cache;
     const char *log_level;
 } serve_args;
 
@@ -67,6 +68,9 @@ static const char usage[] =
     "      --batch-size N           most tokens in one decode step (default 512)\n"
     "      --kv-unified on|off      one KV buffer for all sessions (default off: each\n"
     "                               session attends only to its own cells)\n"
+    "      --prefix-cache N         system prompts whose KV cells are kept for new\n"
+    "                               sessions to share (default 2, 0 = off; with a\n"
+    "                               split KV buffer each costs one session's cells)\n"
     "      --log-level LEVEL        debug, info, warn or error (default info)\n"
     "  -h, --help                   this help\n";
 
@@ -94,6 +98,7 @@ static int parse_option(int c, const char *arg, serve_args *a)
             return IC_ERR_INVAL;
         a->kv_unified = strcmp(arg, "on") == 0;
         return 0;
+    case 'P': return ic_cli_parse_int(arg, 0, 64, &a->prefix_cache);
     case 'L': {
         enum ic_log_level lv;
         if (ic_log_level_parse(arg, &lv) < 0)
@@ -116,6 +121,7 @@ static int parse_args(int argc, char **argv, serve_args *a)
         {"ctx-size", required_argument, 0, 'c'},  {"threads", required_argument, 0, 't'},
         {"gpu-layers", required_argument, 0, 'g'}, {"batch-size", required_argument, 0, 'b'},
         {"kv-unified", required_argument, 0, 'U'}, {"log-level", required_argument, 0, 'L'},
+        {"prefix-cache", required_argument, 0, 'P'},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0},
     };
     int c;
@@ -165,6 +171,7 @@ static void *load_model(void *arg)
     so.max_sessions = a->max_sessions;
     so.n_ctx_per_session = (uint32_t)a->ctx_size;
     so.kv_unified = a->kv_unified;
+    so.prefix_slots = a->prefix_cache;
     so.wake = ic_gateway_wake;
     so.wake_ud = ld->gw;
     ic_engine_opts eo = ic_engine_opts_default();
@@ -291,7 +298,7 @@ int ic_cmd_serve(int argc, char **argv)
 {
     serve_args a = {
         .host = "127.0.0.1", .port = 8765, .max_sessions = 8, .max_sessions_per_client = 0,
-        .ctx_size = 2048, .gpu_layers = -2, .batch = 512, .kv_unified = false,
+        .ctx_size = 2048, .gpu_layers = -2, .batch = 512, .kv_unified = false, .prefix_cache = 2,
     };
     int rc = parse_args(argc, argv, &a);
     if (rc != 0)

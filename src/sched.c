@@ -128,7 +128,7 @@ ic_sched_opts ic_sched_opts_default(void)
         .max_sessions = 8,
         .n_ctx_per_session = 2048,
         .max_queued = 64,
-        .prefix_slots = 4,
+        .prefix_slots = 2,
         .max_chunk_tokens = 256,
         .kv_unified = false,
     };

@@ -95,7 +95,8 @@ typedef struct ic_sched_opts {
     int max_sessions;            /* sessions held at once */
     uint32_t n_ctx_per_session;  /* tokens of context per session */
     int max_queued;              /* generations waiting to start; beyond: overloaded */
-    int prefix_slots;            /* shared system-prompt prefixes kept */
+    int prefix_slots;            /* shared system-prompt prefixes kept; in a split
+                                  * KV cache each costs a session's cells */
     int max_chunk_tokens;        /* most prompt tokens of one session per step */
     bool kv_unified;             /* one KV buffer for all (see docs/scheduler.md) */
     /* Called from the scheduler thread after events were added to an empty
@@ -115,7 +116,7 @@ typedef struct ic_sched_stats {
     uint64_t steps;           /* decode steps since start */
 } ic_sched_stats;
 
-/* max_sessions 8, 2048 tokens each, 64 queued, 4 prefixes, 256-token
+/* max_sessions 8, 2048 tokens each, 64 queued, 2 prefixes, 256-token
  * chunks, a KV cache split per sequence. */
 ic_sched_opts ic_sched_opts_default(void);
 
