@@ -124,13 +124,13 @@ static int decode_prompt(ic_engine *e, const ic_token *toks, int n, int batch)
 }
 
 /* Writes a token's text to stdout through the UTF-8 repair stream. */
-static void emit(const ic_engine *e, ic_token tok, ic_utf8_stream *u, ic_buf *out)
+static void emit(const ic_engine *e, ic_token tok, ic_utf8_stream *u, ic_buf *piece,
+                 ic_buf *out)
 {
-    char piece[256];
-    int n = ic_engine_token_piece(e, tok, piece, sizeof piece);
+    ic_buf_clear(piece);
     ic_buf_clear(out);
-    if (n > 0)
-        ic_utf8_push(u, piece, (size_t)n, out);
+    if (ic_engine_token_piece(e, tok, piece) == 0 && piece->len)
+        ic_utf8_push(u, piece->data, piece->len, out);
     if (out->len) {
         fwrite(out->data, 1, out->len, stdout);
         fflush(stdout);
@@ -157,7 +157,7 @@ static int generate(ic_engine *e, const gen_args *a)
     rc = rc ? rc : decode_prompt(e, toks, n_prompt, (int)info.n_batch_tokens);
     ic_utf8_stream u;
     ic_utf8_reset(&u);
-    ic_buf out = {0};
+    ic_buf out = {0}, piece = {0};
     double t_first = 0, t_last = 0;
     int n_gen = 0, idx = -1;
     while (rc == 0 && n_gen < a->max_tokens) {
@@ -167,7 +167,7 @@ static int generate(ic_engine *e, const gen_args *a)
             t_first = t_last;
         if (ic_engine_token_is_eog(e, tok))
             break;
-        emit(e, tok, &u, &out);
+        emit(e, tok, &u, &piece, &out);
         if (n_gen == a->max_tokens)
             break;
         ic_engine_batch_clear(e);
@@ -180,6 +180,7 @@ static int generate(ic_engine *e, const gen_args *a)
     fputc('\n', stdout);
     fflush(stdout);
     ic_buf_free(&out);
+    ic_buf_free(&piece);
     if (rc == 0) {
         double gen_s = (t_last - t_first) / 1e3;
         fprintf(stderr, "prompt tokens: %d\ngenerated tokens: %d\ntime to first token: %.1f ms\n"

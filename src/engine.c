@@ -277,10 +277,22 @@ int ic_engine_tokenize(const ic_engine *e, const char *text, size_t len, bool ad
     return 0;
 }
 
-int ic_engine_token_piece(const ic_engine *e, ic_token tok, char *buf, size_t cap)
+int ic_engine_token_piece(const ic_engine *e, ic_token tok, ic_buf *out)
 {
-    int n = llama_token_to_piece(e->vocab, tok, buf, (int32_t)cap, 0, false);
-    return n < 0 ? IC_ERR_INVAL : n;
+    if (tok < 0 || tok >= e->info.n_vocab)
+        return IC_ERR_INVAL;
+    char small[256];
+    int n = llama_token_to_piece(e->vocab, tok, small, (int32_t)sizeof small, 0, false);
+    if (n >= 0)
+        return ic_buf_append(out, small, (size_t)n);
+    /* Longer than any usual piece: -n is the length it needs. */
+    char *big = malloc((size_t)-n);
+    if (!big)
+        return IC_ERR_NOMEM;
+    int m = llama_token_to_piece(e->vocab, tok, big, -n, 0, false);
+    int rc = m < 0 ? IC_ERR_INVAL : ic_buf_append(out, big, (size_t)m);
+    free(big);
+    return rc;
 }
 
 bool ic_engine_token_is_eog(const ic_engine *e, ic_token tok)

@@ -10,6 +10,8 @@
 #ifndef IC_ENGINE_H
 #define IC_ENGINE_H
 
+#include "buf.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -91,10 +93,10 @@ void ic_engine_get_info(const ic_engine *e, ic_engine_info *out);
 int ic_engine_tokenize(const ic_engine *e, const char *text, size_t len, bool add_bos,
                        bool special, ic_token **tokens, int *n_tokens);
 
-/* Writes the bytes of one token (not NUL-terminated; may be a partial UTF-8
- * character) into buf. Control tokens give no bytes. Returns the length,
- * or IC_ERR_INVAL if cap is too small (a piece is at most 256 bytes). */
-int ic_engine_token_piece(const ic_engine *e, ic_token tok, char *buf, size_t cap);
+/* Appends the bytes of one token (may be a partial UTF-8 character) to
+ * out, however long the piece. Control tokens give no bytes. Returns 0,
+ * IC_ERR_INVAL (not a token of this vocabulary) or IC_ERR_NOMEM. */
+int ic_engine_token_piece(const ic_engine *e, ic_token tok, ic_buf *out);
 
 /* True for end-of-generation tokens (EOS, EOT, ...). */
 bool ic_engine_token_is_eog(const ic_engine *e, ic_token tok);

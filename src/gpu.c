@@ -9,10 +9,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct ic_gpu_monitor {
     unsigned long long prev_busy, prev_total; /* jiffies at the previous sample */
+    double last_ms;                           /* when `last` was read; 0 = never */
+    ic_hw_sample last;
 };
+
+/* Readings are reused for this long: a client asking for METRICS in a loop
+ * costs no extra /proc reads. */
+#define SAMPLE_INTERVAL_MS 1000.0
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 int ic_gpu_monitor_create(ic_gpu_monitor **out)
 {
@@ -65,7 +79,12 @@ static void read_ram(int64_t *used, int64_t *total)
 
 void ic_gpu_monitor_sample(ic_gpu_monitor *m, ic_hw_sample *out)
 {
-    memset(out, 0, sizeof *out);
-    read_cpu(m, &out->cpu_pct);
-    read_ram(&out->ram_used_bytes, &out->ram_total_bytes);
+    double t = now_ms();
+    if (m->last_ms == 0 || t - m->last_ms >= SAMPLE_INTERVAL_MS) {
+        memset(&m->last, 0, sizeof m->last);
+        read_cpu(m, &m->last.cpu_pct);
+        read_ram(&m->last.ram_used_bytes, &m->last.ram_total_bytes);
+        m->last_ms = t;
+    }
+    *out = m->last;
 }

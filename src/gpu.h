@@ -29,7 +29,7 @@ int ic_gpu_monitor_create(ic_gpu_monitor **out);
 /* NULL is ok. */
 void ic_gpu_monitor_destroy(ic_gpu_monitor *m);
 
-/* Reads the current values. */
+/* The current values: read at most once a second, else the last reading. */
 void ic_gpu_monitor_sample(ic_gpu_monitor *m, ic_hw_sample *out);
 
 #endif

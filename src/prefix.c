@@ -94,7 +94,7 @@ static prefix *alloc(ic_prefix_cache *pc, ic_engine *e)
     return victim;
 }
 
-static int common_prefix(const ic_token *a, int na, const ic_token *b, int nb)
+int ic_tokens_common_prefix(const ic_token *a, int na, const ic_token *b, int nb)
 {
     int n = 0;
     while (n < na && n < nb && a[n] == b[n])
@@ -113,7 +113,7 @@ static void start(ic_prefix_cache *pc, ic_engine *e, const ic_convo *convo, cons
         return;
     /* A template may merge the system turn's last token with what follows:
      * only the part the prompt really starts with is shareable. */
-    int n = common_prefix(toks, n_toks, prompt, n_prompt);
+    int n = ic_tokens_common_prefix(toks, n_toks, prompt, n_prompt);
     prefix *p = n >= MIN_SHARED_TOKENS ? alloc(pc, e) : NULL;
     if (!p || !(p->system = strdup(system))) {
         free(toks);
@@ -137,7 +137,7 @@ enum ic_prefix_verdict ic_prefix_attach(ic_prefix_cache *pc, ic_engine *e, const
         return IC_PREFIX_NONE;
     prefix *p = find(pc, system);
     if (p && p->ready) {
-        int n = common_prefix(p->toks, p->n_toks, prompt, n_prompt);
+        int n = ic_tokens_common_prefix(p->toks, p->n_toks, prompt, n_prompt);
         if (n == n_prompt)
             n--; /* the last prompt token must be decoded for its logits */
         if (n <= 0)

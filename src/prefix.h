@@ -47,6 +47,9 @@ void ic_prefix_publish(ic_prefix_cache *pc, ic_engine *e,
 /* Drops every ready prefix, giving its cells back. */
 void ic_prefix_drop_ready(ic_prefix_cache *pc, ic_engine *e);
 
+/* How many leading tokens a and b have in common. */
+int ic_tokens_common_prefix(const ic_token *a, int na, const ic_token *b, int nb);
+
 /* KV cells held by ready prefixes. */
 int64_t ic_prefix_cells(const ic_prefix_cache *pc);
 

@@ -51,6 +51,7 @@ typedef struct gen {
     ic_stop stop;
     ic_utf8_stream utf8;
     ic_buf reply;             /* every byte sent in this generation's TOKENs */
+    ic_buf raw_piece;         /* scratch: one token's bytes */
     ic_buf piece_text;        /* scratch: one token's text after UTF-8 repair */
     ic_buf out_text;          /* scratch: one token's text after stop strings */
     ic_token *prompt;         /* the whole conversation for this turn */
@@ -231,9 +232,11 @@ int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const 
         }
     }
     if (rc == 0)
-        return (rc = submit(s, r)) < 0 ? (atomic_fetch_sub(&s->n_pending, 1), rc) : 0;
-    req_free(r);
-    atomic_fetch_sub(&s->n_pending, 1);
+        rc = submit(s, r); /* takes r on every path */
+    else
+        req_free(r);
+    if (rc < 0)
+        atomic_fetch_sub(&s->n_pending, 1);
     return rc;
 }
 
@@ -385,14 +388,6 @@ static int hist_push(session *ss, ic_token t)
     return 0;
 }
 
-static int common_prefix(const ic_token *a, int na, const ic_token *b, int nb)
-{
-    int n = 0;
-    while (n < na && n < nb && a[n] == b[n])
-        n++;
-    return n;
-}
-
 /* How far a session computing a shared prefix has got (for prefix.c). */
 static int session_progress(void *ud, uint64_t session_id)
 {
@@ -407,6 +402,7 @@ static void gen_free(gen *g)
     ic_engine_sampler_destroy(g->sampler);
     ic_stop_free(&g->stop);
     ic_buf_free(&g->reply);
+    ic_buf_free(&g->raw_piece);
     ic_buf_free(&g->piece_text);
     ic_buf_free(&g->out_text);
     free(g->prompt);
@@ -504,7 +500,7 @@ static void start_generation(ic_sched *s, req *r)
         return;
     }
     /* Keep what the cache already holds of this conversation. */
-    int keep = common_prefix(ss->hist, ss->n_hist, g->prompt, g->n_prompt_tokens);
+    int keep = ic_tokens_common_prefix(ss->hist, ss->n_hist, g->prompt, g->n_prompt_tokens);
     if (keep == g->n_prompt_tokens)
         keep--; /* the last prompt token must be decoded to get logits */
     if (keep < ss->n_hist) {
@@ -548,12 +544,11 @@ static void admit(ic_sched *s, session *ss)
  * g->out_text; flush ends both streams. Returns 1 on a stop-string match. */
 static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush)
 {
-    char piece[256];
-    int n = is_eog ? 0 : ic_engine_token_piece(s->engine, tok, piece, sizeof piece);
+    ic_buf_clear(&g->raw_piece);
     ic_buf_clear(&g->piece_text);
     ic_buf_clear(&g->out_text);
-    if (n > 0)
-        ic_utf8_push(&g->utf8, piece, (size_t)n, &g->piece_text);
+    if (!is_eog && ic_engine_token_piece(s->engine, tok, &g->raw_piece) == 0 && g->raw_piece.len)
+        ic_utf8_push(&g->utf8, g->raw_piece.data, g->raw_piece.len, &g->piece_text);
     if (flush)
         ic_utf8_flush(&g->utf8, &g->piece_text);
     int matched = ic_stop_push(&g->stop, g->piece_text.data ? g->piece_text.data : "",

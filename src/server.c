@@ -287,7 +287,8 @@ int ic_server_create(const ic_server_opts *opts, const ic_server_handlers *h, ic
     info.user = s;
     info.gid = -1;
     info.uid = -1;
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 * (strchr(opts->host, ':') == NULL);
+    if (!strchr(opts->host, ':'))
+        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6; /* an IPv4 address or name */
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)",

@@ -31,6 +31,14 @@ static ic_engine *load(const char *path)
     return e;
 }
 
+/* One token's bytes, which must be readable, in a fresh buffer. */
+static ic_buf piece_of(ic_engine *e, ic_token t)
+{
+    ic_buf b = {0};
+    assert_int_equal(ic_engine_token_piece(e, t, &b), 0);
+    return b;
+}
+
 /* Greedy continuation of prompt; returns malloc'd text. */
 static char *greedy(ic_engine *e, const char *prompt, int n_gen)
 {
@@ -53,10 +61,9 @@ static char *greedy(ic_engine *e, const char *prompt, int n_gen)
         ic_token t = ic_engine_sample(e, smp, idx);
         if (ic_engine_token_is_eog(e, t))
             break;
-        char piece[256];
-        int k = ic_engine_token_piece(e, t, piece, sizeof piece);
-        assert_true(k >= 0);
-        ic_utf8_push(&u, piece, (size_t)k, &out);
+        ic_buf piece = piece_of(e, t);
+        ic_utf8_push(&u, piece.data ? piece.data : "", piece.len, &out);
+        ic_buf_free(&piece);
         ic_engine_batch_clear(e);
         idx = ic_engine_batch_add(e, t, n + g, 0, true);
         assert_int_equal(ic_engine_decode(e), 0);
@@ -188,9 +195,7 @@ static void tokenize_round_trip(void **state)
     assert_true(n > 0 && n < (int)strlen(s) + 1);
     ic_buf out = {0};
     for (int i = 0; i < n; i++) {
-        char piece[256];
-        int k = ic_engine_token_piece(e, toks[i], piece, sizeof piece);
-        ic_buf_append(&out, piece, (size_t)k);
+        assert_int_equal(ic_engine_token_piece(e, toks[i], &out), 0); /* appends */
     }
     /* SentencePiece adds a leading space to the first word. */
     assert_non_null(strstr(out.data, s));
@@ -215,9 +220,9 @@ static void byte_tokens_join_into_one_character(void **state)
     ic_buf out = {0};
     int emitted_before_last = 0;
     for (int i = 0; i < n; i++) {
-        char piece[256];
-        int k = ic_engine_token_piece(e, toks[i], piece, sizeof piece);
-        ic_utf8_push(&u, piece, (size_t)k, &out);
+        ic_buf piece = piece_of(e, toks[i]);
+        ic_utf8_push(&u, piece.data ? piece.data : "", piece.len, &out);
+        ic_buf_free(&piece);
         if (i < n - 1)
             emitted_before_last += (int)out.len - (out.len && out.data[0] == ' ');
     }
@@ -227,15 +232,28 @@ static void byte_tokens_join_into_one_character(void **state)
     /* A lone byte token that can never complete becomes U+FFFD. */
     ic_utf8_reset(&u);
     ic_buf_clear(&out);
-    char piece[256];
-    int k = ic_engine_token_piece(e, toks[n - 1], piece, sizeof piece);
-    ic_utf8_push(&u, piece, (size_t)k, &out);
+    ic_buf piece = piece_of(e, toks[n - 1]);
+    ic_utf8_push(&u, piece.data ? piece.data : "", piece.len, &out);
+    ic_buf_free(&piece);
     ic_utf8_push(&u, "x", 1, &out);
     ic_utf8_flush(&u, &out);
     assert_true(ic_utf8_valid(out.data, out.len));
     assert_non_null(strstr(out.data, "\xEF\xBF\xBD"));
     ic_buf_free(&out);
     free(toks);
+    ic_engine_destroy(e);
+}
+
+static void bad_token_id_is_refused(void **state)
+{
+    (void)state;
+    ic_engine *e = load(test_model_path());
+    ic_engine_info in;
+    ic_engine_get_info(e, &in);
+    ic_buf b = {0};
+    assert_int_equal(ic_engine_token_piece(e, -1, &b), IC_ERR_INVAL);
+    assert_int_equal(ic_engine_token_piece(e, in.n_vocab, &b), IC_ERR_INVAL);
+    assert_int_equal(b.len, 0);
     ic_engine_destroy(e);
 }
 
@@ -281,6 +299,7 @@ int main(void)
         cmocka_unit_test(stories_greedy_story),
         cmocka_unit_test(tokenize_round_trip),
         cmocka_unit_test(byte_tokens_join_into_one_character),
+        cmocka_unit_test(bad_token_id_is_refused),
         cmocka_unit_test(chat_format_fallback_or_template),
         cmocka_unit_test(every_weight_type_loads_and_generates),
     };
