@@ -442,6 +442,15 @@ int ic_auth_check(const ic_auth *a, const char *token, ic_client_cfg *out)
 
 /* ---- creating tokens -------------------------------------------------- */
 
+bool ic_auth_secret_equal(const char *presented, const char *expected)
+{
+    unsigned char a[HASH_BYTES], b[HASH_BYTES];
+    if (!presented || !expected || sha256(presented, strlen(presented), a) < 0 ||
+        sha256(expected, strlen(expected), b) < 0)
+        return false;
+    return CRYPTO_memcmp(a, b, HASH_BYTES) == 0;
+}
+
 static int random_bytes(unsigned char *buf, size_t n)
 {
     size_t got = 0;

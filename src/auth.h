@@ -49,6 +49,12 @@ int ic_auth_add_token(const char *path, const char *name, int max_sessions,
                       enum ic_priority priority, char *token_out, size_t cap, char *err,
                       size_t errlen);
 
+/* Compares a presented secret with the expected one (e.g. --metrics-token
+ * against a bearer token) in time that depends on neither's content nor
+ * length: both are hashed, the hashes compared with CRYPTO_memcmp. NULL
+ * presented is false. Any thread. */
+bool ic_auth_secret_equal(const char *presented, const char *expected);
+
 /* A throttle that allows max_failures failed attempts per address within
  * window_s seconds. Returns 0 or IC_ERR_NOMEM. */
 int ic_auth_throttle_create(int max_failures, double window_s, ic_auth_throttle **out);

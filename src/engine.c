@@ -29,6 +29,8 @@ struct ic_engine {
     struct llama_logit_bias *eog_bias; /* -inf for every EOG token */
     int n_eog;
     ic_engine_info info;
+    ic_engine_opts opts;          /* as created; model_path is model_path_copy */
+    char *model_path_copy;
 };
 
 struct ic_sampler {
@@ -153,7 +155,10 @@ static void fill_info(ic_engine *e, const ic_engine_opts *opts, uint64_t file_by
     in->n_ctx_tokens = llama_n_ctx(e->ctx);
     in->n_seq_max = llama_n_seq_max(e->ctx);
     in->n_batch_tokens = llama_n_batch(e->ctx);
-    in->n_gpu_layers = opts->n_gpu_layers;
+    /* llama's count: the output layer and the last n-1 repeating layers;
+     * n_layer + 1 (or -1) is everything. 0 when this build cannot offload. */
+    int all = in->n_layer + 1, n = opts->n_gpu_layers;
+    in->n_gpu_layers = !llama_supports_gpu_offload() ? 0 : n < 0 || n > all ? all : n;
     in->kv_unified = opts->kv_unified;
 }
 
@@ -235,6 +240,14 @@ int ic_engine_create(const ic_engine_opts *opts, ic_engine **out, const char **e
         return rc;
     }
     fill_info(e, opts, file_bytes);
+    e->opts = *opts;
+    e->model_path_copy = strdup(opts->model_path);
+    if (!e->model_path_copy) {
+        ic_engine_destroy(e);
+        *errmsg = "out of memory";
+        return IC_ERR_NOMEM;
+    }
+    e->opts.model_path = e->model_path_copy;
     *out = e;
     return 0;
 }
@@ -249,6 +262,7 @@ void ic_engine_destroy(ic_engine *e)
     }
     llama_model_free(e->model);
     free(e->eog_bias);
+    free(e->model_path_copy);
     free(e);
 }
 
@@ -466,4 +480,49 @@ void ic_engine_sampler_accept(ic_sampler *s, ic_token tok) { llama_sampler_accep
 ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx)
 {
     return llama_sampler_sample(s->chain, e->ctx, idx);
+}
+
+int ic_engine_seq_state_save(ic_engine *e, int seq, uint8_t **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    size_t need = llama_state_seq_get_size(e->ctx, seq);
+    uint8_t *buf = malloc(need ? need : 1);
+    if (!buf)
+        return IC_ERR_NOMEM;
+    size_t got = llama_state_seq_get_data(e->ctx, buf, need, seq);
+    if (got == 0 && need > 0) {
+        free(buf);
+        return IC_ERR_NOMEM;
+    }
+    *data = buf;
+    *len = got;
+    return 0;
+}
+
+int ic_engine_seq_state_restore(ic_engine *e, int seq, const uint8_t *data, size_t len)
+{
+    if (len == 0)
+        return 0;
+    return llama_state_seq_set_data(e->ctx, data, len, seq) > 0 ? 0 : IC_ERR_CONTEXT;
+}
+
+void ic_engine_get_opts(const ic_engine *e, ic_engine_opts *out) { *out = e->opts; }
+
+int ic_engine_gpu_devices(ic_engine_device *out, int cap)
+{
+    int n = 0;
+    for (size_t i = 0; i < ggml_backend_dev_count() && n < cap; i++) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        enum ggml_backend_dev_type t = ggml_backend_dev_type(dev);
+        if (t != GGML_BACKEND_DEVICE_TYPE_GPU)
+            continue;
+        size_t free_b = 0, total_b = 0;
+        ggml_backend_dev_memory(dev, &free_b, &total_b);
+        ic_engine_device *d = &out[n++];
+        snprintf(d->name, sizeof d->name, "%s", ggml_backend_dev_description(dev));
+        d->free_bytes = (int64_t)free_b;
+        d->total_bytes = (int64_t)total_b;
+    }
+    return n;
 }

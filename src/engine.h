@@ -43,7 +43,7 @@ typedef struct ic_engine_info {
     uint32_t n_ctx_tokens;   /* actual KV cache size of the context */
     uint32_t n_seq_max;
     uint32_t n_batch_tokens;
-    int n_gpu_layers;        /* as requested at load */
+    int n_gpu_layers;        /* offloaded, as llama counts them (0..n_layer+1) */
     bool kv_unified;
 } ic_engine_info;
 
@@ -144,5 +144,31 @@ void ic_engine_sampler_accept(ic_sampler *s, ic_token tok);
 
 /* Samples (and accepts) the next token from the output of batch index idx. */
 ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx);
+
+/* Copies a sequence's KV state (its cells and positions) into a malloc'd
+ * host buffer: *data (caller frees) of *len bytes; an empty sequence gives
+ * a small header. Returns 0 or IC_ERR_NOMEM. */
+int ic_engine_seq_state_save(ic_engine *e, int seq, uint8_t **data, size_t *len);
+
+/* Puts a state saved by ic_engine_seq_state_save (from an engine of the
+ * same model and context shape) into sequence seq, which must be empty.
+ * Returns 0, or IC_ERR_CONTEXT when the state does not fit or match. */
+int ic_engine_seq_state_restore(ic_engine *e, int seq, const uint8_t *data, size_t len);
+
+/* The options the engine was created with; model_path points into the
+ * engine (valid while it lives). */
+void ic_engine_get_opts(const ic_engine *e, ic_engine_opts *out);
+
+/* A GPU as llama.cpp's backends see it. */
+typedef struct ic_engine_device {
+    char name[96];
+    int64_t free_bytes;
+    int64_t total_bytes;
+} ic_engine_device;
+
+/* Lists the GPU devices of this build's backends (none on a CPU build),
+ * with their free memory now. Returns how many were written (at most cap).
+ * After ic_engine_global_init; any thread that owns no engine call. */
+int ic_engine_gpu_devices(ic_engine_device *out, int cap);
 
 #endif

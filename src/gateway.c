@@ -10,6 +10,7 @@
 #include "gpu.h"
 #include "idmap.h"
 #include "log.h"
+#include "metrics.h"
 #include "protocol.h"
 
 #include <jansson.h>
@@ -66,6 +67,7 @@ struct ic_gateway {
     ic_auth *auth;             /* NULL = open server */
     ic_auth_throttle *throttle;
     ic_gpu_monitor *hw;
+    ic_metrics *metrics;
     ic_idmap conns;            /* conn id -> client_conn */
     ic_idmap sessions;         /* session id -> gw_session */
     client_count *counts;
@@ -74,8 +76,10 @@ struct ic_gateway {
     ic_sched *sched;           /* NULL while loading */
     bool stopping;
     bool failed;
+    bool stalled;              /* the watchdog's verdict at its last check */
     int n_gpu_layers;
     int n_ctx_per_session;
+    int max_sessions;
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending;
     _Atomic bool load_failed;
@@ -94,6 +98,9 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .auth_window_s = 60,
         .shutdown_timeout_s = 10,
         .listen_url = "",
+        .metrics_token = NULL,
+        .watchdog_timeout_s = 120,
+        .log_prompts = false,
     };
 }
 
@@ -127,7 +134,21 @@ static void send_json(ic_gateway *g, uint64_t conn, char *json)
 static void send_error(ic_gateway *g, uint64_t conn, enum ic_proto_code code, const char *message,
                        const char *sid, const ic_msg_id *id)
 {
+    ic_metrics_error(g->metrics, code);
+    ic_log_for(IC_LOG_DEBUG, &(ic_log_ctx){.session = sid, .conn = conn}, "error %s sent: %s",
+               ic_proto_code_name(code), message ? message : "");
     send_json(g, conn, ic_proto_error_msg(code, message, sid, id));
+}
+
+/* Who a log line about this session is about. */
+static ic_log_ctx session_ctx(const gw_session *ss, bool with_request)
+{
+    return (ic_log_ctx){
+        .client = ss->client[0] == '#' ? NULL : ss->client,
+        .session = ss->sid,
+        .request = with_request ? ss->rid : NULL,
+        .conn = ss->conn_id,
+    };
 }
 
 /* --- client session counts --------------------------------------- */
@@ -212,6 +233,7 @@ static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
     else if (ic_auth_check(g->auth, m->token, &cfg) < 0)
         reason = "invalid token";
     if (reason) {
+        ic_metrics_auth_failed(g->metrics);
         ic_auth_throttle_fail(g->throttle, c->addr, t);
         ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
                     c->addr);
@@ -266,6 +288,8 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
     cc->n++;
+    ic_log_ctx lc = session_ctx(ss, false);
+    ic_log_for(IC_LOG_INFO, &lc, "session created%s", m->system ? " with a system prompt" : "");
     send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
 }
 
@@ -297,6 +321,11 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
     ss->request_id = rid;
     snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
     ss->infer_id = m->id;
+    ic_log_ctx lc = session_ctx(ss, true);
+    ic_log_for(IC_LOG_DEBUG, &lc, "generation queued: %zu prompt bytes, max_tokens %d%s",
+               strlen(m->prompt), gp.max_tokens, m->raw ? ", raw" : "");
+    if (g->opts.log_prompts)
+        ic_log_for(IC_LOG_DEBUG, &lc, "prompt: %s", m->prompt);
 }
 
 static void on_abort(ic_gateway *g, client_conn *c, const ic_msg *m)
@@ -350,6 +379,16 @@ static void fill_sessions(ic_gateway *g, client_conn *c, ic_metrics_session *out
     }
 }
 
+/* The server's state as METRICS, /metrics and /health name it. */
+static const char *server_state(const ic_gateway *g, const ic_sched_stats *st)
+{
+    if (!g->sched || st->state == IC_SCHED_WAKING)
+        return "loading";
+    if (g->stalled)
+        return "stuck";
+    return ic_sched_state_name(st->state);
+}
+
 static void send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
 {
     enum { MAX_LISTED = 256 };
@@ -360,7 +399,6 @@ static void send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
     ic_gpu_monitor_sample(g->hw, &hw);
     ic_metrics_msg mm = {
         .timestamp_ms = wall_ms(),
-        .state = "ready",
         .n_gpu_layers = g->n_gpu_layers,
         .gpus = hw.gpus,
         .n_gpus = hw.n_gpus,
@@ -370,6 +408,7 @@ static void send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
         .sessions = list,
     };
     ic_sched_get_stats(g->sched, &mm.engine);
+    mm.state = server_state(g, &mm.engine);
     fill_sessions(g, c, list, &mm.n_sessions, MAX_LISTED);
     send_json(g, c->id, ic_proto_metrics(&mm, id));
     free(list);
@@ -439,6 +478,7 @@ static void h_open(void *ud, uint64_t id, const char *addr)
         .n_ctx_train = info.n_ctx_train_tokens,
         .max_message_bytes = (int64_t)g->opts.max_message_bytes,
         .max_sessions_per_client = g->opts.max_sessions_per_client,
+        .max_sessions = g->max_sessions,
         .n_ctx_per_session = g->n_ctx_per_session,
     };
     send_json(g, id, ic_proto_hello(&h));
@@ -500,9 +540,43 @@ static void h_close(void *ud, uint64_t id)
         ic_server_quit(g->srv);
 }
 
+/* How often the watchdog looks: a quarter of its time-out, at least 1 s. */
+static int watchdog_period_ms(const ic_gateway *g)
+{
+    int ms = g->opts.watchdog_timeout_s * 250;
+    return ms < 1000 ? 1000 : ms;
+}
+
+/* The internal watchdog (server timer 0 while not stopping): work waits
+ * and the scheduler loop has not turned for watchdog_timeout_s. */
+static void check_watchdog(ic_gateway *g)
+{
+    ic_server_set_timer(g->srv, 0, watchdog_period_ms(g));
+    if (!g->sched || g->opts.watchdog_timeout_s <= 0)
+        return;
+    ic_sched_stats st;
+    ic_sched_get_stats(g->sched, &st);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    double quiet_s = (now - st.last_progress_ms) / 1e3;
+    bool stalled = st.generating + st.queued > 0 && st.state != IC_SCHED_WAKING &&
+                   quiet_s >= g->opts.watchdog_timeout_s;
+    if (stalled && !g->stalled)
+        ic_log_error("watchdog: the scheduler has made no progress for %.0f s with %d "
+                     "generations waiting", quiet_s, st.generating + st.queued);
+    else if (!stalled && g->stalled)
+        ic_log_info("watchdog: the scheduler is making progress again");
+    g->stalled = stalled;
+}
+
 static void h_timer(void *ud, uint64_t id)
 {
     ic_gateway *g = ud;
+    if (id == 0 && !g->stopping) {
+        check_watchdog(g);
+        return;
+    }
     if (id == 0) {
         /* The shutdown time-out: stop waiting for slow clients. */
         ic_log_warn("shutdown: %d connections did not close in time",
@@ -524,24 +598,87 @@ static void h_timer(void *ud, uint64_t id)
     }
 }
 
-static int h_http(void *ud, const char *path, char **body)
+static void json_response(ic_http_response *resp, int status, json_t *j)
+{
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    resp->len = resp->body ? strlen(resp->body) : 0;
+    json_decref(j);
+}
+
+/* GET /metrics: Prometheus text, behind --metrics-token when set. */
+static void metrics_response(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
+{
+    if (g->opts.metrics_token) {
+        const char *a = req->authorization;
+        bool ok = a && strncmp(a, "Bearer ", 7) == 0 &&
+                  ic_auth_secret_equal(a + 7, g->opts.metrics_token);
+        if (!ok) {
+            json_response(resp, 401, json_pack("{s:s}", "error", "bearer token required"));
+            return;
+        }
+    }
+    ic_sched_stats st = {0};
+    ic_hw_sample hw;
+    ic_gpu_monitor_sample(g->hw, &hw);
+    if (g->sched)
+        ic_sched_get_stats(g->sched, &st);
+    ic_metrics_gauges mg = {
+        .state = server_state(g, &st),
+        .sessions = st.sessions,
+        .sessions_max = g->sched ? st.max_sessions : 0,
+        .generating = st.generating,
+        .queued = st.queued,
+        .kv_cells_used = st.kv_cells_used,
+        .kv_cells_total = st.kv_cells_total,
+        .gpu_layers = g->n_gpu_layers,
+        .connections = ic_server_n_connections(g->srv),
+        .stalled = g->stalled,
+        .steps = st.steps,
+        .hw = &hw,
+        .version = IC_VERSION,
+        .llama_commit = IC_LLAMA_COMMIT,
+    };
+    resp->status = 200;
+    resp->content_type = IC_METRICS_CONTENT_TYPE;
+    if (ic_metrics_render(g->metrics, &mg, &resp->body, &resp->len) < 0)
+        resp->body = NULL;
+}
+
+static void h_http(void *ud, const ic_http_request *req, ic_http_response *resp)
 {
     ic_gateway *g = ud;
-    int status = 404;
-    json_t *j;
-    if (strcmp(path, "/health") == 0) {
-        const char *st = g->stopping ? "stopping" : g->sched ? "ok" : "loading";
-        status = g->sched && !g->stopping ? 200 : 503;
-        j = json_pack("{s:s}", "status", st);
+    if (strcmp(req->path, "/metrics") == 0) {
+        metrics_response(g, req, resp);
+    } else if (strcmp(req->path, "/health") == 0) {
+        ic_sched_stats st = {0};
+        if (g->sched)
+            ic_sched_get_stats(g->sched, &st);
+        const char *state = g->stopping ? "stopping" : server_state(g, &st);
+        bool ok = g->sched && !g->stopping && !g->stalled;
+        json_response(resp, ok ? 200 : 503,
+                      json_pack("{s:s,s:s}", "status", ok ? "ok" : state, "state", state));
     } else {
-        j = json_pack("{s:s}", "error", "not found");
+        json_response(resp, 404, json_pack("{s:s}", "error", "not found"));
     }
-    *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
-    return status;
 }
 
 /* --- scheduler events ------------------------------------------------ */
+
+static void observe_end(ic_gateway *g, const gw_session *ss, const ic_event *ev)
+{
+    const ic_gen_stats *st = &ev->stats;
+    ic_metrics_generation_ended(g->metrics, ev->reason, st->prompt_tokens, st->generated_tokens);
+    ic_metrics_observe(g->metrics, IC_HIST_QUEUE_TIME, st->queue_ms / 1e3);
+    if (st->generated_tokens > 0)
+        ic_metrics_observe(g->metrics, IC_HIST_TTFT, st->ttft_ms / 1e3);
+    ic_metrics_observe(g->metrics, IC_HIST_DURATION, st->total_ms / 1e3);
+    ic_log_ctx lc = session_ctx(ss, true);
+    ic_log_for(IC_LOG_INFO, &lc, "generation ended: %s, %d prompt + %d generated tokens, "
+               "ttft %.0f ms, total %.0f ms", ic_end_reason_name(ev->reason), st->prompt_tokens,
+               st->generated_tokens, st->ttft_ms, st->total_ms);
+}
 
 static void route_event(ic_gateway *g, ic_event *ev)
 {
@@ -551,12 +688,15 @@ static void route_event(ic_gateway *g, ic_event *ev)
     uint64_t conn = ss->conn_id;
     switch (ev->type) {
     case IC_EVENT_TOKEN:
+        if (ev->index > 0)
+            ic_metrics_observe(g->metrics, IC_HIST_INTER_TOKEN, ev->gap_ms / 1e3);
         if (conn)
             send_json(g, conn, ic_proto_token(ss->sid, ss->rid, ev->index, ev->text, ev->text_len,
                                               &ss->infer_id));
         break;
     case IC_EVENT_END:
         ss->running = false;
+        observe_end(g, ss, ev);
         if (conn)
             send_json(g, conn, ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats,
                                             &ss->infer_id));
@@ -567,13 +707,16 @@ static void route_event(ic_gateway *g, ic_event *ev)
             send_error(g, conn, ic_proto_code_from_err(ev->err), ev->message, ss->sid,
                        &ss->infer_id);
         break;
-    case IC_EVENT_SESSION_CLOSED:
+    case IC_EVENT_SESSION_CLOSED: {
+        ic_log_ctx lc = session_ctx(ss, false);
+        ic_log_for(IC_LOG_INFO, &lc, "session closed: %s", ic_close_reason_name(ev->close_reason));
         if (conn)
             send_json(g, conn, ic_proto_session_closed(ss->sid,
                                                        ic_close_reason_name(ev->close_reason),
                                                        &ss->close_id));
         session_free(g, ss);
         break;
+    }
     }
 }
 
@@ -638,6 +781,8 @@ static void h_wake(void *ud)
         ic_engine_info info;
         ic_sched_model_info(s, &info);
         g->n_gpu_layers = info.n_gpu_layers;
+        g->max_sessions = so.max_sessions;
+        ic_server_set_timer(g->srv, 0, watchdog_period_ms(g));
         ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
                     so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
     }
@@ -663,7 +808,9 @@ int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, 
     if (!g)
         return IC_ERR_NOMEM;
     g->opts = *opts;
-    int rc = ic_gpu_monitor_create(&g->hw);
+    int rc = ic_gpu_monitor_create(NULL, &g->hw);
+    if (rc == 0)
+        rc = ic_metrics_create(&g->metrics);
     if (rc == 0)
         rc = ic_auth_throttle_create(opts->auth_max_failures, opts->auth_window_s, &g->throttle);
     if (rc == 0 && opts->tokens_path)
@@ -703,6 +850,7 @@ void ic_gateway_destroy(ic_gateway *g)
     ic_auth_destroy(g->auth);
     ic_auth_throttle_destroy(g->throttle);
     ic_gpu_monitor_destroy(g->hw);
+    ic_metrics_destroy(g->metrics);
     free(g->counts);
     free(g);
 }
@@ -755,3 +903,5 @@ void ic_gateway_request_reload(ic_gateway *g)
 }
 
 bool ic_gateway_failed(const ic_gateway *g) { return g->failed; }
+
+bool ic_gateway_stalled(const ic_gateway *g) { return g->stalled; }

@@ -3,7 +3,8 @@
  * scheduler and routing its events back to connections.
  *
  * Owns: the tokens (ic_auth), the auth throttle, every session's
- * network-side record, metrics subscriptions. Borrows the server and,
+ * network-side record, metrics subscriptions, the Prometheus metrics
+ * (ic_metrics) and the internal watchdog. Borrows the server and,
  * once the model is loaded, the scheduler. Runs on the network thread;
  * the functions marked "any thread" only set atomics and wake it.
  */
@@ -27,6 +28,9 @@ typedef struct ic_gateway_opts {
     double auth_window_s;
     double shutdown_timeout_s;     /* to flush and close connections */
     const char *listen_url;        /* for the log line when ready */
+    const char *metrics_token;     /* GET /metrics needs "Bearer <it>"; NULL: open */
+    int watchdog_timeout_s;        /* scheduler without progress while work waits: stuck */
+    bool log_prompts;              /* debug lines carry prompt text (off by default) */
 } ic_gateway_opts;
 
 ic_gateway_opts ic_gateway_opts_default(void);
@@ -62,6 +66,9 @@ void ic_gateway_request_reload(ic_gateway *g);
 
 /* The scheduler's wake callback (ud is the gateway). Any thread. */
 void ic_gateway_wake(void *ud);
+
+/* True while the internal watchdog sees the scheduler stuck. Network thread. */
+bool ic_gateway_stalled(const ic_gateway *g);
 
 /* True when the stop was for a failed load (exit status 1). */
 bool ic_gateway_failed(const ic_gateway *g);

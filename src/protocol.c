@@ -598,6 +598,7 @@ char *ic_proto_hello(const ic_hello *h)
     rc |= set(model, "n_ctx_train", json_integer(h->n_ctx_train));
     rc |= set(limits, "max_message_bytes", json_integer(h->max_message_bytes));
     rc |= set(limits, "max_sessions_per_client", json_integer(h->max_sessions_per_client));
+    rc |= set(limits, "max_sessions", json_integer(h->max_sessions));
     rc |= set(limits, "n_ctx_per_session", json_integer(h->n_ctx_per_session));
     rc |= set(m, "model", model);
     rc |= set(m, "limits", limits);
@@ -685,6 +686,7 @@ static json_t *metrics_engine(const ic_metrics_msg *mm)
     json_t *o = json_object();
     int rc = set(o, "state", jstr(mm->state));
     rc |= set(o, "sessions", json_integer(mm->engine.sessions));
+    rc |= set(o, "max_sessions", json_integer(mm->engine.max_sessions));
     rc |= set(o, "generating", json_integer(mm->engine.generating));
     rc |= set(o, "queued", json_integer(mm->engine.queued));
     rc |= set(o, "tokens_per_second", jreal(mm->engine.tokens_per_second));

@@ -137,6 +137,7 @@ typedef struct ic_hello {
     int n_ctx_train;
     int64_t max_message_bytes;
     int max_sessions_per_client;
+    int max_sessions;          /* server-wide, after the memory plan */
     int n_ctx_per_session;
 } ic_hello;
 

@@ -62,7 +62,7 @@ typedef struct gen {
     int batch_idx;            /* output row in this step's batch, or -1 */
     int n_generated;
     uint64_t last_served_step;
-    double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms;
+    double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms, t_last_token_ms;
 } gen;
 
 /* A session: one llama sequence and its conversation. Scheduler thread. */
@@ -76,6 +76,8 @@ typedef struct session {
     int n_shared;             /* leading cells shared with a prefix entry */
     bool first_turn_done;
     gen *gen;
+    uint8_t *saved_kv;        /* while sleeping: the sequence's KV state, or NULL */
+    size_t saved_kv_len;
 } session;
 
 /* What other threads may read about a slot. One writer: the scheduler. */
@@ -102,6 +104,10 @@ struct ic_sched {
     _Atomic int64_t st_kv_used;
     _Atomic uint64_t st_steps;
     _Atomic uint64_t st_tps_milli; /* tokens/s x 1000 */
+    _Atomic int st_state;          /* enum ic_sched_state */
+    _Atomic int64_t st_progress_us; /* CLOCK_MONOTONIC us of the loop's last turn */
+    _Atomic int64_t st_temp_milli;  /* thermal guard's last reading x 1000; < 0 none */
+    _Atomic uint64_t st_sleeps;
 
     /* --- scheduler thread only --- */
     ic_engine *engine;
@@ -114,6 +120,14 @@ struct ic_sched {
     int n_outbox, cap_outbox;
     uint64_t tps_tokens;
     double tps_window_start_ms;
+    ic_engine_opts engine_opts; /* to reload after sleep; model_path is model_path */
+    char *model_path;
+    bool throttled;           /* thermal guard holds prefill, paces decode */
+    bool sleeping;            /* engine is NULL; sessions' KV in saved_kv */
+    double temp_checked_ms;   /* last thermal reading */
+    double last_work_ms;      /* last loop turn with a generation */
+    double last_beat_ms;      /* last heartbeat callback */
+    double last_decode_ms;    /* duration of the last llama_decode */
 };
 
 static double now_ms(void)
@@ -132,6 +146,7 @@ ic_sched_opts ic_sched_opts_default(void)
         .prefix_slots = 2,
         .max_chunk_tokens = 256,
         .kv_unified = false,
+        .temp_resume_delta_c = 5.0,
     };
 }
 
@@ -281,6 +296,11 @@ void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
     out->kv_cells_total = s->info.n_ctx_tokens;
     out->tokens_per_second = (double)atomic_load(&m->st_tps_milli) / 1000.0;
     out->steps = atomic_load(&m->st_steps);
+    out->max_sessions = s->opts.max_sessions;
+    out->state = (enum ic_sched_state)atomic_load(&m->st_state);
+    out->last_progress_ms = (double)atomic_load(&m->st_progress_us) / 1000.0;
+    out->gpu_temp_c = (double)atomic_load(&m->st_temp_milli) / 1000.0;
+    out->sleeps = atomic_load(&m->st_sleeps);
 }
 
 int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
@@ -564,6 +584,8 @@ static void on_token(ic_sched *s, session *ss, ic_token tok)
 {
     gen *g = ss->gen;
     double t = now_ms();
+    double gap_ms = g->n_generated ? t - g->t_last_token_ms : 0;
+    g->t_last_token_ms = t;
     if (g->n_generated++ == 0) {
         g->t_first_ms = t;
         g->t_prefill_done_ms = t;
@@ -577,6 +599,7 @@ static void on_token(ic_sched *s, session *ss, ic_token tok)
     ic_event *ev = new_event(IC_EVENT_TOKEN, ss->id, g->request_id);
     if (ev) {
         ev->index = g->n_generated - 1;
+        ev->gap_ms = gap_ms;
         ev->text_len = g->out_text.len;
         ev->text = ic_buf_take(&g->out_text);
         if (ev->text)
@@ -710,7 +733,7 @@ static bool step(ic_sched *s)
         if (!g)
             continue;
         g->batch_idx = -1;
-        if (g->state == IC_SESSION_QUEUED)
+        if (g->state == IC_SESSION_QUEUED && !s->throttled)
             admit(s, ss);
         if (g->state == IC_SESSION_GENERATING && g->has_next) {
             g->batch_idx = ic_engine_batch_add(s->engine, g->next, ss->n_hist, ss->seq, true);
@@ -719,10 +742,12 @@ static bool step(ic_sched *s)
         }
     }
     int n_decoding = ic_engine_batch_size(s->engine);
-    schedule_prefill(s, (int)s->info.n_batch_tokens - n_decoding, n_decoding);
+    if (!s->throttled) /* the thermal guard holds every prompt */
+        schedule_prefill(s, (int)s->info.n_batch_tokens - n_decoding, n_decoding);
     if (ic_engine_batch_size(s->engine) == 0)
         return false;
     s->step++;
+    double t0 = now_ms();
     int rc = ic_engine_decode(s->engine);
     if (rc == IC_ERR_CONTEXT_FULL) {
         /* The shared cache is out of cells: give back cached prefixes no
@@ -730,6 +755,7 @@ static bool step(ic_sched *s)
         ic_prefix_drop_ready(s->prefixes, s->engine);
         rc = ic_engine_decode(s->engine);
     }
+    s->last_decode_ms = now_ms() - t0;
     atomic_fetch_add(&s->st_steps, 1);
     if (rc < 0) {
         rollback_step(s, rc);
@@ -779,9 +805,11 @@ static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
 {
     if (ss->gen)
         finish(s, ss, why == IC_CLOSE_SHUTDOWN ? IC_END_SHUTDOWN : IC_END_ABORT);
-    ic_engine_seq_rm(s->engine, ss->seq, -1, -1);
+    if (s->engine)
+        ic_engine_seq_rm(s->engine, ss->seq, -1, -1);
     ic_convo_destroy(ss->convo);
     free(ss->hist);
+    free(ss->saved_kv);
     int seq = ss->seq;
     uint64_t id = ss->id;
     memset(ss, 0, sizeof *ss);
@@ -798,12 +826,156 @@ static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
     }
 }
 
+/* --- thermal guard, idle sleep, heartbeat ------------------------------ */
+
+static void publish_state(ic_sched *s, bool waking)
+{
+    enum ic_sched_state st = waking        ? IC_SCHED_WAKING
+                             : s->sleeping ? IC_SCHED_SLEEPING
+                             : s->throttled ? IC_SCHED_THROTTLED
+                                            : IC_SCHED_READY;
+    atomic_store(&s->st_state, (int)st);
+}
+
+/* Reads the hottest GPU at most once a second (only while work runs) and
+ * switches the guard with 5 degrees (temp_resume_delta_c) of hysteresis. */
+static void thermal_check(ic_sched *s)
+{
+    if (s->opts.temp_limit_c <= 0 || !s->opts.read_temp_c)
+        return;
+    double t = now_ms();
+    if (s->temp_checked_ms > 0 && t - s->temp_checked_ms < 1000.0)
+        return;
+    s->temp_checked_ms = t;
+    double c = s->opts.read_temp_c(s->opts.temp_ud);
+    atomic_store(&s->st_temp_milli, (int64_t)(c * 1000.0));
+    double limit = s->opts.temp_limit_c, resume = limit - s->opts.temp_resume_delta_c;
+    if (!s->throttled && c >= limit) {
+        s->throttled = true;
+        ic_log_warn("thermal guard: GPU at %.0f C (limit %.0f C): prompts held and decoding "
+                    "paced until %.0f C", c, limit, resume);
+    } else if (s->throttled && c >= 0 && c <= resume) {
+        s->throttled = false;
+        ic_log_info("thermal guard: GPU at %.0f C: back to full speed", c);
+    }
+    publish_state(s, false);
+}
+
+/* Idle for idle_unload_s: every session's KV state goes to host memory,
+ * the model and context are freed (VRAM back to the system). A session
+ * whose state cannot be kept recomputes it from its conversation. */
+static void go_to_sleep(ic_sched *s)
+{
+    ic_prefix_drop_ready(s->prefixes, s->engine);
+    size_t bytes = 0;
+    int n = 0;
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        session *ss = &s->sessions[i];
+        if (!ss->id || ss->n_hist == 0)
+            continue;
+        ss->n_shared = 0; /* restored cells are the session's own */
+        if (ic_engine_seq_state_save(s->engine, ss->seq, &ss->saved_kv, &ss->saved_kv_len) < 0) {
+            ss->n_hist = 0;
+            continue;
+        }
+        bytes += ss->saved_kv_len;
+        n++;
+    }
+    ic_engine_destroy(s->engine);
+    s->engine = NULL;
+    s->sleeping = true;
+    atomic_fetch_add(&s->st_sleeps, 1);
+    publish_state(s, false);
+    ic_log_info("idle for %d s: model unloaded; %d sessions' KV state (%.1f MiB) kept in host "
+                "memory", s->opts.idle_unload_s, n, (double)bytes / (1 << 20));
+}
+
+/* Reloads the model and puts every session's KV state back. Returns 0 or
+ * the engine's error (then it stays asleep). */
+static int wake_up(ic_sched *s)
+{
+    publish_state(s, true);
+    double t0 = now_ms();
+    const char *why = "";
+    int rc = ic_engine_create(&s->engine_opts, &s->engine, &why);
+    if (rc < 0) {
+        ic_log_error("waking up: cannot reload the model: %s", why);
+        publish_state(s, false);
+        return rc;
+    }
+    int n = 0;
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        session *ss = &s->sessions[i];
+        if (!ss->saved_kv)
+            continue;
+        if (ic_engine_seq_state_restore(s->engine, ss->seq, ss->saved_kv, ss->saved_kv_len) < 0) {
+            ic_log_warn("session %llu: KV state not restored; recomputing it",
+                        (unsigned long long)ss->id);
+            ic_engine_seq_rm(s->engine, ss->seq, -1, -1);
+            ss->n_hist = 0;
+        } else {
+            n++;
+        }
+        free(ss->saved_kv);
+        ss->saved_kv = NULL;
+        ss->saved_kv_len = 0;
+    }
+    s->sleeping = false;
+    publish_state(s, false);
+    ic_log_info("woke up in %.0f ms: model reloaded, %d sessions restored", now_ms() - t0, n);
+    return 0;
+}
+
+/* The heartbeat: progress for the internal watchdog, and the heartbeat
+ * callback (systemd's watchdog) at most every heartbeat_interval_ms. */
+static void beat(ic_sched *s)
+{
+    double t = now_ms();
+    atomic_store(&s->st_progress_us, (int64_t)(t * 1000.0));
+    if (s->opts.heartbeat && t - s->last_beat_ms >= s->opts.heartbeat_interval_ms) {
+        s->last_beat_ms = t;
+        s->opts.heartbeat(s->opts.heartbeat_ud);
+    }
+}
+
+/* How long the loop may wait for a request before its next turn; -1 =
+ * until one comes. Idle, it wakes only for the idle sleep and the
+ * heartbeat; throttled, the wait after a step is the pacing. */
+static int loop_wait_ms(ic_sched *s, bool worked)
+{
+    if (s->n_active) {
+        if (s->throttled) {
+            double pace = s->last_decode_ms < 1 ? 1 : s->last_decode_ms > 1000 ? 1000
+                                                                               : s->last_decode_ms;
+            return worked ? (int)pace : 1000;
+        }
+        return worked ? 0 : 100;
+    }
+    int w = -1;
+    if (s->opts.idle_unload_s > 0 && !s->sleeping) {
+        double left = s->last_work_ms + s->opts.idle_unload_s * 1000.0 - now_ms();
+        w = left < 1 ? 1 : (int)left + 1;
+    }
+    int hb = s->opts.heartbeat ? s->opts.heartbeat_interval_ms : 0;
+    if (hb > 0 && (w < 0 || w > hb))
+        w = hb;
+    return w;
+}
+
 static void handle_request(ic_sched *s, req *r)
 {
     session *ss;
     switch (r->type) {
     case REQ_OPEN: open_session(s, r); break;
-    case REQ_INFER: start_generation(s, r); break;
+    case REQ_INFER:
+        if (s->sleeping && wake_up(s) < 0) {
+            atomic_fetch_sub(&s->n_pending, 1);
+            emit_error(s, r->session_id, r->request_id, IC_ERR_MODEL,
+                       "the model could not be reloaded after idle sleep");
+            break;
+        }
+        start_generation(s, r);
+        break;
     case REQ_ABORT:
         if ((ss = find_session(s, r->session_id)) && ss->gen)
             finish(s, ss, IC_END_ABORT);
@@ -850,11 +1022,19 @@ static void *sched_main(void *arg)
     while (!atomic_load(&s->stop)) {
         /* Idle: sleep until a request arrives. Busy: take what is there.
          * Work that cannot run yet is looked at again every 100 ms. */
-        req *r = s->n_active && worked ? ic_queue_pop(s->requests)
-                                       : ic_queue_pop_wait(s->requests, s->n_active ? 100 : -1);
+        int wait = loop_wait_ms(s, worked);
+        req *r = wait == 0 ? ic_queue_pop(s->requests) : ic_queue_pop_wait(s->requests, wait);
         for (; r; r = ic_queue_pop(s->requests))
             handle_request(s, r);
-        worked = s->n_active && !atomic_load(&s->stop) && step(s);
+        beat(s);
+        if (s->n_active)
+            thermal_check(s);
+        worked = s->n_active && !atomic_load(&s->stop) && s->engine && step(s);
+        if (s->n_active)
+            s->last_work_ms = now_ms();
+        else if (s->opts.idle_unload_s > 0 && !s->sleeping && !atomic_load(&s->stop) &&
+                 now_ms() - s->last_work_ms >= s->opts.idle_unload_s * 1000.0)
+            go_to_sleep(s);
         publish_stats(s);
         flush_events(s);
         if (s->wake_pending && s->opts.wake) {
@@ -931,9 +1111,15 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     s->engine = engine;
     s->opts = *opts;
     ic_engine_get_info(engine, &s->info);
+    ic_engine_get_opts(engine, &s->engine_opts);
+    s->model_path = strdup(s->engine_opts.model_path);
+    s->engine_opts.model_path = s->model_path;
+    s->engine_opts.progress = false;
     atomic_init(&s->next_session_id, 1);
-    s->tps_window_start_ms = now_ms();
-    int rc = check_engine(&s->opts, &s->info);
+    atomic_init(&s->st_temp_milli, -1000);
+    s->tps_window_start_ms = s->last_work_ms = now_ms();
+    atomic_init(&s->st_progress_us, (int64_t)(s->last_work_ms * 1000.0));
+    int rc = s->model_path ? check_engine(&s->opts, &s->info) : IC_ERR_NOMEM;
     if (rc == 0)
         rc = alloc_tables(s);
     if (rc == 0 && pthread_create(&s->thread, NULL, sched_main, s) != 0)
@@ -971,5 +1157,6 @@ void ic_sched_destroy(ic_sched *s)
     free(s->outbox);
     free(s->pub);
     ic_engine_destroy(s->engine);
+    free(s->model_path);
     free(s);
 }

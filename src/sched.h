@@ -43,6 +43,14 @@ enum ic_close_reason {
     IC_CLOSE_SHUTDOWN,
 };
 
+/* What the scheduler as a whole is doing. */
+enum ic_sched_state {
+    IC_SCHED_READY,
+    IC_SCHED_THROTTLED,      /* GPU at the temperature limit: no new prefill, paced decode */
+    IC_SCHED_SLEEPING,       /* idle: model and context freed, sessions' KV in host memory */
+    IC_SCHED_WAKING,         /* reloading the model after sleep */
+};
+
 enum ic_session_state {
     IC_SESSION_IDLE,
     IC_SESSION_QUEUED,
@@ -82,6 +90,7 @@ typedef struct ic_event {
     uint64_t session_id;
     uint64_t request_id;      /* TOKEN, END, ERROR */
     int index;                /* TOKEN: counts from 0 in each generation */
+    double gap_ms;            /* TOKEN: since the generation's previous token (0 for the first) */
     char *text;               /* TOKEN: valid UTF-8, may be ""; owned */
     size_t text_len;
     enum ic_end_reason reason;        /* END */
@@ -103,6 +112,26 @@ typedef struct ic_sched_opts {
      * queue; must be cheap and thread-safe (e.g. lws_cancel_service). */
     void (*wake)(void *ud);
     void *wake_ud;
+    /* Thermal guard: at or above temp_limit_c the scheduler admits no new
+     * prefill and paces decoding (one step's time of rest after each step)
+     * until the hottest GPU is temp_resume_delta_c below the limit.
+     * read_temp_c runs on the scheduler thread at most once a second while
+     * work runs and returns the hottest GPU's temperature, or < 0 when
+     * unknown. temp_limit_c <= 0 or read_temp_c NULL: off. */
+    double temp_limit_c;
+    double temp_resume_delta_c;
+    double (*read_temp_c)(void *ud);
+    void *temp_ud;
+    /* Idle sleep: after this long without work the sessions' KV state goes
+     * to host memory and the model and context are freed; the next INFER
+     * reloads them (0 = never). */
+    int idle_unload_s;
+    /* Called from the scheduler loop at most every heartbeat_interval_ms
+     * (and at least that often, idle included, when set): a hung decode
+     * stops it (the systemd watchdog). NULL: none. */
+    void (*heartbeat)(void *ud);
+    void *heartbeat_ud;
+    int heartbeat_interval_ms;
 } ic_sched_opts;
 
 /* Counters and gauges, readable from any thread. */
@@ -114,18 +143,25 @@ typedef struct ic_sched_stats {
     int64_t kv_cells_total;
     double tokens_per_second; /* generated tokens/s over the last second or so */
     uint64_t steps;           /* decode steps since start */
+    int max_sessions;
+    enum ic_sched_state state;
+    double last_progress_ms;  /* CLOCK_MONOTONIC ms of the loop's last turn */
+    double gpu_temp_c;        /* last reading of the thermal guard; < 0 none */
+    uint64_t sleeps;          /* times the model was unloaded for idleness */
 } ic_sched_stats;
 
 /* max_sessions 8, 2048 tokens each, 64 queued, 2 prefixes, 256-token
- * chunks, a KV cache split per sequence. */
+ * chunks, a KV cache split per sequence; no thermal guard, no idle sleep,
+ * no heartbeat (the temperature hysteresis is 5 degrees when enabled). */
 ic_sched_opts ic_sched_opts_default(void);
 
 /* The engine options that hold opts' sessions (and prefixes) in one context. */
 void ic_sched_engine_opts(const ic_sched_opts *opts, ic_engine_opts *eo);
 
 /* Creates the scheduler and starts its thread. Takes ownership of engine
- * on every path (it is destroyed on failure too). Returns 0, IC_ERR_NOMEM,
- * IC_ERR_INVAL (engine too small for opts) or IC_ERR_SYS. */
+ * on every path (it is destroyed on failure too); with idle_unload_s the
+ * scheduler reloads it from the options it was created with. Returns 0,
+ * IC_ERR_NOMEM, IC_ERR_INVAL (engine too small for opts) or IC_ERR_SYS. */
 int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out);
 
 /* Stops the thread: running generations end with IC_END_SHUTDOWN, sessions
@@ -184,6 +220,7 @@ int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
 const char *ic_end_reason_name(enum ic_end_reason r);
 const char *ic_close_reason_name(enum ic_close_reason r);
 const char *ic_session_state_name(enum ic_session_state s);
+const char *ic_sched_state_name(enum ic_sched_state s);
 const char *ic_priority_name(enum ic_priority p);
 int ic_priority_parse(const char *s, enum ic_priority *out);
 

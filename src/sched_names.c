@@ -26,6 +26,12 @@ const char *ic_session_state_name(enum ic_session_state s)
     return (unsigned)s < sizeof names / sizeof *names ? names[s] : "idle";
 }
 
+const char *ic_sched_state_name(enum ic_sched_state s)
+{
+    static const char *const names[] = {"ready", "throttled", "sleeping", "waking"};
+    return (unsigned)s < sizeof names / sizeof *names ? names[s] : "ready";
+}
+
 static const char *const priority_names[] = {"low", "normal", "high"}; /* enum order */
 
 const char *ic_priority_name(enum ic_priority p)

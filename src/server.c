@@ -181,17 +181,26 @@ static int writeable(conn *c, struct lws *wsi)
 
 static int http_request(ic_server *s, struct lws *wsi, pss *p, const char *path)
 {
-    char *body = NULL;
-    int status = s->h.on_http(s->h.ud, path, &body);
-    if (!body)
+    char auth[512];
+    ic_http_request req = {.path = path};
+    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0)
+        req.authorization = auth;
+    ic_http_response resp = {.status = 500, .content_type = "application/json"};
+    s->h.on_http(s->h.ud, &req, &resp);
+    if (!resp.body)
         return -1;
-    unsigned char head[LWS_PRE + 512], *start = head + LWS_PRE, *pos = start,
-                                       *end = head + sizeof head - 1;
-    p->http_body = body;
-    p->http_len = strlen(body);
-    if (lws_add_http_common_headers(wsi, (unsigned int)status, "application/json",
-                                    (lws_filepos_t)p->http_len, &pos, end) ||
-        lws_finalize_write_http_header(wsi, start, &pos, end))
+    unsigned char head[LWS_PRE + 1024], *start = head + LWS_PRE, *pos = start,
+                                        *end = head + sizeof head - 1;
+    p->http_body = resp.body;
+    p->http_len = resp.len;
+    if (lws_add_http_common_headers(wsi, (unsigned int)resp.status, resp.content_type,
+                                    (lws_filepos_t)p->http_len, &pos, end))
+        return -1;
+    if (resp.status == 401 &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"www-authenticate:",
+                                    (const unsigned char *)"Bearer", 6, &pos, end))
+        return -1;
+    if (lws_finalize_write_http_header(wsi, start, &pos, end))
         return -1;
     lws_callback_on_writable(wsi);
     return 0;

@@ -22,6 +22,20 @@ typedef struct ic_server_opts {
     size_t max_send_queue_bytes;   /* a client further behind is disconnected */
 } ic_server_opts;
 
+/* An HTTP GET as the handler sees it. */
+typedef struct ic_http_request {
+    const char *path;
+    const char *authorization;     /* the Authorization header, or NULL */
+} ic_http_request;
+
+/* The handler's answer. */
+typedef struct ic_http_response {
+    int status;
+    char *body;                    /* malloc'd; the server frees it */
+    size_t len;
+    const char *content_type;      /* static string */
+} ic_http_response;
+
 /* Called on the network thread; ud is the handlers' ud. */
 typedef struct ic_server_handlers {
     void *ud;
@@ -37,8 +51,8 @@ typedef struct ic_server_handlers {
     void (*on_wake)(void *ud);
     /* A timer set with ic_server_set_timer fired. */
     void (*on_timer)(void *ud, uint64_t conn);
-    /* An HTTP GET: returns the status and a malloc'd JSON body. */
-    int (*on_http)(void *ud, const char *path, char **body);
+    /* An HTTP GET: fills resp (body NULL: out of memory, the request fails). */
+    void (*on_http)(void *ud, const ic_http_request *req, ic_http_response *resp);
 } ic_server_handlers;
 
 /* 127.0.0.1:8765, 1 MiB messages, 8 MiB send queues. */

@@ -11,7 +11,10 @@
  * preset (4.4 GB of f32) never sits in memory. Other types are made from
  * that f32 file with llama_model_quantize. Output goes to PATH.tmp and is
  * renamed into place, so an interrupted run never leaves a half file under
- * PATH. A single-threaded command-line program; it owns only its files.
+ * PATH. With --meta-only 1 it writes the header alone (metadata and tensor
+ * descriptors of the final type, no weights): the memory planner's tests get
+ * a multi-GB model's shape in well under a megabyte. A single-threaded
+ * command-line program; it owns only its files.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -55,12 +58,13 @@ static const struct mk_preset {
 static const struct mk_type {
     const char *name;
     enum llama_ftype ftype;
+    enum ggml_type matrix_type; /* what the quantizer makes of weight matrices */
     int64_t row_multiple; /* quant block size every row length must fit */
 } mk_types[] = {
-    { "f32",  LLAMA_FTYPE_ALL_F32,     1 },
-    { "f16",  LLAMA_FTYPE_MOSTLY_F16,  1 },
-    { "q8_0", LLAMA_FTYPE_MOSTLY_Q8_0, 32 },
-    { "q4_0", LLAMA_FTYPE_MOSTLY_Q4_0, 32 },
+    { "f32",  LLAMA_FTYPE_ALL_F32,     GGML_TYPE_F32,  1 },
+    { "f16",  LLAMA_FTYPE_MOSTLY_F16,  GGML_TYPE_F16,  1 },
+    { "q8_0", LLAMA_FTYPE_MOSTLY_Q8_0, GGML_TYPE_Q8_0, 32 },
+    { "q4_0", LLAMA_FTYPE_MOSTLY_Q4_0, GGML_TYPE_Q4_0, 32 },
 };
 
 /* One row per integer flag: name, field it sets, largest value accepted. */
@@ -85,6 +89,7 @@ struct mk_opts {
     const struct mk_type *type;
     struct mk_shape shape;
     uint64_t seed;
+    bool meta_only; /* header only: tensors declared, no weights written */
 };
 
 /* Keeps llama.cpp's last error line, so our one error line can quote it. */
@@ -149,12 +154,14 @@ static void mk_usage(FILE *f)
     fprintf(f,
         "usage: ic-mkmodel --out PATH [--vocab VOCAB_GGUF] [--preset tiny|small|tinyllama]\n"
         "                  [--layers N] [--embd N] [--heads N] [--kv-heads N] [--ff N] [--ctx N]\n"
-        "                  [--type f32|f16|q8_0|q4_0] [--seed S] [--name NAME]\n"
+        "                  [--type f32|f16|q8_0|q4_0] [--seed S] [--name NAME] [--meta-only 1]\n"
         "Writes a llama-architecture GGUF with seeded random weights.\n"
         "  presets: tiny (default) 2 layers, embd 64, 4/2 heads, ff 128, ctx 2048\n"
         "           small  4 layers, embd 256, 8/4 heads, ff 704, ctx 4096\n"
         "           tinyllama  22 layers, embd 2048, 32/4 heads, ff 5632, ctx 2048\n"
         "  explicit flags override the preset; --type defaults to f32, --seed to 42\n"
+        "  --meta-only 1 writes the header alone (metadata, tensors of the final type,\n"
+        "          no weights): a file llama.cpp cannot run, for reading the shape\n"
         "  --vocab defaults to $IC_VOCAB_GGUF, else ${XDG_CACHE_HOME:-$HOME/.cache}/\n"
         "          inferencecenter/llama-" MK_LLAMA_TAG "-cpu/share/inferencecenter/" MK_VOCAB_FILE "\n");
 }
@@ -184,6 +191,10 @@ static int mk_parse_flag(struct mk_opts *o, const char *flag, const char *val)
         o->vocab_path = val;
     } else if (strcmp(flag, "--name") == 0) {
         o->name = val;
+    } else if (strcmp(flag, "--meta-only") == 0) {
+        if (strcmp(val, "0") != 0 && strcmp(val, "1") != 0)
+            return mk_error("--meta-only wants 0 or 1, got '%s'", val);
+        o->meta_only = val[0] == '1';
     } else if (strcmp(flag, "--seed") == 0) {
         char *end;
         errno = 0;
@@ -316,16 +327,36 @@ static struct gguf_context *mk_load_vocab(const char *path, const struct mk_log 
     return v;
 }
 
-static void mk_add_tensor(struct gguf_context *g, struct ggml_context *t, const char *name, int64_t ne0, int64_t ne1)
+/*
+ * The type llama_model_quantize gives a tensor (llama-quant.cpp, for the
+ * types we offer): norms stay f32, matrices take the file's type, except
+ * that a 32-block quant's output.weight becomes q6_k, or q8_0 where rows
+ * are not a multiple of q6_k's 256. Only the header-only mode uses it; the
+ * full mode writes f32 and lets the quantizer decide.
+ */
+static enum ggml_type mk_tensor_type(const struct mk_type *type, const char *name, int64_t ne0, int64_t ne1)
 {
-    struct ggml_tensor *tensor = ne1 > 0 ? ggml_new_tensor_2d(t, GGML_TYPE_F32, ne0, ne1)
-                                         : ggml_new_tensor_1d(t, GGML_TYPE_F32, ne0);
+    if (ne1 <= 0)
+        return GGML_TYPE_F32;
+    if (strcmp(name, "output.weight") == 0 && type->matrix_type == GGML_TYPE_Q4_0)
+        return ne0 % ggml_blck_size(GGML_TYPE_Q6_K) == 0 ? GGML_TYPE_Q6_K : GGML_TYPE_Q8_0;
+    return type->matrix_type;
+}
+
+static void mk_add_tensor(struct gguf_context *g, struct ggml_context *t, const struct mk_type *type,
+                          const char *name, int64_t ne0, int64_t ne1)
+{
+    enum ggml_type tt = type ? mk_tensor_type(type, name, ne0, ne1) : GGML_TYPE_F32;
+    struct ggml_tensor *tensor = ne1 > 0 ? ggml_new_tensor_2d(t, tt, ne0, ne1)
+                                         : ggml_new_tensor_1d(t, tt, ne0);
     ggml_set_name(tensor, name);
     gguf_add_tensor(g, tensor); /* copies the descriptor; t may be freed after */
 }
 
-/* Tensor shapes as llama_model_llama::load_arch_tensors creates them. */
-static void mk_add_tensors(struct gguf_context *g, const struct mk_shape *s, int64_t n_vocab)
+/* Tensor shapes as llama_model_llama::load_arch_tensors creates them; all
+ * f32 when type is NULL, else the types type would be quantized to. */
+static void mk_add_tensors(struct gguf_context *g, const struct mk_shape *s, int64_t n_vocab,
+                           const struct mk_type *type)
 {
     size_t n_tensors = 3 + 9 * (size_t)s->n_layer;
     struct ggml_init_params p = { ggml_tensor_overhead() * n_tensors, NULL, true };
@@ -333,7 +364,7 @@ static void mk_add_tensors(struct gguf_context *g, const struct mk_shape *s, int
     int64_t n_embd_kv = s->n_embd / s->n_head * s->n_head_kv;
     char name[GGML_MAX_NAME];
 
-    mk_add_tensor(g, t, "token_embd.weight", s->n_embd, n_vocab);
+    mk_add_tensor(g, t, type, "token_embd.weight", s->n_embd, n_vocab);
     for (int64_t l = 0; l < s->n_layer; l++) {
         static const char *const parts[] = { "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                                              "ffn_norm", "ffn_gate", "ffn_up", "ffn_down" };
@@ -342,11 +373,11 @@ static void mk_add_tensors(struct gguf_context *g, const struct mk_shape *s, int
                                    { s->n_embd, s->n_ff }, { s->n_embd, s->n_ff }, { s->n_ff, s->n_embd } };
         for (int i = 0; i < 9; i++) {
             snprintf(name, sizeof name, "blk.%" PRId64 ".%s.weight", l, parts[i]);
-            mk_add_tensor(g, t, name, ne[i][0], ne[i][1]);
+            mk_add_tensor(g, t, type, name, ne[i][0], ne[i][1]);
         }
     }
-    mk_add_tensor(g, t, "output_norm.weight", s->n_embd, 0);
-    mk_add_tensor(g, t, "output.weight", s->n_embd, n_vocab);
+    mk_add_tensor(g, t, type, "output_norm.weight", s->n_embd, 0);
+    mk_add_tensor(g, t, type, "output.weight", s->n_embd, n_vocab);
     ggml_free(t);
 }
 
@@ -358,7 +389,8 @@ static struct gguf_context *mk_build_meta(const struct mk_opts *o, const struct 
     snprintf(name, sizeof name, "ic-mkmodel-%s", o->preset->name);
     gguf_set_val_str(g, "general.architecture", "llama");
     gguf_set_val_str(g, "general.name", o->name ? o->name : name);
-    gguf_set_val_u32(g, "general.file_type", LLAMA_FTYPE_ALL_F32); /* the quantizer rewrites it */
+    /* the quantizer rewrites it; a header-only file names its final type */
+    gguf_set_val_u32(g, "general.file_type", o->meta_only ? o->type->ftype : LLAMA_FTYPE_ALL_F32);
     gguf_set_val_u32(g, "llama.vocab_size", (uint32_t)n_vocab);
     gguf_set_val_u32(g, "llama.context_length", (uint32_t)s->n_ctx_train_tokens);
     gguf_set_val_u32(g, "llama.embedding_length", (uint32_t)s->n_embd);
@@ -370,7 +402,7 @@ static struct gguf_context *mk_build_meta(const struct mk_opts *o, const struct 
     gguf_set_val_f32(g, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
     gguf_set_val_f32(g, "llama.rope.freq_base", 10000.0f);
     gguf_set_kv(g, vocab);
-    mk_add_tensors(g, s, n_vocab);
+    mk_add_tensors(g, s, n_vocab, o->meta_only ? o->type : NULL);
     return g;
 }
 
@@ -511,6 +543,25 @@ static int mk_make(const struct mk_opts *o, struct gguf_context *meta, const str
     return 0;
 }
 
+/* Writes only the header (what --meta-only asks for), through tmp_path. */
+static int mk_make_meta(const struct mk_opts *o, const struct gguf_context *meta, const char *tmp_path)
+{
+    uint64_t declared_bytes = 0;
+    for (int64_t i = 0; i < gguf_get_n_tensors(meta); i++)
+        declared_bytes += gguf_get_tensor_size(meta, i);
+    int rc = gguf_write_to_file(meta, tmp_path, /*only_meta=*/true) ? 0
+             : mk_error("writing the header '%s' failed: %s", tmp_path, strerror(errno));
+    if (rc == 0 && rename(tmp_path, o->out_path) != 0)
+        rc = mk_error("renaming '%s' to '%s' failed: %s", tmp_path, o->out_path, strerror(errno));
+    if (rc != 0) {
+        unlink(tmp_path);
+        return -1;
+    }
+    fprintf(stderr, "ic-mkmodel: wrote the header of %s (%s, %.1f MiB of tensors declared, none written)\n",
+            o->out_path, o->type->name, (double)declared_bytes / (1 << 20));
+    return 0;
+}
+
 static int mk_run(const struct mk_opts *o, const struct mk_log *log)
 {
     char vocab_path[4096];
@@ -532,7 +583,7 @@ static int mk_run(const struct mk_opts *o, const struct mk_log *log)
     char tmp_path[4200], f32_path[4200];
     snprintf(tmp_path, sizeof tmp_path, "%s.tmp", o->out_path); /* length checked by mk_parse_args */
     snprintf(f32_path, sizeof f32_path, "%s.f32.tmp", o->out_path);
-    int rc = mk_make(o, meta, log, tmp_path, f32_path);
+    int rc = o->meta_only ? mk_make_meta(o, meta, tmp_path) : mk_make(o, meta, log, tmp_path, f32_path);
     gguf_free(meta);
     return rc;
 }

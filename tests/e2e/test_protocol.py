@@ -33,7 +33,7 @@ def test_hello_fields_and_values(start_server):
         assert m["size_bytes"] == os.path.getsize(MODEL)
         assert isinstance(m["n_ctx_train"], int) and m["n_ctx_train"] > 0
         assert h["limits"] == {"max_message_bytes": 1 << 20, "max_sessions_per_client": 2,
-                               "n_ctx_per_session": 256}
+                               "max_sessions": 3, "n_ctx_per_session": 256}
         assert "id" not in h
         await c.close()
     run(body())
@@ -68,7 +68,7 @@ def test_hello_model_facts_stories(server):
 def test_health_ok(server):
     status, body = http_get(server.port, "/health")
     assert status == 200
-    assert json.loads(body) == {"status": "ok"}
+    assert json.loads(body) == {"status": "ok", "state": "ready"}
 
 
 def test_unknown_http_path_is_404(server):

@@ -617,7 +617,8 @@ def test_sigterm_with_a_client_that_does_not_read(start_server):
             if status == 503 or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        assert status == 503 and json.loads(body) == {"status": "stopping"}, (status, body)
+        assert status == 503 and json.loads(body) == {"status": "stopping",
+                                                        "state": "stopping"}, (status, body)
         with pytest.raises((ConnectionError, OSError)):
             RawWS(srv.port, timeout=5)
         assert srv.wait_exit(30) == 0

@@ -642,7 +642,8 @@ static void hello_round_trips(void **state)
     ic_hello h = {
         .version = "0.1.0", .auth_required = true, .model_name = "stories \"260K\"",
         .n_params = UINT64_MAX, .size_bytes = 1048576, .n_ctx_train = 512,
-        .max_message_bytes = 1 << 20, .max_sessions_per_client = 4, .n_ctx_per_session = 2048,
+        .max_message_bytes = 1 << 20, .max_sessions_per_client = 4, .max_sessions = 6,
+        .n_ctx_per_session = 2048,
     };
     json_t *j = load(ic_proto_hello(&h), "HELLO");
     assert_string_equal(get_s(j, "server"), "InferenceCenter");
@@ -655,6 +656,7 @@ static void hello_round_trips(void **state)
     assert_int_equal(get_i(j, "model.n_ctx_train"), 512);
     assert_int_equal(get_i(j, "limits.max_message_bytes"), 1 << 20);
     assert_int_equal(get_i(j, "limits.max_sessions_per_client"), 4);
+    assert_int_equal(get_i(j, "limits.max_sessions"), 6);
     assert_int_equal(get_i(j, "limits.n_ctx_per_session"), 2048);
     assert_null(json_object_get(j, "id"));
     json_decref(j);
