@@ -104,7 +104,8 @@ def new_token(tokens_path, name, *extra):
 class Server:
     """One `inferencecenter serve` process; logs go to files in workdir."""
 
-    def __init__(self, workdir, model=None, args=(), host="127.0.0.1", threads=IC_THREADS):
+    def __init__(self, workdir, model=None, args=(), host="127.0.0.1", threads=IC_THREADS,
+                 env=None):
         self.port = free_port()
         self.host = host
         self.model = model or MODEL
@@ -116,7 +117,8 @@ class Server:
         self._log = open(self.log_path, "wb")
         self._out = open(self.out_path, "wb")
         self.proc = subprocess.Popen(self.cmd, stdout=self._out, stderr=self._log,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **(env or {})})
         self.secrets = []           # strings that must never appear in the logs
         self.expect_exit = 0        # checked at teardown; None: don't check
 
@@ -185,15 +187,15 @@ class Server:
 
 @pytest.fixture
 def start_server(tmp_path):
-    """start_server(args=(), model=None, host=..., wait=True) -> Server.
+    """start_server(args=(), model=None, host=..., wait=True, env=None) -> Server.
 
     At teardown every server still running gets SIGTERM and must exit 0
     (or server.expect_exit), and no string in server.secrets may appear in
     its logs."""
     servers = []
 
-    def start(args=(), model=None, host="127.0.0.1", wait=True, threads=IC_THREADS):
-        s = Server(tmp_path, model=model, args=args, host=host, threads=threads)
+    def start(args=(), model=None, host="127.0.0.1", wait=True, threads=IC_THREADS, env=None):
+        s = Server(tmp_path, model=model, args=args, host=host, threads=threads, env=env)
         servers.append(s)
         if wait:
             s.wait_ready()
