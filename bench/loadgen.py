@@ -12,19 +12,33 @@ here on the client; per run the end-to-end and steady-state aggregate
 generated tokens/s and the failures.
 
 Runs with Debian's /usr/bin/python3 and python3-websockets (10.4); nothing
-else outside the standard library.
+else outside the standard library. bench/run imports it for its GGUF and
+/proc readers.
 
     bench/loadgen.py --target ic --url ws://127.0.0.1:8765/ws --clients 4 \
         --prompt-tokens 128 --gen 64 --json-out /tmp/ic-n4.json
     bench/loadgen.py --target llama --url http://127.0.0.1:8080 --clients 4 \
         --prompt-tokens 128 --gen 64 --ban-byte-tokens MODEL.gguf
 
+Sequential baseline: --clients 1 --requests-per-client N sends the same N
+requests one after another. Shared system prompt: --system-tokens T (ic:
+the session's `system`; llama: the prompt's prefix, cache_prompt on).
+Mixed load: --long-prompt-tokens L gives client 0 a prompt of about L
+tokens, --short-delay-ms D starts the others D ms later, and the summary's
+"groups" gives the long and the short clients' figures apart.
+--server-pid PID adds the server's RSS before the clients connect and
+with every session still open after its last turn, and the CPU time
+(per thread) it used during the timed run.
+
 Prompts: simple words repeated, preceded by a tag unique to the run, the
 client and the request, so that no server can reuse another request's KV
-cache (the shared --system-words text comes before the tag, so it can be
-shared). Its length is calibrated against the server's own tokenizer before
-the timed run (ic: a one-token INFER read back from END stats.prompt_tokens;
-llama: POST /tokenize), so both servers get the same text on the same model.
+cache (the shared system text comes before the tag, so it can be shared).
+Its length is calibrated against the server's own tokenizer before the
+timed run (ic: a one-token INFER read back from END stats.prompt_tokens;
+llama: POST /tokenize), so both servers get the same text on the same
+model; --prompt-words skips that. System and long prompts are sized from
+one more count at 4x the prompt's words (the tokens per word and the tag's
+tokens), not calibrated themselves, which would be slow on a big model.
 """
 
 import argparse
@@ -50,7 +64,7 @@ def words_text(n_words, offset=0):
 
 
 def system_text(n_words):
-    """The shared system prompt of --system-words (no trailing separator)."""
+    """The shared system prompt of n_words words (no trailing separator)."""
     return ("You are a storyteller." + words_text(n_words - 4)) if n_words > 4 else \
         words_text(n_words).lstrip()
 
@@ -66,8 +80,8 @@ GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
                7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def gguf_byte_tokens(path):
-    """Token ids whose tokenizer.ggml.token_type is BYTE (6) in a GGUF file."""
+def gguf_metadata(path):
+    """Every metadata key of a GGUF file -> value (strings decoded, arrays as lists)."""
     with open(path, "rb") as f:
         def rd(fmt):
             return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
@@ -77,10 +91,10 @@ def gguf_byte_tokens(path):
 
         def rd_value(vtype):
             if vtype == 8:
-                return rd_str()
+                return rd_str().decode("utf-8", "replace")
             if vtype == 9:
                 etype, n = rd("<I"), rd("<Q")
-                if etype in GGUF_SCALAR and etype != 8:
+                if etype in GGUF_SCALAR:
                     size = struct.calcsize(GGUF_SCALAR[etype])
                     data = f.read(size * n)
                     return list(struct.unpack("<%d%s" % (n, GGUF_SCALAR[etype][1]), data))
@@ -92,12 +106,82 @@ def gguf_byte_tokens(path):
         rd("<I")
         rd("<Q")
         n_kv = rd("<Q")
+        meta = {}
         for _ in range(n_kv):
             key = rd_str().decode()
-            value = rd_value(rd("<I"))
-            if key == "tokenizer.ggml.token_type":
-                return [i for i, t in enumerate(value) if t == 6]
-    return []
+            meta[key] = rd_value(rd("<I"))
+        return meta
+
+
+def gguf_byte_tokens(path):
+    """Token ids whose tokenizer.ggml.token_type is BYTE (6) in a GGUF file."""
+    types = gguf_metadata(path).get("tokenizer.ggml.token_type", [])
+    return [i for i, t in enumerate(types) if t == 6]
+
+
+def gguf_kv_shape(path):
+    """The model's KV shape: n_layer, n_embd_k_gqa, n_embd_v_gqa, n_ctx_train,
+    and kv_bytes_per_token for an F16 cache (K and V, every layer)."""
+    meta = gguf_metadata(path)
+    arch = meta["general.architecture"]
+
+    def key(name, default=None):
+        return meta.get("%s.%s" % (arch, name), default)
+
+    n_layer, n_embd = key("block_count"), key("embedding_length")
+    n_head = key("attention.head_count")
+    n_head_kv = key("attention.head_count_kv", n_head)
+    if isinstance(n_head_kv, list):  # per-layer counts: take the largest
+        n_head_kv = max(n_head_kv)
+    k_len = key("attention.key_length", n_embd // n_head)
+    v_len = key("attention.value_length", n_embd // n_head)
+    k, v = k_len * n_head_kv, v_len * n_head_kv
+    return {"arch": arch, "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
+            "n_head_kv": n_head_kv, "n_embd_k_gqa": k, "n_embd_v_gqa": v,
+            "n_ctx_train": key("context_length"), "kv_bytes_per_token": n_layer * (k + v) * 2}
+
+
+# ---------------------------------------------------------------- /proc
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_ticks(stat_path):
+    """utime + stime clock ticks from a /proc/.../stat file."""
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def proc_cpu(pid):
+    """Process CPU ticks and {tid: [comm, ticks]} of its live threads."""
+    threads = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                comm = f.read().strip()
+            threads[int(tid)] = [comm, proc_ticks("/proc/%d/task/%s/stat" % (pid, tid))]
+        except OSError:  # the thread ended meanwhile
+            pass
+    return proc_ticks("/proc/%d/stat" % pid), threads
+
+
+def proc_rss_kb(pid):
+    """VmRSS of a process in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def cpu_delta(before, after):
+    """CPU seconds between two proc_cpu() samples, in total and per thread."""
+    threads = []
+    for tid, (comm, ticks) in sorted(after[1].items()):
+        t0 = before[1].get(tid, [comm, 0])[1]
+        threads.append({"tid": tid, "comm": comm, "cpu_s": (ticks - t0) / CLK_TCK})
+    return {"cpu_s": (after[0] - before[0]) / CLK_TCK, "threads": threads}
 
 
 # ---------------------------------------------------------------- statistics
@@ -136,6 +220,15 @@ def finish_record(rec, gen, now):
     rec["ok"] = rec["error"] is None
 
 
+def fail_record(rec, gen, error):
+    """End rec as failed with error (its send time is now if it was never sent)."""
+    now = time.perf_counter()
+    if rec["t_send"] is None:
+        rec["t_send"] = now
+    rec["error"] = error
+    finish_record(rec, gen, now)
+
+
 # ---------------------------------------------------------------- InferenceCenter
 
 class IcConn:
@@ -154,6 +247,13 @@ class IcConn:
             reply = await self.call({"type": "AUTH", "token": self.token})
             if reply["type"] != "AUTH_SUCCESS":
                 raise RuntimeError("AUTH: %r" % reply)
+
+    async def close(self):
+        if self.ws is not None:
+            try:
+                await self.ws.close()
+            except Exception:
+                pass
 
     async def call(self, msg):
         """Send msg with a fresh id and return the reply that carries that id."""
@@ -208,55 +308,42 @@ class IcConn:
                 return now
 
 
+class IcClient:
+    """One client's session on InferenceCenter: a fresh session per request,
+    so every request does the same work (the last one stays open until
+    close(), for the open-sessions RSS sample)."""
+
+    def __init__(self, args, system):
+        self.args, self.system = args, system
+        self.conn, self.sid = IcConn(args.url, args.token), None
+
+    async def setup(self):
+        await self.conn.open()
+        self.sid = await self.conn.create_session(self.system)
+
+    async def request(self, index, prompt, gen, rec):
+        if index > 0:
+            await self.conn.close_session(self.sid)
+            self.sid = await self.conn.create_session(self.system)
+        return await self.conn.infer(self.sid, prompt, gen, rec)
+
+    async def close(self):
+        await self.conn.close()
+
+
 async def ic_count_tokens(args, text):
     """Prompt tokens of text as a raw first turn (one-token INFER)."""
-    conn = IcConn(args.url, args.token)
-    await conn.open()
+    client = IcClient(args, None)
     try:
-        sid = await conn.create_session(None)
+        await client.setup()
         rec = new_record(-1, 0)
-        await conn.infer(sid, text, 1, rec)
+        await client.request(0, text, 1, rec)
         if rec["error"] or rec["prompt_tokens"] is None:
             raise RuntimeError("calibration INFER failed: %s" % rec["error"])
-        await conn.close_session(sid)
+        await client.conn.close_session(client.sid)
         return rec["prompt_tokens"]
     finally:
-        await conn.ws.close()
-
-
-async def ic_client(args, client, system, prompts, barrier, records):
-    conn = IcConn(args.url, args.token)
-    try:
-        await conn.open()
-        sid = await conn.create_session(system)
-    except Exception as e:  # the client never started: every request fails
-        await barrier.wait()
-        for i in range(len(prompts)):
-            rec = new_record(client, i)
-            rec["error"] = "setup: %s" % e
-            rec["t_send"] = time.perf_counter()
-            finish_record(rec, args.gen, rec["t_send"])
-            records.append(rec)
-        return
-    await barrier.wait()
-    for i, prompt in enumerate(prompts):
-        rec = new_record(client, i)
-        records.append(rec)
-        try:
-            if i > 0:  # a fresh session per request, so every request does the same work
-                await conn.close_session(sid)
-                sid = await conn.create_session(system)
-            now = await conn.infer(sid, prompt, args.gen, rec)
-        except Exception as e:
-            rec["error"] = "%s: %s" % (type(e).__name__, e)
-            now = time.perf_counter()
-            if rec["t_send"] is None:
-                rec["t_send"] = now
-        finish_record(rec, args.gen, now)
-    try:
-        await conn.ws.close()
-    except Exception:
-        pass
+        await client.close()
 
 
 # ---------------------------------------------------------------- llama-server
@@ -275,6 +362,7 @@ class HttpConn:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
     def request_bytes(self, method, path, body):
         data = json.dumps(body).encode()
@@ -324,20 +412,34 @@ class HttpConn:
         return status, json.loads(data) if data else None
 
 
-async def llama_count_tokens(args, text):
+def llama_body(prompt, gen, stream, cache_prompt, bias):
+    """The /completion request: greedy, exactly gen tokens (ignore_eos)."""
+    body = {"prompt": prompt, "n_predict": gen, "temperature": 0, "stream": stream,
+            "ignore_eos": True, "cache_prompt": cache_prompt}
+    if bias:
+        body["logit_bias"] = bias
+    return body
+
+
+async def llama_post(args, path, body):
+    """One POST on a fresh connection; returns the decoded reply or raises."""
     conn = HttpConn(args.url)
     await conn.open()
     try:
-        status, reply = await conn.post_json("/tokenize", {"content": text,
-                                                           "add_special": True})
+        status, reply = await conn.post_json(path, body)
         if status != 200:
-            raise RuntimeError("/tokenize: HTTP %d %r" % (status, reply))
-        return len(reply["tokens"])
+            raise RuntimeError("%s: HTTP %d %r" % (path, status, reply))
+        return reply
     finally:
         conn.close()
 
 
-async def llama_stream(conn, body, gen, rec):
+async def llama_count_tokens(args, text):
+    reply = await llama_post(args, "/tokenize", {"content": text, "add_special": True})
+    return len(reply["tokens"])
+
+
+async def llama_stream(conn, body, rec):
     """POST /completion on an open connection and read its SSE stream into rec."""
     req = conn.request_bytes("POST", "/completion", body)
     rec["t_send"] = time.perf_counter()
@@ -347,7 +449,7 @@ async def llama_stream(conn, body, gen, rec):
         text = b"".join([c async for c in conn.body_chunks(headers)])
         rec["error"] = "HTTP %d: %s" % (status, text[:200].decode("utf-8", "replace"))
         return time.perf_counter()
-    pending, done = b"", False
+    pending = b""
     async for chunk in conn.body_chunks(headers):
         now = time.perf_counter()
         pending += chunk
@@ -363,65 +465,95 @@ async def llama_stream(conn, body, gen, rec):
                 timings = ev.get("timings", {})
                 rec["prompt_tokens"] = timings.get("prompt_n")
                 rec["server"] = timings
-                done = True
+                return now
             elif "content" in ev:
                 token_arrived(rec, now)
-        if done:
-            return now
     if rec["error"] is None:
         rec["error"] = "stream ended without stop"
     return time.perf_counter()
 
 
-async def llama_warmup(args, text):
-    """One short completion, so llama-server is as warm as ic after calibration."""
-    conn = HttpConn(args.url)
-    await conn.open()
-    try:
-        status, reply = await conn.post_json("/completion", {
-            "prompt": text, "n_predict": 1, "temperature": 0, "cache_prompt": False})
-        if status != 200:
-            raise RuntimeError("warm-up /completion: HTTP %d %r" % (status, reply))
-    finally:
-        conn.close()
+class LlamaClient:
+    """One client's request stream on llama-server: one connection per
+    request, like a fresh HTTP client; the system text is the prompt's
+    prefix, which cache_prompt lets a slot keep."""
 
+    def __init__(self, args, system, bias):
+        self.args, self.system, self.bias = args, system or "", bias
+        self.conn = HttpConn(args.url)
 
-async def llama_client(args, client, system, prompts, barrier, records, bias):
-    conn = HttpConn(args.url)
-    setup_error = None
-    try:
-        await conn.open()
-    except Exception as e:
-        setup_error = e
-    await barrier.wait()
-    for i, prompt in enumerate(prompts):
-        rec = new_record(client, i)
-        records.append(rec)
-        if setup_error is not None:
-            rec["error"] = "setup: %s" % setup_error
-            rec["t_send"] = time.perf_counter()
-            finish_record(rec, args.gen, rec["t_send"])
-            continue
-        body = {"prompt": (system or "") + prompt, "n_predict": args.gen, "temperature": 0,
-                "stream": True, "ignore_eos": True, "cache_prompt": True}
-        if bias:
-            body["logit_bias"] = bias
-        try:
-            if i > 0:  # one connection per request, like a fresh HTTP client
-                conn.close()
-                conn = HttpConn(args.url)
-                await conn.open()
-            now = await llama_stream(conn, body, args.gen, rec)
-        except Exception as e:
-            rec["error"] = "%s: %s" % (type(e).__name__, e)
-            now = time.perf_counter()
-            if rec["t_send"] is None:
-                rec["t_send"] = now
-        finish_record(rec, args.gen, now)
-    conn.close()
+    async def setup(self):
+        await self.conn.open()
+
+    async def request(self, index, prompt, gen, rec):
+        if index > 0:
+            self.conn.close()
+            self.conn = HttpConn(self.args.url)
+            await self.conn.open()
+        body = llama_body(self.system + prompt, gen, True, True, self.bias)
+        return await llama_stream(self.conn, body, rec)
+
+    async def close(self):
+        self.conn.close()
 
 
 # ---------------------------------------------------------------- run
+
+class StartGate:
+    """Everyone connects (and creates a session) first; the last one to
+    arrive opens the gate and calls on_open (which takes the start time)."""
+
+    def __init__(self, n, on_open):
+        self.waiting, self.on_open, self.opened = n, on_open, asyncio.Event()
+
+    async def wait(self):
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.on_open()
+            self.opened.set()
+        await self.opened.wait()
+
+
+async def client_task(args, client_id, client, prompts, delay_s, gate, done, records):
+    """Set up, wait for the gate, run the prompts in order, report done,
+    then hold the session until everyone is done (see --server-pid)."""
+    setup_error = None
+    try:
+        await asyncio.wait_for(client.setup(), args.request_timeout)
+    except Exception as e:  # the client never started: every request fails
+        setup_error = "setup: %s: %s" % (type(e).__name__, e)
+    await gate.wait()
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
+    for i, prompt in enumerate(prompts):
+        rec = new_record(client_id, i)
+        records.append(rec)
+        if setup_error is not None:
+            fail_record(rec, args.gen, setup_error)
+            continue
+        try:
+            now = await asyncio.wait_for(client.request(i, prompt, args.gen, rec),
+                                         args.request_timeout)
+            finish_record(rec, args.gen, now)
+        except Exception as e:
+            fail_record(rec, args.gen, "%s: %s" % (type(e).__name__, e))
+    await done.wait()
+    await client.close()
+
+
+class DoneLatch:
+    """Counts clients down; the last one takes the end samples and releases all."""
+
+    def __init__(self, n, on_done):
+        self.left, self.on_done, self.released = n, on_done, asyncio.Event()
+
+    async def wait(self):
+        self.left -= 1
+        if self.left == 0:
+            self.on_done()
+            self.released.set()
+        await self.released.wait()
+
 
 async def calibrate(args, count):
     """Words of body text so that tag + body come to about --prompt-tokens tokens."""
@@ -430,22 +562,28 @@ async def calibrate(args, count):
     words = max(1, round(args.prompt_tokens * args.prompt_tokens / n))
     for _ in range(4):  # converge on the real tokenizer (± a token or two)
         n = await count(args, request_prompt(words, "0-0-calib"))
-        if n == args.prompt_tokens or abs(n - args.prompt_tokens) <= 1:
+        if abs(n - args.prompt_tokens) <= 1:
             break
         words = max(1, words + round((args.prompt_tokens - n) * words / n))
     return words, n
 
 
-def summarize(args, records, t_start, t_end):
+def latency_stats(records):
+    """TTFT, inter-token and queue percentiles over the successful records."""
     ok = [r for r in records if r["ok"]]
-    ttft = [r["ttft_ms"] for r in ok]
-    itl = [g for r in ok for g in r["itl_ms"]]
-    queue = [r["queue_ms"] for r in ok if r["queue_ms"] is not None]
-    total_tokens = sum(r["tokens"] for r in records)
-    wall = t_end - t_start
-    # Steady state: from the last client's first token to the first client's
-    # last token, counting tokens whose arrival falls in that window.
-    steady = None
+    out = {}
+    for name, vals in (("ttft_ms", [r["ttft_ms"] for r in ok]),
+                       ("itl_ms", [g for r in ok for g in r["itl_ms"]]),
+                       ("queue_ms", [r["queue_ms"] for r in ok if r["queue_ms"] is not None])):
+        out[name] = {"p50": percentile(vals, 50), "p95": percentile(vals, 95),
+                     "p99": percentile(vals, 99), "max": max(vals) if vals else None,
+                     "n": len(vals)}
+    return out
+
+
+def steady_state(records, n_clients):
+    """Tokens/s from the last client's first token to the first client's
+    last token, counting tokens whose arrival falls in that window."""
     firsts, lasts = {}, {}
     for r in records:
         if r["t_first"] is None:
@@ -453,35 +591,43 @@ def summarize(args, records, t_start, t_end):
         c = r["client"]
         firsts[c] = min(firsts.get(c, r["t_first"]), r["t_first"])
         lasts[c] = max(lasts.get(c, r["t_last"]), r["t_last"])
-    if len(firsts) == args.clients:
-        w0, w1 = max(firsts.values()), min(lasts.values())
-        if w1 > w0:
-            n_in = 0
-            for r in records:
-                if r["t_first"] is None:
-                    continue
-                t = r["t_first"]
-                times = [t]
-                for g in r["itl_ms"]:
-                    t += g / 1e3
-                    times.append(t)
-                n_in += sum(1 for x in times if w0 < x <= w1)
-            steady = {"tokens": n_in, "seconds": w1 - w0, "tok_s": n_in / (w1 - w0)}
-    pct = {}
-    for name, vals in (("ttft_ms", ttft), ("itl_ms", itl), ("queue_ms", queue)):
-        pct[name] = {"p50": percentile(vals, 50), "p95": percentile(vals, 95),
-                     "p99": percentile(vals, 99), "max": max(vals) if vals else None,
-                     "n": len(vals)}
-    return {"clients": args.clients, "requests": len(records),
-            "failures": len(records) - len(ok), "generated_tokens": total_tokens,
-            "seconds": wall, "agg_tok_s": total_tokens / wall if wall > 0 else None,
-            "steady": steady, **pct}
+    if len(firsts) != n_clients:
+        return None
+    w0, w1 = max(firsts.values()), min(lasts.values())
+    if w1 <= w0:
+        return None
+    n_in = 0
+    for r in records:
+        if r["t_first"] is None:
+            continue
+        t = r["t_first"]
+        times = [t]
+        for g in r["itl_ms"]:
+            t += g / 1e3
+            times.append(t)
+        n_in += sum(1 for x in times if w0 < x <= w1)
+    return {"tokens": n_in, "seconds": w1 - w0, "tok_s": n_in / (w1 - w0)}
 
 
-async def run(args):
-    bias = None
-    if args.target == "llama" and args.ban_byte_tokens:
-        bias = [[t, False] for t in gguf_byte_tokens(args.ban_byte_tokens)]
+def summarize(args, records, t_start, t_end):
+    ok = [r for r in records if r["ok"]]
+    total_tokens = sum(r["tokens"] for r in records)
+    wall = t_end - t_start
+    summary = {"clients": args.clients, "requests": len(records),
+               "failures": len(records) - len(ok), "generated_tokens": total_tokens,
+               "seconds": wall, "agg_tok_s": total_tokens / wall if wall > 0 else None,
+               "steady": steady_state(records, args.clients), **latency_stats(records)}
+    if args.long_prompt_tokens:
+        summary["groups"] = {
+            "long": latency_stats([r for r in records if r["client"] == 0]),
+            "short": latency_stats([r for r in records if r["client"] != 0])}
+    return summary
+
+
+async def prepare(args):
+    """Calibrate (or take --prompt-words), warm the server up; returns the
+    prompt words, the calibrated token count and the word counts of the
+    system and long prompts."""
     count = ic_count_tokens if args.target == "ic" else llama_count_tokens
     if args.prompt_words:
         words, calib_tokens = args.prompt_words, None
@@ -490,47 +636,76 @@ async def run(args):
     # One untimed one-token request on each server (ic's counting INFER is one).
     warm = request_prompt(words, "warm-up")
     if args.target == "llama":
-        await llama_warmup(args, warm)
+        await llama_post(args, "/completion", llama_body(warm, 1, False, False, None))
     else:
         await ic_count_tokens(args, warm)
-    system = system_text(args.system_words) if args.system_words else None
-    nonce = os.urandom(3).hex()  # no KV prefix beyond " Story " matches an earlier run
-    records = []
-    # Everyone connects (and creates a session) first; the last one to reach
-    # the barrier opens it and takes the start time.
-    start = {}
-    ready = asyncio.Event()
-    waiting = [args.clients]
+    ref = calib_tokens or args.prompt_tokens
+    system_words = long_words = 0
+    if (args.system_tokens and not args.system_words) or args.long_prompt_tokens:
+        # tokens(words) = tag + slope * words: a second point at 4x the words
+        # gives the slope, so long texts need no slow calibration of their own.
+        n4 = await count(args, request_prompt(4 * words, "0-0-calib"))
+        slope = max(1e-3, (n4 - ref) / (3 * words))
+        tag = ref - slope * words
+        if args.system_tokens:
+            system_words = max(1, round(args.system_tokens / slope))
+        if args.long_prompt_tokens:
+            long_words = max(1, round((args.long_prompt_tokens - tag) / slope))
+    system_words = args.system_words or system_words
+    return words, calib_tokens, system_words, long_words
 
-    class Barrier:
-        async def wait(self):
-            waiting[0] -= 1
-            if waiting[0] == 0:
-                start["t"] = time.perf_counter()
-                ready.set()
-            await ready.wait()
 
-    barrier = Barrier()
+async def run(args):
+    bias = None
+    if args.target == "llama" and args.ban_byte_tokens:
+        bias = [[t, False] for t in gguf_byte_tokens(args.ban_byte_tokens)]
+    words, calib_tokens, system_words, long_words = await prepare(args)
+    system = system_text(system_words) if system_words else None
+    records, marks = [], {}
+    pid = args.server_pid
+    if pid:
+        marks["rss_kb_idle"] = proc_rss_kb(pid)
+
+    def on_open():
+        marks["t"] = time.perf_counter()
+        if pid:
+            marks["cpu0"] = proc_cpu(pid)
+
+    def on_done():
+        if pid:
+            marks["cpu1"] = proc_cpu(pid)
+            marks["rss_kb_open"] = proc_rss_kb(pid)
+
+    gate, done = StartGate(args.clients, on_open), DoneLatch(args.clients, on_done)
     tasks = []
     for c in range(args.clients):
-        prompts = [request_prompt(words, "%s-%d-%d" % (nonce, c, i))
+        w = long_words if (c == 0 and long_words) else words
+        # A random tag first: no KV prefix beyond " Story " matches another request.
+        prompts = [request_prompt(w, "%s-%d-%d" % (os.urandom(3).hex(), c, i))
                    for i in range(args.requests_per_client)]
-        if args.target == "ic":
-            tasks.append(ic_client(args, c, system, prompts, barrier, records))
-        else:
-            tasks.append(llama_client(args, c, system, prompts, barrier, records, bias))
+        client = IcClient(args, system) if args.target == "ic" else \
+            LlamaClient(args, system, bias)
+        delay = args.short_delay_ms / 1e3 if (c > 0 and long_words) else 0.0
+        tasks.append(client_task(args, c, client, prompts, delay, gate, done, records))
     await asyncio.gather(*tasks)
     t_end = max(r["t_send"] + r["total_ms"] / 1e3 for r in records)
-    summary = summarize(args, records, start["t"], t_end)
+    summary = summarize(args, records, marks["t"], t_end)
     summary.update({"target": args.target, "url": args.url, "prompt_tokens": args.prompt_tokens,
                     "prompt_tokens_measured": calib_tokens, "prompt_words": words,
                     "gen": args.gen, "requests_per_client": args.requests_per_client,
-                    "system_words": args.system_words,
+                    "system_words": system_words, "system_tokens": args.system_tokens,
+                    "long_prompt_words": long_words,
+                    "long_prompt_tokens": args.long_prompt_tokens,
+                    "short_delay_ms": args.short_delay_ms if long_words else 0,
                     "byte_tokens_banned": len(bias) if bias else 0})
+    if pid:
+        summary["server"] = {"pid": pid, "rss_kb_idle": marks["rss_kb_idle"],
+                             "rss_kb_open": marks.get("rss_kb_open"),
+                             **cpu_delta(marks["cpu0"], marks["cpu1"])}
     for r in records:  # times relative to the start, for plots
         for k in ("t_send", "t_first", "t_last"):
             if r[k] is not None:
-                r[k] = r[k] - start["t"]
+                r[k] = r[k] - marks["t"]
     return summary, records
 
 
@@ -538,7 +713,7 @@ def fmt(x, spec="%.1f"):
     return "-" if x is None else spec % x
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", choices=("ic", "llama"), required=True)
@@ -548,10 +723,22 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length P, about")
     ap.add_argument("--gen", type=int, default=64, help="tokens to generate G")
     ap.add_argument("--prompt-words", type=int, default=0,
-                    help="use this many prompt words and skip the calibration")
+                    help="use this many prompt words (taken as --prompt-tokens tokens) "
+                    "and skip the calibration")
     ap.add_argument("--requests-per-client", type=int, default=1)
     ap.add_argument("--system-words", type=int, default=0,
                     help="a shared system prompt of W words before every prompt")
+    ap.add_argument("--system-tokens", type=int, default=0,
+                    help="a shared system prompt of about T tokens (scaled from the "
+                    "calibration; --system-words wins)")
+    ap.add_argument("--long-prompt-tokens", type=int, default=0,
+                    help="client 0 sends a prompt of about L tokens (mixed load)")
+    ap.add_argument("--short-delay-ms", type=float, default=0,
+                    help="with --long-prompt-tokens: the other clients start this late")
+    ap.add_argument("--request-timeout", type=float, default=600,
+                    help="seconds before one request (or a client's setup) counts as failed")
+    ap.add_argument("--server-pid", type=int, default=0,
+                    help="sample this server process's RSS and CPU time (/proc)")
     ap.add_argument("--token", help="ic: API token to send in AUTH")
     ap.add_argument("--ban-byte-tokens", metavar="GGUF",
                     help="llama: ban the byte tokens of this model with logit_bias "
@@ -563,7 +750,13 @@ def main():
         args.url = "ws://127.0.0.1:8765/ws" if args.target == "ic" else "http://127.0.0.1:8080"
     if args.clients < 1 or args.gen < 1 or args.requests_per_client < 1:
         ap.error("--clients, --gen and --requests-per-client must be at least 1")
+    if args.long_prompt_tokens and args.clients < 2:
+        ap.error("--long-prompt-tokens needs at least 2 clients")
+    return args
 
+
+def main():
+    args = parse_args()
     summary, records = asyncio.run(run(args))
     summary["label"] = args.label
     if args.json_out:
@@ -577,6 +770,9 @@ def main():
              fmt(s["ttft_ms"]["p50"]), fmt(s["ttft_ms"]["p95"]),
              fmt(s["itl_ms"]["p50"], "%.2f"), fmt(s["itl_ms"]["p95"], "%.2f"),
              s["failures"], s["requests"]))
+    for name, g in s.get("groups", {}).items():
+        print("  %s clients: TTFT p50/p95 %s/%s ms" % (name, fmt(g["ttft_ms"]["p50"]),
+                                                      fmt(g["ttft_ms"]["p95"])))
     for r in records:
         if r["error"]:
             print("  client %d request %d: %s" % (r["client"], r["request"], r["error"]),
