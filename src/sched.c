@@ -1026,6 +1026,7 @@ static void *sched_main(void *arg)
         req *r = wait == 0 ? ic_queue_pop(s->requests) : ic_queue_pop_wait(s->requests, wait);
         for (; r; r = ic_queue_pop(s->requests))
             handle_request(s, r);
+        publish_stats(s); /* the watchdog must see new work before a long step */
         beat(s);
         if (s->n_active)
             thermal_check(s);
