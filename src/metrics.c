@@ -280,17 +280,6 @@ static void single_i64(writer *w, const char *name, const char *help, int64_t v)
     sample_i64(w, v);
 }
 
-/* The KV capacity is a gauge, but its contracted name ends in _total, which
- * promtool's lint allows only for counters and untyped metrics; untyped
- * keeps the name (dashboards and PromQL do not look at TYPE) and the lint
- * clean. */
-static void single_untyped_i64(writer *w, const char *name, const char *help, int64_t v)
-{
-    family(w, name, "untyped", help);
-    sample_begin(w, name, "");
-    sample_i64(w, v);
-}
-
 /* -------------------------------------------------------------- families */
 
 static void render_counters(writer *w, const ic_metrics *m, const ic_metrics_gauges *g)
@@ -340,8 +329,8 @@ static void render_gauges(writer *w, const ic_metrics_gauges *g)
     single_i64(w, "inferencecenter_queue_depth", "Generations waiting for the scheduler.",
                g->queued);
     single_i64(w, "inferencecenter_kv_cells_used", "KV cache cells in use.", g->kv_cells_used);
-    single_untyped_i64(w, "inferencecenter_kv_cells_total", "KV cache cells in all (a gauge).",
-                       g->kv_cells_total);
+    single_i64(w, "inferencecenter_kv_cells_capacity", "KV cache cells in all.",
+               g->kv_cells_total);
     single_i64(w, "inferencecenter_gpu_layers", "Model layers offloaded to the GPU.",
                g->gpu_layers);
     render_state(w, g->state);

@@ -158,7 +158,7 @@ static void every_family_has_help_and_type(void **state)
     for (size_t i = 0; i < sizeof hists / sizeof *hists; i++)
         assert_family(t, hists[i], "histogram");
     /* a gauge, but promtool allows _total only on counters and untyped */
-    assert_family(t, "inferencecenter_kv_cells_total", "untyped");
+    assert_family(t, "inferencecenter_kv_cells_capacity", "gauge");
     /* every reason and code, at 0 */
     static const char *const reasons[] = {"eos",          "length",   "stop_string", "abort",
                                           "context_full", "shutdown", "error"};
@@ -337,7 +337,7 @@ static void gauges_without_hw(void **state)
     assert_value(t, "inferencecenter_generations_running", "2");
     assert_value(t, "inferencecenter_queue_depth", "5");
     assert_value(t, "inferencecenter_kv_cells_used", "1000");
-    assert_value(t, "inferencecenter_kv_cells_total", "8589934592");
+    assert_value(t, "inferencecenter_kv_cells_capacity", "8589934592");
     assert_value(t, "inferencecenter_gpu_layers", "33");
     assert_value(t, "inferencecenter_websocket_connections", "4");
     assert_value(t, "inferencecenter_scheduler_stalled", "1");
@@ -439,7 +439,7 @@ static void full_render_passes_promtool(void **state)
                            .steps = UINT64_MAX, .hw = &hw, .version = "0.1.0",
                            .llama_commit = "80fb11ac73e66d89eae2c6a91d8a77428fa733ed"};
     char *t = render(m, &g);
-    assert_value(t, "inferencecenter_kv_cells_total", "9223372036854775807");
+    assert_value(t, "inferencecenter_kv_cells_capacity", "9223372036854775807");
     assert_value(t, "inferencecenter_scheduler_steps_total", "18446744073709551615");
     assert_value(t, "inferencecenter_queue_time_seconds_bucket{le=\"0.001\"}", "1");
     assert_promtool_clean(t);
