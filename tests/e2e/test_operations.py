@@ -184,7 +184,9 @@ class NotifySocket:
 def test_sd_notify_ready_watchdog_stopping(start_server, tmp_path):
     ns = NotifySocket(tmp_path / "notify.sock")
     try:
-        srv = start_server(env={"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "1000000"})
+        # A long context: the generation must outlast the 2 s below on any model.
+        srv = start_server(["--max-sessions", 1, "--prefix-cache", 0, "--ctx-size", 65536],
+                           env={"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "1000000"})
         deadline = time.monotonic() + 5
         while not ns.seen("READY=1") and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -277,7 +279,7 @@ def test_watchdog_reports_a_stuck_scheduler_and_recovers(start_server, slow_mode
 # ------------------------------------------------------------ shutdown
 
 def test_sigterm_mid_stream_ends_generations_with_shutdown(start_server):
-    srv = start_server()
+    srv = start_server(["--max-sessions", 3, "--prefix-cache", 0, "--ctx-size", 32768])
 
     async def body():
         clients = [await connect(srv) for _ in range(3)]
