@@ -94,13 +94,23 @@ void ic_engine_global_init(void)
     llama_backend_init();
 }
 
-static bool draw_progress(float progress, void *ud)
+/* What the load progress callback does: a bar on a terminal, a tick. */
+typedef struct load_progress {
+    bool bar;
+    int last_pct;
+    void (*tick)(void *ud);
+    void *tick_ud;
+} load_progress;
+
+static bool on_load_progress(float progress, void *ud)
 {
-    int *last = ud;
+    load_progress *lp = ud;
+    if (lp->tick)
+        lp->tick(lp->tick_ud);
     int pct = (int)(progress * 100.0f);
-    if (pct == *last)
+    if (!lp->bar || pct == lp->last_pct)
         return true;
-    *last = pct;
+    lp->last_pct = pct;
     char bar[41];
     int fill = pct * 40 / 100;
     for (int i = 0; i < 40; i++)
@@ -217,10 +227,11 @@ int ic_engine_create(const ic_engine_opts *opts, ic_engine **out, const char **e
     }
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = opts->n_gpu_layers;
-    int last_pct = -1;
-    if (opts->progress && isatty(STDERR_FILENO)) {
-        mp.progress_callback = draw_progress;
-        mp.progress_callback_user_data = &last_pct;
+    load_progress lp = {.bar = opts->progress && isatty(STDERR_FILENO), .last_pct = -1,
+                        .tick = opts->load_tick, .tick_ud = opts->load_tick_ud};
+    if (lp.bar || lp.tick) {
+        mp.progress_callback = on_load_progress;
+        mp.progress_callback_user_data = &lp;
     }
     e->model = llama_model_load_from_file(opts->model_path, mp);
     if (!e->model) {

@@ -29,6 +29,10 @@ typedef struct ic_engine_opts {
     uint32_t n_batch_tokens; /* most tokens in one decode */
     bool kv_unified;         /* one KV buffer shared by all sequences */
     bool progress;           /* draw a load progress bar on stderr */
+    /* Called now and then while the model loads (on the loading thread),
+     * e.g. to keep a watchdog fed through a long load. NULL: none. */
+    void (*load_tick)(void *ud);
+    void *load_tick_ud;
 } ic_engine_opts;
 
 typedef struct ic_engine_info {

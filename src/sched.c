@@ -890,6 +890,12 @@ static void go_to_sleep(ic_sched *s)
                 "memory", s->opts.idle_unload_s, n, (double)bytes / (1 << 20));
 }
 
+static void beat(ic_sched *s);
+
+/* The reload's progress keeps the heartbeat going: a big model can take
+ * longer to load than systemd's watchdog waits. Scheduler thread. */
+static void reload_tick(void *ud) { beat(ud); }
+
 /* Reloads the model and puts every session's KV state back. Returns 0 or
  * the engine's error (then it stays asleep). */
 static int wake_up(ic_sched *s)
@@ -1116,6 +1122,8 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     s->model_path = strdup(s->engine_opts.model_path);
     s->engine_opts.model_path = s->model_path;
     s->engine_opts.progress = false;
+    s->engine_opts.load_tick = reload_tick;
+    s->engine_opts.load_tick_ud = s;
     atomic_init(&s->next_session_id, 1);
     atomic_init(&s->st_temp_milli, -1000);
     s->tps_window_start_ms = s->last_work_ms = now_ms();
