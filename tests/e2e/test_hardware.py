@@ -90,6 +90,22 @@ def test_without_nvml_the_server_runs_on_the_cpu(start_server, tmp_path):
     lines = [ln for ln in srv.stderr().splitlines() if "gpu:" in ln]
     assert len(lines) == 1, lines            # exactly one line says so
     assert " info " in lines[0] and "runs on the CPU" in lines[0], lines
+    # The planner's line: a CPU build of llama.cpp offloads nothing.
+    assert "GPU split: no GPU, " in srv.stderr()
+
+
+def test_auto_split_on_a_cpu_build_offloads_nothing(start_server):
+    srv = start_server(["--gpu-layers", "auto", "--max-sessions", 3])
+
+    async def body():
+        c = await connect(srv)
+        assert c.hello["limits"]["max_sessions"] == 3   # memory holds them all
+        m = await c.metrics()
+        assert m["engine"]["n_gpu_layers"] == 0 and m["engine"]["max_sessions"] == 3
+        await c.close()
+    run(body())
+    plan = [ln for ln in srv.stderr().splitlines() if "GPU split:" in ln]
+    assert len(plan) == 1 and "3 sessions x 2048 tokens" in plan[0], plan
 
 
 def test_nvml_that_fails_to_init_is_no_gpu(start_server, tmp_path):
