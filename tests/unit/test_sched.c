@@ -1,6 +1,7 @@
 /* test_sched.c - the scheduler against the real engine on a tiny model:
  * batching changes nothing, multi-turn reuse, fairness, abort, close,
- * context limits, stop strings, shared prefixes, many sessions. */
+ * context limits, stop strings, shared prefixes, many sessions, the
+ * thermal guard (behind a fake temperature), idle sleep, the heartbeat. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,9 +13,11 @@
 #include "sched.h"
 #include "testutil.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_REQ 64
 
@@ -476,6 +479,160 @@ static void thousand_sessions(void **state)
     assert_int_equal(st.sessions, 0);
 }
 
+/* --- thermal guard, idle sleep, heartbeat --------------------------- */
+
+static _Atomic int fake_temp_c = 40;
+static _Atomic int beats;
+
+static double read_fake_temp(void *ud)
+{
+    (void)ud;
+    return (double)atomic_load(&fake_temp_c);
+}
+
+static void count_beat(void *ud)
+{
+    (void)ud;
+    atomic_fetch_add(&beats, 1);
+}
+
+static ic_sched *make_sched_with(const ic_sched_opts *so)
+{
+    ic_engine_opts eo = ic_engine_opts_default();
+    eo.model_path = test_model_path();
+    eo.n_threads = 2;
+    ic_sched_engine_opts(so, &eo);
+    ic_engine *e = NULL;
+    assert_int_equal(ic_engine_create(&eo, &e, NULL), 0);
+    ic_sched *s = NULL;
+    assert_int_equal(ic_sched_create(e, so, &s), 0);
+    return s;
+}
+
+static enum ic_sched_state sched_state(void)
+{
+    ic_sched_stats st;
+    ic_sched_get_stats(W->s, &st);
+    return st.state;
+}
+
+/* Handles events for ms milliseconds of wall-clock time. */
+static void pump_for(int ms)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        pump(10);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
+}
+
+/* Handles events until the scheduler reports want (at most 10 s). */
+static void wait_state(enum ic_sched_state want)
+{
+    for (int i = 0; i < 1000 && sched_state() != want; i++)
+        pump(10);
+    assert_int_equal(sched_state(), want);
+}
+
+/* Two turns in two sessions (one on a shared system prompt), optionally
+ * letting the scheduler sleep before the second turn; texts into out. */
+static void two_turns(int idle_unload_s, bool unified, char out[4][512])
+{
+    ic_sched_opts so = ic_sched_opts_default();
+    so.max_sessions = 2;
+    so.n_ctx_per_session = 256;
+    so.kv_unified = unified;
+    so.idle_unload_s = idle_unload_s;
+    ic_sched_destroy(W->s);
+    memset(W->r, 0, sizeof W->r);
+    W->s = make_sched_with(&so);
+    uint64_t a = open_session(NULL), b = open_session("Once upon a");
+    infer(a, 1, "Once upon a time", greedy(12));
+    infer(b, 2, " time", greedy(12));
+    wait_done(1);
+    wait_done(2);
+    if (idle_unload_s)
+        wait_state(IC_SCHED_SLEEPING);
+    infer(a, 3, " The", greedy(12));
+    infer(b, 4, " One day", greedy(12));
+    wait_done(3);
+    wait_done(4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(W->r[1 + i].end.reason, IC_END_LENGTH);
+        snprintf(out[i], 512, "%s", W->r[1 + i].text.data);
+        ic_buf_free(&W->r[1 + i].text);
+    }
+    if (idle_unload_s) {
+        ic_sched_stats st;
+        ic_sched_get_stats(W->s, &st);
+        assert_true(st.sleeps >= 1);
+    }
+}
+
+static void idle_sleep_restores_every_session(void **state)
+{
+    (void)state;
+    for (int unified = 0; unified < 2; unified++) {
+        char awake[4][512], slept[4][512];
+        two_turns(0, unified, awake);
+        two_turns(1, unified, slept);
+        for (int i = 0; i < 4; i++)
+            assert_string_equal(slept[i], awake[i]);
+    }
+}
+
+static void thermal_guard_holds_prefill_and_paces(void **state)
+{
+    (void)state;
+    ic_sched_opts so = ic_sched_opts_default();
+    so.max_sessions = 2;
+    so.n_ctx_per_session = 8192;
+    so.prefix_slots = 0;
+    so.temp_limit_c = 83;
+    so.read_temp_c = read_fake_temp;
+    atomic_store(&fake_temp_c, 60);
+    W->s = make_sched_with(&so);
+    uint64_t a = open_session(NULL), b = open_session(NULL);
+    ic_gen_params endless = greedy(100000);
+    infer(a, 1, "Once upon a time", endless);
+    wait_tokens(1, 2);
+    assert_int_equal(sched_state(), IC_SCHED_READY);
+    atomic_store(&fake_temp_c, 90);
+    wait_state(IC_SCHED_THROTTLED);
+    infer(b, 2, "The little dog", greedy(4));
+    int a_before = W->r[1].n_tokens;
+    pump_for(1500); /* a decodes, b's prompt waits */
+    assert_int_equal(W->r[2].n_tokens, 0);
+    assert_true(W->r[1].n_tokens > a_before);
+    atomic_store(&fake_temp_c, 80); /* below the limit, not 5 below */
+    pump_for(1500);
+    assert_int_equal(sched_state(), IC_SCHED_THROTTLED);
+    assert_int_equal(W->r[2].n_tokens, 0);
+    atomic_store(&fake_temp_c, 77);
+    wait_done(2);
+    assert_int_equal(W->r[2].end.reason, IC_END_LENGTH);
+    assert_int_equal(sched_state(), IC_SCHED_READY);
+    assert_int_equal(ic_sched_abort(W->s, a), 0);
+    wait_done(1);
+    assert_int_equal(W->r[1].end.reason, IC_END_ABORT);
+}
+
+static void heartbeat_goes_on_while_idle(void **state)
+{
+    (void)state;
+    ic_sched_opts so = ic_sched_opts_default();
+    so.max_sessions = 1;
+    so.n_ctx_per_session = 256;
+    so.heartbeat = count_beat;
+    so.heartbeat_interval_ms = 100;
+    atomic_store(&beats, 0);
+    W->s = make_sched_with(&so);
+    pump_for(1000); /* an idle scheduler */
+    int n = atomic_load(&beats);
+    assert_true(n >= 3 && n <= 15);
+}
+
 int main(void)
 {
     ic_engine_global_init();
@@ -496,6 +653,9 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(priority_first_but_no_starvation, setup, teardown),
         cmocka_unit_test_setup_teardown(thousand_sessions, setup, teardown),
+        cmocka_unit_test_setup_teardown(idle_sleep_restores_every_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(thermal_guard_holds_prefill_and_paces, setup, teardown),
+        cmocka_unit_test_setup_teardown(heartbeat_goes_on_while_idle, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
