@@ -4,7 +4,9 @@
  * Thread: everything below `--- scheduler thread ---` runs only on the
  * scheduler thread, which owns the engine, the session slots, the prefix
  * cache and all generations. The public request functions run on any
- * thread and touch only the queues and atomics.
+ * thread and touch only the queues and atomics. The thermal guard, idle
+ * sleep and heartbeat live in sched_power.c; the types both files share
+ * in sched_impl.h.
  */
 #include "sched.h"
 #include "buf.h"
@@ -13,6 +15,7 @@
 #include "log.h"
 #include "prefix.h"
 #include "queue.h"
+#include "sched_impl.h"
 #include "utf8.h"
 
 #include <pthread.h>
@@ -23,119 +26,6 @@
 #include <time.h>
 
 
-enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE };
-
-/* A request from another thread; owned by the queue, then by the
- * scheduler thread, which frees it. */
-typedef struct req {
-    enum req_type type;
-    uint64_t session_id;
-    uint64_t request_id;
-    char *text;               /* OPEN: system prompt or NULL; INFER: prompt */
-    bool raw;
-    ic_gen_params params;     /* stop strings point into stop_copies */
-    char *stop_copies[IC_STOP_MAX];
-    enum ic_close_reason close_reason;
-    double t_submit_ms;
-} req;
-
-/* One generation (one INFER). Scheduler thread. */
-typedef struct gen {
-    uint64_t request_id;
-    enum ic_session_state state;
-    enum ic_priority priority;
-    int max_tokens;
-    bool ignore_eos;
-    bool penalize;            /* repetition penalty on: feed it the prompt */
-    ic_sampler *sampler;
-    ic_stop stop;
-    ic_utf8_stream utf8;
-    ic_buf reply;             /* every byte sent in this generation's TOKENs */
-    ic_buf raw_piece;         /* scratch: one token's bytes */
-    ic_buf piece_text;        /* scratch: one token's text after UTF-8 repair */
-    ic_buf out_text;          /* scratch: one token's text after stop strings */
-    ic_token *prompt;         /* the whole conversation for this turn */
-    int n_prompt_tokens;
-    int n_prompt_decoded;     /* prompt tokens decoded in this turn */
-    ic_token next;            /* sampled, to be decoded next step */
-    bool has_next;
-    int batch_idx;            /* output row in this step's batch, or -1 */
-    int n_generated;
-    uint64_t last_served_step;
-    double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms, t_last_token_ms;
-} gen;
-
-/* A session: one llama sequence and its conversation. Scheduler thread. */
-typedef struct session {
-    uint64_t id;              /* 0 = free slot */
-    int seq;                  /* llama sequence id (the slot index) */
-    ic_convo *convo;
-    ic_token *hist;           /* tokens in the KV cache at positions 0..n_hist-1 */
-    int n_hist, cap_hist;
-    int n_step_start;         /* n_hist before this step's batch (for rollback) */
-    int n_shared;             /* leading cells shared with a prefix entry */
-    bool first_turn_done;
-    gen *gen;
-    uint8_t *saved_kv;        /* while sleeping: the sequence's KV state, or NULL */
-    size_t saved_kv_len;
-} session;
-
-/* What other threads may read about a slot. One writer: the scheduler. */
-typedef struct slot_pub {
-    _Atomic uint64_t id;
-    _Atomic int state;
-    _Atomic int n_ctx_used;
-} slot_pub;
-
-struct ic_sched {
-    ic_sched_opts opts;       /* immutable after create */
-    ic_engine_info info;      /* immutable after create */
-    pthread_t thread;
-    bool thread_started;      /* touched only by create/stop callers */
-    ic_queue *requests;       /* req *, bounded */
-    ic_queue *events;         /* ic_event *, unbounded */
-    _Atomic bool stop;
-    _Atomic bool stopped;
-    _Atomic int n_sessions;   /* reserved by open, released on close */
-    _Atomic int n_pending;    /* INFERs submitted and not yet started */
-    _Atomic uint64_t next_session_id;
-    slot_pub *pub;            /* [max_sessions] */
-    _Atomic int st_generating, st_queued;
-    _Atomic int64_t st_kv_used;
-    _Atomic uint64_t st_steps;
-    _Atomic uint64_t st_tps_milli; /* tokens/s x 1000 */
-    _Atomic int st_state;          /* enum ic_sched_state */
-    _Atomic int64_t st_progress_us; /* CLOCK_MONOTONIC us of the loop's last turn */
-    _Atomic int64_t st_temp_milli;  /* thermal guard's last reading x 1000; < 0 none */
-    _Atomic uint64_t st_sleeps;
-
-    /* --- scheduler thread only --- */
-    ic_engine *engine;
-    session *sessions;        /* [max_sessions] */
-    ic_prefix_cache *prefixes;
-    uint64_t step;
-    int n_active;             /* sessions with a generation */
-    bool wake_pending;
-    ic_event **outbox;        /* this step's events, not yet in the queue */
-    int n_outbox, cap_outbox;
-    uint64_t tps_tokens;
-    double tps_window_start_ms;
-    ic_engine_opts engine_opts; /* to reload after sleep; model_path is model_path */
-    char *model_path;
-    bool throttled;           /* thermal guard holds prefill, paces decode */
-    bool sleeping;            /* engine is NULL; sessions' KV in saved_kv */
-    double temp_checked_ms;   /* last thermal reading */
-    double last_work_ms;      /* last loop turn with a generation */
-    double last_beat_ms;      /* last heartbeat callback */
-    double last_decode_ms;    /* duration of the last llama_decode */
-};
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 ic_sched_opts ic_sched_opts_default(void)
 {
@@ -193,7 +83,7 @@ static int submit(ic_sched *s, req *r)
         req_free(r);
         return IC_ERR_SHUTDOWN;
     }
-    r->t_submit_ms = now_ms();
+    r->t_submit_ms = ic_sched__now_ms();
     int rc = ic_queue_push(s->requests, r);
     if (rc < 0)
         req_free(r);
@@ -460,7 +350,7 @@ static void finish(ic_sched *s, session *ss, enum ic_end_reason reason)
     ic_event *ev = new_event(IC_EVENT_END, ss->id, g->request_id);
     if (ev) {
         ev->reason = reason;
-        fill_stats(g, now_ms(), &ev->stats);
+        fill_stats(g, ic_sched__now_ms(), &ev->stats);
         emit(s, ev);
     }
     gen_free(g);
@@ -583,7 +473,7 @@ static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush
 static void on_token(ic_sched *s, session *ss, ic_token tok)
 {
     gen *g = ss->gen;
-    double t = now_ms();
+    double t = ic_sched__now_ms();
     double gap_ms = g->n_generated ? t - g->t_last_token_ms : 0;
     g->t_last_token_ms = t;
     if (g->n_generated++ == 0) {
@@ -644,7 +534,7 @@ static void add_prompt_tokens(ic_sched *s, session *ss, int n)
 {
     gen *g = ss->gen;
     if (n > 0 && g->t_start_ms == 0)
-        g->t_start_ms = now_ms();
+        g->t_start_ms = ic_sched__now_ms();
     for (int i = 0; i < n; i++) {
         int pos = ss->n_hist;
         bool last = pos == g->n_prompt_tokens - 1;
@@ -747,7 +637,7 @@ static bool step(ic_sched *s)
     if (ic_engine_batch_size(s->engine) == 0)
         return false;
     s->step++;
-    double t0 = now_ms();
+    double t0 = ic_sched__now_ms();
     int rc = ic_engine_decode(s->engine);
     if (rc == IC_ERR_CONTEXT_FULL) {
         /* The shared cache is out of cells: give back cached prefixes no
@@ -755,7 +645,7 @@ static bool step(ic_sched *s)
         ic_prefix_drop_ready(s->prefixes, s->engine);
         rc = ic_engine_decode(s->engine);
     }
-    s->last_decode_ms = now_ms() - t0;
+    s->last_decode_ms = ic_sched__now_ms() - t0;
     atomic_fetch_add(&s->st_steps, 1);
     if (rc < 0) {
         rollback_step(s, rc);
@@ -826,147 +716,6 @@ static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
     }
 }
 
-/* --- thermal guard, idle sleep, heartbeat ------------------------------ */
-
-static void publish_state(ic_sched *s, bool waking)
-{
-    enum ic_sched_state st = waking        ? IC_SCHED_WAKING
-                             : s->sleeping ? IC_SCHED_SLEEPING
-                             : s->throttled ? IC_SCHED_THROTTLED
-                                            : IC_SCHED_READY;
-    atomic_store(&s->st_state, (int)st);
-}
-
-/* Reads the hottest GPU at most once a second (only while work runs) and
- * switches the guard with 5 degrees (temp_resume_delta_c) of hysteresis. */
-static void thermal_check(ic_sched *s)
-{
-    if (s->opts.temp_limit_c <= 0 || !s->opts.read_temp_c)
-        return;
-    double t = now_ms();
-    if (s->temp_checked_ms > 0 && t - s->temp_checked_ms < 1000.0)
-        return;
-    s->temp_checked_ms = t;
-    double c = s->opts.read_temp_c(s->opts.temp_ud);
-    atomic_store(&s->st_temp_milli, (int64_t)(c * 1000.0));
-    double limit = s->opts.temp_limit_c, resume = limit - s->opts.temp_resume_delta_c;
-    if (!s->throttled && c >= limit) {
-        s->throttled = true;
-        ic_log_warn("thermal guard: GPU at %.0f C (limit %.0f C): prompts held and decoding "
-                    "paced until %.0f C", c, limit, resume);
-    } else if (s->throttled && c >= 0 && c <= resume) {
-        s->throttled = false;
-        ic_log_info("thermal guard: GPU at %.0f C: back to full speed", c);
-    }
-    publish_state(s, false);
-}
-
-/* Idle for idle_unload_s: every session's KV state goes to host memory,
- * the model and context are freed (VRAM back to the system). A session
- * whose state cannot be kept recomputes it from its conversation. */
-static void go_to_sleep(ic_sched *s)
-{
-    ic_prefix_drop_ready(s->prefixes, s->engine);
-    size_t bytes = 0;
-    int n = 0;
-    for (int i = 0; i < s->opts.max_sessions; i++) {
-        session *ss = &s->sessions[i];
-        if (!ss->id || ss->n_hist == 0)
-            continue;
-        ss->n_shared = 0; /* restored cells are the session's own */
-        if (ic_engine_seq_state_save(s->engine, ss->seq, &ss->saved_kv, &ss->saved_kv_len) < 0) {
-            ss->n_hist = 0;
-            continue;
-        }
-        bytes += ss->saved_kv_len;
-        n++;
-    }
-    ic_engine_destroy(s->engine);
-    s->engine = NULL;
-    s->sleeping = true;
-    atomic_fetch_add(&s->st_sleeps, 1);
-    publish_state(s, false);
-    ic_log_info("idle for %d s: model unloaded; %d sessions' KV state (%.1f MiB) kept in host "
-                "memory", s->opts.idle_unload_s, n, (double)bytes / (1 << 20));
-}
-
-static void beat(ic_sched *s);
-
-/* The reload's progress keeps the heartbeat going: a big model can take
- * longer to load than systemd's watchdog waits. Scheduler thread. */
-static void reload_tick(void *ud) { beat(ud); }
-
-/* Reloads the model and puts every session's KV state back. Returns 0 or
- * the engine's error (then it stays asleep). */
-static int wake_up(ic_sched *s)
-{
-    publish_state(s, true);
-    double t0 = now_ms();
-    const char *why = "";
-    int rc = ic_engine_create(&s->engine_opts, &s->engine, &why);
-    if (rc < 0) {
-        ic_log_error("waking up: cannot reload the model: %s", why);
-        publish_state(s, false);
-        return rc;
-    }
-    int n = 0;
-    for (int i = 0; i < s->opts.max_sessions; i++) {
-        session *ss = &s->sessions[i];
-        if (!ss->saved_kv)
-            continue;
-        if (ic_engine_seq_state_restore(s->engine, ss->seq, ss->saved_kv, ss->saved_kv_len) < 0) {
-            ic_log_warn("session %llu: KV state not restored; recomputing it",
-                        (unsigned long long)ss->id);
-            ic_engine_seq_rm(s->engine, ss->seq, -1, -1);
-            ss->n_hist = 0;
-        } else {
-            n++;
-        }
-        free(ss->saved_kv);
-        ss->saved_kv = NULL;
-        ss->saved_kv_len = 0;
-    }
-    s->sleeping = false;
-    publish_state(s, false);
-    ic_log_info("woke up in %.0f ms: model reloaded, %d sessions restored", now_ms() - t0, n);
-    return 0;
-}
-
-/* The heartbeat: progress for the internal watchdog, and the heartbeat
- * callback (systemd's watchdog) at most every heartbeat_interval_ms. */
-static void beat(ic_sched *s)
-{
-    double t = now_ms();
-    atomic_store(&s->st_progress_us, (int64_t)(t * 1000.0));
-    if (s->opts.heartbeat && t - s->last_beat_ms >= s->opts.heartbeat_interval_ms) {
-        s->last_beat_ms = t;
-        s->opts.heartbeat(s->opts.heartbeat_ud);
-    }
-}
-
-/* How long the loop may wait for a request before its next turn; -1 =
- * until one comes. Idle, it wakes only for the idle sleep and the
- * heartbeat; throttled, the wait after a step is the pacing. */
-static int loop_wait_ms(ic_sched *s, bool worked)
-{
-    if (s->n_active) {
-        if (s->throttled) {
-            double pace = s->last_decode_ms < 1 ? 1 : s->last_decode_ms > 1000 ? 1000
-                                                                               : s->last_decode_ms;
-            return worked ? (int)pace : 1000;
-        }
-        return worked ? 0 : 100;
-    }
-    int w = -1;
-    if (s->opts.idle_unload_s > 0 && !s->sleeping) {
-        double left = s->last_work_ms + s->opts.idle_unload_s * 1000.0 - now_ms();
-        w = left < 1 ? 1 : (int)left + 1;
-    }
-    int hb = s->opts.heartbeat ? s->opts.heartbeat_interval_ms : 0;
-    if (hb > 0 && (w < 0 || w > hb))
-        w = hb;
-    return w;
-}
 
 static void handle_request(ic_sched *s, req *r)
 {
@@ -974,7 +723,7 @@ static void handle_request(ic_sched *s, req *r)
     switch (r->type) {
     case REQ_OPEN: open_session(s, r); break;
     case REQ_INFER:
-        if (s->sleeping && wake_up(s) < 0) {
+        if (s->sleeping && ic_sched__wake(s) < 0) {
             atomic_fetch_sub(&s->n_pending, 1);
             emit_error(s, r->session_id, r->request_id, IC_ERR_MODEL,
                        "the model could not be reloaded after idle sleep");
@@ -1011,7 +760,7 @@ static void publish_stats(ic_sched *s)
     atomic_store(&s->st_generating, generating);
     atomic_store(&s->st_queued, queued);
     atomic_store(&s->st_kv_used, used);
-    double t = now_ms();
+    double t = ic_sched__now_ms();
     if (t - s->tps_window_start_ms >= 1000.0 || s->n_active == 0) {
         double dt = (t - s->tps_window_start_ms) / 1e3;
         uint64_t milli = dt > 0 && s->n_active ? (uint64_t)(s->tps_tokens * 1000.0 / dt) : 0;
@@ -1028,20 +777,20 @@ static void *sched_main(void *arg)
     while (!atomic_load(&s->stop)) {
         /* Idle: sleep until a request arrives. Busy: take what is there.
          * Work that cannot run yet is looked at again every 100 ms. */
-        int wait = loop_wait_ms(s, worked);
+        int wait = ic_sched__loop_wait_ms(s, worked);
         req *r = wait == 0 ? ic_queue_pop(s->requests) : ic_queue_pop_wait(s->requests, wait);
         for (; r; r = ic_queue_pop(s->requests))
             handle_request(s, r);
         publish_stats(s); /* the watchdog must see new work before a long step */
-        beat(s);
+        ic_sched__beat(s);
         if (s->n_active)
-            thermal_check(s);
+            ic_sched__thermal_check(s);
         worked = s->n_active && !atomic_load(&s->stop) && s->engine && step(s);
         if (s->n_active)
-            s->last_work_ms = now_ms();
+            s->last_work_ms = ic_sched__now_ms();
         else if (s->opts.idle_unload_s > 0 && !s->sleeping && !atomic_load(&s->stop) &&
-                 now_ms() - s->last_work_ms >= s->opts.idle_unload_s * 1000.0)
-            go_to_sleep(s);
+                 ic_sched__now_ms() - s->last_work_ms >= s->opts.idle_unload_s * 1000.0)
+            ic_sched__sleep(s);
         publish_stats(s);
         flush_events(s);
         if (s->wake_pending && s->opts.wake) {
@@ -1122,11 +871,11 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     s->model_path = strdup(s->engine_opts.model_path);
     s->engine_opts.model_path = s->model_path;
     s->engine_opts.progress = false;
-    s->engine_opts.load_tick = reload_tick;
+    s->engine_opts.load_tick = ic_sched__reload_tick;
     s->engine_opts.load_tick_ud = s;
     atomic_init(&s->next_session_id, 1);
     atomic_init(&s->st_temp_milli, -1000);
-    s->tps_window_start_ms = s->last_work_ms = now_ms();
+    s->tps_window_start_ms = s->last_work_ms = ic_sched__now_ms();
     atomic_init(&s->st_progress_us, (int64_t)(s->last_work_ms * 1000.0));
     int rc = s->model_path ? check_engine(&s->opts, &s->info) : IC_ERR_NOMEM;
     if (rc == 0)

@@ -1,0 +1,166 @@
+/* sched_impl.h - the scheduler's private types, shared by sched.c (the
+ * step, requests, sessions) and sched_power.c (thermal guard, idle sleep,
+ * heartbeat). Not for any other module: they see only sched.h.
+ *
+ * Thread: as each struct says; ic_sched__* functions run on the scheduler
+ * thread only.
+ */
+#ifndef IC_SCHED_IMPL_H
+#define IC_SCHED_IMPL_H
+
+#include "buf.h"
+#include "convo.h"
+#include "engine.h"
+#include "prefix.h"
+#include "queue.h"
+#include "sched.h"
+#include "stop.h"
+#include "utf8.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE };
+
+/* A request from another thread; owned by the queue, then by the
+ * scheduler thread, which frees it. */
+typedef struct req {
+    enum req_type type;
+    uint64_t session_id;
+    uint64_t request_id;
+    char *text;               /* OPEN: system prompt or NULL; INFER: prompt */
+    bool raw;
+    ic_gen_params params;     /* stop strings point into stop_copies */
+    char *stop_copies[IC_STOP_MAX];
+    enum ic_close_reason close_reason;
+    double t_submit_ms;
+} req;
+
+/* One generation (one INFER). Scheduler thread. */
+typedef struct gen {
+    uint64_t request_id;
+    enum ic_session_state state;
+    enum ic_priority priority;
+    int max_tokens;
+    bool ignore_eos;
+    bool penalize;            /* repetition penalty on: feed it the prompt */
+    ic_sampler *sampler;
+    ic_stop stop;
+    ic_utf8_stream utf8;
+    ic_buf reply;             /* every byte sent in this generation's TOKENs */
+    ic_buf raw_piece;         /* scratch: one token's bytes */
+    ic_buf piece_text;        /* scratch: one token's text after UTF-8 repair */
+    ic_buf out_text;          /* scratch: one token's text after stop strings */
+    ic_token *prompt;         /* the whole conversation for this turn */
+    int n_prompt_tokens;
+    int n_prompt_decoded;     /* prompt tokens decoded in this turn */
+    ic_token next;            /* sampled, to be decoded next step */
+    bool has_next;
+    int batch_idx;            /* output row in this step's batch, or -1 */
+    int n_generated;
+    uint64_t last_served_step;
+    double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms, t_last_token_ms;
+} gen;
+
+/* A session: one llama sequence and its conversation. Scheduler thread. */
+typedef struct session {
+    uint64_t id;              /* 0 = free slot */
+    int seq;                  /* llama sequence id (the slot index) */
+    ic_convo *convo;
+    ic_token *hist;           /* tokens in the KV cache at positions 0..n_hist-1 */
+    int n_hist, cap_hist;
+    int n_step_start;         /* n_hist before this step's batch (for rollback) */
+    int n_shared;             /* leading cells shared with a prefix entry */
+    bool first_turn_done;
+    gen *gen;
+    uint8_t *saved_kv;        /* while sleeping: the sequence's KV state, or NULL */
+    size_t saved_kv_len;
+} session;
+
+/* What other threads may read about a slot. One writer: the scheduler. */
+typedef struct slot_pub {
+    _Atomic uint64_t id;
+    _Atomic int state;
+    _Atomic int n_ctx_used;
+} slot_pub;
+
+struct ic_sched {
+    ic_sched_opts opts;       /* immutable after create */
+    ic_engine_info info;      /* immutable after create */
+    pthread_t thread;
+    bool thread_started;      /* touched only by create/stop callers */
+    ic_queue *requests;       /* req *, bounded */
+    ic_queue *events;         /* ic_event *, unbounded */
+    _Atomic bool stop;
+    _Atomic bool stopped;
+    _Atomic int n_sessions;   /* reserved by open, released on close */
+    _Atomic int n_pending;    /* INFERs submitted and not yet started */
+    _Atomic uint64_t next_session_id;
+    slot_pub *pub;            /* [max_sessions] */
+    _Atomic int st_generating, st_queued;
+    _Atomic int64_t st_kv_used;
+    _Atomic uint64_t st_steps;
+    _Atomic uint64_t st_tps_milli; /* tokens/s x 1000 */
+    _Atomic int st_state;          /* enum ic_sched_state */
+    _Atomic int64_t st_progress_us; /* CLOCK_MONOTONIC us of the loop's last turn */
+    _Atomic int64_t st_temp_milli;  /* thermal guard's last reading x 1000; < 0 none */
+    _Atomic uint64_t st_sleeps;
+
+    /* --- scheduler thread only --- */
+    ic_engine *engine;
+    session *sessions;        /* [max_sessions] */
+    ic_prefix_cache *prefixes;
+    uint64_t step;
+    int n_active;             /* sessions with a generation */
+    bool wake_pending;
+    ic_event **outbox;        /* this step's events, not yet in the queue */
+    int n_outbox, cap_outbox;
+    uint64_t tps_tokens;
+    double tps_window_start_ms;
+    ic_engine_opts engine_opts; /* to reload after sleep; model_path is model_path */
+    char *model_path;
+    bool throttled;           /* thermal guard holds prefill, paces decode */
+    bool sleeping;            /* engine is NULL; sessions' KV in saved_kv */
+    double temp_checked_ms;   /* last thermal reading */
+    double last_work_ms;      /* last loop turn with a generation */
+    double last_beat_ms;      /* last heartbeat callback */
+    double last_decode_ms;    /* duration of the last llama_decode */
+};
+
+
+static inline double ic_sched__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Reads the hottest GPU at most once a second (call only while work runs)
+ * and switches the thermal guard, with temp_resume_delta_c of hysteresis. */
+void ic_sched__thermal_check(ic_sched *s);
+
+/* Idle sleep: saves every session's KV state to host memory and frees the
+ * engine. */
+void ic_sched__sleep(ic_sched *s);
+
+/* Reloads the engine and restores the sessions' KV state. Returns 0 or the
+ * engine's error (then it stays asleep). */
+int ic_sched__wake(ic_sched *s);
+
+/* Records the loop's progress and calls the heartbeat callback at most
+ * every heartbeat_interval_ms. */
+void ic_sched__beat(ic_sched *s);
+
+/* The engine's load_tick during a reload (ud is the scheduler): the
+ * heartbeat goes on through a long load. */
+void ic_sched__reload_tick(void *ud);
+
+/* How long the loop may wait for a request before its next turn (-1: until
+ * one comes); worked says whether the last turn decoded. */
+int ic_sched__loop_wait_ms(ic_sched *s, bool worked);
+
+#endif
