@@ -26,11 +26,20 @@ typedef struct reader {
 static char *read_line(char *str, int num, void *stream)
 {
     reader *r = stream;
+    if (r->failed)
+        return NULL;
     char *s = fgets(str, num, r->f);
-    if (s && strchr(s, '\n'))
-        r->line++;
-    else if (s && feof(r->f))
-        r->line++; /* a last line without a newline */
+    if (!s)
+        return NULL;
+    r->line++;
+    if (!strchr(s, '\n') && !feof(r->f)) {
+        /* inih's buffer (as Debian builds it) holds num - 1 bytes: the rest
+         * would come back as a line of its own. Refuse, clearly. */
+        r->failed = true;
+        r->err_line = r->line;
+        snprintf(r->why, sizeof r->why, "line is longer than %d characters", num - 2);
+        return NULL;
+    }
     return s;
 }
 

@@ -60,6 +60,7 @@ def test_config_file_sets_options_and_flags_win(start_server, tmp_path):
     ("kv-unified = maybe\n", 1, "invalid value 'maybe' for 'kv-unified'"),
     ("insecure-no-auth = perhaps\n", 1, "invalid value 'perhaps' for 'insecure-no-auth'"),
     ("config = other.conf\n", 1, "unknown key 'config' (not allowed in a config file)"),
+    ("port = 9000\nmodel = /" + "m" * 300 + ".gguf\n", 2, "line is longer than"),
 ])
 def test_config_errors_stop_start_up_with_the_line(tmp_path, text, line, message):
     cfg = tmp_path / "bad.conf"
