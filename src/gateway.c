@@ -556,10 +556,7 @@ static void check_watchdog(ic_gateway *g)
         return;
     ic_sched_stats st;
     ic_sched_get_stats(g->sched, &st);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-    double quiet_s = (now - st.last_progress_ms) / 1e3;
+    double quiet_s = now_s() - st.last_progress_ms / 1e3; /* both CLOCK_MONOTONIC */
     bool stalled = st.generating + st.queued > 0 && st.state != IC_SCHED_WAKING &&
                    quiet_s >= g->opts.watchdog_timeout_s;
     if (stalled && !g->stalled)
