@@ -113,7 +113,8 @@ int ic_sched__wake(ic_sched *s)
     }
     s->sleeping = false;
     publish_state(s, false);
-    ic_log_info("woke up in %.0f ms: model reloaded, %d sessions restored", ic_sched__now_ms() - t0, n);
+    ic_log_info("woke up in %.0f ms: model reloaded, %d sessions restored",
+                ic_sched__now_ms() - t0, n);
     return 0;
 }
 
