@@ -310,8 +310,7 @@ static const char *default_model(char *buf, size_t cap)
 /* The memory plan: GPU layers for auto, and the sessions whose KV cache
  * fits (so->max_sessions may go down). A model the planner cannot read is
  * left to the engine, whose error says what is wrong with it. */
-static void plan_memory(const serve_args *a, ic_gpu_monitor *hw, ic_sched_opts *so,
-                        ic_engine_opts *eo)
+static void plan_memory(const serve_args *a, ic_sched_opts *so, ic_engine_opts *eo)
 {
     eo->n_gpu_layers = a->gpu_layers == GPU_LAYERS_AUTO ? 0 : a->gpu_layers;
     ic_model_shape shape;
@@ -325,10 +324,9 @@ static void plan_memory(const serve_args *a, ic_gpu_monitor *hw, ic_sched_opts *
         in.device_free_bytes[i] = devs[i].free_bytes;
         in.device_names[i] = devs[i].name;
     }
-    ic_hw_sample host;
-    ic_gpu_monitor_sample_now(hw, &host);
+    int64_t ram_total;
+    ic_gpu_host_memory(&ram_total, &in.host_available_bytes);
     in.margin_bytes = (int64_t)a->vram_margin_mib << 20;
-    in.host_available_bytes = host.ram_available_bytes;
     in.n_sessions = so->max_sessions;
     in.n_extra_seqs = so->prefix_slots;
     in.n_ctx_per_session = so->n_ctx_per_session;
@@ -401,6 +399,7 @@ static void *load_model(void *arg)
     so.idle_unload_s = a->idle_unload_s;
     ic_gpu_monitor_opts mo = ic_gpu_monitor_opts_default();
     mo.log_info = false; /* the gateway's monitor says what it found */
+    mo.read_host = false; /* the guard reads temperatures only */
     if (ic_gpu_monitor_create(&mo, &ld->thermal) == 0 && a->temp_limit_c > 0 &&
         ic_gpu_monitor_has_nvml(ld->thermal)) {
         so.temp_limit_c = a->temp_limit_c;
@@ -414,8 +413,7 @@ static void *load_model(void *arg)
     eo.n_threads = a->threads;
     eo.n_batch_tokens = (uint32_t)a->batch;
     eo.progress = true;
-    if (ld->thermal)
-        plan_memory(a, ld->thermal, &so, &eo);
+    plan_memory(a, &so, &eo);
     ic_sched_engine_opts(&so, &eo);
     ic_log_info("loading model %s", a->model);
     ic_engine *e = NULL;

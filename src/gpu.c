@@ -250,8 +250,9 @@ static void read_cpu(ic_gpu_monitor *m, double *pct)
     m->prev_total = total;
 }
 
-static void read_ram(ic_hw_sample *s)
+void ic_gpu_host_memory(int64_t *total_bytes, int64_t *available_bytes)
 {
+    *total_bytes = *available_bytes = 0;
     FILE *f = fopen("/proc/meminfo", "r");
     if (!f)
         return;
@@ -264,9 +265,14 @@ static void read_ram(ic_hw_sample *s)
             mem_avail = kb;
     }
     fclose(f);
-    s->ram_total_bytes = mem_total * 1024;
-    s->ram_available_bytes = mem_avail * 1024;
-    s->ram_used_bytes = (mem_total - mem_avail) * 1024;
+    *total_bytes = mem_total * 1024;
+    *available_bytes = mem_avail * 1024;
+}
+
+static void read_ram(ic_hw_sample *s)
+{
+    ic_gpu_host_memory(&s->ram_total_bytes, &s->ram_available_bytes);
+    s->ram_used_bytes = s->ram_total_bytes - s->ram_available_bytes;
 }
 
 /* One GPU's readings; each failed read leaves its value at -1 (memory: 0)

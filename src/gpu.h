@@ -63,7 +63,11 @@ bool ic_gpu_monitor_has_nvml(const ic_gpu_monitor *m);
  * temperature reads -1. */
 void ic_gpu_monitor_sample(ic_gpu_monitor *m, ic_hw_sample *out);
 
-/* Reads now, whatever the interval (for the start-up plan). */
+/* Reads now, whatever the interval. */
 void ic_gpu_monitor_sample_now(ic_gpu_monitor *m, ic_hw_sample *out);
+
+/* The host's memory from /proc/meminfo (MemTotal, MemAvailable), in bytes;
+ * 0 when it cannot be read. Needs no monitor; any thread. */
+void ic_gpu_host_memory(int64_t *total_bytes, int64_t *available_bytes);
 
 #endif

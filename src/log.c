@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static _Atomic int min_level = IC_LOG_INFO;
@@ -127,13 +128,10 @@ static void emit_json(enum ic_log_level level, const ic_log_ctx *ctx, const char
     json_decref(o);
     if (!text)
         return;
-    size_t len = strlen(text);
-    char *line = malloc(len + 1);
-    if (line) {
-        memcpy(line, text, len);
-        write_line(line, len);
-        free(line);
-    }
+    /* One writev: the line and its newline reach stderr together. */
+    struct iovec iov[2] = {{text, strlen(text)}, {"\n", 1}};
+    ssize_t w = writev(STDERR_FILENO, iov, 2);
+    (void)w;
     free(text);
 }
 

@@ -1,7 +1,7 @@
 /* plan.c - the GPU split planner (see plan.h): a GGUF header reader and the
  * arithmetic that mirrors llama.cpp's layer placement.
  *
- * Runs on whichever thread calls it (at start-up, the main thread, before
+ * Runs on whichever thread calls it (at start-up, the loader thread, before
  * the engine loads the model). Owns nothing but the shape's layer array.
  * Every byte count is int64/uint64 and every product saturates, so a
  * hostile header cannot wrap a size into a small one.

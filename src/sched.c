@@ -779,9 +779,11 @@ static void *sched_main(void *arg)
          * Work that cannot run yet is looked at again every 100 ms. */
         int wait = ic_sched__loop_wait_ms(s, worked);
         req *r = wait == 0 ? ic_queue_pop(s->requests) : ic_queue_pop_wait(s->requests, wait);
+        bool took = r != NULL;
         for (; r; r = ic_queue_pop(s->requests))
             handle_request(s, r);
-        publish_stats(s); /* the watchdog must see new work before a long step */
+        if (took)
+            publish_stats(s); /* the watchdog must see new work before a long step */
         ic_sched__beat(s);
         if (s->n_active)
             ic_sched__thermal_check(s);
