@@ -203,7 +203,7 @@ static void check_numbers_from_bytes(const uint8_t *data, size_t size)
 {
     ic_gen_stats st;
     ic_metrics_session ms = {.session_id = "s"};
-    ic_metrics_gpu gpu = {.name = "gpu"};
+    ic_gpu_reading gpu = {.name = "gpu"};
     if (size < 1 + sizeof st + sizeof ms.state + 2 * sizeof gpu.power_w)
         return;
     int reason = (int8_t)data[0];

@@ -115,11 +115,11 @@ static ic_hw_sample two_gpus(void)
     ic_hw_sample hw = {.n_gpus = 2, .max_temperature_c = 65, .cpu_pct = 12.5,
                        .ram_used_bytes = 3000000000, .ram_total_bytes = 16000000000,
                        .ram_available_bytes = 13000000000};
-    hw.gpus[0] = (ic_metrics_gpu){.index = 0, .name = "NVIDIA H200", .temperature_c = 65,
+    hw.gpus[0] = (ic_gpu_reading){.index = 0, .name = "NVIDIA H200", .temperature_c = 65,
                                   .utilization_pct = 42, .memory_used_bytes = 1073741824,
                                   .memory_total_bytes = 150754820096, .power_w = 123.25};
     /* every reading failed, as gpu.c leaves them */
-    hw.gpus[1] = (ic_metrics_gpu){.index = 1, .name = "Broken", .temperature_c = -1,
+    hw.gpus[1] = (ic_gpu_reading){.index = 1, .name = "Broken", .temperature_c = -1,
                                   .utilization_pct = -1, .power_w = -1};
     return hw;
 }

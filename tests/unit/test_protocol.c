@@ -784,7 +784,7 @@ static void error_builder(void **state)
 static void metrics_round_trips(void **state)
 {
     (void)state;
-    ic_metrics_gpu gpus[2] = {
+    ic_gpu_reading gpus[2] = {
         {.index = 0, .name = "NVIDIA H100", .temperature_c = 41.5, .utilization_pct = NAN,
          .memory_used_bytes = 1000, .memory_total_bytes = 80000000000LL, .power_w = 120.25},
         {.index = 1, .name = "bad \xff name", .power_w = INFINITY},

@@ -16,6 +16,7 @@
 #include "err.h"
 #include "gateway.h"
 #include "gpu.h"
+#include "host.h"
 #include "log.h"
 #include "notify.h"
 #include "plan.h"
@@ -325,7 +326,7 @@ static void plan_memory(const serve_args *a, ic_sched_opts *so, ic_engine_opts *
         in.device_names[i] = devs[i].name;
     }
     int64_t ram_total;
-    ic_gpu_host_memory(&ram_total, &in.host_available_bytes);
+    ic_host_memory(&ram_total, &in.host_available_bytes);
     in.margin_bytes = (int64_t)a->vram_margin_mib << 20;
     in.n_sessions = so->max_sessions;
     in.n_extra_seqs = so->prefix_slots;

@@ -14,17 +14,12 @@
 
 #include "engine.h"
 #include "stop.h"
+#include "types.h"
 
 #include <stdbool.h>
 #include <stdint.h>
 
 typedef struct ic_sched ic_sched;
-
-enum ic_priority {
-    IC_PRIORITY_LOW = 0,
-    IC_PRIORITY_NORMAL = 1,
-    IC_PRIORITY_HIGH = 2,
-};
 
 enum ic_end_reason {
     IC_END_EOS,
@@ -215,13 +210,10 @@ int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
                           enum ic_session_state *state, int *n_ctx_used_tokens);
 
 /* Names as the protocol, tokens file and command line spell them
- * (sched_names.c; pure, any thread). ic_priority_name returns NULL for a
- * value out of range; ic_priority_parse returns 0 or IC_ERR_INVAL. */
+ * (sched_names.c; pure, any thread); the priority's are in types.h. */
 const char *ic_end_reason_name(enum ic_end_reason r);
 const char *ic_close_reason_name(enum ic_close_reason r);
 const char *ic_session_state_name(enum ic_session_state s);
 const char *ic_sched_state_name(enum ic_sched_state s);
-const char *ic_priority_name(enum ic_priority p);
-int ic_priority_parse(const char *s, enum ic_priority *out);
 
 #endif

@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "cmd.h"
 #include "engine.h"
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "utf8.h"
@@ -48,13 +49,6 @@ static const char usage[] =
     "      --gpu-layers N     layers to offload to the GPU (default 0; -1 = all)\n"
     "      --ctx-size N       context tokens (default: the model's training context)\n"
     "  -h, --help             this help\n";
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static int parse_args(int argc, char **argv, gen_args *a)
 {
@@ -143,7 +137,7 @@ static int generate(ic_engine *e, const gen_args *a)
     ic_engine_get_info(e, &info);
     ic_token *toks = NULL;
     int n_prompt = 0, rc;
-    double t0 = now_ms();
+    double t0 = ic_now_ms();
     rc = ic_engine_tokenize(e, a->prompt, strlen(a->prompt), true, false, &toks, &n_prompt);
     if (rc == 0 && n_prompt + a->max_tokens > (int)info.n_ctx_tokens) {
         fprintf(stderr, "inferencecenter generate: prompt (%d tokens) + --max-tokens (%d) "
@@ -162,7 +156,7 @@ static int generate(ic_engine *e, const gen_args *a)
     int n_gen = 0, idx = -1;
     while (rc == 0 && n_gen < a->max_tokens) {
         ic_token tok = ic_engine_sample(e, smp, idx);
-        t_last = now_ms();
+        t_last = ic_now_ms();
         if (n_gen++ == 0)
             t_first = t_last;
         if (ic_engine_token_is_eog(e, tok))

@@ -696,7 +696,7 @@ static json_t *metrics_engine(const ic_metrics_msg *mm)
     return checked(o, rc);
 }
 
-static json_t *metrics_gpu(const ic_metrics_gpu *g)
+static json_t *metrics_gpu(const ic_gpu_reading *g)
 {
     json_t *o = json_object();
     int rc = set(o, "index", json_integer(g->index));

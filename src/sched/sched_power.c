@@ -30,7 +30,7 @@ void ic_sched__thermal_check(ic_sched *s)
 {
     if (s->opts.temp_limit_c <= 0 || !s->opts.read_temp_c)
         return;
-    double t = ic_sched__now_ms();
+    double t = ic_now_ms();
     if (s->temp_checked_ms > 0 && t - s->temp_checked_ms < 1000.0)
         return;
     s->temp_checked_ms = t;
@@ -86,7 +86,7 @@ void ic_sched__reload_tick(void *ud) { ic_sched__beat(ud); }
 int ic_sched__wake(ic_sched *s)
 {
     publish_state(s, true);
-    double t0 = ic_sched__now_ms();
+    double t0 = ic_now_ms();
     const char *why = "";
     int rc = ic_engine_create(&s->engine_opts, &s->engine, &why);
     if (rc < 0) {
@@ -114,7 +114,7 @@ int ic_sched__wake(ic_sched *s)
     s->sleeping = false;
     publish_state(s, false);
     ic_log_info("woke up in %.0f ms: model reloaded, %d sessions restored",
-                ic_sched__now_ms() - t0, n);
+                ic_now_ms() - t0, n);
     return 0;
 }
 
@@ -122,7 +122,7 @@ int ic_sched__wake(ic_sched *s)
  * callback (systemd's watchdog) at most every heartbeat_interval_ms. */
 void ic_sched__beat(ic_sched *s)
 {
-    double t = ic_sched__now_ms();
+    double t = ic_now_ms();
     atomic_store(&s->st_progress_us, (int64_t)(t * 1000.0));
     if (s->opts.heartbeat && t - s->last_beat_ms >= s->opts.heartbeat_interval_ms) {
         s->last_beat_ms = t;
@@ -145,7 +145,7 @@ int ic_sched__loop_wait_ms(ic_sched *s, bool worked)
     }
     int w = -1;
     if (s->opts.idle_unload_s > 0 && !s->sleeping) {
-        double left = s->last_work_ms + s->opts.idle_unload_s * 1000.0 - ic_sched__now_ms();
+        double left = s->last_work_ms + s->opts.idle_unload_s * 1000.0 - ic_now_ms();
         w = left < 1 ? 1 : (int)left + 1;
     }
     int hb = s->opts.heartbeat ? s->opts.heartbeat_interval_ms : 0;

@@ -360,7 +360,7 @@ static const struct {
 
 /* One GPU's sample of field f, or nothing where its reading failed: the
  * monitor reads -1 then, and leaves memory at 0 (no GPU has none). */
-static void gpu_sample(writer *w, const ic_metrics_gpu *gpu, int f)
+static void gpu_sample(writer *w, const ic_gpu_reading *gpu, int f)
 {
     double d = 0;
     switch (f) {

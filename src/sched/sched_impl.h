@@ -9,6 +9,7 @@
 #define IC_SCHED_IMPL_H
 
 #include "buf.h"
+#include "clock.h"
 #include "convo.h"
 #include "engine.h"
 #include "prefix.h"
@@ -131,13 +132,6 @@ struct ic_sched {
     double last_decode_ms;    /* duration of the last llama_decode */
 };
 
-
-static inline double ic_sched__now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 /* Reads the hottest GPU at most once a second (call only while work runs)
  * and switches the thermal guard, with temp_resume_delta_c of hysteresis. */

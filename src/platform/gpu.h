@@ -1,6 +1,6 @@
 /* gpu.h - the hardware monitor: NVIDIA GPUs through NVML, loaded at run
  * time with dlopen (never required), and the host's CPU and RAM use from
- * /proc. The only module that touches NVML.
+ * /proc (host.h). The only module that touches NVML.
  *
  * A monitor belongs to the thread that created it: the network thread keeps
  * one for METRICS and /metrics, the scheduler thread one for the thermal
@@ -9,8 +9,6 @@
  */
 #ifndef IC_GPU_H
 #define IC_GPU_H
-
-#include "protocol.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -31,9 +29,20 @@ typedef struct ic_gpu_monitor_opts {
     bool log_info;
 } ic_gpu_monitor_opts;
 
+/* One GPU's readings; -1 where a reading failed (memory: 0). */
+typedef struct ic_gpu_reading {
+    int index;
+    char name[96];
+    double temperature_c;
+    double utilization_pct;
+    int64_t memory_used_bytes;
+    int64_t memory_total_bytes;
+    double power_w;
+} ic_gpu_reading;
+
 typedef struct ic_hw_sample {
     int n_gpus;
-    ic_metrics_gpu gpus[IC_GPU_MAX];
+    ic_gpu_reading gpus[IC_GPU_MAX];
     double max_temperature_c; /* hottest GPU; -1 without GPUs or readings */
     double cpu_pct;           /* all CPUs, since the previous sample */
     int64_t ram_used_bytes;   /* MemTotal - MemAvailable */
@@ -65,9 +74,5 @@ void ic_gpu_monitor_sample(ic_gpu_monitor *m, ic_hw_sample *out);
 
 /* Reads now, whatever the interval. */
 void ic_gpu_monitor_sample_now(ic_gpu_monitor *m, ic_hw_sample *out);
-
-/* The host's memory from /proc/meminfo (MemTotal, MemAvailable), in bytes;
- * 0 when it cannot be read. Needs no monitor; any thread. */
-void ic_gpu_host_memory(int64_t *total_bytes, int64_t *available_bytes);
 
 #endif

@@ -1,13 +1,15 @@
 /* gpu.c - hardware monitor (see gpu.h): NVIDIA GPUs through NVML, which is
  * dlopen'd at create so that the server neither links against nor needs the
- * driver, and the host's CPU and RAM use from /proc.
+ * driver; the host's CPU and RAM come from host.c.
  *
  * Thread: whichever thread created the monitor (network or scheduler); a
  * monitor is never shared. It owns the dlopen handle, NVML's init reference
  * (released with nvmlShutdown) and the last reading.
  */
 #include "gpu.h"
+#include "clock.h"
 #include "err.h"
+#include "host.h"
 #include "log.h"
 
 #include <dlfcn.h>
@@ -55,17 +57,10 @@ struct ic_gpu_monitor {
     int n_gpus;
     nvmlDevice_t dev[IC_GPU_MAX];        /* NULL where the handle was refused */
     char name[IC_GPU_MAX][NVML_NAME_BYTES]; /* read once: names do not change */
-    unsigned long long prev_busy, prev_total; /* /proc/stat jiffies at the previous sample */
+    ic_host_cpu cpu;                          /* /proc/stat at the previous sample */
     double last_ms;                           /* when `last` was read; 0 = never */
     ic_hw_sample last;
 };
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 ic_gpu_monitor_opts ic_gpu_monitor_opts_default(void)
 {
@@ -226,60 +221,17 @@ int ic_gpu_monitor_n_gpus(const ic_gpu_monitor *m) { return m ? m->n_gpus : 0; }
 
 bool ic_gpu_monitor_has_nvml(const ic_gpu_monitor *m) { return m && m->nvml_init; }
 
-static void read_cpu(ic_gpu_monitor *m, double *pct)
-{
-    *pct = 0;
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f)
-        return;
-    unsigned long long v[8] = {0};
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-                   &v[4], &v[5], &v[6], &v[7]);
-    fclose(f);
-    if (n < 4)
-        return;
-    unsigned long long idle = v[3] + v[4], total = 0;
-    for (int i = 0; i < 8; i++)
-        total += v[i];
-    unsigned long long busy = total - idle;
-    if (m->prev_total && total > m->prev_total && busy >= m->prev_busy)
-        *pct = 100.0 * (double)(busy - m->prev_busy) / (double)(total - m->prev_total);
-    if (*pct > 100.0)
-        *pct = 100.0;
-    m->prev_busy = busy;
-    m->prev_total = total;
-}
-
-void ic_gpu_host_memory(int64_t *total_bytes, int64_t *available_bytes)
-{
-    *total_bytes = *available_bytes = 0;
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f)
-        return;
-    char line[256];
-    long long kb, mem_total = 0, mem_avail = 0;
-    while (fgets(line, sizeof line, f)) {
-        if (sscanf(line, "MemTotal: %lld kB", &kb) == 1)
-            mem_total = kb;
-        else if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1)
-            mem_avail = kb;
-    }
-    fclose(f);
-    *total_bytes = mem_total * 1024;
-    *available_bytes = mem_avail * 1024;
-}
-
 static void read_ram(ic_hw_sample *s)
 {
-    ic_gpu_host_memory(&s->ram_total_bytes, &s->ram_available_bytes);
+    ic_host_memory(&s->ram_total_bytes, &s->ram_available_bytes);
     s->ram_used_bytes = s->ram_total_bytes - s->ram_available_bytes;
 }
 
 /* One GPU's readings; each failed read leaves its value at -1 (memory: 0)
  * so that one unsupported counter does not hide the others. */
-static void read_gpu(const ic_gpu_monitor *m, int i, ic_metrics_gpu *g)
+static void read_gpu(const ic_gpu_monitor *m, int i, ic_gpu_reading *g)
 {
-    *g = (ic_metrics_gpu){.index = i, .temperature_c = -1, .utilization_pct = -1, .power_w = -1};
+    *g = (ic_gpu_reading){.index = i, .temperature_c = -1, .utilization_pct = -1, .power_w = -1};
     snprintf(g->name, sizeof g->name, "%s", m->name[i]);
     nvmlDevice_t d = m->dev[i];
     if (!d)
@@ -311,16 +263,16 @@ void ic_gpu_monitor_sample_now(ic_gpu_monitor *m, ic_hw_sample *out)
             s->max_temperature_c = s->gpus[i].temperature_c;
     }
     if (m->opts.read_host) {
-        read_cpu(m, &s->cpu_pct);
+        s->cpu_pct = ic_host_cpu_pct(&m->cpu);
         read_ram(s);
     }
-    m->last_ms = now_ms();
+    m->last_ms = ic_now_ms();
     *out = *s;
 }
 
 void ic_gpu_monitor_sample(ic_gpu_monitor *m, ic_hw_sample *out)
 {
-    if (m->last_ms == 0 || now_ms() - m->last_ms >= m->opts.min_interval_ms) {
+    if (m->last_ms == 0 || ic_now_ms() - m->last_ms >= m->opts.min_interval_ms) {
         ic_gpu_monitor_sample_now(m, out);
         return;
     }

@@ -83,7 +83,7 @@ static int submit(ic_sched *s, req *r)
         req_free(r);
         return IC_ERR_SHUTDOWN;
     }
-    r->t_submit_ms = ic_sched__now_ms();
+    r->t_submit_ms = ic_now_ms();
     int rc = ic_queue_push(s->requests, r);
     if (rc < 0)
         req_free(r);
@@ -350,7 +350,7 @@ static void finish(ic_sched *s, session *ss, enum ic_end_reason reason)
     ic_event *ev = new_event(IC_EVENT_END, ss->id, g->request_id);
     if (ev) {
         ev->reason = reason;
-        fill_stats(g, ic_sched__now_ms(), &ev->stats);
+        fill_stats(g, ic_now_ms(), &ev->stats);
         emit(s, ev);
     }
     gen_free(g);
@@ -473,7 +473,7 @@ static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush
 static void on_token(ic_sched *s, session *ss, ic_token tok)
 {
     gen *g = ss->gen;
-    double t = ic_sched__now_ms();
+    double t = ic_now_ms();
     double gap_ms = g->n_generated ? t - g->t_last_token_ms : 0;
     g->t_last_token_ms = t;
     if (g->n_generated++ == 0) {
@@ -534,7 +534,7 @@ static void add_prompt_tokens(ic_sched *s, session *ss, int n)
 {
     gen *g = ss->gen;
     if (n > 0 && g->t_start_ms == 0)
-        g->t_start_ms = ic_sched__now_ms();
+        g->t_start_ms = ic_now_ms();
     for (int i = 0; i < n; i++) {
         int pos = ss->n_hist;
         bool last = pos == g->n_prompt_tokens - 1;
@@ -637,7 +637,7 @@ static bool step(ic_sched *s)
     if (ic_engine_batch_size(s->engine) == 0)
         return false;
     s->step++;
-    double t0 = ic_sched__now_ms();
+    double t0 = ic_now_ms();
     int rc = ic_engine_decode(s->engine);
     if (rc == IC_ERR_CONTEXT_FULL) {
         /* The shared cache is out of cells: give back cached prefixes no
@@ -645,7 +645,7 @@ static bool step(ic_sched *s)
         ic_prefix_drop_ready(s->prefixes, s->engine);
         rc = ic_engine_decode(s->engine);
     }
-    s->last_decode_ms = ic_sched__now_ms() - t0;
+    s->last_decode_ms = ic_now_ms() - t0;
     atomic_fetch_add(&s->st_steps, 1);
     if (rc < 0) {
         rollback_step(s, rc);
@@ -760,7 +760,7 @@ static void publish_stats(ic_sched *s)
     atomic_store(&s->st_generating, generating);
     atomic_store(&s->st_queued, queued);
     atomic_store(&s->st_kv_used, used);
-    double t = ic_sched__now_ms();
+    double t = ic_now_ms();
     if (t - s->tps_window_start_ms >= 1000.0 || s->n_active == 0) {
         double dt = (t - s->tps_window_start_ms) / 1e3;
         uint64_t milli = dt > 0 && s->n_active ? (uint64_t)(s->tps_tokens * 1000.0 / dt) : 0;
@@ -789,9 +789,9 @@ static void *sched_main(void *arg)
             ic_sched__thermal_check(s);
         worked = s->n_active && !atomic_load(&s->stop) && s->engine && step(s);
         if (s->n_active)
-            s->last_work_ms = ic_sched__now_ms();
+            s->last_work_ms = ic_now_ms();
         else if (s->opts.idle_unload_s > 0 && !s->sleeping && !atomic_load(&s->stop) &&
-                 ic_sched__now_ms() - s->last_work_ms >= s->opts.idle_unload_s * 1000.0)
+                 ic_now_ms() - s->last_work_ms >= s->opts.idle_unload_s * 1000.0)
             ic_sched__sleep(s);
         publish_stats(s);
         flush_events(s);
@@ -877,7 +877,7 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     s->engine_opts.load_tick_ud = s;
     atomic_init(&s->next_session_id, 1);
     atomic_init(&s->st_temp_milli, -1000);
-    s->tps_window_start_ms = s->last_work_ms = ic_sched__now_ms();
+    s->tps_window_start_ms = s->last_work_ms = ic_now_ms();
     atomic_init(&s->st_progress_us, (int64_t)(s->last_work_ms * 1000.0));
     int rc = s->model_path ? check_engine(&s->opts, &s->info) : IC_ERR_NOMEM;
     if (rc == 0)

@@ -6,6 +6,7 @@
  */
 #include "gateway.h"
 #include "auth.h"
+#include "clock.h"
 #include "err.h"
 #include "gpu.h"
 #include "idmap.h"
@@ -102,13 +103,6 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .watchdog_timeout_s = 120,
         .log_prompts = false,
     };
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static int64_t wall_ms(void)
@@ -225,7 +219,7 @@ static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
         send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
         return;
     }
-    double t = now_s();
+    double t = ic_now_s();
     const char *reason = NULL;
     ic_client_cfg cfg;
     if (!ic_auth_throttle_allowed(g->throttle, c->addr, t))
@@ -556,7 +550,7 @@ static void check_watchdog(ic_gateway *g)
         return;
     ic_sched_stats st;
     ic_sched_get_stats(g->sched, &st);
-    double quiet_s = now_s() - st.last_progress_ms / 1e3; /* both CLOCK_MONOTONIC */
+    double quiet_s = ic_now_s() - st.last_progress_ms / 1e3; /* both CLOCK_MONOTONIC */
     bool stalled = st.generating + st.queued > 0 && st.state != IC_SCHED_WAKING &&
                    quiet_s >= g->opts.watchdog_timeout_s;
     if (stalled && !g->stalled)

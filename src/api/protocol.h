@@ -8,6 +8,7 @@
 #ifndef IC_PROTOCOL_H
 #define IC_PROTOCOL_H
 
+#include "gpu.h"
 #include "sched.h"
 
 #include <stdbool.h>
@@ -155,16 +156,6 @@ char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_r
 char *ic_proto_error_msg(enum ic_proto_code code, const char *message, const char *session_id,
                          const ic_msg_id *id);
 
-typedef struct ic_metrics_gpu {
-    int index;
-    char name[96];
-    double temperature_c;
-    double utilization_pct;
-    int64_t memory_used_bytes;
-    int64_t memory_total_bytes;
-    double power_w;
-} ic_metrics_gpu;
-
 typedef struct ic_metrics_session {
     char session_id[32];
     enum ic_session_state state;
@@ -176,7 +167,7 @@ typedef struct ic_metrics_msg {
     const char *state;         /* "loading", "ready", "throttled", "sleeping" */
     ic_sched_stats engine;
     int n_gpu_layers;
-    const ic_metrics_gpu *gpus;
+    const ic_gpu_reading *gpus;
     int n_gpus;
     double cpu_pct;
     int64_t ram_used_bytes;

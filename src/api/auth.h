@@ -10,7 +10,7 @@
 #ifndef IC_AUTH_H
 #define IC_AUTH_H
 
-#include "sched.h"
+#include "types.h"
 
 #include <stdbool.h>
 #include <stddef.h>
