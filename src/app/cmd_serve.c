@@ -19,17 +19,19 @@
 #include "host.h"
 #include "log.h"
 #include "notify.h"
+#include "options.h"
 #include "plan.h"
 #include "sched.h"
 #include "server.h"
 
-#include <getopt.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -43,9 +45,9 @@ typedef struct serve_args {
     const char *tokens;
     bool insecure_no_auth;
     int max_sessions;
-    int max_sessions_per_client;
+    int max_sessions_per_client; /* 0: --max-sessions */
     int ctx_size;
-    int threads;
+    int threads;               /* 0: all cores */
     int gpu_layers;            /* GPU_LAYERS_AUTO or a count */
     int vram_margin_mib;
     float temp_limit_c;        /* 0 = no thermal guard */
@@ -55,10 +57,10 @@ typedef struct serve_args {
     int prefix_cache;
     const char *metrics_token;
     int watchdog_timeout_s;
+    int log_level;             /* enum ic_log_level */
+    int log_format;            /* enum ic_log_format */
     bool log_prompts;
-    /* Strings from the config file live here until exit. */
-    char *owned[32];
-    int n_owned;
+    ic_opt_owned owned;        /* strings from the config file */
 } serve_args;
 
 /* Shared by main and the loader thread; the loader writes, main reads
@@ -70,210 +72,146 @@ typedef struct loader {
     ic_gpu_monitor *thermal;   /* the scheduler thread's monitor */
 } loader;
 
-static const char usage[] =
+static const char usage_head[] =
     "usage: inferencecenter serve [--model PATH] [options]\n"
     "\n"
     "Serves the model to WebSocket clients at ws://HOST:PORT/ws (protocol v1,\n"
     "see docs/protocol.md); GET /health and GET /metrics (Prometheus) on the same port.\n"
-    "\n"
-    "  -m, --model PATH             GGUF model (default: the built-in default model)\n"
-    "      --config FILE            read options from FILE: `key = value` lines, keys\n"
-    "                               are the long option names; flags win\n"
-    "      --host ADDR              address to listen on (default 127.0.0.1)\n"
-    "      --port N                 (default 8765)\n"
-    "      --tokens FILE            require API tokens from FILE (see `token add`)\n"
-    "      --insecure-no-auth       allow a non-loopback address without --tokens\n"
-    "      --max-sessions N         sessions held at once, server-wide (default 8; fewer\n"
-    "                               when memory cannot hold their KV cache)\n"
-    "      --max-sessions-per-client N  default per-client limit (default: --max-sessions)\n"
-    "      --ctx-size N             context tokens per session (default 2048)\n"
-    "      --threads N              CPU threads (default: all cores)\n"
-    "      --gpu-layers auto|N      layers on the GPU (default auto: as many as fit the\n"
-    "                               free VRAM with the KV cache and --vram-margin)\n"
-    "      --vram-margin MIB        VRAM left free on each GPU by auto (default 512)\n"
-    "      --temp-limit C           thermal guard: at C degrees hold new prompts and pace\n"
-    "                               decoding until 5 below (default 83, 0 = off)\n"
-    "      --idle-unload SECONDS    after this long idle, free the model and VRAM (KV kept\n"
-    "                               in host memory) until the next request (default 0 = never)\n"
-    "      --batch-size N           most tokens in one decode step (default 512)\n"
-    "      --kv-unified on|off      one KV buffer for all sessions (default off: each\n"
-    "                               session attends only to its own cells)\n"
-    "      --prefix-cache N         system prompts whose KV cells are kept for new\n"
-    "                               sessions to share (default 2, 0 = off; with a\n"
-    "                               split KV buffer each costs one session's cells)\n"
-    "      --metrics-token TOKEN    GET /metrics needs `Authorization: Bearer TOKEN`\n"
-    "      --watchdog-timeout S     report the scheduler stuck (health 503) after S seconds\n"
-    "                               without progress while work waits (default 120, 0 = off)\n"
-    "      --log-level LEVEL        debug, info, warn or error (default info)\n"
-    "      --log-format FORMAT      text or json (one JSON object per line; default text)\n"
-    "      --log-prompts            debug lines carry prompt text (off: never logged)\n"
-    "  -h, --help                   this help\n";
+    "Every option is also a --config key (docs/options.md).\n"
+    "\n";
 
-static const struct option long_opts[] = {
-    {"model", required_argument, 0, 'm'},     {"config", required_argument, 0, 'F'},
-    {"host", required_argument, 0, 'H'},      {"port", required_argument, 0, 'p'},
-    {"tokens", required_argument, 0, 'T'},    {"insecure-no-auth", no_argument, 0, 'I'},
-    {"max-sessions", required_argument, 0, 'S'},
-    {"max-sessions-per-client", required_argument, 0, 'C'},
-    {"ctx-size", required_argument, 0, 'c'},  {"threads", required_argument, 0, 't'},
-    {"gpu-layers", required_argument, 0, 'g'}, {"vram-margin", required_argument, 0, 'V'},
-    {"temp-limit", required_argument, 0, 'X'}, {"idle-unload", required_argument, 0, 'Z'},
-    {"batch-size", required_argument, 0, 'b'}, {"kv-unified", required_argument, 0, 'U'},
-    {"prefix-cache", required_argument, 0, 'P'},
-    {"metrics-token", required_argument, 0, 'M'},
-    {"watchdog-timeout", required_argument, 0, 'W'},
-    {"log-level", required_argument, 0, 'L'}, {"log-format", required_argument, 0, 'J'},
-    {"log-prompts", no_argument, 0, 'R'},     {"help", no_argument, 0, 'h'},
-    {0, 0, 0, 0},
-};
-
-static serve_args default_args(void)
+static int parse_gpu_layers(const char *arg, void *field)
 {
-    return (serve_args){
-        .host = "127.0.0.1", .port = 8765, .max_sessions = 8, .ctx_size = 2048,
-        .gpu_layers = GPU_LAYERS_AUTO, .vram_margin_mib = 512, .temp_limit_c = 83.0f,
-        .batch = 512, .prefix_cache = 2, .watchdog_timeout_s = 120,
-    };
+    if (strcmp(arg, "auto") == 0) {
+        *(int *)field = GPU_LAYERS_AUTO;
+        return 0;
+    }
+    return ic_cli_parse_int(arg, 0, 100000, field);
 }
 
-/* Applies one option. arg is NULL for a flag without a value (true). */
-static int parse_option(int c, const char *arg, serve_args *a)
+static int parse_log_level(const char *arg, void *field)
 {
-    switch (c) {
-    case 'm': a->model = arg; return 0;
-    case 'F': a->config = arg; return 0;
-    case 'H': a->host = arg; return 0;
-    case 'p': return ic_cli_parse_int(arg, 1, 65535, &a->port);
-    case 'T': a->tokens = arg; return 0;
-    case 'I': a->insecure_no_auth = true; return 0;
-    case 'S': return ic_cli_parse_int(arg, 1, 256, &a->max_sessions);
-    case 'C': return ic_cli_parse_int(arg, 1, 4096, &a->max_sessions_per_client);
-    case 'c': return ic_cli_parse_int(arg, 64, 1 << 20, &a->ctx_size);
-    case 't': return ic_cli_parse_int(arg, 1, 1024, &a->threads);
-    case 'g':
-        if (strcmp(arg, "auto") == 0) {
-            a->gpu_layers = GPU_LAYERS_AUTO;
-            return 0;
-        }
-        return ic_cli_parse_int(arg, 0, 100000, &a->gpu_layers);
-    case 'V': return ic_cli_parse_int(arg, 0, 1 << 20, &a->vram_margin_mib);
-    case 'X': return ic_cli_parse_float(arg, 0.0f, 150.0f, &a->temp_limit_c);
-    case 'Z': return ic_cli_parse_int(arg, 0, 30 * 24 * 3600, &a->idle_unload_s);
-    case 'b': return ic_cli_parse_int(arg, 32, 1 << 16, &a->batch);
-    case 'U':
-        if (strcmp(arg, "on") && strcmp(arg, "off"))
-            return IC_ERR_INVAL;
-        a->kv_unified = strcmp(arg, "on") == 0;
-        return 0;
-    case 'P': return ic_cli_parse_int(arg, 0, 64, &a->prefix_cache);
-    case 'M':
-        if (!*arg)
-            return IC_ERR_INVAL;
-        a->metrics_token = arg;
-        return 0;
-    case 'W': return ic_cli_parse_int(arg, 0, 24 * 3600, &a->watchdog_timeout_s);
-    case 'L': {
-        enum ic_log_level lv;
-        if (ic_log_level_parse(arg, &lv) < 0)
-            return IC_ERR_INVAL;
-        ic_log_set_level(lv);
-        return 0;
-    }
-    case 'J': {
-        enum ic_log_format f;
-        if (ic_log_format_parse(arg, &f) < 0)
-            return IC_ERR_INVAL;
-        ic_log_set_format(f);
-        return 0;
-    }
-    case 'R': a->log_prompts = true; return 0;
-    }
-    return IC_ERR_INVAL;
-}
-
-/* Returns 0 to run, 1 after --help, IC_ERR_INVAL after an error line. */
-static int parse_args(int argc, char **argv, serve_args *a)
-{
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:h", long_opts, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(usage, stdout);
-            return 1;
-        }
-        if (c == '?' || parse_option(c, optarg, a) < 0) {
-            if (c != '?')
-                fprintf(stderr, "inferencecenter serve: invalid value '%s' for --%s\n", optarg,
-                        ic_cli_option_name(long_opts, c));
-            fputs("try: inferencecenter serve --help\n", stderr);
-            return IC_ERR_INVAL;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "inferencecenter serve: unexpected argument '%s'\n", argv[optind]);
+    enum ic_log_level lv;
+    if (ic_log_level_parse(arg, &lv) < 0)
         return IC_ERR_INVAL;
-    }
+    *(int *)field = (int)lv;
     return 0;
 }
 
-static int parse_bool(const char *v, bool *out)
+static int parse_log_format(const char *arg, void *field)
 {
-    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
-                                                                                  "off", "0"};
-    for (int i = 0; i < 4; i++) {
-        if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
-            *out = strcasecmp(v, yes[i]) == 0;
-            return 0;
-        }
-    }
-    return IC_ERR_INVAL;
+    enum ic_log_format f;
+    if (ic_log_format_parse(arg, &f) < 0)
+        return IC_ERR_INVAL;
+    *(int *)field = (int)f;
+    return 0;
 }
 
-/* One key of the config file: the same table and parser as the flags. */
+#define F(field) offsetof(serve_args, field)
+
+/* Every `serve` option: one row each (options.h). */
+static const ic_option serve_options[] = {
+    {.name = "model", .short_name = 'm', .type = IC_OPT_STRING, .offset = F(model),
+     .metavar = "PATH", .def_help = "the built-in default model", .help = "GGUF model."},
+    {.name = "config", .type = IC_OPT_STRING, .offset = F(config), .metavar = "FILE",
+     .flags = IC_OPT_NO_CONFIG,
+     .help = "Read options from FILE: `key = value` lines, keys are the long option names; "
+             "flags win."},
+    {.name = "host", .type = IC_OPT_STRING, .offset = F(host), .metavar = "ADDR",
+     .def = "127.0.0.1", .help = "Address to listen on."},
+    {.name = "port", .type = IC_OPT_INT, .offset = F(port), .metavar = "N", .def = "8765",
+     .lo = 1, .hi = 65535, .help = "Port for /ws, /health and /metrics."},
+    {.name = "tokens", .type = IC_OPT_STRING, .offset = F(tokens), .metavar = "FILE",
+     .help = "Require API tokens from FILE (see `token add`)."},
+    {.name = "insecure-no-auth", .type = IC_OPT_FLAG, .offset = F(insecure_no_auth),
+     .help = "Allow a non-loopback address without --tokens."},
+    {.name = "max-sessions", .type = IC_OPT_INT, .offset = F(max_sessions), .metavar = "N",
+     .def = "8", .lo = 1, .hi = 256,
+     .help = "Sessions held at once, server-wide (fewer when memory cannot hold their KV "
+             "cache)."},
+    {.name = "max-sessions-per-client", .type = IC_OPT_INT,
+     .offset = F(max_sessions_per_client), .metavar = "N", .def_help = "--max-sessions",
+     .lo = 1, .hi = 4096, .help = "Default per-client session limit."},
+    {.name = "ctx-size", .type = IC_OPT_INT, .offset = F(ctx_size), .metavar = "N",
+     .def = "2048", .lo = 64, .hi = 1 << 20, .help = "Context tokens per session."},
+    {.name = "threads", .type = IC_OPT_INT, .offset = F(threads), .metavar = "N",
+     .def_help = "all cores", .lo = 1, .hi = 1024, .help = "CPU threads."},
+    {.name = "gpu-layers", .type = IC_OPT_CUSTOM, .offset = F(gpu_layers),
+     .metavar = "auto|N", .def = "auto", .parse = parse_gpu_layers,
+     .help = "Layers on the GPU; auto: as many as fit the free VRAM with the KV cache and "
+             "--vram-margin."},
+    {.name = "vram-margin", .type = IC_OPT_INT, .offset = F(vram_margin_mib), .metavar = "MIB",
+     .def = "512", .lo = 0, .hi = 1 << 20, .help = "VRAM left free on each GPU by auto."},
+    {.name = "temp-limit", .type = IC_OPT_FLOAT, .offset = F(temp_limit_c), .metavar = "C",
+     .def = "83", .lo = 0, .hi = 150,
+     .help = "Thermal guard: at C degrees hold new prompts and pace decoding until 5 below "
+             "(0 = off)."},
+    {.name = "idle-unload", .type = IC_OPT_INT, .offset = F(idle_unload_s),
+     .metavar = "SECONDS", .def = "0", .lo = 0, .hi = 30 * 24 * 3600,
+     .help = "After this long idle, free the model and VRAM (KV kept in host memory) until "
+             "the next request (0 = never)."},
+    {.name = "batch-size", .type = IC_OPT_INT, .offset = F(batch), .metavar = "N",
+     .def = "512", .lo = 32, .hi = 1 << 16, .help = "Most tokens in one decode step."},
+    {.name = "kv-unified", .type = IC_OPT_ONOFF, .offset = F(kv_unified), .metavar = "on|off",
+     .def = "off",
+     .help = "One KV buffer for all sessions (off: each session attends only to its own "
+             "cells)."},
+    {.name = "prefix-cache", .type = IC_OPT_INT, .offset = F(prefix_cache), .metavar = "N",
+     .def = "2", .lo = 0, .hi = 64,
+     .help = "System prompts whose KV cells are kept for new sessions to share (0 = off; "
+             "with a split KV buffer each costs one session's cells)."},
+    {.name = "metrics-token", .type = IC_OPT_STRING, .offset = F(metrics_token),
+     .metavar = "TOKEN", .help = "GET /metrics needs `Authorization: Bearer TOKEN`."},
+    {.name = "watchdog-timeout", .type = IC_OPT_INT, .offset = F(watchdog_timeout_s),
+     .metavar = "S", .def = "120", .lo = 0, .hi = 24 * 3600,
+     .help = "Report the scheduler stuck (health 503) after S seconds without progress "
+             "while work waits (0 = off)."},
+    {.name = "log-level", .type = IC_OPT_CUSTOM, .offset = F(log_level), .metavar = "LEVEL",
+     .def = "info", .parse = parse_log_level, .help = "debug, info, warn or error."},
+    {.name = "log-format", .type = IC_OPT_CUSTOM, .offset = F(log_format),
+     .metavar = "FORMAT", .def = "text", .parse = parse_log_format,
+     .help = "text, or json (one JSON object per line)."},
+    {.name = "log-prompts", .type = IC_OPT_FLAG, .offset = F(log_prompts),
+     .help = "Debug lines carry prompt text (off: never logged)."},
+};
+
+#undef F
+
+#define N_SERVE_OPTIONS ((int)(sizeof serve_options / sizeof *serve_options))
+
 static int apply_config_key(void *ud, const char *key, const char *value, char *why,
                             size_t whylen)
 {
     serve_args *a = ud;
-    const struct option *o = long_opts;
-    while (o->name && strcmp(o->name, key) != 0)
-        o++;
-    if (!o->name || o->val == 'h' || o->val == 'F') {
-        snprintf(why, whylen, "unknown key '%s'%s", key,
-                 o->name ? " (not allowed in a config file)" : "");
-        return IC_ERR_PARSE;
-    }
-    int rc;
-    if (o->has_arg == no_argument) {
-        bool on = false;
-        rc = parse_bool(value, &on);
-        if (rc == 0 && o->val == 'I')
-            a->insecure_no_auth = on;
-        else if (rc == 0)
-            a->log_prompts = on;
-    } else if (a->n_owned == (int)(sizeof a->owned / sizeof *a->owned)) {
-        snprintf(why, whylen, "too many keys");
-        return IC_ERR_PARSE;
-    } else {
-        char *copy = strdup(value);
-        if (!copy)
-            return IC_ERR_NOMEM;
-        a->owned[a->n_owned++] = copy;
-        rc = parse_option(o->val, copy, a);
-    }
-    if (rc < 0)
-        snprintf(why, whylen, "invalid value '%s' for '%s'", value, key);
-    return rc < 0 ? IC_ERR_PARSE : 0;
+    return ic_options_apply_key(serve_options, N_SERVE_OPTIONS, &a->owned, a, key, value, why,
+                                whylen);
 }
 
-/* Config file first, then the flags again on top. Returns like parse_args. */
+static int defaults(serve_args *a)
+{
+    ic_opt_owned_free(&a->owned);
+    *a = (serve_args){0};
+    return ic_options_defaults(serve_options, N_SERVE_OPTIONS, a);
+}
+
+static int parse_args(int argc, char **argv, serve_args *a)
+{
+    return ic_options_parse(serve_options, N_SERVE_OPTIONS, "serve", usage_head, argc, argv, a);
+}
+
+/* Config file first, then the flags again on top. Returns 0 to run, 1
+ * after --help, IC_ERR_INVAL after an error line. */
 static int load_args(int argc, char **argv, serve_args *a)
 {
-    *a = default_args();
-    int rc = parse_args(argc, argv, a);
+    *a = (serve_args){0};
+    int rc = defaults(a);
+    if (rc == 0)
+        rc = parse_args(argc, argv, a);
     if (rc != 0 || !a->config)
         return rc;
     const char *path = a->config;
-    *a = default_args();
+    if (defaults(a) < 0)
+        return IC_ERR_INVAL;
     char err[512];
     if (ic_config_load(path, apply_config_key, a, err, sizeof err) < 0) {
         fprintf(stderr, "inferencecenter serve: %s\n", err);
@@ -284,17 +222,25 @@ static int load_args(int argc, char **argv, serve_args *a)
     return rc;
 }
 
-static void free_args(serve_args *a)
-{
-    for (int i = 0; i < a->n_owned; i++)
-        free(a->owned[i]);
-    a->n_owned = 0;
-}
+static void free_args(serve_args *a) { ic_opt_owned_free(&a->owned); }
 
+/* True for an address only this machine can reach: 127.0.0.0/8 written as
+ * a dotted IPv4 address, ::1 (also ::ffff:127.x.y.z) and "localhost". A
+ * name such as 127.evil.example is not loopback: it resolves anywhere. */
 static bool is_loopback(const char *host)
 {
-    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
-           strcmp(host, "::1") == 0;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1) {
+        if (IN6_IS_ADDR_LOOPBACK(&a6))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
+    }
+    return false;
 }
 
 /* The built-in default model, made by scripts/quickstart. */
@@ -473,6 +419,33 @@ static void *signal_thread(void *arg)
     }
 }
 
+static void exit_now(int sig)
+{
+    (void)sig;
+    static const char msg[] = "signal during shutdown: exiting now\n";
+    ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)n;
+    _exit(1);
+}
+
+/* While the server is being torn down nobody handles requests: SIGHUP is
+ * ignored and a stop signal exits at once (as a second one does). */
+static void teardown_signals(void)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = exit_now;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGHUP, SIG_IGN);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -516,9 +489,26 @@ static int run(const serve_args *a)
                 a->host, a->port, a->tokens ? ", API tokens required" : ", no authentication");
     pthread_t sig_tid, load_tid;
     loader ld = {.args = a, .gw = gw};
-    pthread_create(&sig_tid, NULL, signal_thread, gw);
-    pthread_create(&load_tid, NULL, load_model, &ld);
+    if (pthread_create(&sig_tid, NULL, signal_thread, gw) != 0) {
+        ic_log_error("cannot start the signal thread");
+        ic_server_destroy(srv);
+        ic_gateway_destroy(gw);
+        return 1;
+    }
+    if (pthread_create(&load_tid, NULL, load_model, &ld) != 0) {
+        ic_log_error("cannot start the loader thread");
+        pthread_kill(sig_tid, SIGUSR1);
+        pthread_join(sig_tid, NULL);
+        ic_server_destroy(srv);
+        ic_gateway_destroy(gw);
+        return 1;
+    }
     ic_server_run(srv);
+    /* From here on the gateway and server go away: end the signal thread
+     * first, so that a SIGHUP or SIGTERM now cannot reach freed objects. */
+    pthread_kill(sig_tid, SIGUSR1);
+    pthread_join(sig_tid, NULL);
+    teardown_signals();
     pthread_join(load_tid, NULL);
     ic_sched_stop(ld.sched);
     ic_server_destroy(srv);
@@ -526,8 +516,6 @@ static int run(const serve_args *a)
     ic_sched_destroy(ld.sched);
     ic_gpu_monitor_destroy(ld.thermal);
     ic_gateway_destroy(gw);
-    pthread_kill(sig_tid, SIGUSR1);
-    pthread_join(sig_tid, NULL);
     ic_log_info("stopped");
     return failed ? 1 : 0;
 }
@@ -558,8 +546,16 @@ static int check_args(serve_args *a, char *defpath, size_t cap)
 
 int ic_cmd_serve(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--help-markdown") == 0) {
+        ic_options_markdown(serve_options, N_SERVE_OPTIONS, "serve", stdout);
+        return 0;
+    }
     serve_args a;
     int rc = load_args(argc, argv, &a);
+    if (rc == 0) {
+        ic_log_set_level((enum ic_log_level)a.log_level);
+        ic_log_set_format((enum ic_log_format)a.log_format);
+    }
     char defpath[512];
     if (rc == 0)
         rc = check_args(&a, defpath, sizeof defpath);

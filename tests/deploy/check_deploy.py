@@ -6,6 +6,7 @@
     check_deploy.py prometheus                   promtool: rules, rule tests, config
     check_deploy.py grafana                      dashboard JSON and its queries
     check_deploy.py docker                       Dockerfiles, .dockerignore, bootstrap
+    check_deploy.py options --bin BUILT_BINARY   docs/options.md <-> the option table
 
 Run by CTest (tests/CMakeLists.txt: deploy_*), one subcommand per test, in
 its own process. Exits 0 when every check passes, 1 with a list of what
@@ -452,8 +453,32 @@ def check_docker():
         ok("Dockerfiles, .dockerignore and the bootstrap agree")
 
 
+OPTIONS_BEGIN = "<!-- options:begin -->"
+OPTIONS_END = "<!-- options:end -->"
+
+
+def check_options(binary):
+    """docs/options.md holds, between its markers, exactly what the option
+    table prints (`serve --help-markdown`); scripts/gen-docs rewrites it."""
+    rc, out = run([binary, "serve", "--help-markdown"])
+    if rc != 0 or "| flag |" not in out:
+        fail(f"`serve --help-markdown` failed (rc {rc})")
+        return
+    doc = read(os.path.join(ROOT, "docs", "options.md"))
+    if OPTIONS_BEGIN not in doc or OPTIONS_END not in doc:
+        fail("docs/options.md lacks its option markers")
+        return
+    got = doc.split(OPTIONS_BEGIN, 1)[1].split(OPTIONS_END, 1)[0].strip()
+    if got != out.strip():
+        fail("docs/options.md's option list differs from the option table: run scripts/gen-docs")
+    else:
+        n = sum(1 for line in out.splitlines() if line.startswith("| `"))
+        ok(f"docs/options.md lists the {n} serve options of the table")
+
+
 def main(argv):
-    if len(argv) < 2 or argv[1] not in ("systemd", "config", "prometheus", "grafana", "docker"):
+    if len(argv) < 2 or argv[1] not in ("systemd", "config", "prometheus", "grafana", "docker",
+                                        "options"):
         print(__doc__, file=sys.stderr)
         return 2
     binary = None
@@ -462,7 +487,7 @@ def main(argv):
         binary = argv[i + 1] if i + 1 < len(argv) else None
     {"systemd": lambda: check_systemd(binary), "config": lambda: check_config(binary),
      "prometheus": check_prometheus, "grafana": check_grafana,
-     "docker": check_docker}[argv[1]]()
+     "docker": check_docker, "options": lambda: check_options(binary)}[argv[1]]()
     if failures:
         print(f"{len(failures)} check(s) failed", file=sys.stderr)
         return 1
