@@ -16,4 +16,10 @@ int ic_cmd_serve(int argc, char **argv);
  * to the tokens file and print the token once on stdout. */
 int ic_cmd_token(int argc, char **argv);
 
+/* `inferencecenter pull SOURCE`: download a GGUF into the models directory. */
+int ic_cmd_pull(int argc, char **argv);
+
+/* `inferencecenter list`: the models in the models directory. */
+int ic_cmd_list(int argc, char **argv);
+
 #endif

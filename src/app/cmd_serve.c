@@ -196,7 +196,8 @@ static int defaults(serve_args *a)
 
 static int parse_args(int argc, char **argv, serve_args *a)
 {
-    return ic_options_parse(serve_options, N_SERVE_OPTIONS, "serve", usage_head, argc, argv, a);
+    return ic_options_parse(serve_options, N_SERVE_OPTIONS, "serve", usage_head, argc, argv, a,
+                            NULL);
 }
 
 /* Config file first, then the flags again on top. Returns 0 to run, 1

@@ -16,6 +16,8 @@ static const char usage[] =
     "  serve      serve the model to WebSocket clients (protocol v1)\n"
     "  generate   stream one completion of a prompt to stdout\n"
     "  token      manage API tokens (token add NAME --tokens FILE)\n"
+    "  pull       download a GGUF model (URL or hf:OWNER/REPO/FILE.gguf)\n"
+    "  list       the models in the models directory\n"
     "\n"
     "  inferencecenter <command> --help   options of a command\n"
     "  inferencecenter --version          version and llama.cpp commit\n";
@@ -41,6 +43,10 @@ int main(int argc, char **argv)
         return ic_cmd_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "token") == 0)
         return ic_cmd_token(argc - 1, argv + 1);
+    if (strcmp(cmd, "pull") == 0)
+        return ic_cmd_pull(argc - 1, argv + 1);
+    if (strcmp(cmd, "list") == 0)
+        return ic_cmd_list(argc - 1, argv + 1);
     fprintf(stderr, "inferencecenter: unknown command '%s'\n\n%s", cmd, usage);
     return 2;
 }

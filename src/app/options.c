@@ -135,7 +135,7 @@ static int row_of(const ic_option *tab, int n, int c)
 }
 
 int ic_options_parse(const ic_option *tab, int n, const char *cmd, const char *usage_head,
-                     int argc, char **argv, void *values)
+                     int argc, char **argv, void *values, int *first_arg)
 {
     struct option *longs;
     char shorts[128];
@@ -165,7 +165,9 @@ int ic_options_parse(const ic_option *tab, int n, const char *cmd, const char *u
         }
     }
     free(longs);
-    if (rc == 0 && optind < argc) {
+    if (first_arg)
+        *first_arg = optind;
+    if (rc == 0 && optind < argc && !first_arg) {
         fprintf(stderr, "inferencecenter %s: unexpected argument '%s'\n", cmd, argv[optind]);
         rc = IC_ERR_INVAL;
     }

@@ -69,9 +69,11 @@ int ic_options_defaults(const ic_option *tab, int n, void *values);
 
 /* Parses argv (argv[0] is the command's name, as in "serve"). Returns 0 to
  * run, 1 after --help (printed to stdout with usage_head first), or
- * IC_ERR_INVAL after an error line on stderr naming cmd. */
+ * IC_ERR_INVAL after an error line on stderr naming cmd. With first_arg
+ * NULL, arguments that are not options are an error; otherwise they are
+ * moved to the end of argv and *first_arg is the index of the first. */
 int ic_options_parse(const ic_option *tab, int n, const char *cmd, const char *usage_head,
-                     int argc, char **argv, void *values);
+                     int argc, char **argv, void *values, int *first_arg);
 
 /* Applies one config-file key (the config module's callback shape).
  * Returns 0 or IC_ERR_PARSE with the reason in why. The value is copied

@@ -24,6 +24,8 @@ const char *ic_strerror(int err)
     case IC_ERR_PARSE: return "malformed input";
     case IC_ERR_SHUTDOWN: return "shutting down";
     case IC_ERR_SYS: return "system call failed";
+    case IC_ERR_TIMEOUT: return "timed out";
+    case IC_ERR_CHECKSUM: return "checksum mismatch";
     }
     return "unknown error";
 }

@@ -29,6 +29,8 @@ enum ic_err {
     IC_ERR_PARSE = -17,          /* malformed input (JSON, config, tokens file) */
     IC_ERR_SHUTDOWN = -18,       /* component is stopping */
     IC_ERR_SYS = -19,            /* system call failed (see log for errno) */
+    IC_ERR_TIMEOUT = -20,        /* a peer stopped answering in time */
+    IC_ERR_CHECKSUM = -21,       /* downloaded bytes do not match their checksum */
 };
 
 /* Returns a static, human-readable message for an ic_err (or "unknown error"). */

@@ -139,9 +139,38 @@ static int read_hparams(const struct gguf_context *g, ic_model_shape *s, char *e
     return 0;
 }
 
+/* Parameters, bytes and the weights' dominant type (by bytes of 2-D tensors). */
+static void read_identity(const struct gguf_context *g, ic_model_shape *s)
+{
+    int64_t id = gguf_find_key(g, "general.name");
+    if (id >= 0 && gguf_get_kv_type(g, id) == GGUF_TYPE_STRING)
+        snprintf(s->name, sizeof s->name, "%s", gguf_get_val_str(g, id));
+    uint64_t by_type[GGML_TYPE_COUNT] = {0};
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); i++) {
+        const int64_t *ne = gguf_get_tensor_ne(g, i);
+        uint64_t n = 1;
+        for (int d = 0; d < GGML_MAX_DIMS; d++)
+            n *= ne[d] > 0 ? (uint64_t)ne[d] : 1;
+        s->n_params += n;
+        uint64_t bytes = gguf_get_tensor_size(g, i);
+        s->file_bytes += bytes;
+        enum ggml_type t = gguf_get_tensor_type(g, i);
+        if (ne[1] > 1 && (unsigned)t < GGML_TYPE_COUNT)
+            by_type[t] += bytes;
+    }
+    int best = -1;
+    for (int t = 0; t < GGML_TYPE_COUNT; t++) {
+        if (by_type[t] && (best < 0 || by_type[t] > by_type[best]))
+            best = t;
+    }
+    snprintf(s->weight_type, sizeof s->weight_type, "%s",
+             best >= 0 ? ggml_type_name((enum ggml_type)best) : "?");
+}
+
 /* Sorts every tensor's bytes into layers, output and input. */
 static void read_tensors(const struct gguf_context *g, ic_model_shape *s)
 {
+    read_identity(g, s);
     uint64_t embd_bytes = 0;
     bool has_output = false;
     for (int64_t i = 0; i < gguf_get_n_tensors(g); i++) {

@@ -38,6 +38,12 @@ typedef struct ic_model_shape {
     uint64_t kv_bytes_per_cell_layer; /* F16 K + V of one cell in one layer */
     int n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx_train;
     int head_dim_k, head_dim_v;
+    /* What `inferencecenter list` shows. */
+    char name[96];                    /* general.name, or "" */
+    uint64_t n_params;                /* elements of every tensor */
+    uint64_t file_bytes;              /* tensor data bytes */
+    char weight_type[16];             /* ggml type holding most of the 2-D weights' bytes
+                                         ("q4_0", "f16", ...) */
 } ic_model_shape;
 
 /* Reads path's GGUF header (gguf_init_from_file with no_alloc and no ggml

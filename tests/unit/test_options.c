@@ -65,7 +65,7 @@ static int parse(vals *v, int argc, char **argv)
     assert_int_equal(ic_options_defaults(tab, N, v), 0);
     FILE *saved = stderr;
     stderr = fopen("/dev/null", "w");
-    int rc = ic_options_parse(tab, N, "test", "usage\n", argc, argv, v);
+    int rc = ic_options_parse(tab, N, "test", "usage\n", argc, argv, v, NULL);
     fclose(stderr);
     stderr = saved;
     return rc;
@@ -129,6 +129,20 @@ static void bad_values_are_refused(void **state)
     }
     too_many[n] = NULL;
     assert_int_equal(parse(&v, n, too_many), IC_ERR_INVAL);
+}
+
+static void positional_arguments_when_asked_for(void **state)
+{
+    (void)state;
+    vals v = {0};
+    assert_int_equal(ic_options_defaults(tab, N, &v), 0);
+    char *argv[] = {"test", "first", "--count", "4", "second", NULL};
+    int first = 0;
+    assert_int_equal(ic_options_parse(tab, N, "test", "u\n", 5, argv, &v, &first), 0);
+    assert_int_equal(v.count, 4);
+    assert_int_equal(first, 3);
+    assert_string_equal(argv[3], "first");
+    assert_string_equal(argv[4], "second");
 }
 
 static void config_keys_use_the_same_rows(void **state)
@@ -205,6 +219,7 @@ int main(void)
         cmocka_unit_test(defaults_come_from_the_rows),
         cmocka_unit_test(every_type_parses),
         cmocka_unit_test(bad_values_are_refused),
+        cmocka_unit_test(positional_arguments_when_asked_for),
         cmocka_unit_test(config_keys_use_the_same_rows),
         cmocka_unit_test(help_and_markdown_list_every_row),
     };
