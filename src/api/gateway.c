@@ -1,109 +1,25 @@
-/* gateway.c - protocol v1 on the network thread (see gateway.h): auth,
- * sessions, limits, dispatch to the scheduler and event routing.
+/* gateway.c - protocol v1's connections and sessions on the network thread
+ * (see gateway.h): HELLO and AUTH with the limits before it, the session
+ * table and per-client limits, dispatching client messages to the
+ * scheduler, routing its events back, and the sweep that closes idle
+ * sessions and recovers generations whose END was lost.
  *
- * Thread: network thread, except the few "any thread" entry points, which
- * touch only atomics and ic_server_wake.
+ * Thread: network thread. Owns the connection and session records of
+ * struct ic_gateway (gateway_impl.h); routes.c and lifecycle.c call down
+ * into this file, never the other way.
  */
-#include "gateway.h"
-#include "auth.h"
+#include "gateway_impl.h"
 #include "clock.h"
 #include "err.h"
-#include "gpu.h"
-#include "idmap.h"
 #include "log.h"
-#include "metrics.h"
-#include "protocol.h"
 
-#include <jansson.h>
-
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define CLOSE_GOING_AWAY 1001
-#define CLOSE_TOO_BIG 1009
-#define CLOSE_AUTH_FAILED 4001
-#define CLOSE_AUTH_TIMEOUT 4002
-
-/* A client's connection as the gateway sees it. Network thread. */
-typedef struct client_conn {
-    uint64_t id;
-    char addr[64];
-    char count_key[IC_CLIENT_NAME_MAX + 1]; /* whose session count this uses */
-    bool authed;
-    ic_client_cfg client;
-    int max_sessions;
-    int metrics_interval_ms;   /* 0 = not subscribed */
-    ic_msg_id metrics_id;
-} client_conn;
-
-/* A session's network-side record, keyed by the scheduler's session ID.
- * conn_id 0 means its connection has gone and the close is in flight. */
-typedef struct gw_session {
-    uint64_t id;
-    char sid[24];              /* "s<id>", as clients name it */
-    uint64_t conn_id;
-    char client[IC_CLIENT_NAME_MAX + 1];
-    ic_req_params defaults;
-    bool running;              /* an INFER awaits its END or ERROR */
-    bool abort_sent;
-    bool closing;
-    uint64_t request_id;
-    char rid[24];
-    ic_msg_id infer_id;
-    ic_msg_id close_id;
-} gw_session;
-
-/* Sessions held per client name, across its connections. */
-typedef struct client_count {
-    char name[IC_CLIENT_NAME_MAX + 1];
-    int n;
-} client_count;
-
-struct ic_gateway {
-    ic_gateway_opts opts;
-    ic_server *srv;
-    ic_auth *auth;             /* NULL = open server */
-    ic_auth_throttle *throttle;
-    ic_gpu_monitor *hw;
-    ic_metrics *metrics;
-    ic_idmap conns;            /* conn id -> client_conn */
-    ic_idmap sessions;         /* session id -> gw_session */
-    client_count *counts;
-    int n_counts, cap_counts;
-    uint64_t next_request;
-    ic_sched *sched;           /* NULL while loading */
-    bool stopping;
-    bool failed;
-    bool stalled;              /* the watchdog's verdict at its last check */
-    int n_gpu_layers;
-    int n_ctx_per_session;
-    int max_sessions;
-    /* Set from other threads, read on the network thread. */
-    _Atomic(ic_sched *) attach_pending;
-    _Atomic bool load_failed;
-    _Atomic bool stop_requested;
-    _Atomic bool reload_requested;
-};
-
-ic_gateway_opts ic_gateway_opts_default(void)
-{
-    return (ic_gateway_opts){
-        .tokens_path = NULL,
-        .max_sessions_per_client = 8,
-        .max_message_bytes = 1 << 20,
-        .auth_timeout_s = 30,
-        .auth_max_failures = 5,
-        .auth_window_s = 60,
-        .shutdown_timeout_s = 10,
-        .listen_url = "",
-        .metrics_token = NULL,
-        .watchdog_timeout_s = 120,
-        .log_prompts = false,
-    };
-}
+/* Before AUTH a client needs one small message: anything larger closes. */
+#define PREAUTH_MAX_MESSAGE_BYTES 4096
 
 static int64_t wall_ms(void)
 {
@@ -114,7 +30,7 @@ static int64_t wall_ms(void)
 
 /* --- sending ------------------------------------------------------- */
 
-static void send_json(ic_gateway *g, uint64_t conn, char *json)
+void ic_gw_send_json(ic_gateway *g, uint64_t conn, char *json)
 {
     if (!json) {
         ic_log_error("connection %llu: out of memory building a message",
@@ -124,14 +40,21 @@ static void send_json(ic_gateway *g, uint64_t conn, char *json)
     ic_server_send(g->srv, conn, json, strlen(json));
 }
 
-/* Every client-visible error goes through here. */
-static void send_error(ic_gateway *g, uint64_t conn, enum ic_proto_code code, const char *message,
-                       const char *sid, const ic_msg_id *id)
+void ic_gw_send_error(ic_gateway *g, uint64_t conn, enum ic_proto_code code, const char *message,
+                      const char *sid, const ic_msg_id *id)
 {
     ic_metrics_error(g->metrics, code);
     ic_log_for(IC_LOG_DEBUG, &(ic_log_ctx){.session = sid, .conn = conn}, "error %s sent: %s",
                ic_proto_code_name(code), message ? message : "");
-    send_json(g, conn, ic_proto_error_msg(code, message, sid, id));
+    ic_gw_send_json(g, conn, ic_proto_error_msg(code, message, sid, id));
+}
+
+void ic_gw_close_conn(ic_gateway *g, client_conn *c, int code, const char *reason)
+{
+    c->closing = true;
+    c->metrics_interval_ms = 0;
+    ic_server_set_timer(g->srv, c->id, 0);
+    ic_server_close(g->srv, c->id, code, reason);
 }
 
 /* Who a log line about this session is about. */
@@ -143,6 +66,17 @@ static ic_log_ctx session_ctx(const gw_session *ss, bool with_request)
         .request = with_request ? ss->rid : NULL,
         .conn = ss->conn_id,
     };
+}
+
+int ic_gw_default_max_sessions(const ic_gateway *g)
+{
+    if (g->opts.max_sessions_per_client > 0)
+        return g->opts.max_sessions_per_client;
+    /* Automatic: with tokens no one client may hold every slot. */
+    int total = g->max_sessions > 0 ? g->max_sessions : 1;
+    if (!g->opts.tokens_path)
+        return total;
+    return total > 1 ? total / 2 : 1;
 }
 
 /* --- client session counts --------------------------------------- */
@@ -205,58 +139,89 @@ static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
     return ss && ss->conn_id == c->id && !ss->closing ? ss : NULL;
 }
 
+/* HELLO's "model" (and AUTH_SUCCESS's, on a server with tokens). */
+static ic_hello make_hello(ic_gateway *g, ic_engine_info *info)
+{
+    ic_sched_model_info(g->sched, info);
+    return (ic_hello){
+        .version = IC_VERSION,
+        .auth_required = g->auth != NULL,
+        .model_name = info->name,
+        .n_params = info->n_params,
+        .size_bytes = info->file_bytes,
+        .n_ctx_train = info->n_ctx_train_tokens,
+        .max_message_bytes = (int64_t)g->opts.max_message_bytes,
+        .max_sessions_per_client = ic_gw_default_max_sessions(g),
+        .max_sessions = g->max_sessions,
+        .n_ctx_per_session = g->n_ctx_per_session,
+    };
+}
+
 /* --- client messages ------------------------------------------------ */
+
+static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg *m)
+{
+    if (!c->authed)
+        g->n_preauth--;
+    c->authed = true;
+    ic_engine_info info;
+    ic_hello h = make_hello(g, &info);
+    ic_gw_send_json(g, c->id, ic_proto_auth_success_model(c->client.name, c->max_sessions,
+                                                          g->auth ? &h : NULL, &m->id));
+}
 
 static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     if (!g->auth) {
         /* An open server accepts any AUTH, so clients can always send one. */
-        c->authed = true;
-        send_json(g, c->id, ic_proto_auth_success(c->client.name, c->max_sessions, &m->id));
+        auth_succeeded(g, c, m);
         return;
     }
     if (c->authed) {
-        send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
         return;
     }
     double t = ic_now_s();
     const char *reason = NULL;
     ic_client_cfg cfg;
+    char *token = NULL;
     if (!ic_auth_throttle_allowed(g->throttle, c->addr, t))
         reason = "too many failed attempts from this address; try again later";
     else if (ic_auth_check(g->auth, m->token, &cfg) < 0)
         reason = "invalid token";
+    else if (!(token = strdup(m->token)))
+        reason = "out of memory";
     if (reason) {
         ic_metrics_auth_failed(g->metrics);
         ic_auth_throttle_fail(g->throttle, c->addr, t);
         ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
                     c->addr);
-        send_json(g, c->id, ic_proto_auth_failed(reason, &m->id));
-        ic_server_close(g->srv, c->id, CLOSE_AUTH_FAILED, "authentication failed");
+        ic_gw_send_json(g, c->id, ic_proto_auth_failed(reason, &m->id));
+        ic_gw_close_conn(g, c, CLOSE_AUTH_FAILED, "authentication failed");
         return;
     }
-    c->authed = true;
+    c->token = token;
     c->client = cfg;
     snprintf(c->count_key, sizeof c->count_key, "%s", cfg.name);
-    c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : g->opts.max_sessions_per_client;
+    c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : ic_gw_default_max_sessions(g);
     ic_server_set_timer(g->srv, c->id, 0);
     ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
                 c->addr, cfg.name);
-    send_json(g, c->id, ic_proto_auth_success(cfg.name, c->max_sessions, &m->id));
+    auth_succeeded(g, c, m);
 }
 
 static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
 {
     client_count *cc = count_of(g, c->count_key, true);
     if (!cc) {
-        send_error(g, c->id, IC_CODE_INTERNAL, "out of memory", NULL, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_INTERNAL, "out of memory", NULL, &m->id);
         return;
     }
     if (cc->n >= c->max_sessions) {
         char msg[128];
         snprintf(msg, sizeof msg, "client %s already holds its limit of %d sessions",
                  g->auth ? c->client.name : "(this connection)", c->max_sessions);
-        send_error(g, c->id, IC_CODE_SESSION_LIMIT, msg, NULL, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_SESSION_LIMIT, msg, NULL, &m->id);
         return;
     }
     gw_session *ss = calloc(1, sizeof *ss);
@@ -269,14 +234,16 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     if (rc < 0) {
         free(ss);
         enum ic_proto_code code = ic_proto_code_from_err(rc);
-        send_error(g, c->id, code,
-                   code == IC_CODE_CAPACITY ? "the server holds its maximum number of sessions"
-                                            : ic_strerror(rc),
-                   NULL, &m->id);
+        ic_gw_send_error(g, c->id, code,
+                         code == IC_CODE_CAPACITY
+                             ? "the server holds its maximum number of sessions"
+                             : ic_strerror(rc),
+                         NULL, &m->id);
         return;
     }
     ss->id = id;
     ss->conn_id = c->id;
+    ss->last_used_ms = ic_now_ms();
     snprintf(ss->sid, sizeof ss->sid, "s%llu", (unsigned long long)id);
     snprintf(ss->client, sizeof ss->client, "%s", c->count_key);
     ss->defaults = m->params; /* take the strings over */
@@ -284,34 +251,38 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     cc->n++;
     ic_log_ctx lc = session_ctx(ss, false);
     ic_log_for(IC_LOG_INFO, &lc, "session created%s", m->system ? " with a system prompt" : "");
-    send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
+    ic_gw_send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
 }
 
 static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     gw_session *ss = own_session(g, c, m->session_id);
     if (!ss) {
-        send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id,
+                         &m->id);
         return;
     }
+    ss->last_used_ms = ic_now_ms();
     if (ss->running) {
-        send_error(g, c->id, IC_CODE_BUSY, "a generation is already running in this session",
-                   ss->sid, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_BUSY,
+                         "a generation is already running in this session", ss->sid, &m->id);
         return;
     }
     ic_gen_params gp;
     ic_proto_gen_params(&ss->defaults, &m->params, c->client.priority, &gp);
     uint64_t rid = ++g->next_request;
+    ss->submitted_ms = ic_now_ms();
     int rc = ic_sched_infer(g->sched, ss->id, rid, m->prompt, m->raw, &gp);
     if (rc < 0) {
-        send_error(g, c->id, ic_proto_code_from_err(rc),
-                   rc == IC_ERR_OVERLOADED ? "too much work is waiting; try again later"
-                                           : ic_strerror(rc),
-                   ss->sid, &m->id);
+        ic_gw_send_error(g, c->id, ic_proto_code_from_err(rc),
+                         rc == IC_ERR_OVERLOADED ? "too much work is waiting; try again later"
+                                                 : ic_strerror(rc),
+                         ss->sid, &m->id);
         return;
     }
     ss->running = true;
     ss->abort_sent = false;
+    ss->lost_checks = 0;
     ss->request_id = rid;
     snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
     ss->infer_id = m->id;
@@ -326,12 +297,14 @@ static void on_abort(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     gw_session *ss = own_session(g, c, m->session_id);
     if (!ss) {
-        send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id,
+                         &m->id);
         return;
     }
+    ss->last_used_ms = ic_now_ms();
     if (!ss->running) {
-        send_error(g, c->id, IC_CODE_NOT_RUNNING, "no generation is running in this session",
-                   ss->sid, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_NOT_RUNNING,
+                         "no generation is running in this session", ss->sid, &m->id);
         return;
     }
     /* The reply is the generation's END with reason "abort". */
@@ -343,11 +316,13 @@ static void on_close_session(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     gw_session *ss = own_session(g, c, m->session_id);
     if (!ss) {
-        send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_SESSION_NOT_FOUND, "no such session", m->session_id,
+                         &m->id);
         return;
     }
     if (ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT) < 0) {
-        send_error(g, c->id, IC_CODE_INTERNAL, "could not close the session", ss->sid, &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_INTERNAL, "could not close the session", ss->sid,
+                         &m->id);
         return;
     }
     ss->closing = true;
@@ -357,10 +332,11 @@ static void on_close_session(ic_gateway *g, client_conn *c, const ic_msg *m)
 static void fill_sessions(ic_gateway *g, client_conn *c, ic_metrics_session *out, int *n, int cap)
 {
     *n = 0;
-    for (size_t i = 0; i < g->sessions.cap && *n < cap; i++) {
-        uint64_t id = g->sessions.keys[i];
-        gw_session *ss = id && id != UINT64_MAX ? g->sessions.vals[i] : NULL;
-        if (!ss || ss->conn_id != c->id || ss->closing)
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (*n < cap && ic_idmap_next(&g->sessions, &it, NULL, &val)) {
+        gw_session *ss = val;
+        if (ss->conn_id != c->id || ss->closing)
             continue;
         ic_metrics_session *ms = &out[(*n)++];
         snprintf(ms->session_id, sizeof ms->session_id, "%s", ss->sid);
@@ -373,17 +349,22 @@ static void fill_sessions(ic_gateway *g, client_conn *c, ic_metrics_session *out
     }
 }
 
-/* The server's state as METRICS, /metrics and /health name it. */
-static const char *server_state(const ic_gateway *g, const ic_sched_stats *st)
+const char *ic_gw_server_state(const ic_gateway *g, const ic_sched_stats *st,
+                               const ic_hw_sample *hw)
 {
     if (!g->sched || st->state == IC_SCHED_WAKING)
         return "loading";
     if (g->stalled)
         return "stuck";
+    /* The thermal guard reads the GPU only while work runs: an idle server
+     * answering from a hot GPU says so from the reading just taken. */
+    if (st->state == IC_SCHED_READY && hw && g->temp_limit_c > 0 &&
+        hw->max_temperature_c >= g->temp_limit_c)
+        return ic_sched_state_name(IC_SCHED_THROTTLED);
     return ic_sched_state_name(st->state);
 }
 
-static void send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
+void ic_gw_send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
 {
     enum { MAX_LISTED = 256 };
     ic_metrics_session *list = calloc(MAX_LISTED, sizeof *list);
@@ -402,9 +383,9 @@ static void send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
         .sessions = list,
     };
     ic_sched_get_stats(g->sched, &mm.engine);
-    mm.state = server_state(g, &mm.engine);
+    mm.state = ic_gw_server_state(g, &mm.engine, &hw);
     fill_sessions(g, c, list, &mm.n_sessions, MAX_LISTED);
-    send_json(g, c->id, ic_proto_metrics(&mm, id));
+    ic_gw_send_json(g, c->id, ic_proto_metrics(&mm, id));
     free(list);
 }
 
@@ -414,14 +395,14 @@ static void on_subscribe(ic_gateway *g, client_conn *c, const ic_msg *m)
     c->metrics_id = m->id;
     ic_server_set_timer(g->srv, c->id, m->interval_ms);
     if (m->interval_ms > 0)
-        send_metrics(g, c, &m->id);
+        ic_gw_send_metrics(g, c, &m->id);
 }
 
 static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
 {
     if (!c->authed && m->type != IC_MSG_AUTH) {
-        send_error(g, c->id, IC_CODE_UNAUTHENTICATED, "send AUTH with a valid token first", NULL,
-                   &m->id);
+        ic_gw_send_error(g, c->id, IC_CODE_UNAUTHENTICATED, "send AUTH with a valid token first",
+                         NULL, &m->id);
         return;
     }
     switch (m->type) {
@@ -430,98 +411,136 @@ static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
     case IC_MSG_CLOSE_SESSION: on_close_session(g, c, m); break;
     case IC_MSG_INFER: on_infer(g, c, m); break;
     case IC_MSG_ABORT: on_abort(g, c, m); break;
-    case IC_MSG_METRICS: send_metrics(g, c, &m->id); break;
+    case IC_MSG_METRICS: ic_gw_send_metrics(g, c, &m->id); break;
     case IC_MSG_SUBSCRIBE_METRICS: on_subscribe(g, c, m); break;
     }
 }
 
-/* --- server handlers (network thread) ------------------------------ */
+/* --- connections ---------------------------------------------------- */
 
-static bool h_accept(void *ud)
+/* Unauthenticated connections from addr. */
+static int preauth_from(const ic_gateway *g, const char *addr)
 {
-    ic_gateway *g = ud;
-    return g->sched && !g->stopping;
+    int n = 0;
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->conns, &it, NULL, &val)) {
+        const client_conn *c = val;
+        n += !c->authed && !c->closing && strcmp(c->addr, addr) == 0;
+    }
+    return n;
 }
 
-static void h_open(void *ud, uint64_t id, const char *addr)
+/* Why a new connection from addr may not open now, or NULL. */
+static const char *refusal(const ic_gateway *g, const char *addr)
 {
-    ic_gateway *g = ud;
+    if (g->opts.max_connections > 0 && (int)ic_idmap_len(&g->conns) >= g->opts.max_connections)
+        return "too many connections";
+    if (!g->auth)
+        return NULL;
+    if (g->opts.max_preauth > 0 && g->n_preauth >= g->opts.max_preauth)
+        return "too many unauthenticated connections";
+    if (g->opts.max_preauth_per_ip > 0 && preauth_from(g, addr) >= g->opts.max_preauth_per_ip)
+        return "too many unauthenticated connections from this address";
+    return NULL;
+}
+
+void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr)
+{
+    const char *why = refusal(g, addr);
+    if (why) {
+        ic_log_warn("connection %llu from %s refused: %s", (unsigned long long)id, addr, why);
+        ic_server_close(g->srv, id, CLOSE_TRY_LATER, why);
+        return;
+    }
     client_conn *c = calloc(1, sizeof *c);
     if (!c || ic_idmap_put(&g->conns, id, c) < 0) {
         free(c);
-        ic_server_close(g->srv, id, 1011, "out of memory");
+        ic_server_close(g->srv, id, CLOSE_INTERNAL, "out of memory");
         return;
     }
     c->id = id;
     snprintf(c->addr, sizeof c->addr, "%s", addr);
     c->authed = g->auth == NULL;
+    g->n_preauth += !c->authed;
     snprintf(c->client.name, sizeof c->client.name, "anonymous");
     /* Without tokens there are no client identities: each connection is
      * its own client for the per-client limit. */
     snprintf(c->count_key, sizeof c->count_key, "#%llu", (unsigned long long)id);
     c->client.priority = IC_PRIORITY_HIGH;
-    c->max_sessions = g->opts.max_sessions_per_client;
+    c->max_sessions = ic_gw_default_max_sessions(g);
     ic_engine_info info;
-    ic_sched_model_info(g->sched, &info);
-    ic_hello h = {
-        .version = IC_VERSION,
-        .auth_required = g->auth != NULL,
-        .model_name = info.name,
-        .n_params = info.n_params,
-        .size_bytes = info.file_bytes,
-        .n_ctx_train = info.n_ctx_train_tokens,
-        .max_message_bytes = (int64_t)g->opts.max_message_bytes,
-        .max_sessions_per_client = g->opts.max_sessions_per_client,
-        .max_sessions = g->max_sessions,
-        .n_ctx_per_session = g->n_ctx_per_session,
-    };
-    send_json(g, id, ic_proto_hello(&h));
+    ic_hello h = make_hello(g, &info);
+    if (g->auth)
+        h.model_name = NULL; /* said in AUTH_SUCCESS, to clients with a token */
+    ic_gw_send_json(g, id, ic_proto_hello(&h));
     if (!c->authed)
         ic_server_set_timer(g->srv, id, g->opts.auth_timeout_s * 1000);
 }
 
-static void h_message(void *ud, uint64_t id, const char *data, size_t len, bool binary)
+void ic_gw_on_message(ic_gateway *g, uint64_t id, const char *data, size_t len, bool binary)
 {
-    ic_gateway *g = ud;
     client_conn *c = ic_idmap_get(&g->conns, id);
-    if (!c || g->stopping)
+    if (!c || c->closing || g->stopping)
         return;
+    if (!c->authed && len > PREAUTH_MAX_MESSAGE_BYTES) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "before AUTH a message may hold at most %d bytes",
+                 PREAUTH_MAX_MESSAGE_BYTES);
+        ic_gw_send_error(g, id, IC_CODE_MESSAGE_TOO_LARGE, msg, NULL, NULL);
+        ic_gw_close_conn(g, c, CLOSE_TOO_BIG, "message too large");
+        return;
+    }
     if (binary) {
-        send_error(g, id, IC_CODE_BAD_REQUEST, "binary frames are not supported; send JSON text",
-                   NULL, NULL);
+        ic_gw_send_error(g, id, IC_CODE_BAD_REQUEST,
+                         "binary frames are not supported; send JSON text", NULL, NULL);
         return;
     }
     ic_msg m;
     ic_proto_error pe;
     if (ic_proto_parse(data, len, &m, &pe) < 0) {
-        send_error(g, id, pe.code, pe.message, NULL, &pe.id);
+        ic_gw_send_error(g, id, pe.code, pe.message, NULL, &pe.id);
         return;
     }
     dispatch(g, c, &m);
     ic_msg_free(&m);
 }
 
-static void h_too_large(void *ud, uint64_t id)
+void ic_gw_on_too_large(ic_gateway *g, uint64_t id)
 {
-    ic_gateway *g = ud;
+    client_conn *c = ic_idmap_get(&g->conns, id);
+    if (!c || c->closing)
+        return;
     char msg[96];
     snprintf(msg, sizeof msg, "message exceeds %zu bytes", g->opts.max_message_bytes);
-    send_error(g, id, IC_CODE_MESSAGE_TOO_LARGE, msg, NULL, NULL);
-    ic_server_close(g->srv, id, CLOSE_TOO_BIG, "message too large");
+    ic_gw_send_error(g, id, IC_CODE_MESSAGE_TOO_LARGE, msg, NULL, NULL);
+    ic_gw_close_conn(g, c, CLOSE_TOO_BIG, "message too large");
+}
+
+static void conn_free(client_conn *c)
+{
+    if (c->token) {
+        volatile char *p = c->token;
+        while (*p)
+            *p++ = 0;
+        free(c->token);
+    }
+    free(c);
 }
 
 /* The connection is gone: its sessions close (their generations stop
  * within a step); their records go when SESSION_CLOSED comes back. */
-static void h_close(void *ud, uint64_t id)
+void ic_gw_on_close(ic_gateway *g, uint64_t id)
 {
-    ic_gateway *g = ud;
     client_conn *c = ic_idmap_del(&g->conns, id);
     if (!c)
         return;
-    for (size_t i = 0; i < g->sessions.cap; i++) {
-        uint64_t sid = g->sessions.keys[i];
-        gw_session *ss = sid && sid != UINT64_MAX ? g->sessions.vals[i] : NULL;
-        if (!ss || ss->conn_id != id)
+    g->n_preauth -= !c->authed;
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
+        gw_session *ss = val;
+        if (ss->conn_id != id)
             continue;
         ss->conn_id = 0;
         if (!ss->closing && g->sched && !g->stopping)
@@ -529,130 +548,9 @@ static void h_close(void *ud, uint64_t id)
         ss->closing = true;
     }
     count_release(g, count_of(g, c->count_key, false));
-    free(c);
+    conn_free(c);
     if (g->stopping && ic_server_n_connections(g->srv) == 0)
         ic_server_quit(g->srv);
-}
-
-/* How often the watchdog looks: a quarter of its time-out, at least 1 s. */
-static int watchdog_period_ms(const ic_gateway *g)
-{
-    int ms = g->opts.watchdog_timeout_s * 250;
-    return ms < 1000 ? 1000 : ms;
-}
-
-/* The internal watchdog (server timer 0 while not stopping): work waits
- * and the scheduler loop has not turned for watchdog_timeout_s. */
-static void check_watchdog(ic_gateway *g)
-{
-    ic_server_set_timer(g->srv, 0, watchdog_period_ms(g));
-    if (!g->sched || g->opts.watchdog_timeout_s <= 0)
-        return;
-    ic_sched_stats st;
-    ic_sched_get_stats(g->sched, &st);
-    double quiet_s = ic_now_s() - st.last_progress_ms / 1e3; /* both CLOCK_MONOTONIC */
-    bool stalled = st.generating + st.queued > 0 && st.state != IC_SCHED_WAKING &&
-                   quiet_s >= g->opts.watchdog_timeout_s;
-    if (stalled && !g->stalled)
-        ic_log_error("watchdog: the scheduler has made no progress for %.0f s with %d "
-                     "generations waiting", quiet_s, st.generating + st.queued);
-    else if (!stalled && g->stalled)
-        ic_log_info("watchdog: the scheduler is making progress again");
-    g->stalled = stalled;
-}
-
-static void h_timer(void *ud, uint64_t id)
-{
-    ic_gateway *g = ud;
-    if (id == 0 && !g->stopping) {
-        check_watchdog(g);
-        return;
-    }
-    if (id == 0) {
-        /* The shutdown time-out: stop waiting for slow clients. */
-        ic_log_warn("shutdown: %d connections did not close in time",
-                    ic_server_n_connections(g->srv));
-        ic_server_quit(g->srv);
-        return;
-    }
-    client_conn *c = ic_idmap_get(&g->conns, id);
-    if (!c)
-        return;
-    if (!c->authed) {
-        send_error(g, id, IC_CODE_UNAUTHENTICATED, "no AUTH in time", NULL, NULL);
-        ic_server_close(g->srv, id, CLOSE_AUTH_TIMEOUT, "authentication timeout");
-        return;
-    }
-    if (c->metrics_interval_ms > 0 && g->sched && !g->stopping) {
-        send_metrics(g, c, &c->metrics_id);
-        ic_server_set_timer(g->srv, id, c->metrics_interval_ms);
-    }
-}
-
-static void json_response(ic_http_response *resp, int status, json_t *j)
-{
-    resp->status = status;
-    resp->content_type = "application/json";
-    resp->body = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    resp->len = resp->body ? strlen(resp->body) : 0;
-    json_decref(j);
-}
-
-/* GET /metrics: Prometheus text, behind --metrics-token when set. */
-static void metrics_response(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
-{
-    if (g->opts.metrics_token) {
-        const char *a = req->authorization;
-        bool ok = a && strncmp(a, "Bearer ", 7) == 0 &&
-                  ic_auth_secret_equal(a + 7, g->opts.metrics_token);
-        if (!ok) {
-            json_response(resp, 401, json_pack("{s:s}", "error", "bearer token required"));
-            return;
-        }
-    }
-    ic_sched_stats st = {0};
-    ic_hw_sample hw;
-    ic_gpu_monitor_sample(g->hw, &hw);
-    if (g->sched)
-        ic_sched_get_stats(g->sched, &st);
-    ic_metrics_gauges mg = {
-        .state = server_state(g, &st),
-        .sessions = st.sessions,
-        .sessions_max = g->sched ? st.max_sessions : 0,
-        .generating = st.generating,
-        .queued = st.queued,
-        .kv_cells_used = st.kv_cells_used,
-        .kv_cells_total = st.kv_cells_total,
-        .gpu_layers = g->n_gpu_layers,
-        .connections = ic_server_n_connections(g->srv),
-        .stalled = g->stalled,
-        .steps = st.steps,
-        .hw = &hw,
-        .version = IC_VERSION,
-        .llama_commit = IC_LLAMA_COMMIT,
-    };
-    resp->status = 200;
-    resp->content_type = IC_METRICS_CONTENT_TYPE;
-    if (ic_metrics_render(g->metrics, &mg, &resp->body, &resp->len) < 0)
-        resp->body = NULL;
-}
-
-static void h_http(void *ud, const ic_http_request *req, ic_http_response *resp)
-{
-    ic_gateway *g = ud;
-    if (strcmp(req->path, "/metrics") == 0) {
-        metrics_response(g, req, resp);
-    } else if (strcmp(req->path, "/health") == 0) {
-        ic_sched_stats st = {0};
-        if (g->sched)
-            ic_sched_get_stats(g->sched, &st);
-        const char *state = g->stopping ? "stopping" : server_state(g, &st);
-        bool ok = g->sched && !g->stopping && !g->stalled;
-        json_response(resp, ok ? 200 : 503,
-                      json_pack("{s:s,s:s}", "status", ok ? "ok" : state, "state", state));
-    } else {
-        json_response(resp, 404, json_pack("{s:s}", "error", "not found"));
-    }
 }
 
 /* --- scheduler events ------------------------------------------------ */
@@ -681,37 +579,43 @@ static void route_event(ic_gateway *g, ic_event *ev)
     case IC_EVENT_TOKEN:
         if (ev->index > 0)
             ic_metrics_observe(g->metrics, IC_HIST_INTER_TOKEN, ev->gap_ms / 1e3);
-        if (conn)
-            send_json(g, conn, ic_proto_token(ss->sid, ss->rid, ev->index, ev->text, ev->text_len,
-                                              &ss->infer_id));
+        if (conn && ss->running && ev->request_id == ss->request_id)
+            ic_gw_send_json(g, conn, ic_proto_token(ss->sid, ss->rid, ev->index, ev->text,
+                                                    ev->text_len, &ss->infer_id));
         break;
     case IC_EVENT_END:
+        if (!ss->running || ev->request_id != ss->request_id)
+            break; /* a generation given up as lost (its END came after all) */
         ss->running = false;
+        ss->last_used_ms = ic_now_ms();
         observe_end(g, ss, ev);
         if (conn)
-            send_json(g, conn, ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats,
-                                            &ss->infer_id));
+            ic_gw_send_json(g, conn, ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats,
+                                                  &ss->infer_id));
         break;
     case IC_EVENT_ERROR:
+        if (!ss->running || ev->request_id != ss->request_id)
+            break;
         ss->running = false;
+        ss->last_used_ms = ic_now_ms();
         if (conn)
-            send_error(g, conn, ic_proto_code_from_err(ev->err), ev->message, ss->sid,
-                       &ss->infer_id);
+            ic_gw_send_error(g, conn, ic_proto_code_from_err(ev->err), ev->message, ss->sid,
+                             &ss->infer_id);
         break;
     case IC_EVENT_SESSION_CLOSED: {
+        const char *reason = ss->close_reason ? ss->close_reason
+                                              : ic_close_reason_name(ev->close_reason);
         ic_log_ctx lc = session_ctx(ss, false);
-        ic_log_for(IC_LOG_INFO, &lc, "session closed: %s", ic_close_reason_name(ev->close_reason));
+        ic_log_for(IC_LOG_INFO, &lc, "session closed: %s", reason);
         if (conn)
-            send_json(g, conn, ic_proto_session_closed(ss->sid,
-                                                       ic_close_reason_name(ev->close_reason),
-                                                       &ss->close_id));
+            ic_gw_send_json(g, conn, ic_proto_session_closed(ss->sid, reason, &ss->close_id));
         session_free(g, ss);
         break;
     }
     }
 }
 
-static void drain_events(ic_gateway *g)
+void ic_gw_drain_events(ic_gateway *g)
 {
     if (!g->sched)
         return;
@@ -721,178 +625,85 @@ static void drain_events(ic_gateway *g)
     }
 }
 
-static void close_conn_for_stop(uint64_t id, void *val, void *ud)
-{
-    (void)val;
-    ic_gateway *g = ud;
-    ic_server_close(g->srv, id, CLOSE_GOING_AWAY, "server shutting down");
-}
+/* --- the sweep ------------------------------------------------------- */
 
-/* Graceful stop: the scheduler ends everything (END shutdown, then
- * SESSION_CLOSED shutdown), those events go out, then every connection
- * closes with 1001. The server loop ends when the last one has gone or
- * the shutdown time-out passes. */
-static void begin_stop(ic_gateway *g)
+/* True when the running INFER of ss has been finished by the scheduler
+ * and its END will not come (the scheduler dropped it, out of memory).
+ * The scheduler's session state is IDLE both before it has taken a
+ * submission and after it ended it, so one look cannot tell: it must be
+ * IDLE at two sweeps in a row with nothing generating or queued anywhere
+ * (an idle loop takes a submission at once), or at sweeps across which the
+ * loop turned twice more (a turn takes every waiting submission). */
+static bool end_lost(ic_gateway *g, gw_session *ss, const ic_sched_stats *st)
 {
-    g->stopping = true;
-    ic_log_info("shutting down: ending generations and closing %d connections",
-                ic_server_n_connections(g->srv));
-    if (g->sched) {
-        ic_sched_stop(g->sched);
-        drain_events(g);
+    enum ic_session_state state;
+    int n_ctx;
+    if (ic_sched_session_info(g->sched, ss->id, &state, &n_ctx) < 0 ||
+        state != IC_SESSION_IDLE || st->state == IC_SCHED_SLEEPING ||
+        st->state == IC_SCHED_WAKING) {
+        ss->lost_checks = 0;
+        return false;
     }
-    ic_idmap_each(&g->conns, close_conn_for_stop, g);
-    ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
+    bool quiet = st->generating + st->queued == 0;
+    if (ss->lost_checks++ == 0) {
+        ss->lost_advances = 0;
+    } else if (quiet && ss->lost_quiet) {
+        return true;
+    } else if (st->last_progress_ms > ss->lost_progress_ms && ++ss->lost_advances >= 2) {
+        return true;
+    }
+    ss->lost_progress_ms = st->last_progress_ms;
+    ss->lost_quiet = quiet;
+    return false;
 }
 
-static void reload_tokens(ic_gateway *g)
+void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
 {
-    if (!g->opts.tokens_path)
+    if (!g->sched || g->stopping)
         return;
-    char err[256];
-    ic_auth *fresh = NULL;
-    if (ic_auth_load(g->opts.tokens_path, &fresh, err, sizeof err) < 0) {
-        ic_log_error("tokens reload failed, keeping the previous tokens: %s", err);
-        return;
+    ic_gw_drain_events(g); /* an END already queued is not lost */
+    ic_sched_stats st;
+    ic_sched_get_stats(g->sched, &st);
+    double idle_ms = g->opts.session_idle_timeout_s * 1000.0;
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
+        gw_session *ss = val;
+        if (ss->closing)
+            continue;
+        if (ss->running && end_lost(g, ss, &st)) {
+            ss->running = false;
+            ss->last_used_ms = now_ms;
+            ic_log_ctx lc = session_ctx(ss, true);
+            ic_log_for(IC_LOG_ERROR, &lc, "generation ended without an END (out of memory)");
+            if (ss->conn_id)
+                ic_gw_send_error(g, ss->conn_id, IC_CODE_INTERNAL,
+                                 "the generation ended but its result was lost (out of memory)",
+                                 ss->sid, &ss->infer_id);
+        } else if (!ss->running && idle_ms > 0 && now_ms - ss->last_used_ms >= idle_ms &&
+                   ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT) == 0) {
+            ss->closing = true;
+            ss->close_reason = "idle_timeout";
+            ss->close_id = (ic_msg_id){0};
+            ic_log_ctx lc = session_ctx(ss, false);
+            ic_log_for(IC_LOG_INFO, &lc, "session unused for %d s: closing",
+                       g->opts.session_idle_timeout_s);
+        }
     }
-    ic_auth_destroy(g->auth);
-    g->auth = fresh;
-    ic_log_info("tokens reloaded: %d clients", ic_auth_count(fresh));
 }
 
-static void h_wake(void *ud)
+void ic_gw_free_all(ic_gateway *g)
 {
-    ic_gateway *g = ud;
-    ic_sched *s = atomic_exchange(&g->attach_pending, NULL);
-    if (s && !g->stopping) {
-        g->sched = s;
-        ic_sched_opts so;
-        ic_sched_get_opts(s, &so);
-        g->n_ctx_per_session = (int)so.n_ctx_per_session;
-        ic_engine_info info;
-        ic_sched_model_info(s, &info);
-        g->n_gpu_layers = info.n_gpu_layers;
-        g->max_sessions = so.max_sessions;
-        ic_server_set_timer(g->srv, 0, watchdog_period_ms(g));
-        ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
-                    so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
+        gw_session *ss = val;
+        ic_req_params_free(&ss->defaults);
+        free(ss);
     }
-    if (atomic_exchange(&g->reload_requested, false))
-        reload_tokens(g);
-    if (atomic_load(&g->load_failed) && !g->stopping) {
-        g->failed = true;
-        begin_stop(g);
-    }
-    if (atomic_load(&g->stop_requested) && !g->stopping)
-        begin_stop(g);
-    drain_events(g);
-    if (g->stopping && ic_server_n_connections(g->srv) == 0)
-        ic_server_quit(g->srv);
-}
-
-/* --- lifetime and other threads ----------------------------------- */
-
-int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, size_t errlen)
-{
-    *out = NULL;
-    ic_gateway *g = calloc(1, sizeof *g);
-    if (!g)
-        return IC_ERR_NOMEM;
-    g->opts = *opts;
-    int rc = ic_gpu_monitor_create(NULL, &g->hw);
-    if (rc == 0)
-        rc = ic_metrics_create(&g->metrics);
-    if (rc == 0)
-        rc = ic_auth_throttle_create(opts->auth_max_failures, opts->auth_window_s, &g->throttle);
-    if (rc == 0 && opts->tokens_path)
-        rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
-    if (rc < 0) {
-        ic_gateway_destroy(g);
-        return rc;
-    }
-    *out = g;
-    return 0;
-}
-
-static void free_session_cb(uint64_t id, void *val, void *ud)
-{
-    (void)id;
-    (void)ud;
-    gw_session *ss = val;
-    ic_req_params_free(&ss->defaults);
-    free(ss);
-}
-
-static void free_conn_cb(uint64_t id, void *val, void *ud)
-{
-    (void)id;
-    (void)ud;
-    free(val);
-}
-
-void ic_gateway_destroy(ic_gateway *g)
-{
-    if (!g)
-        return;
-    ic_idmap_each(&g->sessions, free_session_cb, NULL);
     ic_idmap_free(&g->sessions);
-    ic_idmap_each(&g->conns, free_conn_cb, NULL);
+    it = IC_IDMAP_ITER_INIT;
+    while (ic_idmap_next(&g->conns, &it, NULL, &val))
+        conn_free(val);
     ic_idmap_free(&g->conns);
-    ic_auth_destroy(g->auth);
-    ic_auth_throttle_destroy(g->throttle);
-    ic_gpu_monitor_destroy(g->hw);
-    ic_metrics_destroy(g->metrics);
-    free(g->counts);
-    free(g);
 }
-
-void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *h)
-{
-    *h = (ic_server_handlers){
-        .ud = g,
-        .accept = h_accept,
-        .on_open = h_open,
-        .on_message = h_message,
-        .on_too_large = h_too_large,
-        .on_close = h_close,
-        .on_wake = h_wake,
-        .on_timer = h_timer,
-        .on_http = h_http,
-    };
-}
-
-void ic_gateway_set_server(ic_gateway *g, ic_server *srv) { g->srv = srv; }
-
-void ic_gateway_wake(void *ud)
-{
-    ic_gateway *g = ud;
-    ic_server_wake(g->srv);
-}
-
-void ic_gateway_attach(ic_gateway *g, ic_sched *sched)
-{
-    atomic_store(&g->attach_pending, sched);
-    ic_gateway_wake(g);
-}
-
-void ic_gateway_load_failed(ic_gateway *g)
-{
-    atomic_store(&g->load_failed, true);
-    ic_gateway_wake(g);
-}
-
-void ic_gateway_request_stop(ic_gateway *g)
-{
-    atomic_store(&g->stop_requested, true);
-    ic_gateway_wake(g);
-}
-
-void ic_gateway_request_reload(ic_gateway *g)
-{
-    atomic_store(&g->reload_requested, true);
-    ic_gateway_wake(g);
-}
-
-bool ic_gateway_failed(const ic_gateway *g) { return g->failed; }
-
-bool ic_gateway_stalled(const ic_gateway *g) { return g->stalled; }

@@ -1,6 +1,8 @@
 /* gateway.h - the protocol's logic on the network thread: authentication,
  * the session table, per-client limits, dispatching client messages to the
- * scheduler and routing its events back to connections.
+ * scheduler and routing its events back to connections, and the HTTP
+ * routes. Three files: gateway.c (connections and sessions), routes.c
+ * (HTTP), lifecycle.c (timers, stop, reload), sharing gateway_impl.h.
  *
  * Owns: the tokens (ic_auth), the auth throttle, every session's
  * network-side record, metrics subscriptions, the Prometheus metrics
@@ -21,18 +23,31 @@ typedef struct ic_gateway ic_gateway;
 
 typedef struct ic_gateway_opts {
     const char *tokens_path;       /* NULL: no authentication */
-    int max_sessions_per_client;   /* default for clients without their own */
+    int max_sessions_per_client;   /* default for clients without their own; 0: the
+                                    * server's total, or half of it (at least 1) when
+                                    * tokens are required */
     size_t max_message_bytes;      /* shown in HELLO; enforced by the server */
     int auth_timeout_s;            /* to authenticate after connecting */
     int auth_max_failures;         /* per address, per auth_window_s */
     double auth_window_s;
     double shutdown_timeout_s;     /* to flush and close connections */
     const char *listen_url;        /* for the log line when ready */
-    const char *metrics_token;     /* GET /metrics needs "Bearer <it>"; NULL: open */
+    const char *metrics_token;     /* GET /metrics takes "Bearer <it>" (with tokens_path
+                                    * also any client token); both NULL: open */
     int watchdog_timeout_s;        /* scheduler without progress while work waits: stuck */
     bool log_prompts;              /* debug lines carry prompt text (off by default) */
+    int session_idle_timeout_s;    /* a session unused this long closes (idle_timeout); 0: never */
+    /* With tokens: unauthenticated connections per address and in all
+     * (beyond: closed with 1013); 0: no cap. */
+    int max_preauth_per_ip;
+    int max_preauth;
+    int max_connections;           /* WebSocket connections in all (1013 beyond); 0: no cap */
 } ic_gateway_opts;
 
+/* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5
+ * failures a minute, 10 s to shut down, 120 s watchdog, no idle time-out,
+ * 16 unauthenticated connections per address and 256 in all, no cap on
+ * connections. */
 ic_gateway_opts ic_gateway_opts_default(void);
 
 /* Loads the tokens file (if any). Returns 0, or IC_ERR_IO/IC_ERR_PARSE

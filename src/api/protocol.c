@@ -584,32 +584,54 @@ static char *finish(json_t *m, int rc)
 
 /* --- Building: the messages --- */
 
+/* The "model" object of HELLO and AUTH_SUCCESS. */
+static json_t *hello_model(const ic_hello *h, int *rc)
+{
+    json_t *model = json_object();
+    *rc |= set(model, "name", jtext(h->model_name ? h->model_name : "", SIZE_MAX));
+    *rc |= set(model, "n_params", juint(h->n_params));
+    *rc |= set(model, "size_bytes", juint(h->size_bytes));
+    *rc |= set(model, "n_ctx_train", json_integer(h->n_ctx_train));
+    return model;
+}
+
 char *ic_proto_hello(const ic_hello *h)
 {
     json_t *m = msg_new("HELLO", NULL);
-    json_t *model = json_object(), *limits = json_object();
+    json_t *limits = json_object();
     int rc = set(m, "server", json_string("InferenceCenter"));
     rc |= set(m, "version", jstr(h->version));
     rc |= set(m, "protocol", json_integer(IC_PROTOCOL_VERSION));
     rc |= set(m, "auth_required", json_boolean(h->auth_required));
-    rc |= set(model, "name", jtext(h->model_name ? h->model_name : "", SIZE_MAX));
-    rc |= set(model, "n_params", juint(h->n_params));
-    rc |= set(model, "size_bytes", juint(h->size_bytes));
-    rc |= set(model, "n_ctx_train", json_integer(h->n_ctx_train));
     rc |= set(limits, "max_message_bytes", json_integer(h->max_message_bytes));
     rc |= set(limits, "max_sessions_per_client", json_integer(h->max_sessions_per_client));
     rc |= set(limits, "max_sessions", json_integer(h->max_sessions));
     rc |= set(limits, "n_ctx_per_session", json_integer(h->n_ctx_per_session));
-    rc |= set(m, "model", model);
+    if (h->model_name) {
+        int mrc = 0;
+        json_t *model = hello_model(h, &mrc);
+        rc |= mrc | set(m, "model", model);
+    }
     rc |= set(m, "limits", limits);
     return finish(m, rc);
 }
 
 char *ic_proto_auth_success(const char *client, int max_sessions, const ic_msg_id *id)
 {
+    return ic_proto_auth_success_model(client, max_sessions, NULL, id);
+}
+
+char *ic_proto_auth_success_model(const char *client, int max_sessions, const ic_hello *model,
+                                  const ic_msg_id *id)
+{
     json_t *m = msg_new("AUTH_SUCCESS", id);
     int rc = set(m, "client", jstr(client));
     rc |= set(m, "max_sessions", json_integer(max_sessions));
+    if (model && model->model_name) {
+        int mrc = 0;
+        json_t *mj = hello_model(model, &mrc);
+        rc |= mrc | set(m, "model", mj);
+    }
     return finish(m, rc);
 }
 
@@ -735,4 +757,23 @@ char *ic_proto_metrics(const ic_metrics_msg *mm, const ic_msg_id *id)
         rc |= json_array_append_new(sessions, metrics_session(&mm->sessions[i]));
     rc |= set(m, "sessions", sessions);
     return finish(m, rc);
+}
+
+/* --- HTTP bodies ----------------------------------------------------- */
+
+static char *dump_object(json_t *j)
+{
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return text;
+}
+
+char *ic_proto_http_health(const char *status, const char *state)
+{
+    return dump_object(json_pack("{s:s,s:s}", "status", status, "state", state));
+}
+
+char *ic_proto_http_error(const char *message)
+{
+    return dump_object(json_pack("{s:s}", "error", message));
 }

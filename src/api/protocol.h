@@ -142,8 +142,13 @@ typedef struct ic_hello {
     int n_ctx_per_session;
 } ic_hello;
 
+/* model_name NULL: no "model" member (before AUTH on a server with tokens). */
 char *ic_proto_hello(const ic_hello *h);
 char *ic_proto_auth_success(const char *client, int max_sessions, const ic_msg_id *id);
+/* As ic_proto_auth_success, with the "model" object of HELLO taken from
+ * model (NULL or model_name NULL: none), for servers whose HELLO had none. */
+char *ic_proto_auth_success_model(const char *client, int max_sessions, const ic_hello *model,
+                                  const ic_msg_id *id);
 char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id);
 char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id);
 char *ic_proto_session_closed(const char *session_id, const char *reason, const ic_msg_id *id);
@@ -177,5 +182,10 @@ typedef struct ic_metrics_msg {
 } ic_metrics_msg;
 
 char *ic_proto_metrics(const ic_metrics_msg *m, const ic_msg_id *id);
+
+/* HTTP bodies (compact JSON, malloc'd; NULL when out of memory):
+ * {"status":status,"state":state} for /health, {"error":message} otherwise. */
+char *ic_proto_http_health(const char *status, const char *state);
+char *ic_proto_http_error(const char *message);
 
 #endif

@@ -108,6 +108,24 @@ void ic_idmap_each(const ic_idmap *m, void (*fn)(uint64_t id, void *val, void *u
     }
 }
 
+bool ic_idmap_next(const ic_idmap *m, ic_idmap_iter *it, uint64_t *id, void **val)
+{
+    for (; it->slot < m->cap; it->slot++) {
+        uint64_t k = m->keys[it->slot];
+        if (k == 0 || k == TOMB)
+            continue;
+        if (id)
+            *id = k;
+        if (val)
+            *val = m->vals[it->slot];
+        it->slot++;
+        return true;
+    }
+    return false;
+}
+
+size_t ic_idmap_len(const ic_idmap *m) { return m->len; }
+
 void ic_idmap_free(ic_idmap *m)
 {
     free(m->keys);

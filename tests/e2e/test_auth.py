@@ -94,6 +94,8 @@ def test_auth_success(start_server, tmp_path):
         c = await connect(srv)
         assert c.hello["auth_required"] is True
         r = await c.request({"type": "AUTH", "token": toks["alice"], "id": "a"})
+        model = r.pop("model")   # HELLO names no model before AUTH (issue 11)
+        assert model["name"] and model["n_ctx_train"] > 0
         assert r == {"type": "AUTH_SUCCESS", "id": "a", "client": "alice", "max_sessions": 8}
         sid = await c.create_session()
         res = await c.infer(sid, "Once", max_tokens=2, ignore_eos=True, **GREEDY)
@@ -287,9 +289,12 @@ def test_sighup_removed_client_cannot_auth_again(start_server, tmp_path):
         c = await connect(srv)
         r = await c.request({"type": "AUTH", "token": toks["bob"]})
         assert r["type"] == "AUTH_FAILED"
-        # an existing connection is not dropped by the reload
-        await bob.metrics()
-        await bob.close()
+        # bob's open connection goes too (issue 11: 4003, token revoked)
+        m = await bob.recv(10)
+        assert m["type"] == "ERROR" and m["code"] == "unauthenticated"
+        with pytest.raises(Closed) as ei:
+            await bob.recv(10)
+        assert ei.value.code == 4003
     run(body())
 
 

@@ -662,6 +662,42 @@ static void hello_round_trips(void **state)
     json_decref(j);
 }
 
+/* Before AUTH on a server with tokens HELLO names no model; AUTH_SUCCESS
+ * then carries it. */
+static void hello_without_model_and_auth_success_with_it(void **state)
+{
+    (void)state;
+    ic_hello h = {.version = "0.1.0", .auth_required = true, .max_sessions = 6};
+    json_t *j = load(ic_proto_hello(&h), "HELLO");
+    assert_null(json_object_get(j, "model"));
+    assert_int_equal(get_i(j, "limits.max_sessions"), 6);
+    json_decref(j);
+    h.model_name = "tiny";
+    h.n_ctx_train = 512;
+    j = load(ic_proto_auth_success_model("alice", 2, &h, NULL), "AUTH_SUCCESS");
+    assert_string_equal(get_s(j, "model.name"), "tiny");
+    assert_int_equal(get_i(j, "model.n_ctx_train"), 512);
+    assert_int_equal(get_i(j, "max_sessions"), 2);
+    json_decref(j);
+    j = load(ic_proto_auth_success_model("alice", 2, NULL, NULL), "AUTH_SUCCESS");
+    assert_null(json_object_get(j, "model"));
+    json_decref(j);
+}
+
+static void http_bodies_are_escaped_json(void **state)
+{
+    (void)state;
+    char *text = ic_proto_http_health("ok", "ready");
+    assert_string_equal(text, "{\"status\":\"ok\",\"state\":\"ready\"}");
+    free(text);
+    text = ic_proto_http_error("say \"no\"\n");
+    json_t *j = json_loads(text, 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(get_s(j, "error"), "say \"no\"\n");
+    json_decref(j);
+    free(text);
+}
+
 static void small_messages_round_trip_with_ids(void **state)
 {
     (void)state;
@@ -868,6 +904,8 @@ int main(void)
         cmocka_unit_test(req_params_copy_is_deep),
         cmocka_unit_test(code_names_and_err_mapping),
         cmocka_unit_test(hello_round_trips),
+        cmocka_unit_test(hello_without_model_and_auth_success_with_it),
+        cmocka_unit_test(http_bodies_are_escaped_json),
         cmocka_unit_test(small_messages_round_trip_with_ids),
         cmocka_unit_test(token_text_keeps_nul_bytes),
         cmocka_unit_test(end_has_reason_and_finite_stats),

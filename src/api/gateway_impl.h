@@ -1,0 +1,155 @@
+/* gateway_impl.h - the gateway's private state, shared by its three files
+ * and by nothing else (no other module includes it):
+ *
+ *   gateway.c    connections and sessions: client messages, scheduler
+ *                events, sending; the bottom of the three
+ *   routes.c     HTTP: the route table and its handlers    -> gateway.c
+ *   lifecycle.c  create/destroy, the server's handlers, timers (watchdog,
+ *                idle sessions, metrics subscriptions, auth time-outs),
+ *                attach, stop, tokens reload                -> both
+ *
+ * Calls go one way, down that list. Names starting ic_gw_ are private to
+ * the gateway. Everything here belongs to the network thread, except the
+ * atomics at the end of struct ic_gateway.
+ */
+#ifndef IC_GATEWAY_IMPL_H
+#define IC_GATEWAY_IMPL_H
+
+#include "auth.h"
+#include "gateway.h"
+#include "gpu.h"
+#include "idmap.h"
+#include "metrics.h"
+#include "protocol.h"
+
+#include <stdatomic.h>
+
+#define CLOSE_GOING_AWAY 1001
+#define CLOSE_TOO_BIG 1009
+#define CLOSE_INTERNAL 1011
+#define CLOSE_TRY_LATER 1013       /* a connection cap: come back later */
+#define CLOSE_AUTH_FAILED 4001
+#define CLOSE_AUTH_TIMEOUT 4002
+#define CLOSE_TOKEN_REVOKED 4003
+
+/* A client's connection as the gateway sees it. Network thread. */
+typedef struct client_conn {
+    uint64_t id;
+    char addr[64];
+    char count_key[IC_CLIENT_NAME_MAX + 1]; /* whose session count this uses */
+    bool authed;
+    bool closing;              /* a close was asked for: its messages are ignored */
+    ic_client_cfg client;
+    int max_sessions;
+    /* The token it authenticated with, re-checked when the tokens file is
+     * reloaded (ic_auth keeps hashes only, and has no lookup by name);
+     * wiped and freed with the connection. NULL on an open server. */
+    char *token;
+    int metrics_interval_ms;   /* 0 = not subscribed */
+    ic_msg_id metrics_id;
+} client_conn;
+
+/* A session's network-side record, keyed by the scheduler's session ID.
+ * conn_id 0 means its connection has gone and the close is in flight. */
+typedef struct gw_session {
+    uint64_t id;
+    char sid[24];              /* "s<id>", as clients name it */
+    uint64_t conn_id;
+    char client[IC_CLIENT_NAME_MAX + 1];
+    ic_req_params defaults;
+    bool running;              /* an INFER awaits its END or ERROR */
+    bool abort_sent;
+    bool closing;
+    const char *close_reason;  /* static; overrides the scheduler's (idle_timeout) */
+    double last_used_ms;       /* CLOCK_MONOTONIC: created, last INFER/ABORT, last END */
+    double submitted_ms;       /* CLOCK_MONOTONIC: the running INFER's submission */
+    /* Lost-END detection (out of memory in the scheduler): sweeps in a row
+     * that found the scheduler done with the running INFER and no END. */
+    int lost_checks;
+    int lost_advances;         /* of the scheduler's progress since the first */
+    double lost_progress_ms;   /* its progress stamp at the last such sweep */
+    bool lost_quiet;           /* nothing generating or queued at the last one */
+    uint64_t request_id;
+    char rid[24];
+    ic_msg_id infer_id;
+    ic_msg_id close_id;
+} gw_session;
+
+/* Sessions held per client name, across its connections. */
+typedef struct client_count {
+    char name[IC_CLIENT_NAME_MAX + 1];
+    int n;
+} client_count;
+
+struct ic_gateway {
+    ic_gateway_opts opts;
+    ic_server *srv;
+    ic_auth *auth;             /* NULL = open server */
+    ic_auth_throttle *throttle;
+    ic_gpu_monitor *hw;
+    ic_metrics *metrics;
+    ic_idmap conns;            /* conn id -> client_conn */
+    ic_idmap sessions;         /* session id -> gw_session */
+    client_count *counts;
+    int n_counts, cap_counts;
+    int n_preauth;             /* connections not (yet) authenticated */
+    uint64_t next_request;
+    ic_sched *sched;           /* NULL while loading */
+    bool stopping;
+    bool failed;
+    bool stalled;              /* the watchdog's verdict at its last check */
+    int n_gpu_layers;
+    int n_ctx_per_session;
+    int max_sessions;
+    double temp_limit_c;       /* the thermal guard's limit; <= 0: none */
+    /* Set from other threads, read on the network thread. */
+    _Atomic(ic_sched *) attach_pending;
+    _Atomic bool load_failed;
+    _Atomic bool stop_requested;
+    _Atomic bool reload_requested;
+};
+
+/* --- gateway.c: connections, sessions, events ---------------------- */
+
+/* Sends a built message (NULL: out of memory, logged and dropped). */
+void ic_gw_send_json(ic_gateway *g, uint64_t conn, char *json);
+
+/* Every client-visible error goes through here. */
+void ic_gw_send_error(ic_gateway *g, uint64_t conn, enum ic_proto_code code, const char *message,
+                      const char *sid, const ic_msg_id *id);
+
+/* Closes a connection and stops handling its messages. */
+void ic_gw_close_conn(ic_gateway *g, client_conn *c, int code, const char *reason);
+
+/* The per-client session limit for clients without their own. */
+int ic_gw_default_max_sessions(const ic_gateway *g);
+
+/* The server's state as METRICS, /metrics and /health name it; hw is a
+ * reading just taken for the answer (NULL: none, as for /health). */
+const char *ic_gw_server_state(const ic_gateway *g, const ic_sched_stats *st,
+                               const ic_hw_sample *hw);
+
+/* Sends METRICS to c. */
+void ic_gw_send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id);
+
+/* The server's handlers for connections (lifecycle.c hands them out). */
+void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr);
+void ic_gw_on_message(ic_gateway *g, uint64_t id, const char *data, size_t len, bool binary);
+void ic_gw_on_too_large(ic_gateway *g, uint64_t id);
+void ic_gw_on_close(ic_gateway *g, uint64_t id);
+
+/* Routes every scheduler event waiting in the queue. */
+void ic_gw_drain_events(ic_gateway *g);
+
+/* Idle sessions past session_idle_timeout_s close (idle_timeout), and
+ * generations whose END was lost end with an ERROR. now_ms: CLOCK_MONOTONIC. */
+void ic_gw_sweep_sessions(ic_gateway *g, double now_ms);
+
+/* Frees every record (at destroy). */
+void ic_gw_free_all(ic_gateway *g);
+
+/* --- routes.c: HTTP ----------------------------------------------- */
+
+void ic_gw_on_http(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
+
+#endif

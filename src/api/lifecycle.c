@@ -1,0 +1,313 @@
+/* lifecycle.c - the gateway's life (see gateway.h): create and destroy,
+ * the handlers it gives the server, the model's arrival, the graceful
+ * stop, the tokens reload (connections whose token went are closed), and
+ * the timers: the internal watchdog with the session sweep (server timer
+ * 0), the shutdown time-out, and per connection the AUTH time-out or the
+ * metrics subscription.
+ *
+ * Thread: network thread, except the "any thread" entry points at the
+ * end, which touch only atomics and ic_server_wake. Calls down into
+ * gateway.c and routes.c (gateway_impl.h).
+ */
+#include "gateway_impl.h"
+#include "clock.h"
+#include "err.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+ic_gateway_opts ic_gateway_opts_default(void)
+{
+    return (ic_gateway_opts){
+        .tokens_path = NULL,
+        .max_sessions_per_client = 0,
+        .max_message_bytes = 1 << 20,
+        .auth_timeout_s = 30,
+        .auth_max_failures = 5,
+        .auth_window_s = 60,
+        .shutdown_timeout_s = 10,
+        .listen_url = "",
+        .metrics_token = NULL,
+        .watchdog_timeout_s = 120,
+        .log_prompts = false,
+        .session_idle_timeout_s = 0,
+        .max_preauth_per_ip = 16,
+        .max_preauth = 256,
+        .max_connections = 0,
+    };
+}
+
+/* --- timers ---------------------------------------------------------- */
+
+/* Server timer 0 while serving: the watchdog and the session sweep, once
+ * a second (idle sessions and lost ENDs want about that; the watchdog's
+ * time-out is in seconds). Each tick reads a few atomics and walks the
+ * sessions. */
+#define TICK_MS 1000
+
+/* The scheduler is stuck when work waits and its loop has not turned for
+ * watchdog_timeout_s. */
+static void check_watchdog(ic_gateway *g)
+{
+    if (!g->sched || g->opts.watchdog_timeout_s <= 0)
+        return;
+    ic_sched_stats st;
+    ic_sched_get_stats(g->sched, &st);
+    double quiet_s = ic_now_s() - st.last_progress_ms / 1e3; /* both CLOCK_MONOTONIC */
+    bool stalled = st.generating + st.queued > 0 && st.state != IC_SCHED_WAKING &&
+                   quiet_s >= g->opts.watchdog_timeout_s;
+    if (stalled && !g->stalled)
+        ic_log_error("watchdog: the scheduler has made no progress for %.0f s with %d "
+                     "generations waiting", quiet_s, st.generating + st.queued);
+    else if (!stalled && g->stalled)
+        ic_log_info("watchdog: the scheduler is making progress again");
+    g->stalled = stalled;
+}
+
+static void h_timer(void *ud, uint64_t id)
+{
+    ic_gateway *g = ud;
+    if (id == 0 && !g->stopping) {
+        ic_server_set_timer(g->srv, 0, TICK_MS);
+        check_watchdog(g);
+        ic_gw_sweep_sessions(g, ic_now_ms());
+        return;
+    }
+    if (id == 0) {
+        /* The shutdown time-out: stop waiting for slow clients. */
+        ic_log_warn("shutdown: %d connections did not close in time",
+                    ic_server_n_connections(g->srv));
+        ic_server_quit(g->srv);
+        return;
+    }
+    client_conn *c = ic_idmap_get(&g->conns, id);
+    if (!c || c->closing)
+        return;
+    if (!c->authed) {
+        ic_gw_send_error(g, id, IC_CODE_UNAUTHENTICATED, "no AUTH in time", NULL, NULL);
+        ic_gw_close_conn(g, c, CLOSE_AUTH_TIMEOUT, "authentication timeout");
+        return;
+    }
+    if (c->metrics_interval_ms > 0 && g->sched && !g->stopping) {
+        ic_gw_send_metrics(g, c, &c->metrics_id);
+        ic_server_set_timer(g->srv, id, c->metrics_interval_ms);
+    }
+}
+
+/* --- stop and reload ------------------------------------------------- */
+
+/* Graceful stop: the scheduler ends everything (END shutdown, then
+ * SESSION_CLOSED shutdown), those events go out, then every connection
+ * closes with 1001. The server loop ends when the last one has gone or
+ * the shutdown time-out passes. */
+static void begin_stop(ic_gateway *g)
+{
+    g->stopping = true;
+    ic_log_info("shutting down: ending generations and closing %d connections",
+                ic_server_n_connections(g->srv));
+    if (g->sched) {
+        ic_sched_stop(g->sched);
+        ic_gw_drain_events(g);
+    }
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->conns, &it, NULL, &val)) {
+        client_conn *c = val;
+        if (!c->closing)
+            ic_gw_close_conn(g, c, CLOSE_GOING_AWAY, "server shutting down");
+    }
+    ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
+}
+
+/* After a reload: a connection whose token is no longer in the file, or
+ * now names another client, closes with 4003; the others take their
+ * client's new limits. */
+static void recheck_connections(ic_gateway *g)
+{
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->conns, &it, NULL, &val)) {
+        client_conn *c = val;
+        if (!c->authed || c->closing || !c->token)
+            continue;
+        ic_client_cfg cfg;
+        if (ic_auth_check(g->auth, c->token, &cfg) < 0 ||
+            strcmp(cfg.name, c->client.name) != 0) {
+            ic_log_info("connection %llu (client %s): token revoked, closing",
+                        (unsigned long long)c->id, c->client.name);
+            ic_gw_send_error(g, c->id, IC_CODE_UNAUTHENTICATED, "token revoked", NULL, NULL);
+            ic_gw_close_conn(g, c, CLOSE_TOKEN_REVOKED, "token revoked");
+            continue;
+        }
+        c->client.priority = cfg.priority;
+        c->client.max_sessions = cfg.max_sessions;
+        c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : ic_gw_default_max_sessions(g);
+    }
+}
+
+static void reload_tokens(ic_gateway *g)
+{
+    if (!g->opts.tokens_path)
+        return;
+    char err[256];
+    ic_auth *fresh = NULL;
+    if (ic_auth_load(g->opts.tokens_path, &fresh, err, sizeof err) < 0) {
+        ic_log_error("tokens reload failed, keeping the previous tokens: %s", err);
+        return;
+    }
+    ic_auth_destroy(g->auth);
+    g->auth = fresh;
+    ic_log_info("tokens reloaded: %d clients", ic_auth_count(fresh));
+    recheck_connections(g);
+}
+
+static void attach(ic_gateway *g, ic_sched *s)
+{
+    g->sched = s;
+    ic_sched_opts so;
+    ic_sched_get_opts(s, &so);
+    g->n_ctx_per_session = (int)so.n_ctx_per_session;
+    g->temp_limit_c = so.temp_limit_c;
+    ic_engine_info info;
+    ic_sched_model_info(s, &info);
+    g->n_gpu_layers = info.n_gpu_layers;
+    g->max_sessions = so.max_sessions;
+    ic_server_set_timer(g->srv, 0, TICK_MS);
+    ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
+                so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
+}
+
+static void h_wake(void *ud)
+{
+    ic_gateway *g = ud;
+    ic_sched *s = atomic_exchange(&g->attach_pending, NULL);
+    if (s && !g->stopping)
+        attach(g, s);
+    if (atomic_exchange(&g->reload_requested, false))
+        reload_tokens(g);
+    if (atomic_load(&g->load_failed) && !g->stopping) {
+        g->failed = true;
+        begin_stop(g);
+    }
+    if (atomic_load(&g->stop_requested) && !g->stopping)
+        begin_stop(g);
+    ic_gw_drain_events(g);
+    if (g->stopping && ic_server_n_connections(g->srv) == 0)
+        ic_server_quit(g->srv);
+}
+
+/* --- the server's handlers ------------------------------------------- */
+
+static bool h_accept(void *ud)
+{
+    ic_gateway *g = ud;
+    return g->sched && !g->stopping;
+}
+
+static void h_open(void *ud, uint64_t id, const char *addr) { ic_gw_on_open(ud, id, addr); }
+
+static void h_message(void *ud, uint64_t id, const char *data, size_t len, bool binary)
+{
+    ic_gw_on_message(ud, id, data, len, binary);
+}
+
+static void h_too_large(void *ud, uint64_t id) { ic_gw_on_too_large(ud, id); }
+
+static void h_close(void *ud, uint64_t id) { ic_gw_on_close(ud, id); }
+
+static void h_http(void *ud, const ic_http_request *req, ic_http_response *resp)
+{
+    ic_gw_on_http(ud, req, resp);
+}
+
+void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *h)
+{
+    *h = (ic_server_handlers){
+        .ud = g,
+        .accept = h_accept,
+        .on_open = h_open,
+        .on_message = h_message,
+        .on_too_large = h_too_large,
+        .on_close = h_close,
+        .on_wake = h_wake,
+        .on_timer = h_timer,
+        .on_http = h_http,
+    };
+}
+
+/* --- lifetime ---------------------------------------------------------- */
+
+int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    ic_gateway *g = calloc(1, sizeof *g);
+    if (!g)
+        return IC_ERR_NOMEM;
+    g->opts = *opts;
+    int rc = ic_gpu_monitor_create(NULL, &g->hw);
+    if (rc == 0)
+        rc = ic_metrics_create(&g->metrics);
+    if (rc == 0)
+        rc = ic_auth_throttle_create(opts->auth_max_failures, opts->auth_window_s, &g->throttle);
+    if (rc == 0 && opts->tokens_path)
+        rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
+    if (rc < 0) {
+        ic_gateway_destroy(g);
+        return rc;
+    }
+    *out = g;
+    return 0;
+}
+
+void ic_gateway_destroy(ic_gateway *g)
+{
+    if (!g)
+        return;
+    ic_gw_free_all(g);
+    ic_auth_destroy(g->auth);
+    ic_auth_throttle_destroy(g->throttle);
+    ic_gpu_monitor_destroy(g->hw);
+    ic_metrics_destroy(g->metrics);
+    free(g->counts);
+    free(g);
+}
+
+void ic_gateway_set_server(ic_gateway *g, ic_server *srv) { g->srv = srv; }
+
+bool ic_gateway_failed(const ic_gateway *g) { return g->failed; }
+
+bool ic_gateway_stalled(const ic_gateway *g) { return g->stalled; }
+
+/* --- any thread ---------------------------------------------------------- */
+
+void ic_gateway_wake(void *ud)
+{
+    ic_gateway *g = ud;
+    ic_server_wake(g->srv);
+}
+
+void ic_gateway_attach(ic_gateway *g, ic_sched *sched)
+{
+    atomic_store(&g->attach_pending, sched);
+    ic_gateway_wake(g);
+}
+
+void ic_gateway_load_failed(ic_gateway *g)
+{
+    atomic_store(&g->load_failed, true);
+    ic_gateway_wake(g);
+}
+
+void ic_gateway_request_stop(ic_gateway *g)
+{
+    atomic_store(&g->stop_requested, true);
+    ic_gateway_wake(g);
+}
+
+void ic_gateway_request_reload(ic_gateway *g)
+{
+    atomic_store(&g->reload_requested, true);
+    ic_gateway_wake(g);
+}

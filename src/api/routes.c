@@ -1,0 +1,124 @@
+/* routes.c - the gateway's HTTP routes: one table row per route (method,
+ * path, who may call it, handler) and the handlers for /health and
+ * /metrics. Bodies come from protocol.c (JSON) and metrics.c (Prometheus
+ * text); nothing here formats either.
+ *
+ * Who may read /metrics: with --metrics-token, a request with
+ * "Authorization: Bearer <that token>"; on a server with --tokens, also
+ * any client token of the tokens file (every client may read the
+ * counters; there is no per-client right). A server with neither serves
+ * it to anyone, as before. /health is public.
+ *
+ * Thread: network thread (the server's on_http). Owns nothing.
+ */
+#include "gateway_impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Who may call a route. */
+enum route_auth {
+    ROUTE_PUBLIC,
+    ROUTE_METRICS,             /* see the file comment */
+};
+
+typedef struct route {
+    const char *method;
+    const char *path;
+    enum route_auth auth;
+    void (*handler)(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
+} route;
+
+static void json_response(ic_http_response *resp, int status, char *body)
+{
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->body = body;
+    resp->len = body ? strlen(body) : 0;
+}
+
+static void health(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
+{
+    (void)req;
+    ic_sched_stats st = {0};
+    if (g->sched)
+        ic_sched_get_stats(g->sched, &st);
+    const char *state = g->stopping ? "stopping" : ic_gw_server_state(g, &st, NULL);
+    bool ok = g->sched && !g->stopping && !g->stalled;
+    json_response(resp, ok ? 200 : 503, ic_proto_http_health(ok ? "ok" : state, state));
+}
+
+static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
+{
+    (void)req;
+    ic_sched_stats st = {0};
+    ic_hw_sample hw;
+    ic_gpu_monitor_sample(g->hw, &hw);
+    if (g->sched)
+        ic_sched_get_stats(g->sched, &st);
+    ic_metrics_gauges mg = {
+        .state = ic_gw_server_state(g, &st, &hw),
+        .sessions = st.sessions,
+        .sessions_max = g->sched ? st.max_sessions : 0,
+        .generating = st.generating,
+        .queued = st.queued,
+        .kv_cells_used = st.kv_cells_used,
+        .kv_cells_total = st.kv_cells_total,
+        .gpu_layers = g->n_gpu_layers,
+        .connections = ic_server_n_connections(g->srv),
+        .stalled = g->stalled,
+        .steps = st.steps,
+        .hw = &hw,
+        .version = IC_VERSION,
+        .llama_commit = IC_LLAMA_COMMIT,
+    };
+    resp->status = 200;
+    resp->content_type = IC_METRICS_CONTENT_TYPE;
+    if (ic_metrics_render(g->metrics, &mg, &resp->body, &resp->len) < 0)
+        resp->body = NULL;
+}
+
+static const route k_routes[] = {
+    {"GET", "/health", ROUTE_PUBLIC, health},
+    {"GET", "/metrics", ROUTE_METRICS, metrics},
+};
+
+/* The bearer token of an Authorization header, or NULL. */
+static const char *bearer(const char *authorization)
+{
+    if (!authorization || strncmp(authorization, "Bearer ", 7) != 0)
+        return NULL;
+    return authorization + 7;
+}
+
+static bool allowed(const ic_gateway *g, enum route_auth need, const ic_http_request *req)
+{
+    if (need == ROUTE_PUBLIC || (!g->opts.metrics_token && !g->auth))
+        return true;
+    const char *token = bearer(req->authorization);
+    if (!token)
+        return false;
+    if (g->opts.metrics_token && ic_auth_secret_equal(token, g->opts.metrics_token))
+        return true;
+    ic_client_cfg cfg;
+    return g->auth && ic_auth_check(g->auth, token, &cfg) == 0;
+}
+
+void ic_gw_on_http(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
+{
+    for (size_t i = 0; i < sizeof k_routes / sizeof *k_routes; i++) {
+        const route *r = &k_routes[i];
+        if (strcmp(req->path, r->path) != 0)
+            continue;
+        /* Today's server hands over GETs only; the method column is for
+         * when it hands over the method too. */
+        (void)r->method;
+        if (!allowed(g, r->auth, req)) {
+            json_response(resp, 401, ic_proto_http_error("bearer token required"));
+            return;
+        }
+        r->handler(g, req, resp);
+        return;
+    }
+    json_response(resp, 404, ic_proto_http_error("not found"));
+}
