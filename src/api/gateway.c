@@ -640,7 +640,11 @@ static void metrics_response(ic_gateway *g, const ic_http_request *req, ic_http_
 static void h_http(void *ud, const ic_http_request *req, ic_http_response *resp)
 {
     ic_gateway *g = ud;
-    if (strcmp(req->path, "/metrics") == 0) {
+    bool get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+    if (!get && (strcmp(req->path, "/metrics") == 0 || strcmp(req->path, "/health") == 0)) {
+        json_response(resp, 405, json_pack("{s:s}", "error", "method not allowed"));
+        resp->allow = "GET, HEAD";
+    } else if (strcmp(req->path, "/metrics") == 0) {
         metrics_response(g, req, resp);
     } else if (strcmp(req->path, "/health") == 0) {
         ic_sched_stats st = {0};
