@@ -24,6 +24,7 @@ enum route_auth {
 
 typedef struct route {
     const char *method;
+    const char *allow;         /* the Allow header of a 405 on this path */
     const char *path;
     enum route_auth auth;
     void (*handler)(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
@@ -79,8 +80,8 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
 }
 
 static const route k_routes[] = {
-    {"GET", "/health", ROUTE_PUBLIC, health},
-    {"GET", "/metrics", ROUTE_METRICS, metrics},
+    {"GET", "GET, HEAD", "/health", ROUTE_PUBLIC, health},
+    {"GET", "GET, HEAD", "/metrics", ROUTE_METRICS, metrics},
 };
 
 /* The bearer token of an Authorization header, or NULL. */
@@ -104,20 +105,33 @@ static bool allowed(const ic_gateway *g, enum route_auth need, const ic_http_req
     return g->auth && ic_auth_check(g->auth, token, &cfg) == 0;
 }
 
+/* HEAD is answered as GET (the server sends no body). */
+static bool method_matches(const char *want, const char *got)
+{
+    return strcmp(want, got) == 0 || (strcmp(want, "GET") == 0 && strcmp(got, "HEAD") == 0);
+}
+
 void ic_gw_on_http(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
 {
+    const char *allow = NULL;
     for (size_t i = 0; i < sizeof k_routes / sizeof *k_routes; i++) {
         const route *r = &k_routes[i];
         if (strcmp(req->path, r->path) != 0)
             continue;
-        /* Today's server hands over GETs only; the method column is for
-         * when it hands over the method too. */
-        (void)r->method;
+        if (!method_matches(r->method, req->method)) {
+            allow = r->allow;
+            continue;
+        }
         if (!allowed(g, r->auth, req)) {
             json_response(resp, 401, ic_proto_http_error("bearer token required"));
             return;
         }
         r->handler(g, req, resp);
+        return;
+    }
+    if (allow) {
+        json_response(resp, 405, ic_proto_http_error("method not allowed"));
+        resp->allow = allow;
         return;
     }
     json_response(resp, 404, ic_proto_http_error("not found"));
