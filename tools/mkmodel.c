@@ -85,6 +85,7 @@ struct mk_opts {
     const char *out_path;
     const char *vocab_path; /* NULL: the default chain in mk_default_vocab */
     const char *name;       /* NULL: "ic-mkmodel-<preset>" */
+    const char *chat_template_path; /* NULL: keep the vocab file's template, if any */
     const struct mk_preset *preset;
     const struct mk_type *type;
     struct mk_shape shape;
@@ -155,6 +156,7 @@ static void mk_usage(FILE *f)
         "usage: ic-mkmodel --out PATH [--vocab VOCAB_GGUF] [--preset tiny|small|tinyllama]\n"
         "                  [--layers N] [--embd N] [--heads N] [--kv-heads N] [--ff N] [--ctx N]\n"
         "                  [--type f32|f16|q8_0|q4_0] [--seed S] [--name NAME] [--meta-only 1]\n"
+        "                  [--chat-template FILE]\n"
         "Writes a llama-architecture GGUF with seeded random weights.\n"
         "  presets: tiny (default) 2 layers, embd 64, 4/2 heads, ff 128, ctx 2048\n"
         "           small  4 layers, embd 256, 8/4 heads, ff 704, ctx 4096\n"
@@ -162,6 +164,7 @@ static void mk_usage(FILE *f)
         "  explicit flags override the preset; --type defaults to f32, --seed to 42\n"
         "  --meta-only 1 writes the header alone (metadata, tensors of the final type,\n"
         "          no weights): a file llama.cpp cannot run, for reading the shape\n"
+        "  --chat-template FILE stores FILE's text as tokenizer.chat_template\n"
         "  --vocab defaults to $IC_VOCAB_GGUF, else ${XDG_CACHE_HOME:-$HOME/.cache}/\n"
         "          inferencecenter/llama-" MK_LLAMA_TAG "-cpu/share/inferencecenter/" MK_VOCAB_FILE "\n");
 }
@@ -191,6 +194,8 @@ static int mk_parse_flag(struct mk_opts *o, const char *flag, const char *val)
         o->vocab_path = val;
     } else if (strcmp(flag, "--name") == 0) {
         o->name = val;
+    } else if (strcmp(flag, "--chat-template") == 0) {
+        o->chat_template_path = val;
     } else if (strcmp(flag, "--meta-only") == 0) {
         if (strcmp(val, "0") != 0 && strcmp(val, "1") != 0)
             return mk_error("--meta-only wants 0 or 1, got '%s'", val);
@@ -379,6 +384,40 @@ static void mk_add_tensors(struct gguf_context *g, const struct mk_shape *s, int
     mk_add_tensor(g, t, type, "output_norm.weight", s->n_embd, 0);
     mk_add_tensor(g, t, type, "output.weight", s->n_embd, n_vocab);
     ggml_free(t);
+}
+
+/* Reads a whole text file into a malloc'd string; NULL after an error line. */
+static char *mk_read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        mk_error("cannot read chat template '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *text = malloc(cap);
+    while (text) {
+        len += fread(text + len, 1, cap - len - 1, f);
+        if (len < cap - 1)
+            break;
+        char *grown = realloc(text, cap * 2);
+        if (!grown) {
+            free(text);
+            text = NULL;
+        } else {
+            text = grown;
+            cap *= 2;
+        }
+    }
+    bool failed = ferror(f) != 0;
+    fclose(f);
+    if (!text || failed) {
+        free(text);
+        mk_error("cannot read chat template '%s'", path);
+        return NULL;
+    }
+    text[len] = '\0';
+    return text;
 }
 
 static struct gguf_context *mk_build_meta(const struct mk_opts *o, const struct gguf_context *vocab, int64_t n_vocab)
@@ -580,6 +619,15 @@ static int mk_run(const struct mk_opts *o, const struct mk_log *log)
             s->n_embd, s->n_head, s->n_head_kv, s->n_ff, s->n_ctx_train_tokens, o->type->name, o->seed);
     struct gguf_context *meta = mk_build_meta(o, vocab, n_vocab);
     gguf_free(vocab);
+    if (o->chat_template_path) { /* replaces the one the vocab file may carry */
+        char *tmpl = mk_read_text(o->chat_template_path);
+        if (!tmpl) {
+            gguf_free(meta);
+            return -1;
+        }
+        gguf_set_val_str(meta, "tokenizer.chat_template", tmpl);
+        free(tmpl);
+    }
     char tmp_path[4200], f32_path[4200];
     snprintf(tmp_path, sizeof tmp_path, "%s.tmp", o->out_path); /* length checked by mk_parse_args */
     snprintf(f32_path, sizeof f32_path, "%s.f32.tmp", o->out_path);

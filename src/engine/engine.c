@@ -11,6 +11,7 @@
 
 #include <llama.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -64,20 +65,31 @@ ic_sample_params ic_sample_params_default(void)
     };
 }
 
+/* The last error line llama.cpp logged on this thread (a grammar that
+ * does not compile says why only there). */
+static _Thread_local char last_llama_error[256];
+
 /* llama.cpp logs in fragments (GGML_LOG_LEVEL_CONT continues a line); join
  * them per thread and hand whole lines to ic_log at debug level, so that a
  * failed load prints our one clear line and not llama's internals. */
 static void llama_log_to_ic(enum ggml_log_level level, const char *text, void *ud)
 {
-    (void)level;
     (void)ud;
     static _Thread_local char line[1024];
     static _Thread_local size_t len;
+    static _Thread_local enum ggml_log_level line_level;
+    if (len == 0 && level != GGML_LOG_LEVEL_CONT)
+        line_level = level;
     for (const char *p = text; *p; p++) {
         if (*p == '\n' || len == sizeof line - 1) {
             line[len] = '\0';
             if (len)
                 ic_log_debug("llama: %s", line);
+            if (len && line_level == GGML_LOG_LEVEL_ERROR) {
+                size_t n = len < sizeof last_llama_error ? len : sizeof last_llama_error - 1;
+                memcpy(last_llama_error, line, n);
+                last_llama_error[n] = '\0';
+            }
             len = 0;
             if (*p == '\n')
                 continue;
@@ -440,22 +452,127 @@ void ic_engine_seq_share(ic_engine *e, int src, int dst, int32_t n)
     llama_memory_seq_rm(mem, dst, n, -1);
 }
 
-int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out)
+/* Feeds the grammar the tokens of text, each checked first: accepting a
+ * token the grammar forbids throws inside llama.cpp. As common_sampler_init,
+ * a leading space the tokenizer adds before a special token is skipped. */
+static int grammar_prefill(const ic_engine *e, struct llama_sampler *grammar, const char *text,
+                           char *err, size_t err_size)
+{
+    ic_token *toks = NULL;
+    int n = 0;
+    int rc = ic_engine_tokenize(e, text, strlen(text), false, true, &toks, &n);
+    if (rc != 0) {
+        snprintf(err, err_size, "the grammar's prefill does not tokenize");
+        return rc;
+    }
+    for (int i = 0; i < n && rc == 0; i++) {
+        char piece[256];
+        int np = llama_token_to_piece(e->vocab, toks[i], piece, sizeof piece, 0, true);
+        if (i == 0 && np > 0 && isspace((unsigned char)piece[0]) && !isspace((unsigned char)text[0]))
+            continue;
+        llama_token_data one = { toks[i], 1.0f, 0.0f };
+        llama_token_data_array arr = { &one, 1, -1, false };
+        llama_sampler_apply(grammar, &arr);
+        if (arr.data[0].logit == -INFINITY) {
+            snprintf(err, err_size, "the grammar does not accept the answer's start \"%s\"", text);
+            rc = IC_ERR_INVAL;
+        } else {
+            llama_sampler_accept(grammar, toks[i]);
+        }
+    }
+    free(toks);
+    return rc;
+}
+
+/* Builds the grammar sampler for g; *out NULL when g has no grammar. */
+static int grammar_create(const ic_engine *e, const ic_grammar *g, struct llama_sampler **out,
+                          char *err, size_t err_size)
 {
     *out = NULL;
-    ic_sampler *s = calloc(1, sizeof *s);
-    if (!s)
-        return IC_ERR_NOMEM;
-    struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
-    cp.no_perf = true;
-    s->chain = llama_sampler_chain_init(cp);
-    if (!s->chain) {
-        free(s);
+    if (!g || !g->gbnf || !g->gbnf[0])
+        return 0;
+    size_t n = g->n_triggers;
+    const char **patterns = calloc(n ? n : 1, sizeof *patterns);
+    llama_token *tokens = calloc(n ? n : 1, sizeof *tokens);
+    size_t n_patterns = 0, n_tokens = 0;
+    if (!patterns || !tokens) {
+        free(patterns);
+        free(tokens);
+        snprintf(err, err_size, "out of memory");
         return IC_ERR_NOMEM;
     }
-    /* The order of llama.cpp's own server: penalties, then truncation, then
-     * temperature, then the draw. */
-    if (p->ban_eog && e->n_eog > 0)
+    for (size_t i = 0; g->lazy && i < n; i++) {
+        const ic_grammar_trigger *t = &g->triggers[i];
+        ic_token *word = NULL;
+        int nw = 0;
+        if (t->word && ic_engine_tokenize(e, t->word, strlen(t->word), false, true, &word, &nw) == 0 &&
+            nw == 1)
+            tokens[n_tokens++] = word[0];
+        else if (t->pattern)
+            patterns[n_patterns++] = t->pattern;
+        free(word);
+    }
+    last_llama_error[0] = '\0';
+    struct llama_sampler *s =
+        g->lazy ? llama_sampler_init_grammar_lazy_patterns(e->vocab, g->gbnf, "root", patterns, n_patterns,
+                                                           tokens, n_tokens)
+                : llama_sampler_init_grammar(e->vocab, g->gbnf, "root");
+    free(patterns);
+    free(tokens);
+    if (!s) {
+        snprintf(err, err_size, "the grammar does not compile%s%s", last_llama_error[0] ? ": " : "",
+                 last_llama_error);
+        return IC_ERR_INVAL;
+    }
+    if (!g->lazy && g->prefill && g->prefill[0]) {
+        int rc = grammar_prefill(e, s, g->prefill, err, err_size);
+        if (rc != 0) {
+            llama_sampler_free(s);
+            return rc;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out)
+{
+    return ic_engine_sampler_create_constrained(e, p, NULL, out, NULL, 0);
+}
+
+int ic_engine_sampler_create_constrained(const ic_engine *e, const ic_sample_params *p,
+                                         const ic_grammar *g, ic_sampler **out, char *err,
+                                         size_t err_size)
+{
+    *out = NULL;
+    char scratch[8];
+    if (!err) {
+        err = scratch;
+        err_size = sizeof scratch;
+    }
+    struct llama_sampler *grammar = NULL;
+    int rc = grammar_create(e, g, &grammar, err, err_size);
+    if (rc != 0)
+        return rc;
+    ic_sampler *s = calloc(1, sizeof *s);
+    struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+    cp.no_perf = true;
+    if (s)
+        s->chain = llama_sampler_chain_init(cp);
+    if (!s || !s->chain) {
+        llama_sampler_free(grammar);
+        free(s);
+        snprintf(err, err_size, "out of memory");
+        return IC_ERR_NOMEM;
+    }
+    /* The grammar first: the other samplers then only ever see tokens it
+     * allows (llama-server samples first and resamples on a miss: the same
+     * distribution, cheaper when most draws fit). */
+    if (grammar)
+        llama_sampler_chain_add(s->chain, grammar);
+    /* Then the order of llama.cpp's own server: penalties, then truncation,
+     * then temperature, then the draw. */
+    if (p->ban_eog && e->n_eog > 0 && !(grammar && !g->lazy))
         llama_sampler_chain_add(s->chain, llama_sampler_init_logit_bias(e->info.n_vocab, e->n_eog,
                                                                          e->eog_bias));
     if (p->repeat_penalty != 1.0f && p->repeat_last_n_tokens != 0)
@@ -517,6 +634,8 @@ int ic_engine_seq_state_restore(ic_engine *e, int seq, const uint8_t *data, size
         return 0;
     return llama_state_seq_set_data(e->ctx, data, len, seq) > 0 ? 0 : IC_ERR_CONTEXT;
 }
+
+const struct llama_model *ic_engine_llama_model(const ic_engine *e) { return e->model; }
 
 void ic_engine_get_opts(const ic_engine *e, ic_engine_opts *out) { *out = e->opts; }
 

@@ -67,6 +67,27 @@ typedef struct ic_sample_params {
     bool ban_eog;            /* never sample end-of-generation tokens */
 } ic_sample_params;
 
+/* A lazy grammar's trigger: it starts constraining once the output
+ * matches. pattern: a regex matched against the output from its start (the
+ * grammar is fed the text from the first capture group on). word: the
+ * literal text, or NULL; a word that is one token of the vocabulary
+ * triggers on that token instead of the pattern. */
+typedef struct ic_grammar_trigger {
+    const char *word;
+    const char *pattern;
+} ic_grammar_trigger;
+
+/* A GBNF constraint on sampling; every pointer borrowed for the call. */
+typedef struct ic_grammar {
+    const char *gbnf;                   /* NULL or "": no constraint */
+    bool lazy;                          /* idle until a trigger matches */
+    const ic_grammar_trigger *triggers; /* n_triggers (lazy only) */
+    size_t n_triggers;
+    /* Text the grammar consumes before the first sampled token (the part
+     * of the answer the prompt already holds); NULL: none. */
+    const char *prefill;
+} ic_grammar;
+
 /* Defaults: 1 sequence, 4096 tokens of context, batch 512, CPU only. */
 ic_engine_opts ic_engine_opts_default(void);
 
@@ -138,6 +159,23 @@ void ic_engine_seq_share(ic_engine *e, int src, int dst, int32_t n);
 
 /* Creates a sampler for params. Returns 0 and *out, or IC_ERR_NOMEM. */
 int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out);
+
+/* As ic_engine_sampler_create, constrained by grammar g (NULL or no gbnf:
+ * unconstrained). The grammar sees every candidate first, so truncation
+ * only ever chooses among tokens it allows; ban_eog is ignored under a
+ * strict grammar (it must be able to end). Returns 0 and *out, or
+ * IC_ERR_INVAL with the reason in err (the grammar does not compile, the
+ * prefill does not fit it), or IC_ERR_NOMEM. Trigger patterns must be valid
+ * ECMAScript regexes (chat.cpp checks the ones it hands out). Any thread while the engine lives: it only reads the
+ * vocabulary. */
+int ic_engine_sampler_create_constrained(const ic_engine *e, const ic_sample_params *p,
+                                         const ic_grammar *g, ic_sampler **out, char *err,
+                                         size_t err_size);
+
+/* The llama.cpp model, for chat.cpp, the one other file on llama.cpp's
+ * (and common's) headers; read-only, valid while the engine lives. */
+struct llama_model;
+const struct llama_model *ic_engine_llama_model(const ic_engine *e);
 
 /* Frees a sampler; NULL does nothing. */
 void ic_engine_sampler_destroy(ic_sampler *s);
