@@ -210,45 +210,60 @@ static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
     auth_succeeded(g, c, m);
 }
 
-static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
+int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
+                       gw_session **out, bool *at_limit)
 {
-    client_count *cc = count_of(g, c->count_key, true);
-    if (!cc) {
-        ic_gw_send_error(g, c->id, IC_CODE_INTERNAL, "out of memory", NULL, &m->id);
-        return;
-    }
-    if (cc->n >= c->max_sessions) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "client %s already holds its limit of %d sessions",
-                 g->auth ? c->client.name : "(this connection)", c->max_sessions);
-        ic_gw_send_error(g, c->id, IC_CODE_SESSION_LIMIT, msg, NULL, &m->id);
-        return;
+    *out = NULL;
+    *at_limit = false;
+    client_count *cc = count_of(g, client_key, true);
+    if (!cc)
+        return IC_ERR_NOMEM;
+    if (cc->n >= limit) {
+        *at_limit = true;
+        return IC_ERR_CAPACITY;
     }
     gw_session *ss = calloc(1, sizeof *ss);
     uint64_t id = 0;
-    int rc = ss ? ic_sched_open_session(g->sched, m->system, &id) : IC_ERR_NOMEM;
+    int rc = ss ? ic_sched_open_session(g->sched, system, &id) : IC_ERR_NOMEM;
     if (rc == 0 && ic_idmap_put(&g->sessions, id, ss) < 0) {
         ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);
         rc = IC_ERR_NOMEM;
     }
     if (rc < 0) {
         free(ss);
-        enum ic_proto_code code = ic_proto_code_from_err(rc);
-        ic_gw_send_error(g, c->id, code,
-                         code == IC_CODE_CAPACITY
-                             ? "the server holds its maximum number of sessions"
-                             : ic_strerror(rc),
-                         NULL, &m->id);
-        return;
+        count_release(g, cc);
+        return rc;
     }
     ss->id = id;
-    ss->conn_id = c->id;
     ss->last_used_ms = ic_now_ms();
     snprintf(ss->sid, sizeof ss->sid, "s%llu", (unsigned long long)id);
-    snprintf(ss->client, sizeof ss->client, "%s", c->count_key);
+    snprintf(ss->client, sizeof ss->client, "%s", client_key);
+    cc->n++;
+    *out = ss;
+    return 0;
+}
+
+static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
+{
+    gw_session *ss;
+    bool at_limit;
+    int rc = ic_gw_session_open(g, c->count_key, c->max_sessions, m->system, &ss, &at_limit);
+    if (rc < 0) {
+        char msg[128];
+        enum ic_proto_code code = at_limit ? IC_CODE_SESSION_LIMIT : ic_proto_code_from_err(rc);
+        if (at_limit)
+            snprintf(msg, sizeof msg, "client %s already holds its limit of %d sessions",
+                     g->auth ? c->client.name : "(this connection)", c->max_sessions);
+        else
+            snprintf(msg, sizeof msg, "%s",
+                     code == IC_CODE_CAPACITY ? "the server holds its maximum number of sessions"
+                                              : ic_strerror(rc));
+        ic_gw_send_error(g, c->id, code, msg, NULL, &m->id);
+        return;
+    }
+    ss->conn_id = c->id;
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
-    cc->n++;
     ic_log_ctx lc = session_ctx(ss, false);
     ic_log_for(IC_LOG_INFO, &lc, "session created%s", m->system ? " with a system prompt" : "");
     ic_gw_send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
@@ -574,6 +589,16 @@ static void route_event(ic_gateway *g, ic_event *ev)
     gw_session *ss = ic_idmap_get(&g->sessions, ev->session_id);
     if (!ss)
         return;
+    if (ss->on_event) {
+        if (ev->type == IC_EVENT_END)
+            observe_end(g, ss, ev);
+        else if (ev->type == IC_EVENT_TOKEN && ev->index > 0)
+            ic_metrics_observe(g->metrics, IC_HIST_INTER_TOKEN, ev->gap_ms / 1e3);
+        ss->on_event(g, ss, ev); /* frees its own state at SESSION_CLOSED */
+        if (ev->type == IC_EVENT_SESSION_CLOSED)
+            session_free(g, ss);
+        return;
+    }
     uint64_t conn = ss->conn_id;
     switch (ev->type) {
     case IC_EVENT_TOKEN:

@@ -64,8 +64,12 @@ void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *out);
 void ic_gateway_set_server(ic_gateway *g, ic_server *srv);
 
 /* The model is loaded: sched (borrowed; must outlive the server loop) now
- * serves. Any thread. */
-void ic_gateway_attach(ic_gateway *g, ic_sched *sched);
+ * serves, with chat (the model's chat templates: immutable, so the network
+ * thread renders with it while the scheduler runs; borrowed, NULL: no chat
+ * API) under the name model_id (copied; what /v1/models lists and a
+ * request's "model" must name). Any thread. */
+void ic_gateway_attach(ic_gateway *g, ic_sched *sched, const struct ic_chat *chat,
+                       const char *model_id);
 
 /* Loading failed: the server stops. Any thread. */
 void ic_gateway_load_failed(ic_gateway *g);

@@ -16,6 +16,8 @@
 #define IC_GATEWAY_IMPL_H
 
 #include "auth.h"
+#include "buf.h"
+#include "chat.h"
 #include "gateway.h"
 #include "gpu.h"
 #include "idmap.h"
@@ -73,6 +75,10 @@ typedef struct gw_session {
     char rid[24];
     ic_msg_id infer_id;
     ic_msg_id close_id;
+    /* An HTTP request's session (openai_http.c): its events go to on_event
+     * instead of a connection, and oai is that file's state (freed there). */
+    struct oai_req *oai;
+    void (*on_event)(ic_gateway *g, struct gw_session *ss, const ic_event *ev);
 } gw_session;
 
 /* Sessions held per client name, across its connections. */
@@ -102,8 +108,13 @@ struct ic_gateway {
     int n_ctx_per_session;
     int max_sessions;
     double temp_limit_c;       /* the thermal guard's limit; <= 0: none */
+    const ic_chat *chat;       /* the model's chat templates (borrowed); NULL: none */
+    char model_id[128];        /* the served model's name in the OpenAI API */
+    int64_t model_created_s;   /* Unix time it was loaded */
     /* Set from other threads, read on the network thread. */
-    _Atomic(ic_sched *) attach_pending;
+    _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
+    const ic_chat *pending_chat;
+    char pending_model_id[128];
     _Atomic bool load_failed;
     _Atomic bool stop_requested;
     _Atomic bool reload_requested;
@@ -138,6 +149,13 @@ void ic_gw_on_message(ic_gateway *g, uint64_t id, const char *data, size_t len, 
 void ic_gw_on_too_large(ic_gateway *g, uint64_t id);
 void ic_gw_on_close(ic_gateway *g, uint64_t id);
 
+/* Opens a scheduler session for client_key (a count key) within limit
+ * sessions. Returns 0 and *out (registered; freed when SESSION_CLOSED
+ * comes), IC_ERR_CAPACITY (the client's limit: *at_limit true, or the
+ * server's), IC_ERR_OVERLOADED or IC_ERR_NOMEM. */
+int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
+                       gw_session **out, bool *at_limit);
+
 /* Routes every scheduler event waiting in the queue. */
 void ic_gw_drain_events(ic_gateway *g);
 
@@ -147,6 +165,14 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms);
 
 /* Frees every record (at destroy). */
 void ic_gw_free_all(ic_gateway *g);
+
+/* --- openai_http.c: the OpenAI API's requests ----------------------- */
+
+void ic_gw_oai_chat(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
+void ic_gw_oai_completions(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
+void ic_gw_oai_models(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
+/* A streamed or deferred request's client went away. */
+void ic_gw_oai_gone(ic_gateway *g, uint64_t http_id);
 
 /* --- routes.c: HTTP ----------------------------------------------- */
 

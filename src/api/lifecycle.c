@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 ic_gateway_opts ic_gateway_opts_default(void)
 {
@@ -166,6 +167,9 @@ static void reload_tokens(ic_gateway *g)
 static void attach(ic_gateway *g, ic_sched *s)
 {
     g->sched = s;
+    g->chat = g->pending_chat;
+    snprintf(g->model_id, sizeof g->model_id, "%s", g->pending_model_id);
+    g->model_created_s = (int64_t)time(NULL);
     ic_sched_opts so;
     ic_sched_get_opts(s, &so);
     g->n_ctx_per_session = (int)so.n_ctx_per_session;
@@ -222,6 +226,8 @@ static void h_http(void *ud, const ic_http_request *req, ic_http_response *resp)
     ic_gw_on_http(ud, req, resp);
 }
 
+static void h_http_gone(void *ud, uint64_t id) { ic_gw_oai_gone(ud, id); }
+
 void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *h)
 {
     *h = (ic_server_handlers){
@@ -234,6 +240,7 @@ void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *h)
         .on_wake = h_wake,
         .on_timer = h_timer,
         .on_http = h_http,
+        .on_http_gone = h_http_gone,
     };
 }
 
@@ -288,9 +295,12 @@ void ic_gateway_wake(void *ud)
     ic_server_wake(g->srv);
 }
 
-void ic_gateway_attach(ic_gateway *g, ic_sched *sched)
+void ic_gateway_attach(ic_gateway *g, ic_sched *sched, const struct ic_chat *chat,
+                       const char *model_id)
 {
-    atomic_store(&g->attach_pending, sched);
+    g->pending_chat = chat;
+    snprintf(g->pending_model_id, sizeof g->pending_model_id, "%s", model_id ? model_id : "");
+    atomic_store(&g->attach_pending, sched); /* publishes the two fields above */
     ic_gateway_wake(g);
 }
 

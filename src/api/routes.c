@@ -82,6 +82,12 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
 static const route k_routes[] = {
     {"GET", "GET, HEAD", "/health", ROUTE_PUBLIC, health},
     {"GET", "GET, HEAD", "/metrics", ROUTE_METRICS, metrics},
+    /* The OpenAI API (openai_http.c) checks its own API keys: its errors
+     * are in OpenAI's shape. A path ending in '*' matches as a prefix. */
+    {"POST", "POST", "/v1/chat/completions", ROUTE_PUBLIC, ic_gw_oai_chat},
+    {"POST", "POST", "/v1/completions", ROUTE_PUBLIC, ic_gw_oai_completions},
+    {"GET", "GET, HEAD", "/v1/models", ROUTE_PUBLIC, ic_gw_oai_models},
+    {"GET", "GET, HEAD", "/v1/models/*", ROUTE_PUBLIC, ic_gw_oai_models},
 };
 
 /* The bearer token of an Authorization header, or NULL. */
@@ -105,6 +111,15 @@ static bool allowed(const ic_gateway *g, enum route_auth need, const ic_http_req
     return g->auth && ic_auth_check(g->auth, token, &cfg) == 0;
 }
 
+/* Exact, or a prefix when the pattern ends in '*' (with something after it). */
+static bool path_matches(const char *pattern, const char *path)
+{
+    size_t n = strlen(pattern);
+    if (n > 0 && pattern[n - 1] == '*')
+        return strncmp(pattern, path, n - 1) == 0 && path[n - 1] != '\0';
+    return strcmp(pattern, path) == 0;
+}
+
 /* HEAD is answered as GET (the server sends no body). */
 static bool method_matches(const char *want, const char *got)
 {
@@ -116,7 +131,7 @@ void ic_gw_on_http(ic_gateway *g, const ic_http_request *req, ic_http_response *
     const char *allow = NULL;
     for (size_t i = 0; i < sizeof k_routes / sizeof *k_routes; i++) {
         const route *r = &k_routes[i];
-        if (strcmp(req->path, r->path) != 0)
+        if (!path_matches(r->path, req->path))
             continue;
         if (!method_matches(r->method, req->method)) {
             allow = r->allow;

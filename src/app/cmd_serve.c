@@ -9,6 +9,7 @@
  * Options come from the command line and, with --config FILE, from an
  * INI-style file whose keys are the long option names; flags win.
  */
+#include "chat.h"
 #include "cli.h"
 #include "cmd.h"
 #include "config.h"
@@ -70,6 +71,7 @@ typedef struct loader {
     ic_gateway *gw;
     ic_sched *sched;
     ic_gpu_monitor *thermal;   /* the scheduler thread's monitor */
+    ic_chat *chat;             /* the model's chat templates (the gateway borrows them) */
 } loader;
 
 static const char usage_head[] =
@@ -369,13 +371,23 @@ static void *load_model(void *arg)
         ic_gateway_load_failed(ld->gw);
         return NULL;
     }
+    char why[256] = "";
+    if (ic_chat_create(e, NULL, &ld->chat, why, sizeof why) < 0)
+        ic_log_warn("the model's chat template cannot be used (%s): the OpenAI chat API "
+                    "is off", why);
     int rc = ic_sched_create(e, &so, &ld->sched);
     if (rc < 0) {
         ic_log_error("cannot start the scheduler: %s", ic_strerror(rc));
         ic_gateway_load_failed(ld->gw);
         return NULL;
     }
-    ic_gateway_attach(ld->gw, ld->sched);
+    char id[128];
+    const char *base = strrchr(a->model, '/');
+    snprintf(id, sizeof id, "%s", base ? base + 1 : a->model);
+    size_t n = strlen(id);
+    if (n > 5 && strcmp(id + n - 5, ".gguf") == 0)
+        id[n - 5] = '\0';
+    ic_gateway_attach(ld->gw, ld->sched, ld->chat, id);
     char status[160];
     snprintf(status, sizeof status, "serving %s, %d sessions", a->model, so.max_sessions);
     ic_notify_ready(status);
@@ -516,6 +528,7 @@ static int run(const serve_args *a)
     bool failed = ic_gateway_failed(gw);
     ic_sched_destroy(ld.sched);
     ic_gpu_monitor_destroy(ld.thermal);
+    ic_chat_destroy(ld.chat);
     ic_gateway_destroy(gw);
     ic_log_info("stopped");
     return failed ? 1 : 0;
