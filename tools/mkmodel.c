@@ -85,6 +85,7 @@ struct mk_opts {
     const char *out_path;
     const char *vocab_path; /* NULL: the default chain in mk_default_vocab */
     const char *name;       /* NULL: "ic-mkmodel-<preset>" */
+    const char *template_path; /* NULL: the vocab's own tokenizer.chat_template, if any */
     const struct mk_preset *preset;
     const struct mk_type *type;
     struct mk_shape shape;
@@ -155,6 +156,7 @@ static void mk_usage(FILE *f)
         "usage: ic-mkmodel --out PATH [--vocab VOCAB_GGUF] [--preset tiny|small|tinyllama]\n"
         "                  [--layers N] [--embd N] [--heads N] [--kv-heads N] [--ff N] [--ctx N]\n"
         "                  [--type f32|f16|q8_0|q4_0] [--seed S] [--name NAME] [--meta-only 1]\n"
+        "                  [--chat-template JINJA_FILE]\n"
         "Writes a llama-architecture GGUF with seeded random weights.\n"
         "  presets: tiny (default) 2 layers, embd 64, 4/2 heads, ff 128, ctx 2048\n"
         "           small  4 layers, embd 256, 8/4 heads, ff 704, ctx 4096\n"
@@ -162,6 +164,8 @@ static void mk_usage(FILE *f)
         "  explicit flags override the preset; --type defaults to f32, --seed to 42\n"
         "  --meta-only 1 writes the header alone (metadata, tensors of the final type,\n"
         "          no weights): a file llama.cpp cannot run, for reading the shape\n"
+        "  --chat-template stores the file's text as tokenizer.chat_template\n"
+        "          (replacing the vocab's own)\n"
         "  --vocab defaults to $IC_VOCAB_GGUF, else ${XDG_CACHE_HOME:-$HOME/.cache}/\n"
         "          inferencecenter/llama-" MK_LLAMA_TAG "-cpu/share/inferencecenter/" MK_VOCAB_FILE "\n");
 }
@@ -189,6 +193,8 @@ static int mk_parse_flag(struct mk_opts *o, const char *flag, const char *val)
         o->out_path = val;
     } else if (strcmp(flag, "--vocab") == 0) {
         o->vocab_path = val;
+    } else if (strcmp(flag, "--chat-template") == 0) {
+        o->template_path = val;
     } else if (strcmp(flag, "--name") == 0) {
         o->name = val;
     } else if (strcmp(flag, "--meta-only") == 0) {
@@ -562,6 +568,24 @@ static int mk_make_meta(const struct mk_opts *o, const struct gguf_context *meta
     return 0;
 }
 
+/* Stores a chat template file's text as tokenizer.chat_template. */
+static int mk_set_template(struct gguf_context *g, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return mk_error("cannot read chat template '%s': %s", path, strerror(errno));
+    char *text = NULL;
+    long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (len >= 0 && len < (1L << 24) && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)len + 1)))
+        text[fread(text, 1, (size_t)len, f)] = '\0';
+    fclose(f);
+    if (!text)
+        return mk_error("cannot read chat template '%s'", path);
+    gguf_set_val_str(g, "tokenizer.chat_template", text);
+    free(text);
+    return 0;
+}
+
 static int mk_run(const struct mk_opts *o, const struct mk_log *log)
 {
     char vocab_path[4096];
@@ -580,6 +604,10 @@ static int mk_run(const struct mk_opts *o, const struct mk_log *log)
             s->n_embd, s->n_head, s->n_head_kv, s->n_ff, s->n_ctx_train_tokens, o->type->name, o->seed);
     struct gguf_context *meta = mk_build_meta(o, vocab, n_vocab);
     gguf_free(vocab);
+    if (o->template_path && mk_set_template(meta, o->template_path) != 0) {
+        gguf_free(meta);
+        return -1;
+    }
     char tmp_path[4200], f32_path[4200];
     snprintf(tmp_path, sizeof tmp_path, "%s.tmp", o->out_path); /* length checked by mk_parse_args */
     snprintf(f32_path, sizeof f32_path, "%s.f32.tmp", o->out_path);
