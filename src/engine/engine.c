@@ -29,9 +29,22 @@ struct ic_engine {
     const char *chat_template;    /* owned by the model; NULL = fallback */
     struct llama_logit_bias *eog_bias; /* -inf for every EOG token */
     int n_eog;
+    struct special *specials;     /* control tokens, longest text first */
+    int n_specials;
+    int max_token_bytes;          /* longest token text in the vocabulary */
+    uint8_t special_first[32];    /* bitmap: bytes that start a control token's text */
     ic_engine_info info;
     ic_engine_opts opts;          /* as created; model_path is model_path_copy */
     char *model_path_copy;
+};
+
+/* A control token as text: where the template's own text names one, the
+ * chat tokenizer puts the token in (see ic_engine_chat_tokenize). */
+struct special {
+    ic_token id;
+    const char *text;             /* owned by the vocabulary */
+    int len;
+    bool lstrip, rstrip;          /* it swallows whitespace before / after it */
 };
 
 struct ic_sampler {
@@ -174,6 +187,7 @@ static void fill_info(ic_engine *e, const ic_engine_opts *opts, uint64_t file_by
     in->n_layer = llama_model_n_layer(e->model);
     in->n_vocab = llama_vocab_n_tokens(e->vocab);
     in->has_chat_template = e->chat_template != NULL;
+    in->max_token_bytes = e->max_token_bytes;
     in->n_ctx_tokens = llama_n_ctx(e->ctx);
     in->n_seq_max = llama_n_seq_max(e->ctx);
     in->n_batch_tokens = llama_n_batch(e->ctx);
@@ -197,6 +211,43 @@ static int collect_eog(ic_engine *e)
         if (llama_vocab_is_eog(e->vocab, t))
             e->eog_bias[e->n_eog++] = (struct llama_logit_bias){.token = t, .bias = -INFINITY};
     }
+    return 0;
+}
+
+static int cmp_special(const void *a, const void *b)
+{
+    const struct special *x = a, *y = b;
+    return y->len - x->len;
+}
+
+/* The tokens llama_tokenize parses only with parse_special: control and
+ * unknown ones (user-defined tokens it always parses). */
+static int collect_specials(ic_engine *e)
+{
+    int n_vocab = llama_vocab_n_tokens(e->vocab), n = 0;
+    const int want = LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_UNKNOWN;
+    for (int t = 0; t < n_vocab; t++)
+        n += (llama_vocab_get_attr(e->vocab, t) & want) != 0;
+    e->specials = calloc(n ? (size_t)n : 1, sizeof *e->specials);
+    if (!e->specials)
+        return IC_ERR_NOMEM;
+    for (int t = 0; t < n_vocab; t++) {
+        const char *any = llama_vocab_get_text(e->vocab, t);
+        int len = any ? (int)strlen(any) : 0;
+        if (len > e->max_token_bytes)
+            e->max_token_bytes = len;
+        int attr = (int)llama_vocab_get_attr(e->vocab, t);
+        const char *text = (attr & want) ? llama_vocab_get_text(e->vocab, t) : NULL;
+        if (!text || !*text)
+            continue;
+        e->specials[e->n_specials++] = (struct special){
+            .id = t, .text = text, .len = (int)strlen(text),
+            .lstrip = (attr & LLAMA_TOKEN_ATTR_LSTRIP) != 0,
+            .rstrip = (attr & LLAMA_TOKEN_ATTR_RSTRIP) != 0};
+        unsigned char c = (unsigned char)text[0];
+        e->special_first[c / 8] |= (uint8_t)(1u << (c % 8));
+    }
+    qsort(e->specials, (size_t)e->n_specials, sizeof *e->specials, cmp_special);
     return 0;
 }
 
@@ -254,7 +305,7 @@ int ic_engine_create(const ic_engine_opts *opts, ic_engine **out, const char **e
     e->vocab = llama_model_get_vocab(e->model);
     e->chat_template = llama_model_chat_template(e->model, NULL);
     rc = create_context(e, opts, errmsg);
-    if (rc == 0 && collect_eog(e) < 0) {
+    if (rc == 0 && (collect_eog(e) < 0 || collect_specials(e) < 0)) {
         *errmsg = "out of memory";
         rc = IC_ERR_NOMEM;
     }
@@ -285,6 +336,7 @@ void ic_engine_destroy(ic_engine *e)
     }
     llama_model_free(e->model);
     free(e->eog_bias);
+    free(e->specials);
     free(e->model_path_copy);
     free(e);
 }
@@ -400,6 +452,202 @@ int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
     }
     buf[len] = '\0';
     *out = buf;
+    return 0;
+}
+
+/* Token list being built by chat_tokenize. */
+typedef struct tok_list {
+    ic_token *v;
+    int n, cap;
+} tok_list;
+
+static int tok_push(tok_list *l, const ic_token *t, int n)
+{
+    if (l->n + n > l->cap) {
+        int cap = l->cap ? l->cap : 64;
+        while (cap < l->n + n)
+            cap *= 2;
+        ic_token *v = realloc(l->v, (size_t)cap * sizeof *v);
+        if (!v)
+            return IC_ERR_NOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    memcpy(l->v + l->n, t, (size_t)n * sizeof *t);
+    l->n += n;
+    return 0;
+}
+
+/* Plain text (no control tokens parsed) onto the list. */
+static int tok_text(const ic_engine *e, tok_list *l, const char *text, size_t len)
+{
+    if (len == 0)
+        return 0;
+    ic_token *t = NULL;
+    int n = 0;
+    int rc = ic_engine_tokenize(e, text, len, false, false, &t, &n);
+    if (rc == 0)
+        rc = tok_push(l, t, n);
+    free(t);
+    return rc;
+}
+
+/* The control token whose text starts at p (at most len bytes), or NULL. */
+static const struct special *special_at(const ic_engine *e, const char *p, size_t len)
+{
+    unsigned char c = (unsigned char)*p;
+    if (!(e->special_first[c / 8] & (1u << (c % 8))))
+        return NULL;
+    for (int i = 0; i < e->n_specials; i++) {
+        const struct special *sp = &e->specials[i];
+        if ((size_t)sp->len <= len && memcmp(p, sp->text, (size_t)sp->len) == 0)
+            return sp;
+    }
+    return NULL;
+}
+
+static bool has_special(const ic_engine *e, const char *c)
+{
+    for (size_t k = 0, len = strlen(c); k < len; k++) {
+        if (special_at(e, c + k, len - k))
+            return true;
+    }
+    return false;
+}
+
+static size_t trimmed(const char *c, size_t len, size_t *lead)
+{
+    size_t a = 0;
+    while (a < len && strchr(" \t\n\r", c[a]))
+        a++;
+    while (len > a && strchr(" \t\n\r", c[len - 1]))
+        len--;
+    *lead = a;
+    return len - a;
+}
+
+/* Where each message's content lies in the formatted text: spans[2i],
+ * spans[2i+1] = [start, end). The template is formatted a second time with
+ * a marker for each content; the text must then be the marker text's
+ * template pieces with each content (or the content trimmed, as some
+ * templates do) in the markers' places. Returns false when it is not. */
+static bool locate_contents(const ic_engine *e, const char *text, const ic_chat_msg *msgs,
+                            size_t n, bool add_assistant, size_t *spans)
+{
+    ic_chat_msg *mm = calloc(n ? n : 1, sizeof *mm);
+    char (*marks)[24] = malloc((n ? n : 1) * sizeof *marks);
+    char *mtext = NULL;
+    bool ok = mm && marks;
+    for (size_t i = 0; ok && i < n; i++) {
+        snprintf(marks[i], sizeof marks[i], "\x02%zu\x03", i);
+        mm[i] = (ic_chat_msg){.role = msgs[i].role, .content = marks[i]};
+    }
+    ok = ok && ic_engine_chat_format(e, mm, n, add_assistant, &mtext) == 0;
+    const char *tp = text, *mp = mtext;
+    for (size_t i = 0; ok && i < n; i++) {
+        const char *hit = strstr(mp, marks[i]);
+        size_t plen = hit ? (size_t)(hit - mp) : 0;
+        ok = hit && strncmp(tp, mp, plen) == 0;
+        if (!ok)
+            break;
+        tp += plen;
+        mp = hit + strlen(marks[i]);
+        const char *c = msgs[i].content;
+        size_t len = strlen(c), lead = 0;
+        if (strncmp(tp, c, len) != 0) {
+            len = trimmed(c, len, &lead);
+            ok = strncmp(tp, c + lead, len) == 0;
+        }
+        spans[2 * i] = (size_t)(tp - text);
+        spans[2 * i + 1] = spans[2 * i] + len;
+        tp += len;
+    }
+    ok = ok && strcmp(tp, mp) == 0;
+    free(mtext);
+    free(marks);
+    free(mm);
+    return ok;
+}
+
+/* Tokenizes formatted chat text: control tokens only outside the content
+ * spans, every run of plain text between them as llama_tokenize would (an
+ * SPM vocabulary's leading space included), with lstrip/rstrip honoured. */
+static int tokenize_spans(const ic_engine *e, const char *text, const size_t *spans, size_t n,
+                          tok_list *out)
+{
+    size_t len = strlen(text), run = 0, i = 0, k = 0;
+    int rc = 0;
+    while (i < len && rc == 0) {
+        while (k < n && i >= spans[2 * k + 1])
+            k++;
+        if (k < n && i >= spans[2 * k] && i < spans[2 * k + 1]) {
+            i = spans[2 * k + 1]; /* content: plain text */
+            continue;
+        }
+        size_t lim = (k < n ? spans[2 * k] : len) - i; /* never into content */
+        const struct special *sp = special_at(e, text + i, lim);
+        if (!sp) {
+            i++;
+            continue;
+        }
+        size_t end = i;
+        while (sp->lstrip && end > run && strchr(" \t\n\r", text[end - 1]))
+            end--;
+        rc = tok_text(e, out, text + run, end - run);
+        if (rc == 0)
+            rc = tok_push(out, &sp->id, 1);
+        i += (size_t)sp->len;
+        while (sp->rstrip && i < len && strchr(" \t\n\r", text[i]))
+            i++;
+        run = i;
+    }
+    return rc ? rc : tok_text(e, out, text + run, len - run);
+}
+
+int ic_engine_chat_tokenize(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
+                            bool add_assistant, bool allow_special, ic_token **toks,
+                            int *n_toks)
+{
+    *toks = NULL;
+    *n_toks = 0;
+    char *text = NULL;
+    int rc = ic_engine_chat_format(e, msgs, n, add_assistant, &text);
+    if (rc < 0)
+        return rc;
+    if (allow_special) {
+        rc = ic_engine_tokenize(e, text, strlen(text), true, true, toks, n_toks);
+        free(text);
+        return rc;
+    }
+    size_t *spans = malloc((n ? n : 1) * 2 * sizeof *spans);
+    tok_list l = {0};
+    ic_token bos = llama_vocab_bos(e->vocab), eos = llama_vocab_eos(e->vocab);
+    bool add_bos = llama_vocab_get_add_bos(e->vocab) && bos != LLAMA_TOKEN_NULL;
+    rc = spans ? 0 : IC_ERR_NOMEM;
+    if (rc == 0 && !locate_contents(e, text, msgs, n, add_assistant, spans)) {
+        /* Unknown layout: safe to parse as a whole only when no content
+         * holds control-token text. */
+        for (size_t i = 0; i < n && rc == 0; i++)
+            rc = has_special(e, msgs[i].content) ? IC_ERR_INVAL : 0;
+        for (size_t i = 0; i < 2 * n; i++)
+            spans[i] = 0;
+    }
+    if (rc == 0 && add_bos)
+        rc = tok_push(&l, &bos, 1);
+    if (rc == 0)
+        rc = tokenize_spans(e, text, spans, n, &l);
+    if (rc == 0 && llama_vocab_get_add_eos(e->vocab) && eos != LLAMA_TOKEN_NULL)
+        rc = tok_push(&l, &eos, 1);
+    free(spans);
+    free(text);
+    if (rc < 0) {
+        free(l.v);
+        return rc;
+    }
+    if (!l.v && !(l.v = malloc(sizeof *l.v))) /* callers free a non-NULL array */
+        return IC_ERR_NOMEM;
+    *toks = l.v;
+    *n_toks = l.n;
     return 0;
 }
 

@@ -44,6 +44,7 @@ typedef struct ic_engine_info {
     int n_layer;
     int n_vocab;
     bool has_chat_template;
+    int max_token_bytes;     /* longest token text: bytes / this <= tokens */
     uint32_t n_ctx_tokens;   /* actual KV cache size of the context */
     uint32_t n_seq_max;
     uint32_t n_batch_tokens;
@@ -131,6 +132,18 @@ bool ic_engine_token_is_eog(const ic_engine *e, ic_token tok);
  * turn. Returns 0 and a malloc'd string in *out, or IC_ERR_TEMPLATE/NOMEM. */
 int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
                           bool add_assistant, char **out);
+
+/* Formats a conversation (as ic_engine_chat_format) and tokenizes it with
+ * the model's BOS. Control tokens such as <|im_start|> are parsed only in
+ * the template's own text: a message's content is plain text, so a user
+ * cannot type a role marker (allow_special: parsed in content too, as
+ * llama.cpp's server does). Returns 0 and a malloc'd array (caller frees),
+ * IC_ERR_INVAL (a content holding control-token text that the template
+ * rewrote, so it cannot be told apart), IC_ERR_TEMPLATE, IC_ERR_TOKENIZE or
+ * IC_ERR_NOMEM. */
+int ic_engine_chat_tokenize(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
+                            bool add_assistant, bool allow_special, ic_token **toks,
+                            int *n_toks);
 
 /* Empties the batch. */
 void ic_engine_batch_clear(ic_engine *e);

@@ -70,19 +70,33 @@ static int push_msg(ic_convo *c, const char *role, const char *content, size_t l
     return 0;
 }
 
-/* Formats the chat so far (ending with the open user turn) with the
+/* Tokens of the chat so far (ending with the open user turn) with the
  * assistant's turn opened. */
-static int format_chat(const ic_convo *c, const ic_engine *e, char **out)
+static int tokenize_chat(const ic_convo *c, const ic_engine *e, bool allow_special,
+                         ic_token **toks, int *n_toks)
 {
     ic_chat_msg *cm = malloc((c->n_msgs ? c->n_msgs : 1) * sizeof *cm);
     if (!cm)
         return IC_ERR_NOMEM;
     for (size_t i = 0; i < c->n_msgs; i++)
         cm[i] = (ic_chat_msg){.role = c->msgs[i].role, .content = c->msgs[i].content};
-    int rc = ic_engine_chat_format(e, cm, c->n_msgs, true, out);
+    int rc = ic_engine_chat_tokenize(e, cm, c->n_msgs, true, allow_special, toks, n_toks);
     free(cm);
     return rc;
 }
+
+size_t ic_convo_bytes(const ic_convo *c)
+{
+    if (c->mode == MODE_RAW)
+        return c->raw.len;
+    size_t n = c->mode == MODE_NONE && c->system ? strlen(c->system) : 0;
+    for (size_t i = 0; i < c->n_msgs; i++)
+        n += strlen(c->msgs[i].content);
+    return n;
+}
+
+/* Nothing but whitespace. */
+static bool blank(const char *t) { return t[strspn(t, " \t\r\n\f\v")] == '\0'; }
 
 static int open_turn(ic_convo *c, const char *prompt, bool raw, const char **why)
 {
@@ -111,7 +125,7 @@ static int open_turn(ic_convo *c, const char *prompt, bool raw, const char **why
 }
 
 int ic_convo_begin_turn(ic_convo *c, const ic_engine *e, const char *prompt, bool raw,
-                        ic_token **toks, int *n_toks, const char **why)
+                        bool allow_special, ic_token **toks, int *n_toks, const char **why)
 {
     static const char *unused;
     if (!why)
@@ -120,19 +134,22 @@ int ic_convo_begin_turn(ic_convo *c, const ic_engine *e, const char *prompt, boo
     *n_toks = 0;
     if (c->turn_open)
         ic_convo_cancel_turn(c);
+    if (blank(prompt) && ic_convo_bytes(c) == 0 && c->n_msgs == 0) {
+        /* Nothing to generate from (a vocabulary without BOS would give
+         * no token at all). With context, an empty turn continues it. */
+        *why = "the prompt is empty and the session holds nothing to continue";
+        return IC_ERR_INVAL;
+    }
     int rc = open_turn(c, prompt, raw, why);
     if (rc < 0)
         return rc;
     c->turn_open = true;
-    if (raw) {
-        rc = ic_engine_tokenize(e, c->raw.data, c->raw.len, true, false, toks, n_toks);
-    } else {
-        char *text = NULL;
-        rc = format_chat(c, e, &text);
-        if (rc == 0)
-            rc = ic_engine_tokenize(e, text, strlen(text), true, true, toks, n_toks);
-        free(text);
-    }
+    if (raw)
+        rc = ic_engine_tokenize(e, c->raw.data, c->raw.len, true, allow_special, toks, n_toks);
+    else
+        rc = tokenize_chat(c, e, allow_special, toks, n_toks);
+    if (rc == IC_ERR_INVAL)
+        *why = "a message holds control-token text that the chat template rewrote";
     if (rc < 0)
         ic_convo_cancel_turn(c);
     return rc;
@@ -180,10 +197,5 @@ int ic_convo_system_tokens(const ic_convo *c, const ic_engine *e, ic_token **tok
     if (c->mode == MODE_RAW)
         return ic_engine_tokenize(e, c->system, strlen(c->system), true, false, toks, n_toks);
     ic_chat_msg sys = {.role = "system", .content = c->system};
-    char *text = NULL;
-    int rc = ic_engine_chat_format(e, &sys, 1, false, &text);
-    if (rc == 0)
-        rc = ic_engine_tokenize(e, text, strlen(text), true, true, toks, n_toks);
-    free(text);
-    return rc;
+    return ic_engine_chat_tokenize(e, &sys, 1, false, false, toks, n_toks);
 }

@@ -29,10 +29,19 @@ const char *ic_convo_system(const ic_convo *c);
 
 /* Starts a turn: returns in *toks (malloc'd, caller frees) the tokens of the
  * whole conversation with prompt as its next turn, ready for the reply.
- * Returns 0, IC_ERR_INVAL (raw and chat mixed in one session; *why says
- * so), IC_ERR_TEMPLATE, IC_ERR_TOKENIZE or IC_ERR_NOMEM. */
+ * Control tokens are parsed only in the chat template's own text (raw text
+ * is plain), or everywhere with allow_special. Returns 0, IC_ERR_INVAL
+ * (*why says why: raw and chat mixed in one session; an empty or
+ * whitespace-only prompt with nothing before it, neither a system prompt
+ * nor an earlier turn; control-token text the template rewrote),
+ * IC_ERR_TEMPLATE, IC_ERR_TOKENIZE or IC_ERR_NOMEM. */
 int ic_convo_begin_turn(ic_convo *c, const ic_engine *e, const char *prompt, bool raw,
-                        ic_token **toks, int *n_toks, const char **why);
+                        bool allow_special, ic_token **toks, int *n_toks, const char **why);
+
+/* Bytes of text the conversation holds (system prompt and every turn):
+ * with a new prompt's, a lower bound on the next turn's tokens is this
+ * over the longest token's bytes. */
+size_t ic_convo_bytes(const ic_convo *c);
 
 /* Ends the turn begun last with the reply text the client received. */
 int ic_convo_end_turn(ic_convo *c, const char *reply, size_t len);

@@ -154,23 +154,37 @@ enum ic_prefix_verdict ic_prefix_attach(ic_prefix_cache *pc, ic_engine *e, const
 }
 
 void ic_prefix_publish(ic_prefix_cache *pc, ic_engine *e,
-                       int (*progress)(void *ud, uint64_t session_id), void *ud)
+                       const ic_token *(*hist)(void *ud, uint64_t session_id, int *n),
+                       void *ud)
 {
     for (int i = 0; i < pc->n_slots; i++) {
         prefix *p = &pc->slots[i];
         if (!p->system || p->ready)
             continue;
-        int done = progress(ud, p->owner);
-        if (done < 0) {
-            drop(e, p); /* its session went away; a waiter will take over */
+        int done = 0;
+        const ic_token *h = hist(ud, p->owner, &done);
+        int same = h ? ic_tokens_common_prefix(h, done, p->toks, p->n_toks) : 0;
+        if (!h || (same < done && same < p->n_toks)) {
+            /* Its session went away, or its cells hold other tokens than
+             * the system prompt's: never publish them. */
+            drop(e, p);
             continue;
         }
-        if (done >= p->n_toks) {
+        if (same >= p->n_toks) {
             ic_engine_seq_share(e, p->owner_seq, p->seq, p->n_toks);
             p->ready = true;
             p->owner = 0;
             ic_log_debug("scheduler: shared prefix of %d tokens ready", p->n_toks);
         }
+    }
+}
+
+void ic_prefix_release(ic_prefix_cache *pc, ic_engine *e, uint64_t session_id)
+{
+    for (int i = 0; i < pc->n_slots; i++) {
+        prefix *p = &pc->slots[i];
+        if (p->system && !p->ready && p->owner == session_id)
+            drop(e, p);
     }
 }
 

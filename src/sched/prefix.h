@@ -38,11 +38,19 @@ enum ic_prefix_verdict ic_prefix_attach(ic_prefix_cache *pc, ic_engine *e, const
                                         int n_prompt, uint64_t step, int *n_shared);
 
 /* After a decode step: a prefix whose computing session has decoded past
- * it is copied into the prefix's own sequence and becomes ready. progress
- * returns how many tokens of a session are in the cache, or -1 if it no
- * longer computes (then the prefix is dropped and a waiter takes over). */
+ * it is copied into the prefix's own sequence and becomes ready, but only
+ * when those cells hold exactly the prefix's tokens. hist returns the
+ * tokens of a session's cache (*n of them), or NULL if it no longer
+ * computes; then, or when its cells hold other tokens, the entry is
+ * dropped and a waiter takes over. */
 void ic_prefix_publish(ic_prefix_cache *pc, ic_engine *e,
-                       int (*progress)(void *ud, uint64_t session_id), void *ud);
+                       const ic_token *(*hist)(void *ud, uint64_t session_id, int *n),
+                       void *ud);
+
+/* The session's generation ended: a prefix it was still computing is
+ * dropped (its cells were never published), so that the sessions waiting
+ * for it take over at their next admission instead of waiting forever. */
+void ic_prefix_release(ic_prefix_cache *pc, ic_engine *e, uint64_t session_id);
 
 /* Drops every ready prefix, giving its cells back. */
 void ic_prefix_drop_ready(ic_prefix_cache *pc, ic_engine *e);

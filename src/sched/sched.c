@@ -3,10 +3,11 @@
  *
  * Thread: everything below `--- scheduler thread ---` runs only on the
  * scheduler thread, which owns the engine, the session slots, the prefix
- * cache and all generations. The public request functions run on any
- * thread and touch only the queues and atomics. The thermal guard, idle
- * sleep and heartbeat live in sched_power.c; the types both files share
- * in sched_impl.h.
+ * cache and all generations. The public request functions touch only the
+ * queues and atomics: open and infer on the one submitting thread, which
+ * owns the sent counters; abort and close on any. The thermal guard, idle
+ * sleep and heartbeat live in sched_power.c, the prefill policy in
+ * prefill.c; the types they share in sched_impl.h.
  */
 #include "sched.h"
 #include "buf.h"
@@ -35,6 +36,7 @@ ic_sched_opts ic_sched_opts_default(void)
         .max_queued = 64,
         .prefix_slots = 2,
         .max_chunk_tokens = 256,
+        .max_step_ms = 50,
         .kv_unified = false,
         .temp_resume_delta_c = 5.0,
     };
@@ -71,6 +73,7 @@ static void req_free(void *p)
     free(r->text);
     for (int i = 0; i < IC_STOP_MAX; i++)
         free(r->stop_copies[i]);
+    ic_event_free(r->reply);
     free(r);
 }
 
@@ -92,23 +95,26 @@ static int submit(ic_sched *s, req *r)
 
 int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id)
 {
-    int n = atomic_load(&s->n_sessions);
-    do {
-        if (n >= s->opts.max_sessions)
-            return IC_ERR_CAPACITY;
-    } while (!atomic_compare_exchange_weak(&s->n_sessions, &n, n + 1));
+    /* opens_done before st_sessions: an open the scheduler has counted as
+     * done is in st_sessions too, so the sum never falls short. */
+    uint64_t sent = atomic_load(&s->opens_sent);
+    uint64_t done = atomic_load(&s->opens_done);
+    int open = atomic_load(&s->st_sessions);
+    if ((uint64_t)open + (sent - done) >= (uint64_t)s->opts.max_sessions)
+        return IC_ERR_CAPACITY;
     req *r = calloc(1, sizeof *r);
-    if (!r || (system_prompt && !(r->text = strdup(system_prompt)))) {
-        free(r);
-        atomic_fetch_sub(&s->n_sessions, 1);
+    if (!r || !(r->reply = calloc(1, sizeof *r->reply)) ||
+        (system_prompt && !(r->text = strdup(system_prompt)))) {
+        req_free(r);
         return IC_ERR_NOMEM;
     }
     r->type = REQ_OPEN;
     r->session_id = atomic_fetch_add(&s->next_session_id, 1);
     uint64_t id = r->session_id;
+    atomic_store(&s->opens_sent, sent + 1); /* before the scheduler can count it done */
     int rc = submit(s, r);
     if (rc < 0) {
-        atomic_fetch_sub(&s->n_sessions, 1);
+        atomic_store(&s->opens_sent, sent);
         return rc;
     }
     *session_id = id;
@@ -118,12 +124,12 @@ int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *sess
 int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
                    bool raw, const ic_gen_params *params)
 {
-    if (atomic_fetch_add(&s->n_pending, 1) >= s->opts.max_queued) {
-        atomic_fetch_sub(&s->n_pending, 1);
+    uint64_t sent = atomic_load(&s->infers_sent);
+    if (sent - atomic_load(&s->infers_started) >= (uint64_t)s->opts.max_queued)
         return IC_ERR_OVERLOADED;
-    }
     req *r = calloc(1, sizeof *r);
-    int rc = r && (r->text = strdup(prompt)) ? 0 : IC_ERR_NOMEM;
+    int rc = r && (r->reply = calloc(1, sizeof *r->reply)) && (r->text = strdup(prompt))
+                 ? 0 : IC_ERR_NOMEM;
     if (rc == 0) {
         r->type = REQ_INFER;
         r->session_id = session_id;
@@ -136,12 +142,14 @@ int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const 
             rc = r->stop_copies[i] ? 0 : IC_ERR_NOMEM;
         }
     }
-    if (rc == 0)
-        rc = submit(s, r); /* takes r on every path */
-    else
+    if (rc < 0) {
         req_free(r);
+        return rc;
+    }
+    atomic_store(&s->infers_sent, sent + 1);
+    rc = submit(s, r); /* takes r on every path */
     if (rc < 0)
-        atomic_fetch_sub(&s->n_pending, 1);
+        atomic_store(&s->infers_sent, sent);
     return rc;
 }
 
@@ -179,7 +187,7 @@ void ic_sched_get_opts(const ic_sched *s, ic_sched_opts *out) { *out = s->opts; 
 void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
 {
     ic_sched *m = (ic_sched *)s; /* atomics are read-only here */
-    out->sessions = atomic_load(&m->n_sessions);
+    out->sessions = atomic_load(&m->st_sessions);
     out->generating = atomic_load(&m->st_generating);
     out->queued = atomic_load(&m->st_queued);
     out->kv_cells_used = atomic_load(&m->st_kv_used);
@@ -211,45 +219,59 @@ int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
 /* --- scheduler thread ---                                             */
 
 /* Events wait in s->outbox until the end of the step and go out together:
- * one lock and at most one wake-up per step, however many sessions. */
+ * one lock and at most one wake-up per step, however many sessions. When
+ * the queue cannot take them (out of memory) they wait for the next turn. */
 static void flush_events(ic_sched *s)
 {
     if (s->n_outbox == 0)
         return;
     int rc = ic_queue_push_many(s->events, (void *const *)s->outbox, (size_t)s->n_outbox);
     if (rc < 0) {
-        /* Only allocation can fail here (the queue is unbounded). */
-        ic_log_error("scheduler: dropping %d events: %s", s->n_outbox, ic_strerror(rc));
-        for (int i = 0; i < s->n_outbox; i++)
-            ic_event_free(s->outbox[i]);
-    } else if (rc == 1) {
-        s->wake_pending = true;
+        ic_log_error("scheduler: %d events wait: %s", s->n_outbox, ic_strerror(rc));
+        return;
     }
+    if (rc == 1)
+        s->wake_pending = true;
     s->n_outbox = 0;
 }
 
+/* Answers (END, ERROR, SESSION_CLOSED) may use the whole outbox; TOKENs
+ * leave outbox_reserve slots free, more than the answers that can be
+ * pending at once (an END and a SESSION_CLOSED per session, an ERROR per
+ * queued INFER). Out of memory a TOKEN may be lost, an answer never: each
+ * answer's event was allocated before its request was queued. */
 static void emit(ic_sched *s, ic_event *ev)
 {
-    if (s->n_outbox == s->cap_outbox) {
-        int cap = s->cap_outbox ? s->cap_outbox * 2 : 64;
+    bool answer = ev->type != IC_EVENT_TOKEN;
+    int room = s->cap_outbox - (answer ? 0 : s->outbox_reserve);
+    if (s->n_outbox >= room) {
+        int cap = s->cap_outbox * 2;
         ic_event **o = realloc(s->outbox, (size_t)cap * sizeof *o);
-        if (!o) {
-            flush_events(s);
-            if (s->n_outbox == s->cap_outbox) {
-                ic_event_free(ev);
-                return;
-            }
-        } else {
+        if (o) {
             s->outbox = o;
             s->cap_outbox = cap;
+        } else if (!answer) {
+            ic_log_error("session %llu: a token's text was lost (out of memory)",
+                         (unsigned long long)ev->session_id);
+            ic_event_free(ev);
+            return;
+        } else if (s->n_outbox == s->cap_outbox) {
+            if (ic_queue_push(s->events, ev) < 0) {
+                ic_log_error("session %llu: an answer was lost (out of memory)",
+                             (unsigned long long)ev->session_id);
+                ic_event_free(ev);
+            }
+            s->wake_pending = true;
+            return;
         }
     }
     s->outbox[s->n_outbox++] = ev;
 }
 
-static ic_event *new_event(enum ic_event_type type, uint64_t session_id, uint64_t request_id)
+/* Sets an event's kind on zeroed memory; NULL stays NULL. */
+static ic_event *event_fill(ic_event *ev, enum ic_event_type type, uint64_t session_id,
+                            uint64_t request_id)
 {
-    ic_event *ev = calloc(1, sizeof *ev);
     if (ev) {
         ev->type = type;
         ev->session_id = session_id;
@@ -258,9 +280,20 @@ static ic_event *new_event(enum ic_event_type type, uint64_t session_id, uint64_
     return ev;
 }
 
-static void emit_error(ic_sched *s, uint64_t sid, uint64_t rid, int err, const char *msg)
+static ic_event *new_event(enum ic_event_type type, uint64_t session_id, uint64_t request_id)
 {
-    ic_event *ev = new_event(IC_EVENT_ERROR, sid, rid);
+    return event_fill(calloc(1, sizeof(ic_event)), type, session_id, request_id);
+}
+
+/* An INFER leaves the queued state (refused, started or ended). */
+static void infer_taken(ic_sched *s) { atomic_fetch_add(&s->infers_started, 1); }
+
+/* Refuses an INFER with its ERROR. */
+static void refuse(ic_sched *s, req *r, int err, const char *msg)
+{
+    infer_taken(s);
+    ic_event *ev = event_fill(r->reply, IC_EVENT_ERROR, r->session_id, r->request_id);
+    r->reply = NULL;
     if (!ev)
         return;
     ev->err = err;
@@ -284,25 +317,13 @@ static void publish_session(ic_sched *s, const session *ss)
     atomic_store(&p->n_ctx_used, ss->n_hist);
 }
 
-static int hist_push(session *ss, ic_token t)
-{
-    if (ss->n_hist == ss->cap_hist) {
-        int cap = ss->cap_hist ? ss->cap_hist * 2 : 256;
-        ic_token *h = realloc(ss->hist, (size_t)cap * sizeof *h);
-        if (!h)
-            return IC_ERR_NOMEM;
-        ss->hist = h;
-        ss->cap_hist = cap;
-    }
-    ss->hist[ss->n_hist++] = t;
-    return 0;
-}
-
-/* How far a session computing a shared prefix has got (for prefix.c). */
-static int session_progress(void *ud, uint64_t session_id)
+/* The cache content of a session computing a shared prefix (for
+ * prefix.c), or NULL when it no longer computes. */
+static const ic_token *owner_hist(void *ud, uint64_t session_id, int *n)
 {
     session *ss = find_session(ud, session_id);
-    return ss && ss->gen ? ss->n_hist : -1;
+    *n = ss && ss->gen ? ss->n_hist : 0;
+    return ss && ss->gen ? ss->hist : NULL;
 }
 
 static void gen_free(gen *g)
@@ -315,6 +336,7 @@ static void gen_free(gen *g)
     ic_buf_free(&g->raw_piece);
     ic_buf_free(&g->piece_text);
     ic_buf_free(&g->out_text);
+    ic_event_free(g->end);
     free(g->prompt);
     free(g);
 }
@@ -342,12 +364,16 @@ static void finish(ic_sched *s, session *ss, enum ic_end_reason reason)
     if (!g)
         return;
     if (g->state == IC_SESSION_QUEUED)
-        atomic_fetch_sub(&s->n_pending, 1);
+        infer_taken(s);
+    /* A prefix this generation was computing goes: a waiter takes over. */
+    ic_prefix_release(s->prefixes, s->engine, ss->id);
     if (ic_convo_end_turn(ss->convo, g->reply.data ? g->reply.data : "", g->reply.len) < 0)
         ic_log_error("session %llu: reply not kept in the conversation (out of memory)",
                      (unsigned long long)ss->id);
     ss->first_turn_done = true;
-    ic_event *ev = new_event(IC_EVENT_END, ss->id, g->request_id);
+    ic_event *ev = g->end ? event_fill(g->end, IC_EVENT_END, ss->id, g->request_id)
+                          : new_event(IC_EVENT_END, ss->id, g->request_id);
+    g->end = NULL;
     if (ev) {
         ev->reason = reason;
         fill_stats(g, ic_now_ms(), &ev->stats);
@@ -378,41 +404,62 @@ static int gen_init(ic_sched *s, req *r, gen *g)
     return rc;
 }
 
+/* A conversation of this many bytes needs at least this many tokens: no
+ * token's text is longer than max_token_bytes. */
+static size_t min_tokens(const ic_sched *s, size_t bytes)
+{
+    return bytes / (s->info.max_token_bytes > 0 ? (size_t)s->info.max_token_bytes : 1);
+}
+
 /* REQ_INFER: builds the turn's tokens and queues the generation, or
  * refuses it with an ERROR event. */
 static void start_generation(ic_sched *s, req *r)
 {
     session *ss = find_session(s, r->session_id);
     if (!ss || ss->gen) {
-        atomic_fetch_sub(&s->n_pending, 1);
-        emit_error(s, r->session_id, r->request_id, ss ? IC_ERR_BUSY : IC_ERR_NOT_FOUND,
-                   ss ? "a generation is already running in this session" : "session not found");
+        refuse(s, r, ss ? IC_ERR_BUSY : IC_ERR_NOT_FOUND,
+               ss ? "a generation is already running in this session" : "session not found");
+        return;
+    }
+    char msg[192];
+    size_t bytes = ic_convo_bytes(ss->convo) + strlen(r->text);
+    if (min_tokens(s, bytes) >= s->opts.n_ctx_per_session) {
+        /* Refused on its size alone, before any tokenizing. */
+        snprintf(msg, sizeof msg, "prompt of %zu bytes needs more than %zu tokens but the "
+                 "session context holds %u", bytes, min_tokens(s, bytes) - 1,
+                 s->opts.n_ctx_per_session);
+        refuse(s, r, IC_ERR_PROMPT_TOO_LONG, msg);
         return;
     }
     gen *g = calloc(1, sizeof *g);
     const char *why = NULL;
     int rc = g ? gen_init(s, r, g) : IC_ERR_NOMEM;
     if (rc == 0)
-        rc = ic_convo_begin_turn(ss->convo, s->engine, r->text, r->raw, &g->prompt,
-                                 &g->n_prompt_tokens, &why);
-    char msg[192];
+        rc = ic_convo_begin_turn(ss->convo, s->engine, r->text, r->raw, r->params.allow_special,
+                                 &g->prompt, &g->n_prompt_tokens, &why);
     if (rc == 0 && g->n_prompt_tokens >= (int)s->opts.n_ctx_per_session) {
         snprintf(msg, sizeof msg, "prompt needs %d tokens but the session context holds %u",
                  g->n_prompt_tokens, s->opts.n_ctx_per_session);
         why = msg;
         rc = IC_ERR_PROMPT_TOO_LONG;
         ic_convo_cancel_turn(ss->convo);
+    } else if (rc == 0 && g->n_prompt_tokens == 0) {
+        why = "the prompt is empty and the session holds nothing to continue";
+        rc = IC_ERR_INVAL;
+        ic_convo_cancel_turn(ss->convo);
     }
     if (rc < 0) {
-        atomic_fetch_sub(&s->n_pending, 1);
-        emit_error(s, r->session_id, r->request_id, rc, why ? why : ic_strerror(rc));
+        refuse(s, r, rc, why ? why : ic_strerror(rc));
         gen_free(g);
         return;
     }
-    /* Keep what the cache already holds of this conversation. */
+    g->end = r->reply;
+    r->reply = NULL;
+    /* Keep what the cache already holds of this conversation, but never
+     * the last prompt token: it must be decoded to get logits. */
     int keep = ic_tokens_common_prefix(ss->hist, ss->n_hist, g->prompt, g->n_prompt_tokens);
-    if (keep == g->n_prompt_tokens)
-        keep--; /* the last prompt token must be decoded to get logits */
+    if (keep >= g->n_prompt_tokens)
+        keep = g->n_prompt_tokens - 1;
     if (keep < ss->n_hist) {
         ic_engine_seq_rm(s->engine, ss->seq, keep, -1);
         ss->n_hist = keep;
@@ -436,7 +483,7 @@ static void admit(ic_sched *s, session *ss)
         if (v == IC_PREFIX_WAIT)
             return;
         for (int i = 0; i < shared; i++)
-            hist_push(ss, g->prompt[i]);
+            ic_sched__hist_push(ss, g->prompt[i]);
         ss->n_shared = shared;
     }
     if (g->penalize) {
@@ -446,7 +493,7 @@ static void admit(ic_sched *s, session *ss)
             ic_engine_sampler_accept(g->sampler, g->prompt[i]);
     }
     g->state = IC_SESSION_PREFILL;
-    atomic_fetch_sub(&s->n_pending, 1);
+    infer_taken(s);
     publish_session(s, ss);
 }
 
@@ -510,89 +557,6 @@ static void on_token(ic_sched *s, session *ss, ic_token tok)
     }
 }
 
-static int prio_weight(enum ic_priority p) { return p == IC_PRIORITY_HIGH ? 4 : p == IC_PRIORITY_NORMAL ? 2 : 1; }
-
-static int prompt_left(const session *ss) { return ss->gen->n_prompt_tokens - ss->n_hist; }
-
-/* Orders prefill candidates: higher priority first, then the prompt with
- * the least left to decode (shortest remaining first gives the lowest mean
- * time to first token), then the one served longest ago. */
-static int cmp_candidates(const void *a, const void *b)
-{
-    const session *x = *(session *const *)a, *y = *(session *const *)b;
-    if (x->gen->priority != y->gen->priority)
-        return (int)y->gen->priority - (int)x->gen->priority;
-    if (prompt_left(x) != prompt_left(y))
-        return prompt_left(x) - prompt_left(y);
-    return x->gen->last_served_step < y->gen->last_served_step ? -1
-           : x->gen->last_served_step > y->gen->last_served_step;
-}
-
-/* Adds up to n prompt tokens of ss to the batch; asks for logits when
- * the prompt's last token goes in. */
-static void add_prompt_tokens(ic_sched *s, session *ss, int n)
-{
-    gen *g = ss->gen;
-    if (n > 0 && g->t_start_ms == 0)
-        g->t_start_ms = ic_now_ms();
-    for (int i = 0; i < n; i++) {
-        int pos = ss->n_hist;
-        bool last = pos == g->n_prompt_tokens - 1;
-        int idx = ic_engine_batch_add(s->engine, g->prompt[pos], pos, ss->seq, last);
-        hist_push(ss, g->prompt[pos]);
-        g->n_prompt_decoded++;
-        if (last)
-            g->batch_idx = idx;
-    }
-    g->last_served_step = s->step;
-}
-
-/* Shares the batch left after decoding among sessions in prefill: first a
- * quarter of it by priority weight (so every prompt progresses: no
- * starvation), then the rest in candidate order (priority, then shortest
- * remaining). While others compete (decoding sessions, whose step time a
- * big chunk would stretch, or other prompts) a session takes at most its
- * priority's multiple of max_chunk_tokens per step. */
-static void schedule_prefill(ic_sched *s, int budget, int n_decoding)
-{
-    session *cand[256];
-    int n = 0, weights = 0;
-    for (int i = 0; i < s->opts.max_sessions && n < 256; i++) {
-        session *ss = &s->sessions[i];
-        if (ss->gen && ss->gen->state == IC_SESSION_PREFILL) {
-            cand[n++] = ss;
-            weights += prio_weight(ss->gen->priority);
-        }
-    }
-    if (n == 0 || budget <= 0)
-        return;
-    qsort(cand, (size_t)n, sizeof *cand, cmp_candidates);
-    bool compete = n > 1 || n_decoding > 0;
-    int given[256] = {0};
-    int total = budget;
-    for (int pass = 0; pass < 2 && budget > 0; pass++) {
-        for (int i = 0; i < n && budget > 0; i++) {
-            gen *g = cand[i]->gen;
-            int w = prio_weight(g->priority);
-            int cap = compete && s->opts.max_chunk_tokens > 0
-                          ? s->opts.max_chunk_tokens * w / 2 : total;
-            int left = g->n_prompt_tokens - cand[i]->n_hist - given[i];
-            int share = pass == 0 ? total * w / (4 * weights) : budget;
-            if (share < 1)
-                share = 1;
-            int k = left < share ? left : share;
-            if (k > cap - given[i])
-                k = cap - given[i];
-            if (k <= 0)
-                continue;
-            given[i] += k;
-            budget -= k;
-        }
-    }
-    for (int i = 0; i < n; i++)
-        add_prompt_tokens(s, cand[i], given[i]);
-}
-
 /* The decode failed: forget this step's tokens of every session in the
  * batch and end their generations with an error. */
 static void rollback_step(ic_sched *s, int err)
@@ -627,13 +591,14 @@ static bool step(ic_sched *s)
             admit(s, ss);
         if (g->state == IC_SESSION_GENERATING && g->has_next) {
             g->batch_idx = ic_engine_batch_add(s->engine, g->next, ss->n_hist, ss->seq, true);
-            hist_push(ss, g->next);
+            ic_sched__hist_push(ss, g->next);
             g->has_next = false;
         }
     }
     int n_decoding = ic_engine_batch_size(s->engine);
     if (!s->throttled) /* the thermal guard holds every prompt */
-        schedule_prefill(s, (int)s->info.n_batch_tokens - n_decoding, n_decoding);
+        ic_sched__prefill(s, n_decoding);
+    int n_prompt = ic_engine_batch_size(s->engine) - n_decoding;
     if (ic_engine_batch_size(s->engine) == 0)
         return false;
     s->step++;
@@ -651,7 +616,8 @@ static bool step(ic_sched *s)
         rollback_step(s, rc);
         return true;
     }
-    ic_prefix_publish(s->prefixes, s->engine, session_progress, s);
+    ic_sched__step_measured(s, n_decoding, n_prompt, s->last_decode_ms);
+    ic_prefix_publish(s->prefixes, s->engine, owner_hist, s);
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];
         if (ss->gen && ss->gen->batch_idx >= 0) {
@@ -673,11 +639,16 @@ static void open_session(ic_sched *s, req *r)
         if (!s->sessions[i].id)
             ss = &s->sessions[i];
     }
-    /* ic_sched_open_session reserved a slot, so one is free. */
-    if (!ss || ic_convo_create(r->text, &ss->convo) < 0) {
+    /* The admission check left a slot free. The history holds a whole
+     * context, so no step ever allocates for it. */
+    int cap = (int)s->opts.n_ctx_per_session + 1;
+    ic_token *hist = ss ? malloc((size_t)cap * sizeof *hist) : NULL;
+    if (!hist || ic_convo_create(r->text, &ss->convo) < 0) {
         ic_log_error("scheduler: could not open session %llu", (unsigned long long)r->session_id);
-        atomic_fetch_sub(&s->n_sessions, 1);
-        ic_event *ev = new_event(IC_EVENT_SESSION_CLOSED, r->session_id, 0);
+        free(hist);
+        atomic_fetch_add(&s->opens_done, 1);
+        ic_event *ev = event_fill(r->reply, IC_EVENT_SESSION_CLOSED, r->session_id, 0);
+        r->reply = NULL;
         if (ev) {
             ev->close_reason = IC_CLOSE_SHUTDOWN;
             emit(s, ev);
@@ -685,8 +656,14 @@ static void open_session(ic_sched *s, req *r)
         return;
     }
     ss->id = r->session_id;
+    ss->hist = hist;
+    ss->cap_hist = cap;
     ss->n_hist = ss->n_shared = 0;
     ss->first_turn_done = false;
+    ss->closed = r->reply; /* its SESSION_CLOSED */
+    r->reply = NULL;
+    atomic_fetch_add(&s->st_sessions, 1); /* before opens_done: see ic_sched_open_session */
+    atomic_fetch_add(&s->opens_done, 1);
     atomic_store(&s->pub[ss->seq].id, ss->id);
     publish_session(s, ss);
 }
@@ -702,20 +679,19 @@ static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
     free(ss->saved_kv);
     int seq = ss->seq;
     uint64_t id = ss->id;
+    ic_event *ev = event_fill(ss->closed, IC_EVENT_SESSION_CLOSED, id, 0);
     memset(ss, 0, sizeof *ss);
     ss->seq = seq;
     atomic_store(&s->pub[seq].id, 0);
     atomic_store(&s->pub[seq].n_ctx_used, 0);
     atomic_store(&s->pub[seq].state, IC_SESSION_IDLE);
-    atomic_fetch_sub(&s->n_sessions, 1);
+    atomic_fetch_sub(&s->st_sessions, 1);
     publish_stats(s); /* who sees SESSION_CLOSED sees the cells freed */
-    ic_event *ev = new_event(IC_EVENT_SESSION_CLOSED, id, 0);
     if (ev) {
         ev->close_reason = why;
         emit(s, ev);
     }
 }
-
 
 static void handle_request(ic_sched *s, req *r)
 {
@@ -724,9 +700,7 @@ static void handle_request(ic_sched *s, req *r)
     case REQ_OPEN: open_session(s, r); break;
     case REQ_INFER:
         if (s->sleeping && ic_sched__wake(s) < 0) {
-            atomic_fetch_sub(&s->n_pending, 1);
-            emit_error(s, r->session_id, r->request_id, IC_ERR_MODEL,
-                       "the model could not be reloaded after idle sleep");
+            refuse(s, r, IC_ERR_MODEL, "the model could not be reloaded after idle sleep");
             break;
         }
         start_generation(s, r);
@@ -777,7 +751,7 @@ static void *sched_main(void *arg)
     while (!atomic_load(&s->stop)) {
         /* Idle: sleep until a request arrives. Busy: take what is there.
          * Work that cannot run yet is looked at again every 100 ms. */
-        int wait = ic_sched__loop_wait_ms(s, worked);
+        int wait = s->n_outbox ? 10 : ic_sched__loop_wait_ms(s, worked); /* 10: events wait */
         req *r = wait == 0 ? ic_queue_pop(s->requests) : ic_queue_pop_wait(s->requests, wait);
         bool took = r != NULL;
         for (; r; r = ic_queue_pop(s->requests))
@@ -849,6 +823,11 @@ static int alloc_tables(ic_sched *s)
         return IC_ERR_NOMEM;
     for (int i = 0; i < n; i++)
         s->sessions[i].seq = i;
+    s->outbox_reserve = 2 * n + s->opts.max_queued + 16;
+    s->cap_outbox = s->outbox_reserve + 64;
+    s->outbox = malloc((size_t)s->cap_outbox * sizeof *s->outbox);
+    if (!s->outbox)
+        return IC_ERR_NOMEM;
     /* Unbounded, and still bounded in practice: INFERs by max_queued, OPENs
      * by max_sessions, ABORT/CLOSE by one per session (the gateway never
      * repeats them). A close must never be refused. */
@@ -910,6 +889,8 @@ void ic_sched_destroy(ic_sched *s)
     ic_sched_stop(s);
     ic_queue_destroy(s->requests, req_free);
     ic_queue_destroy(s->events, (void (*)(void *))ic_event_free);
+    for (int i = 0; s->sessions && i < s->opts.max_sessions; i++)
+        ic_event_free(s->sessions[i].closed);
     free(s->sessions);
     ic_prefix_cache_destroy(s->prefixes);
     for (int i = 0; i < s->n_outbox; i++)

@@ -60,6 +60,10 @@ typedef struct ic_gen_params {
     enum ic_priority priority;
     int n_stop;
     const char *stop[IC_STOP_MAX]; /* borrowed by ic_sched_infer, which copies */
+    /* Parse control tokens (<|im_start|>, ...) in the prompt's text too.
+     * Off: in chat mode only the template's own text has control tokens,
+     * so a user cannot open a turn of another role; raw text is plain. */
+    bool allow_special;
 } ic_gen_params;
 
 typedef struct ic_gen_stats {
@@ -102,6 +106,11 @@ typedef struct ic_sched_opts {
     int prefix_slots;            /* shared system-prompt prefixes kept; in a split
                                   * KV cache each costs a session's cells */
     int max_chunk_tokens;        /* most prompt tokens of one session per step */
+    /* While sessions decode, a step's prompt tokens are bounded by time:
+     * the step takes at most this long (and at most 1.5x a step of the
+     * decoding sessions alone); a prompt-only step at most 4x this. 0: by
+     * count only (max_chunk_tokens, the batch). See prefill.c. */
+    int max_step_ms;
     bool kv_unified;             /* one KV buffer for all (see docs/scheduler.md) */
     /* Called from the scheduler thread after events were added to an empty
      * queue; must be cheap and thread-safe (e.g. lws_cancel_service). */
@@ -146,7 +155,7 @@ typedef struct ic_sched_stats {
 } ic_sched_stats;
 
 /* max_sessions 8, 2048 tokens each, 64 queued, 2 prefixes, 256-token
- * chunks, a KV cache split per sequence; no thermal guard, no idle sleep,
+ * chunks, 50 ms steps, a KV cache split per sequence; no thermal guard, no idle sleep,
  * no heartbeat (the temperature hysteresis is 5 degrees when enabled). */
 ic_sched_opts ic_sched_opts_default(void);
 
@@ -175,14 +184,19 @@ void ic_sched_model_info(const ic_sched *s, ic_engine_info *out);
 
 /* Opens a session, optionally with a system prompt (copied). Returns 0 and
  * its ID, IC_ERR_CAPACITY (max_sessions reached), IC_ERR_OVERLOADED or
- * IC_ERR_NOMEM. Any thread. */
+ * IC_ERR_NOMEM. Open and infer come from one thread at a time (the
+ * submitter: the gateway's network thread), which owns the admission
+ * counters; abort and close from any thread. */
 int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id);
 
 /* Starts a generation: prompt is the next user turn (chat-formatted) or,
  * with raw, text appended as is. Everything is copied. Returns 0 when
  * queued (then exactly one END follows, or one ERROR if the scheduler
- * refuses it, e.g. prompt_too_long), IC_ERR_OVERLOADED or IC_ERR_NOMEM.
- * The caller ensures one generation per session at a time. Any thread. */
+ * refuses it: prompt_too_long, checked on the byte size before any
+ * tokenizing where the bytes alone cannot fit; IC_ERR_INVAL for an empty
+ * or whitespace-only prompt in a session with nothing in its context),
+ * IC_ERR_OVERLOADED or IC_ERR_NOMEM. The caller ensures one generation per
+ * session at a time. The submitter thread (see ic_sched_open_session). */
 int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
                    bool raw, const ic_gen_params *params);
 

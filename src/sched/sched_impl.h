@@ -1,6 +1,7 @@
 /* sched_impl.h - the scheduler's private types, shared by sched.c (the
  * step, requests, sessions) and sched_power.c (thermal guard, idle sleep,
- * heartbeat). Not for any other module: they see only sched.h.
+ * heartbeat) and prefill.c (how many prompt tokens go into a step). Not
+ * for any other module: they see only sched.h.
  *
  * Thread: as each struct says; ic_sched__* functions run on the scheduler
  * thread only.
@@ -39,6 +40,10 @@ typedef struct req {
     char *stop_copies[IC_STOP_MAX];
     enum ic_close_reason close_reason;
     double t_submit_ms;
+    /* The answer, allocated by the submitter so that running out of memory
+     * on the scheduler thread can never lose it: INFER's END or ERROR,
+     * OPEN's and CLOSE's SESSION_CLOSED. NULL for ABORT. */
+    ic_event *reply;
 } req;
 
 /* One generation (one INFER). Scheduler thread. */
@@ -56,6 +61,7 @@ typedef struct gen {
     ic_buf raw_piece;         /* scratch: one token's bytes */
     ic_buf piece_text;        /* scratch: one token's text after UTF-8 repair */
     ic_buf out_text;          /* scratch: one token's text after stop strings */
+    ic_event *end;            /* this generation's END, allocated up front */
     ic_token *prompt;         /* the whole conversation for this turn */
     int n_prompt_tokens;
     int n_prompt_decoded;     /* prompt tokens decoded in this turn */
@@ -72,12 +78,15 @@ typedef struct session {
     uint64_t id;              /* 0 = free slot */
     int seq;                  /* llama sequence id (the slot index) */
     ic_convo *convo;
-    ic_token *hist;           /* tokens in the KV cache at positions 0..n_hist-1 */
+    ic_token *hist;           /* tokens in the KV cache at positions 0..n_hist-1;
+                               * cap_hist = n_ctx_per_session + 1 from the open
+                               * on, so a step never allocates for it */
     int n_hist, cap_hist;
     int n_step_start;         /* n_hist before this step's batch (for rollback) */
     int n_shared;             /* leading cells shared with a prefix entry */
     bool first_turn_done;
     gen *gen;
+    ic_event *closed;         /* its SESSION_CLOSED, allocated with the OPEN */
     uint8_t *saved_kv;        /* while sleeping: the sequence's KV state, or NULL */
     size_t saved_kv_len;
 } session;
@@ -98,8 +107,16 @@ struct ic_sched {
     ic_queue *events;         /* ic_event *, unbounded */
     _Atomic bool stop;
     _Atomic bool stopped;
-    _Atomic int n_sessions;   /* reserved by open, released on close */
-    _Atomic int n_pending;    /* INFERs submitted and not yet started */
+    /* Admission counters, each with one writer. The submitting thread
+     * (open/infer callers, one at a time: the gateway's) counts what it
+     * sent; the scheduler counts what it took and how many sessions are
+     * open. In flight = sent - done, never negative for the submitter,
+     * which reads after its own writes. */
+    _Atomic uint64_t opens_sent;     /* writer: submitter */
+    _Atomic uint64_t infers_sent;    /* writer: submitter */
+    _Atomic uint64_t opens_done;     /* writer: scheduler; OPENs handled */
+    _Atomic uint64_t infers_started; /* writer: scheduler; INFERs out of the queue state */
+    _Atomic int st_sessions;         /* writer: scheduler; sessions open */
     _Atomic uint64_t next_session_id;
     slot_pub *pub;            /* [max_sessions] */
     _Atomic int st_generating, st_queued;
@@ -120,6 +137,7 @@ struct ic_sched {
     bool wake_pending;
     ic_event **outbox;        /* this step's events, not yet in the queue */
     int n_outbox, cap_outbox;
+    int outbox_reserve;       /* slots TOKENs leave to answers (see emit) */
     uint64_t tps_tokens;
     double tps_window_start_ms;
     ic_engine_opts engine_opts; /* to reload after sleep; model_path is model_path */
@@ -130,7 +148,25 @@ struct ic_sched {
     double last_work_ms;      /* last loop turn with a generation */
     double last_beat_ms;      /* last heartbeat callback */
     double last_decode_ms;    /* duration of the last llama_decode */
+    double decode_ms;         /* prefill.c: a decode-only step, measured (0: not yet) */
+    double prompt_ms;         /* prefill.c: one prompt token's share of a step (0: not yet) */
+    uint64_t decode_probe_step; /* step of the last decode-only measurement */
 };
+
+/* Appends a token to the session's history; the array holds a whole
+ * context, which the scheduler never exceeds. */
+static inline void ic_sched__hist_push(session *ss, ic_token t)
+{
+    if (ss->n_hist < ss->cap_hist)
+        ss->hist[ss->n_hist++] = t;
+}
+
+/* Puts prompt tokens of the sessions in prefill into this step's batch,
+ * bounded by time while n_decoding sessions decode (prefill.c). */
+void ic_sched__prefill(ic_sched *s, int n_decoding);
+
+/* Feeds a finished step's duration into prefill.c's cost model. */
+void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double ms);
 
 
 /* Reads the hottest GPU at most once a second (call only while work runs)

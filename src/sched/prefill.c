@@ -1,0 +1,145 @@
+/* prefill.c - how many prompt tokens of which sessions go into a step:
+ * chunked prefill bounded by time, not by count, so that a long prompt
+ * never stalls the sessions that decode (stall-free batching as in
+ * Sarathi-Serve).
+ *
+ * The step's cost is modelled as decode_ms (a step of the decoding
+ * sessions alone, measured on steps without prompt tokens, re-probed every
+ * PROBE_EVERY steps) plus prompt_ms per prompt token (measured on steps
+ * with prompt tokens). While sessions decode, a step may take at most
+ * min(max_step_ms, SLOWDOWN x decode_ms): inter-token latency stays within
+ * SLOWDOWN of what it is without prompts, and prompts still progress (at
+ * least one token a step). With nobody decoding, a step holds prompt tokens
+ * worth SOLO_STEPS x max_step_ms, so an ABORT or a CLOSE waits at most that.
+ *
+ * Thread: the scheduler thread only (ic_sched__* in sched_impl.h).
+ */
+#include "sched_impl.h"
+
+#include <stdlib.h>
+
+#define SLOWDOWN 1.5       /* a decoding session's step may grow by this factor */
+#define SOLO_STEPS 4       /* a prefill-only step may take this many max_step_ms */
+#define PROBE_EVERY 32     /* steps between decode-only measurements */
+#define ALPHA 0.25         /* weight of a new measurement */
+#define FIRST_CHUNK 16     /* prompt tokens of a step before prompt_ms is known */
+
+static int prio_weight(enum ic_priority p)
+{
+    return p == IC_PRIORITY_HIGH ? 4 : p == IC_PRIORITY_NORMAL ? 2 : 1;
+}
+
+static int prompt_left(const session *ss) { return ss->gen->n_prompt_tokens - ss->n_hist; }
+
+/* Orders prefill candidates: higher priority first, then the prompt with
+ * the least left to decode (shortest remaining first gives the lowest mean
+ * time to first token), then the one served longest ago. */
+static int cmp_candidates(const void *a, const void *b)
+{
+    const session *x = *(session *const *)a, *y = *(session *const *)b;
+    if (x->gen->priority != y->gen->priority)
+        return (int)y->gen->priority - (int)x->gen->priority;
+    if (prompt_left(x) != prompt_left(y))
+        return prompt_left(x) - prompt_left(y);
+    return x->gen->last_served_step < y->gen->last_served_step ? -1
+           : x->gen->last_served_step > y->gen->last_served_step;
+}
+
+/* Adds up to n prompt tokens of ss to the batch; asks for logits when
+ * the prompt's last token goes in. */
+static void add_prompt_tokens(ic_sched *s, session *ss, int n)
+{
+    gen *g = ss->gen;
+    if (n > 0 && g->t_start_ms == 0)
+        g->t_start_ms = ic_now_ms();
+    for (int i = 0; i < n; i++) {
+        int pos = ss->n_hist;
+        bool last = pos == g->n_prompt_tokens - 1;
+        int idx = ic_engine_batch_add(s->engine, g->prompt[pos], pos, ss->seq, last);
+        ic_sched__hist_push(ss, g->prompt[pos]);
+        g->n_prompt_decoded++;
+        if (last)
+            g->batch_idx = idx;
+    }
+    g->last_served_step = s->step;
+}
+
+/* The most prompt tokens this step may carry by the time model. */
+static int time_budget(ic_sched *s, int n_decoding, int budget)
+{
+    if (s->opts.max_step_ms <= 0)
+        return budget; /* count only: max_chunk_tokens and the batch */
+    if (n_decoding > 0 && (s->decode_ms <= 0 || s->step - s->decode_probe_step >= PROBE_EVERY))
+        return 0; /* measure the decoding sessions alone now and then */
+    if (s->prompt_ms <= 0)
+        return FIRST_CHUNK;
+    double target = n_decoding == 0 ? SOLO_STEPS * s->opts.max_step_ms
+                    : s->decode_ms * SLOWDOWN < s->opts.max_step_ms ? s->decode_ms * SLOWDOWN
+                                                                     : s->opts.max_step_ms;
+    double room = n_decoding == 0 ? target : target - s->decode_ms;
+    double k = room / s->prompt_ms;
+    int n = k < 1 ? 1 : k > budget ? budget : (int)k;
+    return n;
+}
+
+void ic_sched__prefill(ic_sched *s, int n_decoding)
+{
+    session *cand[256];
+    int n = 0, weights = 0;
+    for (int i = 0; i < s->opts.max_sessions && n < 256; i++) {
+        session *ss = &s->sessions[i];
+        if (ss->gen && ss->gen->state == IC_SESSION_PREFILL) {
+            cand[n++] = ss;
+            weights += prio_weight(ss->gen->priority);
+        }
+    }
+    int budget = (int)s->info.n_batch_tokens - n_decoding;
+    if (n == 0 || budget <= 0)
+        return;
+    budget = time_budget(s, n_decoding, budget);
+    if (budget <= 0)
+        return;
+    qsort(cand, (size_t)n, sizeof *cand, cmp_candidates);
+    /* First a quarter of the budget by priority weight (so every prompt
+     * progresses: no starvation), then the rest in candidate order. While
+     * others compete a session takes at most its priority's multiple of
+     * max_chunk_tokens per step. */
+    bool compete = n > 1 || n_decoding > 0;
+    int given[256] = {0};
+    int total = budget;
+    for (int pass = 0; pass < 2 && budget > 0; pass++) {
+        for (int i = 0; i < n && budget > 0; i++) {
+            gen *g = cand[i]->gen;
+            int w = prio_weight(g->priority);
+            int cap = compete && s->opts.max_chunk_tokens > 0
+                          ? s->opts.max_chunk_tokens * w / 2 : total;
+            int left = g->n_prompt_tokens - cand[i]->n_hist - given[i];
+            int share = pass == 0 ? total * w / (4 * weights) : budget;
+            if (share < 1)
+                share = 1;
+            int k = left < share ? left : share;
+            if (k > cap - given[i])
+                k = cap - given[i];
+            if (k <= 0)
+                continue;
+            given[i] += k;
+            budget -= k;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        add_prompt_tokens(s, cand[i], given[i]);
+}
+
+void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double ms)
+{
+    if (n_prompt == 0 && n_decoding > 0) {
+        s->decode_ms = s->decode_ms > 0 ? (1 - ALPHA) * s->decode_ms + ALPHA * ms : ms;
+        s->decode_probe_step = s->step;
+        return;
+    }
+    if (n_prompt < 4)
+        return; /* too few to tell the prompt's share from noise */
+    double rest = n_decoding > 0 ? ms - s->decode_ms : ms;
+    double per = (rest > 0 ? rest : ms * 0.5) / n_prompt;
+    s->prompt_ms = s->prompt_ms > 0 ? (1 - ALPHA) * s->prompt_ms + ALPHA * per : per;
+}
