@@ -123,6 +123,7 @@ static void session_free(ic_gateway *g, gw_session *ss)
         count_release(g, cc); /* its connection has gone */
     ic_idmap_del(&g->sessions, ss->id);
     ic_req_params_free(&ss->defaults);
+    free(ss->cache_text);
     free(ss);
 }
 
@@ -240,6 +241,24 @@ int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const c
     snprintf(ss->client, sizeof ss->client, "%s", client_key);
     cc->n++;
     *out = ss;
+    return 0;
+}
+
+int ic_gw_session_recount(ic_gateway *g, gw_session *ss, const char *client_key, int limit)
+{
+    client_count *to = client_key[0] ? count_of(g, client_key, true) : NULL;
+    if (client_key[0] && !to)
+        return IC_ERR_NOMEM;
+    if (to && to->n >= limit)
+        return IC_ERR_CAPACITY;
+    client_count *from = ss->client[0] ? count_of(g, ss->client, false) : NULL;
+    if (from && from->n > 0)
+        from->n--;
+    if (to)
+        to->n++;
+    if (from && from != to)
+        count_release(g, from);
+    snprintf(ss->client, sizeof ss->client, "%s", client_key);
     return 0;
 }
 
@@ -724,9 +743,14 @@ void ic_gw_free_all(ic_gateway *g)
     while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
         gw_session *ss = val;
         ic_req_params_free(&ss->defaults);
+        ic_gw_oai_free(ss->oai);
+        free(ss->cache_text);
         free(ss);
     }
     ic_idmap_free(&g->sessions);
+    free(g->parked);
+    g->parked = NULL;
+    ic_gw_oai_free_waiting(g);
     it = IC_IDMAP_ITER_INIT;
     while (ic_idmap_next(&g->conns, &it, NULL, &val))
         conn_free(val);

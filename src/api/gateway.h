@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 typedef struct ic_gateway ic_gateway;
+struct ic_chat; /* engine/chat.h */
 
 typedef struct ic_gateway_opts {
     const char *tokens_path;       /* NULL: no authentication */
@@ -42,6 +43,11 @@ typedef struct ic_gateway_opts {
     int max_preauth_per_ip;
     int max_preauth;
     int max_connections;           /* WebSocket connections in all (1013 beyond); 0: no cap */
+    /* OpenAI API prompt cache: finished requests' sessions kept with their
+     * KV (at most this many; -1: half of the server's sessions; 0: off),
+     * reused by a later request whose prompt starts with their text. */
+    int prompt_cache;
+    bool prompt_cache_per_client;  /* reuse only a client's own entries */
 } ic_gateway_opts;
 
 /* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5

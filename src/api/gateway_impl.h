@@ -79,6 +79,11 @@ typedef struct gw_session {
      * instead of a connection, and oai is that file's state (freed there). */
     struct oai_req *oai;
     void (*on_event)(ic_gateway *g, struct gw_session *ss, const ic_event *ev);
+    /* A finished request's session kept for the prompt cache: its whole
+     * text (prompt and answer), whose client it was, when it was used. */
+    char *cache_text;
+    size_t cache_len;
+    char cache_owner[IC_CLIENT_NAME_MAX + 1];
 } gw_session;
 
 /* Sessions held per client name, across its connections. */
@@ -109,6 +114,9 @@ struct ic_gateway {
     int max_sessions;
     double temp_limit_c;       /* the thermal guard's limit; <= 0: none */
     const ic_chat *chat;       /* the model's chat templates (borrowed); NULL: none */
+    uint64_t *parked;          /* prompt-cache sessions, least recently used first */
+    struct oai_job *oai_waiting; /* OpenAI requests waiting for a closing entry's slot */
+    int n_parked, cap_parked;
     char model_id[128];        /* the served model's name in the OpenAI API */
     int64_t model_created_s;   /* Unix time it was loaded */
     /* Set from other threads, read on the network thread. */
@@ -156,6 +164,11 @@ void ic_gw_on_close(ic_gateway *g, uint64_t id);
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
                        gw_session **out, bool *at_limit);
 
+/* Moves a session's place in the per-client counts from its client to
+ * client_key (within limit; "" counts for nobody). Returns 0 or
+ * IC_ERR_CAPACITY (client_key at its limit) / IC_ERR_NOMEM. */
+int ic_gw_session_recount(ic_gateway *g, gw_session *ss, const char *client_key, int limit);
+
 /* Routes every scheduler event waiting in the queue. */
 void ic_gw_drain_events(ic_gateway *g);
 
@@ -173,6 +186,10 @@ void ic_gw_oai_completions(ic_gateway *g, const ic_http_request *req, ic_http_re
 void ic_gw_oai_models(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
 /* A streamed or deferred request's client went away. */
 void ic_gw_oai_gone(ic_gateway *g, uint64_t http_id);
+/* Frees a request's state (at destroy); NULL is ok. */
+void ic_gw_oai_free(struct oai_req *o);
+/* Frees the requests still waiting for a session (at destroy). */
+void ic_gw_oai_free_waiting(ic_gateway *g);
 
 /* --- routes.c: HTTP ----------------------------------------------- */
 

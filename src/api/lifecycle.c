@@ -37,6 +37,8 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .max_preauth_per_ip = 16,
         .max_preauth = 256,
         .max_connections = 0,
+        .prompt_cache = -1,
+        .prompt_cache_per_client = false,
     };
 }
 

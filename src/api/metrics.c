@@ -68,8 +68,39 @@ struct ic_metrics {
     uint64_t generated_tokens;
     uint64_t auth_failures;
     uint64_t errors[N_CODES]; /* by enum ic_proto_code */
+    uint64_t prompt_cache_hit_tokens;
+    struct {
+        const char *route;    /* static */
+        int status;
+        uint64_t n;
+    } http[IC_METRICS_MAX_HTTP + 1]; /* [IC_METRICS_MAX_HTTP]: the overflow pair */
+    int n_http;
     hist hist[IC_HIST_COUNT];
 };
+
+void ic_metrics_prompt_cache_hit(ic_metrics *m, int tokens)
+{
+    if (tokens > 0)
+        m->prompt_cache_hit_tokens += (uint64_t)tokens;
+}
+
+void ic_metrics_http_request(ic_metrics *m, const char *route, int status)
+{
+    for (int i = 0; i < m->n_http; i++) {
+        if (m->http[i].status == status && strcmp(m->http[i].route, route) == 0) {
+            m->http[i].n++;
+            return;
+        }
+    }
+    int i = m->n_http < IC_METRICS_MAX_HTTP ? m->n_http++ : IC_METRICS_MAX_HTTP;
+    if (i == IC_METRICS_MAX_HTTP) {
+        route = "other";
+        status = 0;
+    }
+    m->http[i].route = route;
+    m->http[i].status = status;
+    m->http[i].n++;
+}
 
 int ic_metrics_create(ic_metrics **out)
 {
@@ -306,6 +337,23 @@ static void render_counters(writer *w, const ic_metrics *m, const ic_metrics_gau
     }
     single_u64(w, "inferencecenter_scheduler_steps_total", "counter",
                "Scheduler steps since start.", g->steps);
+    single_u64(w, "inferencecenter_prompt_cache_hit_tokens_total", "counter",
+               "Prompt tokens taken from the OpenAI API's prompt cache instead of decoded.",
+               m->prompt_cache_hit_tokens);
+    const char *http = "inferencecenter_http_requests_total";
+    family(w, http, "counter", "HTTP requests answered, by route and status.");
+    for (int i = 0; i <= IC_METRICS_MAX_HTTP; i++) {
+        if (i == m->n_http && i < IC_METRICS_MAX_HTTP)
+            i = IC_METRICS_MAX_HTTP;
+        if (!m->http[i].n)
+            continue;
+        char status[16];
+        snprintf(status, sizeof status, "%d", m->http[i].status);
+        sample_begin(w, http, "");
+        label(w, "route", m->http[i].route);
+        label(w, "status", status);
+        sample_u64(w, m->http[i].n);
+    }
 }
 
 static void render_state(writer *w, const char *state)

@@ -58,6 +58,16 @@ void ic_metrics_generation_ended(ic_metrics *m, enum ic_end_reason reason, int p
 /* Counts one failed AUTH. */
 void ic_metrics_auth_failed(ic_metrics *m);
 
+/* Adds prompt tokens taken from the prompt cache (KV kept from earlier work). */
+void ic_metrics_prompt_cache_hit(ic_metrics *m, int tokens);
+
+/* Counts one answered HTTP request by route (a static name, e.g.
+ * "/v1/chat/completions"; unknown paths "other") and status. At most
+ * IC_METRICS_MAX_HTTP distinct pairs are kept; later new pairs count as
+ * route "other", status 0. */
+#define IC_METRICS_MAX_HTTP 64
+void ic_metrics_http_request(ic_metrics *m, const char *route, int status);
+
 /* Counts one ERROR message sent to a client, by code (out of range: "internal"). */
 void ic_metrics_error(ic_metrics *m, enum ic_proto_code code);
 

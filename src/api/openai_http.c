@@ -33,9 +33,139 @@ typedef struct oai_req {
     bool sent_first;           /* the role chunk went out */
     char id[40];               /* "chatcmpl-<n>" / "cmpl-<n>" */
     int64_t created_s;
-    ic_buf text;               /* not streamed: the answer so far */
-    int n_prompt_tokens;       /* of the rendered prompt, for usage */
+    ic_buf text;               /* the answer so far */
+    char *prompt;              /* the whole prompt text (for the prompt cache) */
+    char client[IC_CLIENT_NAME_MAX + 1]; /* its count key */
 } oai_req;
+
+void ic_gw_oai_free(oai_req *o)
+{
+    if (!o)
+        return;
+    ic_buf_free(&o->text);
+    free(o->prompt);
+    free(o);
+}
+
+/* --- the prompt cache ----------------------------------------------------
+ * A finished request's session is parked instead of closed: it keeps its
+ * KV cells, its conversation is the prompt and the answer as raw text, and
+ * it counts for no client. A later request whose prompt starts with that
+ * text takes it over and sends only the rest (the scheduler re-tokenises
+ * the whole text and decodes what the cache lacks, so the tokens are the
+ * ones a fresh session would decode). Least recently used entries are
+ * closed past the limit, and when the server runs out of sessions. */
+
+static int cache_limit(const ic_gateway *g)
+{
+    int n = g->opts.prompt_cache;
+    if (n < 0)
+        n = g->max_sessions / 2;
+    return n < 0 ? 0 : n;
+}
+
+static void unpark_at(ic_gateway *g, int i)
+{
+    memmove(&g->parked[i], &g->parked[i + 1], (size_t)(g->n_parked - i - 1) * sizeof *g->parked);
+    g->n_parked--;
+}
+
+static void unpark(ic_gateway *g, uint64_t id)
+{
+    for (int i = 0; i < g->n_parked; i++) {
+        if (g->parked[i] == id) {
+            unpark_at(g, i);
+            return;
+        }
+    }
+}
+
+/* Closes the least recently used entry; false when there is none. */
+static bool evict_one(ic_gateway *g)
+{
+    if (g->n_parked == 0)
+        return false;
+    uint64_t id = g->parked[0];
+    unpark_at(g, 0);
+    gw_session *ss = ic_idmap_get(&g->sessions, id);
+    if (ss && !ss->closing) {
+        ss->closing = true;
+        ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);
+    }
+    return true;
+}
+
+static void resume_waiting(ic_gateway *g);
+
+/* A parked session's events: its close frees a slot for a waiting request.
+ * (The scheduler has released the slot before it says SESSION_CLOSED.) */
+static void parked_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
+{
+    if (ev->type != IC_EVENT_SESSION_CLOSED)
+        return;
+    unpark(g, ss->id);
+    resume_waiting(g);
+}
+
+/* Parks ss after its request (true), or says it must be closed (false). */
+static bool park(ic_gateway *g, gw_session *ss, oai_req *o)
+{
+    int limit = cache_limit(g);
+    if (limit == 0 || g->stopping || !o->prompt)
+        return false;
+    if (g->n_parked == g->cap_parked) {
+        int cap = g->cap_parked ? g->cap_parked * 2 : 16;
+        uint64_t *p = realloc(g->parked, (size_t)cap * sizeof *p);
+        if (!p)
+            return false;
+        g->parked = p;
+        g->cap_parked = cap;
+    }
+    size_t plen = strlen(o->prompt);
+    char *text = malloc(plen + o->text.len + 1);
+    if (!text)
+        return false;
+    memcpy(text, o->prompt, plen);
+    if (o->text.len)
+        memcpy(text + plen, o->text.data, o->text.len);
+    text[plen + o->text.len] = '\0';
+    free(ss->cache_text);
+    ss->cache_text = text;
+    ss->cache_len = plen + o->text.len;
+    snprintf(ss->cache_owner, sizeof ss->cache_owner, "%s", o->client);
+    ic_gw_session_recount(g, ss, "", 0);
+    ss->on_event = parked_event;
+    g->parked[g->n_parked++] = ss->id;
+    while (g->n_parked > limit)
+        evict_one(g);
+    return true;
+}
+
+/* The parked session whose text is the longest prefix of prompt (and the
+ * client's own, with per-client isolation), taken out of the cache; NULL
+ * when none fits. */
+static gw_session *take_cached(ic_gateway *g, const char *prompt, const char *client)
+{
+    size_t plen = strlen(prompt);
+    int best = -1;
+    size_t best_len = 0;
+    for (int i = 0; i < g->n_parked; i++) {
+        gw_session *ss = ic_idmap_get(&g->sessions, g->parked[i]);
+        if (!ss || ss->closing || ss->cache_len > plen || ss->cache_len < best_len ||
+            memcmp(ss->cache_text, prompt, ss->cache_len) != 0)
+            continue;
+        if (g->opts.prompt_cache_per_client && strcmp(ss->cache_owner, client) != 0)
+            continue;
+        best = i;
+        best_len = ss->cache_len;
+    }
+    if (best < 0)
+        return NULL;
+    gw_session *ss = ic_idmap_get(&g->sessions, g->parked[best]);
+    unpark_at(g, best);
+    ss->on_event = NULL;
+    return ss;
+}
 
 static void json_body(ic_http_response *resp, int status, char *body)
 {
@@ -167,12 +297,12 @@ static void send_chunk(ic_gateway *g, oai_req *o, char *data, size_t len)
 
 static void on_token(ic_gateway *g, oai_req *o, const ic_event *ev)
 {
-    if (!o->stream) {
-        if (ic_buf_append(&o->text, ev->text, ev->text_len) < 0)
-            ic_log_warn("openai: out of memory holding an answer");
-        return;
+    if (ic_buf_append(&o->text, ev->text, ev->text_len) < 0) {
+        ic_log_warn("openai: out of memory holding an answer");
+        free(o->prompt); /* the answer is incomplete: do not cache it */
+        o->prompt = NULL;
     }
-    if (ev->text_len == 0)
+    if (!o->stream || ev->text_len == 0)
         return;
     ic_oai_response r;
     fill_response(g, o, &r);
@@ -190,18 +320,24 @@ static void stream_end(ic_gateway *g, oai_req *o, const char *finish, const ic_o
     ic_oai_response r;
     fill_response(g, o, &r);
     size_t len = 0;
+    char *data;
+    /* (each length is set by the builder's call, so the call comes first) */
     if (err) {
-        send_chunk(g, o, ic_oai_stream_error(err, &len), len);
+        data = ic_oai_stream_error(err, &len);
+        send_chunk(g, o, data, len);
     } else {
         r.finish_reason = finish;
-        send_chunk(g, o, ic_oai_stream_chunk(&r, false, &len), len);
+        data = ic_oai_stream_chunk(&r, false, &len);
+        send_chunk(g, o, data, len);
         if (o->include_usage) {
             r.usage = *u;
-            send_chunk(g, o, ic_oai_stream_usage(&r, &len), len);
+            data = ic_oai_stream_usage(&r, &len);
+            send_chunk(g, o, data, len);
         }
     }
     const char *done = ic_oai_stream_done(&len);
-    send_chunk(g, o, strndup(done, len), len);
+    data = strndup(done, len);
+    send_chunk(g, o, data, len);
     if (o->http_id)
         ic_server_http_end(g->srv, o->http_id);
 }
@@ -228,6 +364,10 @@ static void answer(ic_gateway *g, oai_req *o, const char *finish, const ic_oai_u
         }
         if (!resp.body)
             json_body(&resp, 500, NULL);
+        ic_metrics_http_request(g->metrics,
+                                o->endpoint == IC_OAI_CHAT ? "/v1/chat/completions"
+                                                           : "/v1/completions",
+                                resp.status);
         ic_server_http_respond(g->srv, o->http_id, &resp);
     }
     o->http_id = 0;
@@ -238,6 +378,8 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
 {
     oai_req *o = ss->oai;
     ic_oai_error err;
+    if (!o && ev->type != IC_EVENT_SESSION_CLOSED)
+        return; /* the request is over; its session is closing */
     switch (ev->type) {
     case IC_EVENT_TOKEN:
         if (ss->running && ev->request_id == ss->request_id)
@@ -247,17 +389,24 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
         if (!ss->running || ev->request_id != ss->request_id)
             break;
         ss->running = false;
-        ic_oai_usage u = {.prompt_tokens = ev->stats.prompt_tokens,
-                          .completion_tokens = ev->stats.generated_tokens};
+        int ctx = ev->stats.context_tokens, decoded = ev->stats.prompt_tokens;
+        ic_oai_usage u = {.prompt_tokens = ctx, .completion_tokens = ev->stats.generated_tokens,
+                          .cached_tokens = ctx > decoded ? ctx - decoded : 0};
+        ic_metrics_prompt_cache_hit(g->metrics, u.cached_tokens);
         const char *finish = ic_oai_finish_reason(ev->reason, false);
         if (!finish) {
             int status = ev->reason == IC_END_SHUTDOWN ? 503 : 500;
             ic_oai_error_set(&err, status, ic_end_reason_name(ev->reason), NULL,
                              "the generation ended: %s", ic_end_reason_name(ev->reason));
         }
+        bool answered = o->http_id != 0;
         answer(g, o, finish, &u, finish ? NULL : &err);
-        ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
-        ss->closing = true;
+        if (!(finish && answered && park(g, ss, o))) {
+            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+            ss->closing = true;
+        }
+        ic_gw_oai_free(o);
+        ss->oai = NULL;
         break;
     }
     case IC_EVENT_ERROR: {
@@ -271,15 +420,16 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
         answer(g, o, NULL, NULL, &err);
         ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
         ss->closing = true;
+        ic_gw_oai_free(o);
+        ss->oai = NULL;
         break;
     }
     case IC_EVENT_SESSION_CLOSED:
-        if (o->http_id) {
+        if (o && o->http_id) {
             ic_oai_error_set(&err, 503, NULL, NULL, "the server is shutting down");
             answer(g, o, NULL, NULL, &err);
         }
-        ic_buf_free(&o->text);
-        free(o);
+        ic_gw_oai_free(o);
         ss->oai = NULL;
         break;
     }
@@ -291,108 +441,198 @@ static uint64_t next_completion_id(void)
     return ++n;
 }
 
-/* Both POST routes: parse, check, render, start. */
-static void start(ic_gateway *g, enum ic_oai_endpoint ep, const ic_http_request *req,
-                  ic_http_response *resp)
-{
-    ic_oai_error err;
+/* A request that has been checked and rendered, on its way to a session.
+ * It waits in g->oai_waiting (FIFO) when the server was out of sessions
+ * and a prompt-cache entry was closed to make room. Network thread. */
+typedef struct oai_job {
+    struct oai_job *next;
+    uint64_t http_id;
+    enum ic_oai_endpoint ep;
+    ic_oai_request r;          /* owned */
+    char *prompt;              /* owned */
     ic_client_cfg cfg;
     char key[IC_CLIENT_NAME_MAX + 1];
-    if (unavailable(g, &err) || http_client(g, req, &cfg, key, sizeof key, &err) < 0) {
-        error_response(resp, &err);
+} oai_job;
+
+static void job_free(oai_job *j)
+{
+    if (!j)
         return;
-    }
-    ic_oai_request r;
-    if (ic_oai_parse_request(ep, req->body, req->body_len, &r, &err) < 0) {
-        error_response(resp, &err);
-        return;
-    }
-    char *prompt = NULL;
-    int rc = 0;
-    if (r.model && strcmp(r.model, g->model_id) != 0) {
-        ic_oai_error_set(&err, 404, "model_not_found", "model",
-                         "the model '%.64s' does not exist (this server serves '%.64s')",
-                         r.model, g->model_id);
-        rc = IC_ERR_NOT_FOUND;
-    } else if (unsupported(&r, &err)) {
-        rc = IC_ERR_INVAL;
-    } else if (ep == IC_OAI_CHAT && !g->chat) {
-        ic_oai_error_set(&err, 400, NULL, NULL, "this model has no chat template");
-        rc = IC_ERR_INVAL;
-    } else if (ep == IC_OAI_CHAT) {
-        rc = render_chat(g, &r, &prompt, &err);
-    } else if (!(prompt = strdup(r.prompt))) {
-        ic_oai_error_set(&err, 500, NULL, NULL, "out of memory");
-        rc = IC_ERR_NOMEM;
-    }
-    gw_session *ss = NULL;
-    oai_req *o = NULL;
-    if (rc == 0) {
-        int limit = cfg.max_sessions > 0 ? cfg.max_sessions : ic_gw_default_max_sessions(g);
-        bool at_limit = false;
-        rc = ic_gw_session_open(g, key, limit, NULL, &ss, &at_limit);
-        if (rc < 0)
-            ic_oai_error_set(&err, rc == IC_ERR_NOMEM ? 500 : 429,
-                             at_limit ? "session_limit" : "overloaded", NULL, "%s",
-                             at_limit ? "this client is at its limit of concurrent requests"
-                                      : "the server is at its session capacity; retry later");
-    }
-    if (rc == 0 && !(o = calloc(1, sizeof *o))) {
-        ic_oai_error_set(&err, 500, NULL, NULL, "out of memory");
-        rc = IC_ERR_NOMEM;
-    }
-    if (rc == 0) {
-        ic_gen_params gp;
-        ic_oai_gen_params(&r, cfg.priority, &gp);
-        gp.allow_special = ep == IC_OAI_CHAT; /* the rendered template's control tokens */
-        uint64_t rid = ++g->next_request;
-        rc = ic_sched_infer(g->sched, ss->id, rid, prompt, true, &gp);
-        if (rc < 0) {
-            ic_oai_error_set(&err, rc == IC_ERR_OVERLOADED ? 429 : 500, NULL, NULL,
-                             rc == IC_ERR_OVERLOADED ? "too much work is waiting; retry later"
-                                                     : "%s", ic_strerror(rc));
-        } else {
-            ss->running = true;
-            ss->request_id = rid;
-            ss->submitted_ms = ic_now_ms();
-            snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
-        }
-    }
-    free(prompt);
-    if (rc < 0) {
-        if (ss) {
-            ss->closing = true;
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
-        }
-        free(o);
-        ic_oai_request_free(&r);
-        error_response(resp, &err);
-        return;
-    }
-    o->http_id = req->id;
-    o->endpoint = ep;
-    o->stream = r.stream;
-    o->include_usage = r.include_usage;
-    o->created_s = (int64_t)time(NULL);
-    snprintf(o->id, sizeof o->id, "%s-%llu", ep == IC_OAI_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)next_completion_id());
-    ss->oai = o;
-    ss->on_event = on_event;
-    ic_oai_request_free(&r);
+    ic_oai_request_free(&j->r);
+    free(j->prompt);
+    free(j);
+}
+
+/* The response that opens a started request: deferred (answered whole at
+ * END) or the SSE stream's headers with the role chunk. */
+static void opening(ic_gateway *g, oai_req *o, ic_http_response *resp)
+{
     if (!o->stream) {
         resp->defer = true;
         return;
     }
-    /* The role chunk goes with the headers. */
     ic_oai_response first;
     fill_response(g, o, &first);
     size_t len = 0;
     resp->status = 200;
     resp->content_type = "text/event-stream";
     resp->stream = true;
-    resp->body = ep == IC_OAI_CHAT ? ic_oai_stream_chunk(&first, true, &len) : NULL;
+    resp->body = o->endpoint == IC_OAI_CHAT ? ic_oai_stream_chunk(&first, true, &len) : NULL;
     resp->len = len;
     o->sent_first = true;
+}
+
+/* Finds or opens the job's session and submits it. Returns 0 (j->prompt
+ * moved into the request's state, *out_o set), IC_ERR_BUSY (no session
+ * now, but a cache entry is closing: wait for it), or an error in err. */
+static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
+{
+    int limit = j->cfg.max_sessions > 0 ? j->cfg.max_sessions : ic_gw_default_max_sessions(g);
+    bool at_limit = false;
+    size_t reused = 0;
+    gw_session *ss = take_cached(g, j->prompt, j->key);
+    int rc;
+    if (ss) {
+        reused = ss->cache_len;
+        rc = ic_gw_session_recount(g, ss, j->key, limit);
+        at_limit = rc == IC_ERR_CAPACITY;
+        if (rc < 0) { /* back into the cache */
+            ss->on_event = parked_event;
+            g->parked[g->n_parked++] = ss->id;
+            ss = NULL;
+        }
+    } else {
+        rc = ic_gw_session_open(g, j->key, limit, NULL, &ss, &at_limit);
+        /* Out of sessions: close the least recently used cache entry and
+         * wait for its slot rather than refuse. */
+        if (rc == IC_ERR_CAPACITY && !at_limit && evict_one(g))
+            return IC_ERR_BUSY;
+    }
+    if (rc < 0) {
+        ic_oai_error_set(err, rc == IC_ERR_NOMEM ? 500 : 429,
+                         at_limit ? "session_limit" : "overloaded", NULL, "%s",
+                         at_limit ? "this client is at its limit of concurrent requests"
+                                  : "the server is at its session capacity; retry later");
+        return rc;
+    }
+    oai_req *o = calloc(1, sizeof *o);
+    ic_gen_params gp;
+    ic_oai_gen_params(&j->r, j->cfg.priority, &gp);
+    gp.allow_special = j->ep == IC_OAI_CHAT; /* the rendered template's control tokens */
+    uint64_t rid = ++g->next_request;
+    rc = o ? ic_sched_infer(g->sched, ss->id, rid, j->prompt + reused, true, &gp) : IC_ERR_NOMEM;
+    if (rc < 0) {
+        ic_oai_error_set(err, rc == IC_ERR_OVERLOADED ? 429 : 500, NULL, NULL, "%s",
+                         rc == IC_ERR_OVERLOADED ? "too much work is waiting; retry later"
+                                                 : ic_strerror(rc));
+        ss->closing = true;
+        ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+        free(o);
+        return rc;
+    }
+    ss->running = true;
+    ss->request_id = rid;
+    ss->submitted_ms = ic_now_ms();
+    snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
+    o->http_id = j->http_id;
+    o->prompt = j->prompt;
+    j->prompt = NULL;
+    snprintf(o->client, sizeof o->client, "%s", j->key);
+    o->endpoint = j->ep;
+    o->stream = j->r.stream;
+    o->include_usage = j->r.include_usage;
+    o->created_s = (int64_t)time(NULL);
+    snprintf(o->id, sizeof o->id, "%s-%llu", j->ep == IC_OAI_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)next_completion_id());
+    ss->oai = o;
+    ss->on_event = on_event;
+    *out_o = o;
+    return 0;
+}
+
+/* A session slot came free: start the requests that wait for one. */
+static void resume_waiting(ic_gateway *g)
+{
+    while (g->oai_waiting) {
+        oai_job *j = g->oai_waiting;
+        oai_req *o = NULL;
+        ic_oai_error err;
+        int rc = begin(g, j, &o, &err);
+        if (rc == IC_ERR_BUSY)
+            return; /* another entry is closing for it */
+        g->oai_waiting = j->next;
+        ic_http_response resp = {0};
+        if (rc < 0)
+            error_response(&resp, &err);
+        else
+            opening(g, o, &resp);
+        if (!resp.defer)
+            ic_server_http_respond(g->srv, j->http_id, &resp);
+        job_free(j);
+    }
+}
+
+void ic_gw_oai_free_waiting(ic_gateway *g)
+{
+    while (g->oai_waiting) {
+        oai_job *j = g->oai_waiting;
+        g->oai_waiting = j->next;
+        job_free(j);
+    }
+}
+
+/* Both POST routes: parse, check, render, start. */
+static void start(ic_gateway *g, enum ic_oai_endpoint ep, const ic_http_request *req,
+                  ic_http_response *resp)
+{
+    ic_oai_error err;
+    oai_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        ic_oai_error_set(&err, 500, NULL, NULL, "out of memory");
+        error_response(resp, &err);
+        return;
+    }
+    j->http_id = req->id;
+    j->ep = ep;
+    int rc = unavailable(g, &err) ? IC_ERR_SHUTDOWN
+                                  : http_client(g, req, &j->cfg, j->key, sizeof j->key, &err);
+    if (rc == 0)
+        rc = ic_oai_parse_request(ep, req->body, req->body_len, &j->r, &err);
+    ic_oai_request *r = &j->r;
+    if (rc < 0) {
+        /* refused above */
+    } else if (r->model && strcmp(r->model, g->model_id) != 0) {
+        ic_oai_error_set(&err, 404, "model_not_found", "model",
+                         "the model '%.64s' does not exist (this server serves '%.64s')",
+                         r->model, g->model_id);
+        rc = IC_ERR_NOT_FOUND;
+    } else if (unsupported(r, &err)) {
+        rc = IC_ERR_INVAL;
+    } else if (ep == IC_OAI_CHAT && !g->chat) {
+        ic_oai_error_set(&err, 400, NULL, NULL, "this model has no chat template");
+        rc = IC_ERR_INVAL;
+    } else if (ep == IC_OAI_CHAT) {
+        rc = render_chat(g, r, &j->prompt, &err);
+    } else if (!(j->prompt = strdup(r->prompt))) {
+        ic_oai_error_set(&err, 500, NULL, NULL, "out of memory");
+        rc = IC_ERR_NOMEM;
+    }
+    oai_req *o = NULL;
+    if (rc == 0)
+        rc = begin(g, j, &o, &err);
+    if (rc == IC_ERR_BUSY) {
+        oai_job **tail = &g->oai_waiting;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = j;
+        resp->defer = true;
+        return;
+    }
+    job_free(j);
+    if (rc < 0)
+        error_response(resp, &err);
+    else
+        opening(g, o, resp);
 }
 
 void ic_gw_oai_chat(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
@@ -429,6 +669,14 @@ void ic_gw_oai_models(ic_gateway *g, const ic_http_request *req, ic_http_respons
  * within one step (prefill included). */
 void ic_gw_oai_gone(ic_gateway *g, uint64_t http_id)
 {
+    for (oai_job **p = &g->oai_waiting; *p; p = &(*p)->next) {
+        if ((*p)->http_id == http_id) {
+            oai_job *j = *p;
+            *p = j->next;
+            job_free(j);
+            return;
+        }
+    }
     ic_idmap_iter it = IC_IDMAP_ITER_INIT;
     void *val;
     while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {

@@ -137,17 +137,19 @@ void ic_gw_on_http(ic_gateway *g, const ic_http_request *req, ic_http_response *
             allow = r->allow;
             continue;
         }
-        if (!allowed(g, r->auth, req)) {
+        if (!allowed(g, r->auth, req))
             json_response(resp, 401, ic_proto_http_error("bearer token required"));
-            return;
-        }
-        r->handler(g, req, resp);
+        else
+            r->handler(g, req, resp);
+        if (!resp->defer) /* a deferred answer is counted when it goes */
+            ic_metrics_http_request(g->metrics, r->path, resp->status);
         return;
     }
     if (allow) {
         json_response(resp, 405, ic_proto_http_error("method not allowed"));
         resp->allow = allow;
-        return;
+    } else {
+        json_response(resp, 404, ic_proto_http_error("not found"));
     }
-    json_response(resp, 404, ic_proto_http_error("not found"));
+    ic_metrics_http_request(g->metrics, "other", resp->status);
 }

@@ -61,6 +61,8 @@ typedef struct serve_args {
     int log_level;             /* enum ic_log_level */
     int log_format;            /* enum ic_log_format */
     bool log_prompts;
+    int prompt_cache;          /* -1: half of --max-sessions */
+    int prompt_cache_isolation; /* 0 shared, 1 client */
     ic_opt_owned owned;        /* strings from the config file */
 } serve_args;
 
@@ -108,6 +110,8 @@ static int parse_log_format(const char *arg, void *field)
     *(int *)field = (int)f;
     return 0;
 }
+
+static const char *const isolation_choices[] = {"shared", "client", NULL};
 
 #define F(field) offsetof(serve_args, field)
 
@@ -175,6 +179,18 @@ static const ic_option serve_options[] = {
      .help = "text, or json (one JSON object per line)."},
     {.name = "log-prompts", .type = IC_OPT_FLAG, .offset = F(log_prompts),
      .help = "Debug lines carry prompt text (off: never logged)."},
+
+    {.name = "prompt-cache", .type = IC_OPT_INT, .offset = F(prompt_cache), .metavar = "N",
+     .def = "-1", .def_help = "half of --max-sessions", .lo = -1, .hi = 4096,
+     .help = "OpenAI API: finished requests whose KV is kept so that a later request "
+             "starting with the same text decodes only the rest (0 = off). Each holds one "
+             "of --max-sessions until a session needs it."},
+    {.name = "prompt-cache-isolation", .type = IC_OPT_CHOICE,
+     .offset = F(prompt_cache_isolation), .metavar = "shared|client", .def = "shared",
+     .choices = isolation_choices,
+     .help = "shared: a request may reuse another client's cached prefix when its text is "
+             "identical (faster; the timing shows a hit, see docs/openai.md); client: only "
+             "its own."},
 };
 
 #undef F
@@ -477,6 +493,8 @@ static int run(const serve_args *a)
     go.metrics_token = a->metrics_token;
     go.watchdog_timeout_s = a->watchdog_timeout_s;
     go.log_prompts = a->log_prompts;
+    go.prompt_cache = a->prompt_cache;
+    go.prompt_cache_per_client = a->prompt_cache_isolation == 1;
     char url[300];
     snprintf(url, sizeof url, "ws://%s:%d/ws", a->host, a->port);
     go.listen_url = url;

@@ -344,6 +344,7 @@ static void gen_free(gen *g)
 static void fill_stats(const gen *g, double t_end, ic_gen_stats *st)
 {
     st->prompt_tokens = g->n_prompt_decoded;
+    st->context_tokens = g->n_prompt_tokens;
     st->generated_tokens = g->n_generated;
     st->queue_ms = (g->t_start_ms ? g->t_start_ms : t_end) - g->t_submit_ms;
     st->ttft_ms = g->t_first_ms ? g->t_first_ms - g->t_submit_ms : 0;

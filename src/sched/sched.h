@@ -68,6 +68,9 @@ typedef struct ic_gen_params {
 
 typedef struct ic_gen_stats {
     int prompt_tokens;        /* tokens decoded for this turn's prompt */
+    int context_tokens;       /* the turn's whole token sequence (conversation and
+                                 prompt), of which context_tokens - prompt_tokens
+                                 were already in the KV cache */
     int generated_tokens;
     double queue_ms;          /* submit -> first prompt token in a batch */
     double ttft_ms;           /* submit -> first generated token */

@@ -95,6 +95,37 @@ void ic_server_quit(ic_server *s)
 
 void ic_server_wake(ic_server *s) { (void)s; }
 
+void ic_server_set_max_message(ic_server *s, uint64_t conn, size_t bytes)
+{
+    (void)s;
+    (void)conn;
+    (void)bytes;
+}
+
+/* HTTP answers that come later (the OpenAI API's): not exercised here. */
+int ic_server_http_respond(ic_server *s, uint64_t id, ic_http_response *resp)
+{
+    (void)s;
+    (void)id;
+    free(resp->body);
+    return 0;
+}
+
+int ic_server_http_chunk(ic_server *s, uint64_t id, char *data, size_t len)
+{
+    (void)s;
+    (void)id;
+    (void)len;
+    free(data);
+    return 0;
+}
+
+void ic_server_http_end(ic_server *s, uint64_t id)
+{
+    (void)s;
+    (void)id;
+}
+
 /* --- the fake scheduler ---------------------------------------------- */
 
 enum { MAX_FAKE_SESSIONS = 8, MAX_EVENTS = 64 };
@@ -243,7 +274,7 @@ static void start(ic_gateway_opts *o, bool with_tokens)
     ic_gateway_server_handlers(G, &H);
     ic_gateway_set_server(G, &S.srv);
     assert_false(H.accept(H.ud)); /* loading */
-    ic_gateway_attach(G, &F);
+    ic_gateway_attach(G, &F, NULL, "test");
     H.on_wake(H.ud);
     assert_true(H.accept(H.ud));
     assert_true(S.timer_ms[0] > 0); /* the watchdog and sweep tick */
@@ -684,7 +715,7 @@ static void hot_gpu_reads_as_throttled(void **state)
     ic_gateway_server_handlers(G, &H);
     ic_gateway_set_server(G, &S.srv);
     F.opts.temp_limit_c = 85;
-    ic_gateway_attach(G, &F);
+    ic_gateway_attach(G, &F, NULL, "test");
     H.on_wake(H.ud);
     open_conn(1, "127.0.0.1");
     send_text(1, "{\"type\":\"METRICS\"}");
@@ -707,7 +738,7 @@ static void hot_gpu_reads_as_throttled(void **state)
     assert_int_equal(ic_gateway_create(&o, &G, err, sizeof err), 0);
     ic_gateway_server_handlers(G, &H);
     ic_gateway_set_server(G, &S.srv);
-    ic_gateway_attach(G, &F);
+    ic_gateway_attach(G, &F, NULL, "test");
     H.on_wake(H.ud);
     open_conn(2, "127.0.0.1");
     send_text(2, "{\"type\":\"METRICS\"}");
