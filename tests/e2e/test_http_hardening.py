@@ -110,6 +110,15 @@ def one(port, data, head=False, timeout=5):
         s.close()
 
 
+def _sanitized():
+    """ASan's quarantine keeps freed memory: RSS says nothing there."""
+    out = subprocess.run(["ldd", IC_BIN], capture_output=True, text=True).stdout
+    return "libasan" in out
+
+
+SANITIZED = _sanitized()
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -194,7 +203,8 @@ def test_rss_over_1000_posts_with_bodies(server):
     s.close()
     grown = server.rss_kb() - rss0
     print(f"RSS growth over 1,000 POSTs with bodies: {grown} kB")
-    assert grown < 1024, grown
+    if not SANITIZED:
+        assert grown < 1024, grown
 
 
 def test_expect_100_continue(server):
