@@ -197,11 +197,11 @@ def test_idle_connection_after_a_1mib_message_gives_its_memory_back(server):
         r = raw.recv_json()
         assert r["type"] == "METRICS" and r["id"] == "big"
         conns.append(raw)
-    time.sleep(0.3)
+    time.sleep(1.5)                             # the heap is trimmed within a second
     per_conn = (server.rss_kb() - rss0) / 20
     print(f"RSS per idle connection after one 1 MiB message: {per_conn:.0f} kB")
     if not SANITIZED:
-        assert per_conn < 200, per_conn
+        assert per_conn < 100, per_conn
     for raw in conns + [warm]:
         raw.close()
 
