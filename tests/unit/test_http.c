@@ -182,6 +182,41 @@ static void origins(void **state)
                                    "http://app.example"));
 }
 
+/* Random mutations of valid input never crash the parsers (run under ASan). */
+static void mutations_do_not_crash(void **state)
+{
+    (void)state;
+    const char *base = "POST /a%41?b=1 HTTP/1.1\r\nHost: [::1]:80\r\nOrigin: http://x\r\n"
+                       "Transfer-Encoding: chunked\r\nX-Forwarded-For: 1\r\n\r\n";
+    const char *body = "4;e\r\nabcd\r\n0\r\nT: x\r\n\r\n";
+    srand(7);
+    char buf[512];
+    for (int i = 0; i < 20000; i++) {
+        size_t n = strlen(base);
+        memcpy(buf, base, n + 1);
+        for (int k = rand() % 4; k >= 0; k--)
+            buf[rand() % n] = (char)(rand() % 256);
+        if (rand() % 3 == 0)
+            n = (size_t)rand() % n;
+        ic_http_head h;
+        const char *why;
+        ic_http_parse_head(buf, n, 64, &h, &why);
+        ic_http_check_request_line(buf, n, 64, &why);
+        memcpy(buf, body, strlen(body) + 1);
+        n = strlen(body);
+        buf[rand() % n] = (char)(rand() % 256);
+        ic_http_chunked c = {0};
+        ic_buf out = {0};
+        size_t used;
+        ic_http_chunked_feed(&c, buf, n, &out, 16, &used);
+        assert_true(used <= n && out.len <= 16);
+        ic_buf_free(&out);
+        buf[rand() % 40] = '\0';
+        ic_http_host_ok(buf, "127.0.0.1", "a,b");
+        ic_http_origin_ok(buf, "127.0.0.1:1", "a,b");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +225,7 @@ int main(void)
         cmocka_unit_test(chunked_bodies),
         cmocka_unit_test(hosts),
         cmocka_unit_test(origins),
+        cmocka_unit_test(mutations_do_not_crash),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
