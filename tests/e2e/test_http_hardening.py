@@ -517,3 +517,18 @@ def test_sigterm_with_clients_connected_exits(server):
     assert server.wait_exit(15) == 0
     for s in held:
         s.close()
+
+
+def test_slow_request_head_gets_408(server):
+    """Slowloris: a head that never completes is answered 408 after the
+    header time-out (10 s from its first byte), whatever trickles in."""
+    s = connect(server.port, timeout=15)
+    t0 = time.monotonic()
+    s.sendall(b"GET /health HTTP/1.1\r\n")
+    for _ in range(6):
+        time.sleep(1)
+        s.sendall(b"X-Drip: 1\r\n")
+    st, hd, _ = Reader(s).response()
+    assert st == 408 and hd.get("connection") == "close"
+    assert 9 < time.monotonic() - t0 < 13
+    s.close()
