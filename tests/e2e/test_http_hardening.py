@@ -532,3 +532,28 @@ def test_slow_request_head_gets_408(server):
     assert st == 408 and hd.get("connection") == "close"
     assert 9 < time.monotonic() - t0 < 13
     s.close()
+
+
+@pytest.mark.skipif(not _has_flag("--allow-host"), reason="--allow-host not wired yet")
+def test_allow_host_flag(start_server):
+    srv = start_server(args=["--allow-host", "gpu-box.lan"])
+    assert one(srv.port, req("GET", "/health", srv.port, host=f"gpu-box.lan:{srv.port}"))[0] == 200
+    assert one(srv.port, req("GET", "/health", srv.port, host="other.lan"))[0] == 421
+
+
+@pytest.mark.skipif(not _has_flag("--max-body-bytes"), reason="--max-body-bytes not wired yet")
+def test_max_body_bytes_flag(start_server):
+    srv = start_server(args=["--max-body-bytes", "1024"])
+    assert one(srv.port, req("POST", "/health", srv.port, body=b"x" * 1025))[0] == 413
+    assert one(srv.port, req("POST", "/health", srv.port, body=b"x" * 1024))[0] == 405
+
+
+@pytest.mark.skipif(not _has_flag("--max-connections"), reason="--max-connections not wired yet")
+def test_max_connections_flag(start_server):
+    srv = start_server(args=["--max-connections", "8"])
+    held = [RawWS(srv.port) for _ in range(8)]
+    try:
+        assert one(srv.port, req("GET", "/health", srv.port))[0] == 503
+    finally:
+        for w in held:
+            w.close()
