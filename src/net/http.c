@@ -326,7 +326,7 @@ int ic_http_chunked_feed(ic_http_chunked *c, const char *in, size_t n, ic_buf *o
                 if (++c->digits > 16)
                     return 400;
                 c->left = c->left * 16 + (uint64_t)hexval(ch);
-                if (c->left > max)
+                if (c->left > max || out->len + c->left > max)
                     return 413;
             } else {
                 return 400;

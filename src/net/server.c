@@ -26,6 +26,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -42,6 +43,7 @@
 #define LINGER_MS 2000                /* a closing socket drains input this long */
 #define ACCEPT_PAUSE_MS 100           /* accepts pause this long when out of fds */
 #define SHRINK_BYTES (16 * 1024)      /* buffers larger than this are freed when idle */
+#define TRIM_BYTES (256 * 1024)       /* freeing one this big trims the heap */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 /* One queued outgoing piece; the bytes are at buf + LWS_PRE. */
@@ -121,6 +123,9 @@ struct ic_server {
     uint64_t next_id;
     uint64_t accept_errors;    /* since the last log line */
     time_t accept_logged;
+    time_t trimmed;            /* the last malloc_trim */
+    bool trim_pending;
+    lws_sorted_usec_list_t trim_sul;    /* a deferred malloc_trim */
     bool quit;
 };
 
@@ -223,6 +228,31 @@ static void kill_now(conn *c)
 }
 
 static void on_deadline(lws_sorted_usec_list_t *sul);
+
+static void on_trim(lws_sorted_usec_list_t *sul)
+{
+    ic_server *s = lws_container_of(sul, ic_server, trim_sul);
+    s->trim_pending = false;
+    s->trimmed = time(NULL);
+    malloc_trim(0);
+}
+
+/* Frees a buffer; after a big one, gives the heap's free memory back to
+ * the OS (glibc keeps it otherwise): at once, or a second later when it
+ * did so within the last second. */
+static void release(ic_server *s, ic_buf *b)
+{
+    bool big = b->cap >= TRIM_BYTES;
+    ic_buf_free(b);
+    if (!big || s->trim_pending)
+        return;
+    if (time(NULL) != s->trimmed) {
+        on_trim(&s->trim_sul);
+        return;
+    }
+    s->trim_pending = true;
+    lws_sul_schedule(s->ctx, 0, &s->trim_sul, on_trim, LWS_US_PER_SEC);
+}
 
 static void set_deadline(conn *c, int ms)
 {
@@ -526,7 +556,7 @@ static void finish_request(conn *c)
         return;
     }
     if (c->body.cap > SHRINK_BYTES)
-        ic_buf_free(&c->body);
+        release(s, &c->body);
     ic_buf_clear(&c->body);
     if (c->head.cap > SHRINK_BYTES)
         ic_buf_free(&c->head);
@@ -661,7 +691,7 @@ static void ws_message(conn *c)
     s->h.on_message(s->h.ud, c->id, c->msg.data ? c->msg.data : "", c->msg.len, binary);
     /* An idle connection keeps no big buffer. */
     if (c->msg.cap > SHRINK_BYTES)
-        ic_buf_free(&c->msg);
+        release(s, &c->msg);
     ic_buf_clear(&c->msg);
 }
 
@@ -906,8 +936,8 @@ static void closed(ic_server *s, conn *c)
     free_queue(c);
     ic_buf_free(&c->rx);
     ic_buf_free(&c->head);
-    ic_buf_free(&c->body);
-    ic_buf_free(&c->msg);
+    release(s, &c->body);
+    release(s, &c->msg);
     free(c);
 }
 
@@ -1191,6 +1221,7 @@ void ic_server_destroy(ic_server *s)
      * WebSocket) and the adopted listening socket. */
     lws_sul_cancel(&s->timer);
     lws_sul_cancel(&s->accept_sul);
+    lws_sul_cancel(&s->trim_sul);
     lws_context_destroy(s->ctx);
     ic_idmap_each(&s->conns, free_conn, NULL);
     ic_idmap_free(&s->conns);

@@ -110,6 +110,15 @@ def one(port, data, head=False, timeout=5):
         s.close()
 
 
+def _sanitized():
+    """ASan's quarantine keeps freed memory: RSS says nothing there."""
+    out = subprocess.run(["ldd", IC_BIN], capture_output=True, text=True).stdout
+    return "libasan" in out
+
+
+SANITIZED = _sanitized()
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -194,7 +203,8 @@ def test_rss_over_1000_posts_with_bodies(server):
     s.close()
     grown = server.rss_kb() - rss0
     print(f"RSS growth over 1,000 POSTs with bodies: {grown} kB")
-    assert grown < 1024, grown
+    if not SANITIZED:
+        assert grown < 1024, grown
 
 
 def test_expect_100_continue(server):
@@ -507,3 +517,43 @@ def test_sigterm_with_clients_connected_exits(server):
     assert server.wait_exit(15) == 0
     for s in held:
         s.close()
+
+
+def test_slow_request_head_gets_408(server):
+    """Slowloris: a head that never completes is answered 408 after the
+    header time-out (10 s from its first byte), whatever trickles in."""
+    s = connect(server.port, timeout=15)
+    t0 = time.monotonic()
+    s.sendall(b"GET /health HTTP/1.1\r\n")
+    for _ in range(6):
+        time.sleep(1)
+        s.sendall(b"X-Drip: 1\r\n")
+    st, hd, _ = Reader(s).response()
+    assert st == 408 and hd.get("connection") == "close"
+    assert 9 < time.monotonic() - t0 < 13
+    s.close()
+
+
+@pytest.mark.skipif(not _has_flag("--allow-host"), reason="--allow-host not wired yet")
+def test_allow_host_flag(start_server):
+    srv = start_server(args=["--allow-host", "gpu-box.lan"])
+    assert one(srv.port, req("GET", "/health", srv.port, host=f"gpu-box.lan:{srv.port}"))[0] == 200
+    assert one(srv.port, req("GET", "/health", srv.port, host="other.lan"))[0] == 421
+
+
+@pytest.mark.skipif(not _has_flag("--max-body-bytes"), reason="--max-body-bytes not wired yet")
+def test_max_body_bytes_flag(start_server):
+    srv = start_server(args=["--max-body-bytes", "1024"])
+    assert one(srv.port, req("POST", "/health", srv.port, body=b"x" * 1025))[0] == 413
+    assert one(srv.port, req("POST", "/health", srv.port, body=b"x" * 1024))[0] == 405
+
+
+@pytest.mark.skipif(not _has_flag("--max-connections"), reason="--max-connections not wired yet")
+def test_max_connections_flag(start_server):
+    srv = start_server(args=["--max-connections", "8"])
+    held = [RawWS(srv.port) for _ in range(8)]
+    try:
+        assert one(srv.port, req("GET", "/health", srv.port))[0] == 503
+    finally:
+        for w in held:
+            w.close()

@@ -9,12 +9,17 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
 import websockets
 
-from conftest import Closed, RawWS, connect
+from conftest import IC_BIN, Closed, RawWS, connect
+
+# ASan's quarantine keeps freed memory: RSS says nothing under it.
+SANITIZED = "libasan" in subprocess.run(["ldd", IC_BIN], capture_output=True,
+                                         text=True).stdout
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -192,10 +197,11 @@ def test_idle_connection_after_a_1mib_message_gives_its_memory_back(server):
         r = raw.recv_json()
         assert r["type"] == "METRICS" and r["id"] == "big"
         conns.append(raw)
-    time.sleep(0.3)
+    time.sleep(1.5)                             # the heap is trimmed within a second
     per_conn = (server.rss_kb() - rss0) / 20
     print(f"RSS per idle connection after one 1 MiB message: {per_conn:.0f} kB")
-    assert per_conn < 200, per_conn
+    if not SANITIZED:
+        assert per_conn < 100, per_conn
     for raw in conns + [warm]:
         raw.close()
 
