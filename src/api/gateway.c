@@ -13,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "protocol.h"
+#include "web.h"
 
 #include <jansson.h>
 
@@ -102,6 +103,7 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .metrics_token = NULL,
         .watchdog_timeout_s = 120,
         .log_prompts = false,
+        .web = true,
     };
 }
 
@@ -650,6 +652,8 @@ static void h_http(void *ud, const ic_http_request *req, ic_http_response *resp)
         bool ok = g->sched && !g->stopping && !g->stalled;
         json_response(resp, ok ? 200 : 503,
                       json_pack("{s:s,s:s}", "status", ok ? "ok" : state, "state", state));
+    } else if (g->opts.web && ic_web_serve(req, resp)) {
+        /* the console: GET /, /console.js, /console.css */
     } else {
         json_response(resp, 404, json_pack("{s:s}", "error", "not found"));
     }

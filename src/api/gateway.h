@@ -31,6 +31,7 @@ typedef struct ic_gateway_opts {
     const char *metrics_token;     /* GET /metrics needs "Bearer <it>"; NULL: open */
     int watchdog_timeout_s;        /* scheduler without progress while work waits: stuck */
     bool log_prompts;              /* debug lines carry prompt text (off by default) */
+    bool web;                      /* serve the web console at GET / (--no-web: false) */
 } ic_gateway_opts;
 
 ic_gateway_opts ic_gateway_opts_default(void);

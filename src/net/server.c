@@ -181,15 +181,19 @@ static int writeable(conn *c, struct lws *wsi)
 
 static int http_request(ic_server *s, struct lws *wsi, pss *p, const char *path)
 {
-    char auth[512];
+    char auth[512], inm[256], enc[256];
     ic_http_request req = {.path = path};
     if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0)
         req.authorization = auth;
+    if (lws_hdr_copy(wsi, inm, sizeof inm, WSI_TOKEN_HTTP_IF_NONE_MATCH) > 0)
+        req.if_none_match = inm;
+    if (lws_hdr_copy(wsi, enc, sizeof enc, WSI_TOKEN_HTTP_ACCEPT_ENCODING) > 0)
+        req.accept_encoding = enc;
     ic_http_response resp = {.status = 500, .content_type = "application/json"};
     s->h.on_http(s->h.ud, &req, &resp);
     if (!resp.body)
         return -1;
-    unsigned char head[LWS_PRE + 1024], *start = head + LWS_PRE, *pos = start,
+    unsigned char head[LWS_PRE + 4096], *start = head + LWS_PRE, *pos = start,
                                         *end = head + sizeof head - 1;
     p->http_body = resp.body;
     p->http_len = resp.len;
@@ -200,6 +204,15 @@ static int http_request(ic_server *s, struct lws *wsi, pss *p, const char *path)
         lws_add_http_header_by_name(wsi, (const unsigned char *)"www-authenticate:",
                                     (const unsigned char *)"Bearer", 6, &pos, end))
         return -1;
+    for (int i = 0; i < resp.n_headers && i < IC_HTTP_MAX_HEADERS; i++) {
+        char name[64];
+        const char *v = resp.headers[i].value;
+        int n = snprintf(name, sizeof name, "%s:", resp.headers[i].name);
+        if (n <= 0 || (size_t)n >= sizeof name ||
+            lws_add_http_header_by_name(wsi, (const unsigned char *)name, (const unsigned char *)v,
+                                        (int)strlen(v), &pos, end))
+            return -1;
+    }
     if (lws_finalize_write_http_header(wsi, start, &pos, end))
         return -1;
     lws_callback_on_writable(wsi);

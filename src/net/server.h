@@ -26,7 +26,17 @@ typedef struct ic_server_opts {
 typedef struct ic_http_request {
     const char *path;
     const char *authorization;     /* the Authorization header, or NULL */
+    const char *if_none_match;     /* the If-None-Match header, or NULL */
+    const char *accept_encoding;   /* the Accept-Encoding header, or NULL */
 } ic_http_request;
+
+/* A response header beyond Content-Type and Content-Length. */
+typedef struct ic_http_header {
+    const char *name;              /* "etag"; lower case, no colon */
+    const char *value;             /* must live until on_http returns */
+} ic_http_header;
+
+#define IC_HTTP_MAX_HEADERS 12
 
 /* The handler's answer. */
 typedef struct ic_http_response {
@@ -34,6 +44,8 @@ typedef struct ic_http_response {
     char *body;                    /* malloc'd; the server frees it */
     size_t len;
     const char *content_type;      /* static string */
+    ic_http_header headers[IC_HTTP_MAX_HEADERS]; /* extra headers, in order */
+    int n_headers;
 } ic_http_response;
 
 /* Called on the network thread; ud is the handlers' ud. */
