@@ -166,6 +166,7 @@
     showAuth(false, "");
     send({ type: "SUBSCRIBE_METRICS", interval_ms: 1000, id: "live" });
     document.body.dataset.ready = "1";
+    if (!window.IC.readyAt) window.IC.readyAt = performance.now();   // time to interactive
     for (const p of app.panes) p.flush();
   }
 
@@ -448,7 +449,7 @@
     $("#m-cpu").textContent = m.system ? fmt1(m.system.cpu_pct) : "-";
     const lim = tempLimit(m);
     $("#limit-label").textContent = lim.c > 0
-      ? "· limit " + lim.c + " °C" + (lim.known ? "" : " (serve's default; not reported)")
+      ? "· limit " + lim.c + " °C" + (lim.known ? "" : " (assumed)")
       : "· no limit";
     const now = Date.now();
     app.history.push({ t: now, state: e.state, tps: e.tokens_per_second, queued: e.queued,
@@ -560,6 +561,8 @@
       ctx.fillText("limit " + limit + "°", w - pad.r - 52, yOf(limit) - 3);
     }
     const n = hist.reduce((a, s) => Math.max(a, s.temps.length), 0);
+    const drawn = [];                 // each GPU's latest point, in CSS pixels
+    app.tempChart = { limitY: limit > 0 ? yOf(limit) : null, latest: drawn };
     for (let g = 0; g < n; g++) {
       ctx.strokeStyle = GPU_COLORS[g % GPU_COLORS.length];
       ctx.fillStyle = ctx.strokeStyle;
@@ -575,6 +578,7 @@
       }
       ctx.stroke();
       if (started) { ctx.beginPath(); ctx.arc(lastX, lastY, 3, 0, 2 * Math.PI); ctx.fill(); }
+      drawn.push({ x: lastX, y: lastY, color: GPU_COLORS[g % GPU_COLORS.length] });
     }
     if (!n) { ctx.fillStyle = "rgba(128,128,128,.9)"; ctx.fillText("no GPU readings", w / 2 - 36, h / 2); }
   }
