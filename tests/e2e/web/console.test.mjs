@@ -279,6 +279,26 @@ describe("web console", () => {
       measurements.time_to_interactive_ms = Math.round(t.ready);   // HELLO in, Send enabled
       assert.ok(measurements.wire_bytes_gzip < measurements.raw_bytes);
 
+      // Again in the warm browser, with its cache: the second load fills it,
+      // on the third every file revalidates (no-cache) to 304.
+      await cdp.send("Network.setCacheDisabled", { cacheDisabled: false });
+      await page.goto(srv.url, { waitUntil: "load" });
+      await page.waitForSelector("body[data-ready='1']", { timeout: 10000 });
+      // The status on the wire (DevTools shows a revalidated document as 200).
+      const urls = new Map(), statuses = new Map();
+      cdp.on("Network.requestWillBeSent", (e) => urls.set(e.requestId, e.request.url));
+      cdp.on("Network.responseReceivedExtraInfo", (e) => statuses.set(e.requestId, e.statusCode));
+      await page.goto(srv.url, { waitUntil: "load" });
+      await page.waitForSelector("body[data-ready='1']", { timeout: 10000 });
+      const warm = await page.evaluate(() => ({ ready: window.IC.readyAt,
+        dcl: performance.getEntriesByType("navigation")[0].domContentLoadedEventEnd }));
+      measurements.warm_dom_content_loaded_ms = Math.round(warm.dcl);
+      measurements.warm_time_to_interactive_ms = Math.round(warm.ready);
+      await sleep(300);
+      assert.deepEqual([...statuses.entries()].map(([id, st]) => [urls.get(id), st])
+                         .filter(([u]) => u && u.startsWith(srv.url)).sort(),
+                       [[srv.url, 304], [srv.url + "console.css", 304], [srv.url + "console.js", 304]]);
+
       // Shift+Enter is a new line, Enter sends; the answer streams and ends with stats.
       await page.keyboard.type("Once upon");
       await page.keyboard.down("Shift");
