@@ -48,6 +48,7 @@ typedef struct ic_gateway_opts {
      * reused by a later request whose prompt starts with their text. */
     int prompt_cache;
     bool prompt_cache_per_client;  /* reuse only a client's own entries */
+    bool web;                      /* serve the web console at GET / (--no-web: false) */
 } ic_gateway_opts;
 
 /* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5

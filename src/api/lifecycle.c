@@ -38,6 +38,7 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .max_preauth = 256,
         .max_connections = 0,
         .prompt_cache = -1,
+        .web = true,
         .prompt_cache_per_client = false,
     };
 }

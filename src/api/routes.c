@@ -12,6 +12,7 @@
  * Thread: network thread (the server's on_http). Owns nothing.
  */
 #include "gateway_impl.h"
+#include "web.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +80,17 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
         resp->body = NULL;
 }
 
+/* The web console (web.c): its three files, unless --no-web. */
+static void web(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
+{
+    if (!g->opts.web || !ic_web_serve(req, resp))
+        json_response(resp, 404, ic_proto_http_error("not found"));
+}
+
 static const route k_routes[] = {
+    {"GET", "GET, HEAD", "/", ROUTE_PUBLIC, web},
+    {"GET", "GET, HEAD", "/console.js", ROUTE_PUBLIC, web},
+    {"GET", "GET, HEAD", "/console.css", ROUTE_PUBLIC, web},
     {"GET", "GET, HEAD", "/health", ROUTE_PUBLIC, health},
     {"GET", "GET, HEAD", "/metrics", ROUTE_METRICS, metrics},
     /* The OpenAI API (openai_http.c) checks its own API keys: its errors

@@ -228,6 +228,10 @@ int ic_http_parse_head(char *buf, size_t len, size_t max_url, ic_http_head *h, c
             st = set_once(&h->authorization, v, "Authorization", why);
         else if (!strcasecmp(name, "x-api-key"))
             st = set_once(&h->api_key, v, "x-api-key", why);
+        else if (!strcasecmp(name, "if-none-match") && !h->if_none_match)
+            h->if_none_match = v; /* caching hints: a repeat is harmless, keep the first */
+        else if (!strcasecmp(name, "accept-encoding") && !h->accept_encoding)
+            h->accept_encoding = v;
         else if (!strcasecmp(name, "upgrade"))
             st = set_once(&h->upgrade, v, "Upgrade", why);
         else if (!strcasecmp(name, "connection"))

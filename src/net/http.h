@@ -21,6 +21,7 @@ typedef struct ic_http_head {
     char *host, *origin, *content_type, *authorization, *api_key;
     char *upgrade, *connection, *ws_key, *ws_version, *ws_protocol, *expect;
     char *forwarded_for;
+    char *if_none_match, *accept_encoding; /* the first of each */
     int64_t content_length;        /* -1: none */
     bool chunked;                  /* Transfer-Encoding: chunked */
     bool keep_alive;               /* by version and Connection */

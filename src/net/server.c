@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -287,7 +288,7 @@ static void queue_response(conn *c, ic_http_response *r)
 {
     ic_server *s = c->srv;
     (void)s;
-    char hd[1024];
+    char hd[4096];
     if (!r->body && !r->stream) {
         r->status = 500;
         r->content_type = "text/plain; charset=utf-8";
@@ -314,6 +315,15 @@ static void queue_response(conn *c, ic_http_response *r)
         n += (size_t)snprintf(hd + n, sizeof hd - n, "Retry-After: %d\r\n", r->retry_after_s);
     if (r->status == 401)
         n += (size_t)snprintf(hd + n, sizeof hd - n, "WWW-Authenticate: Bearer\r\n");
+    for (int i = 0; i < r->n_headers && i < IC_HTTP_MAX_HEADERS && n < sizeof hd; i++) {
+        const ic_http_header *x = &r->headers[i];
+        /* Handlers give fixed names and values of their own; refuse anything
+         * that could split the header block all the same. */
+        if (!x->name || !x->value || strpbrk(x->name, "\r\n:") || strpbrk(x->value, "\r\n") ||
+            strcasecmp(x->name, "x-content-type-options") == 0) /* sent below for all */
+            continue;
+        n += (size_t)snprintf(hd + n, sizeof hd - n, "%s: %s\r\n", x->name, x->value);
+    }
     if (r->status == 426)
         n += (size_t)snprintf(hd + n, sizeof hd - n,
                               "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
@@ -321,7 +331,8 @@ static void queue_response(conn *c, ic_http_response *r)
                           close ? "Connection: close\r\n"
                           : c->h.minor == 0 ? "Connection: keep-alive\r\n" : "");
     if (n >= sizeof hd)
-        n = sizeof hd - 1; /* cannot happen: every field above is bounded */
+        n = sizeof hd - 1; /* cannot happen: every field above is bounded (12 extra headers
+                            * of a handler's own, far below the buffer) */
     bool with_body = !c->head_only && r->body && r->len;
     if (r->stream && with_body && !c->raw_stream) {
         char ch[24];
@@ -392,6 +403,8 @@ static void dispatch(conn *c)
         .forwarded_for = c->h.forwarded_for,
         .authorization = c->h.authorization,
         .api_key = c->h.api_key,
+        .if_none_match = c->h.if_none_match,
+        .accept_encoding = c->h.accept_encoding,
         .body = c->body.data ? c->body.data : "",
         .body_len = c->body.len,
     };

@@ -59,7 +59,17 @@ typedef struct ic_http_request {
     const char *api_key;           /* x-api-key */
     const char *body;              /* the request body (de-chunked), "" when none */
     size_t body_len;
+    const char *if_none_match;     /* If-None-Match */
+    const char *accept_encoding;   /* Accept-Encoding */
 } ic_http_request;
+
+/* A response header beyond Content-Type and Content-Length. */
+typedef struct ic_http_header {
+    const char *name;              /* "etag"; lower case, no colon */
+    const char *value;             /* must live until the response is queued */
+} ic_http_header;
+
+#define IC_HTTP_MAX_HEADERS 12
 
 /* The handler's answer. */
 typedef struct ic_http_response {
@@ -75,6 +85,8 @@ typedef struct ic_http_response {
     bool stream;
     /* true: the handler answers later with ic_server_http_respond. */
     bool defer;
+    ic_http_header headers[IC_HTTP_MAX_HEADERS]; /* extra headers, in order */
+    int n_headers;
 } ic_http_response;
 
 /* Called on the network thread; ud is the handlers' ud. */
