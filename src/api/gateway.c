@@ -165,6 +165,8 @@ static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg *m)
     if (!c->authed)
         g->n_preauth--;
     c->authed = true;
+    /* The server held this connection to one small message until now. */
+    ic_server_set_max_message(g->srv, c->id, g->opts.max_message_bytes);
     ic_engine_info info;
     ic_hello h = make_hello(g, &info);
     ic_gw_send_json(g, c->id, ic_proto_auth_success_model(c->client.name, c->max_sessions,

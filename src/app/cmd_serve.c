@@ -61,6 +61,16 @@ typedef struct serve_args {
     int log_level;             /* enum ic_log_level */
     int log_format;            /* enum ic_log_format */
     bool log_prompts;
+    int session_idle_timeout_s;
+    int max_preauth_per_ip;
+    int max_preauth;
+    int max_connections;       /* sockets; 0: from the fd limit */
+    int max_body_bytes;
+    ic_opt_list allow_origins;
+    ic_opt_list allow_hosts;
+    int header_timeout_s;
+    int http_idle_timeout_s;
+    bool no_web;
     int prompt_cache;          /* -1: half of --max-sessions */
     int prompt_cache_isolation; /* 0 shared, 1 client */
     ic_opt_owned owned;        /* strings from the config file */
@@ -180,6 +190,38 @@ static const ic_option serve_options[] = {
     {.name = "log-prompts", .type = IC_OPT_FLAG, .offset = F(log_prompts),
      .help = "Debug lines carry prompt text (off: never logged)."},
 
+    {.name = "session-idle-timeout", .type = IC_OPT_INT, .offset = F(session_idle_timeout_s),
+     .metavar = "S", .def = "0", .lo = 0, .hi = 86400,
+     .help = "Close a session nobody used for S seconds (SESSION_CLOSED idle_timeout; 0 = "
+             "never), so that one client cannot sit on every slot."},
+    {.name = "max-connections", .type = IC_OPT_INT, .offset = F(max_connections),
+     .metavar = "N", .def = "0", .def_help = "from the fd limit", .lo = 0, .hi = 1048576,
+     .help = "Open sockets (HTTP and WebSocket) at once; more get 503 or close 1013."},
+    {.name = "max-preauth-per-ip", .type = IC_OPT_INT, .offset = F(max_preauth_per_ip),
+     .metavar = "N", .def = "16", .lo = 0, .hi = 65536,
+     .help = "With --tokens: unauthenticated connections per address; more close with 1013 "
+             "(0 = no cap)."},
+    {.name = "max-preauth", .type = IC_OPT_INT, .offset = F(max_preauth), .metavar = "N",
+     .def = "256", .lo = 0, .hi = 65536,
+     .help = "With --tokens: unauthenticated connections in all (0 = no cap)."},
+    {.name = "max-body-bytes", .type = IC_OPT_INT, .offset = F(max_body_bytes),
+     .metavar = "N", .def = "4194304", .lo = 1024, .hi = 1 << 30,
+     .help = "Largest HTTP request body; larger get 413."},
+    {.name = "allow-origin", .type = IC_OPT_LIST, .offset = F(allow_origins),
+     .metavar = "ORIGIN",
+     .help = "A web origin (scheme://host[:port], or *) that may use /ws and the HTTP API "
+             "besides the server's own pages (repeatable)."},
+    {.name = "allow-host", .type = IC_OPT_LIST, .offset = F(allow_hosts), .metavar = "NAME",
+     .help = "A name clients may put in Host besides IP literals, localhost and --host: a "
+             "proxy's or LAN name (repeatable). Others get 421, so DNS rebinding fails."},
+    {.name = "header-timeout", .type = IC_OPT_INT, .offset = F(header_timeout_s),
+     .metavar = "S", .def = "10", .lo = 1, .hi = 300,
+     .help = "Seconds for a request's headers to arrive (408 after)."},
+    {.name = "http-idle-timeout", .type = IC_OPT_INT, .offset = F(http_idle_timeout_s),
+     .metavar = "S", .def = "30", .lo = 1, .hi = 3600,
+     .help = "An idle keep-alive HTTP connection is closed after S seconds."},
+    {.name = "no-web", .type = IC_OPT_FLAG, .offset = F(no_web),
+     .help = "Do not serve the web console at GET /."},
     {.name = "prompt-cache", .type = IC_OPT_INT, .offset = F(prompt_cache), .metavar = "N",
      .def = "-1", .def_help = "half of --max-sessions", .lo = -1, .hi = 4096,
      .help = "OpenAI API: finished requests whose KV is kept so that a later request "
@@ -484,6 +526,20 @@ static void raise_fd_limit(void)
     }
 }
 
+/* "a,b,c" from a repeatable option. Returns 0 or -1 when it does not fit. */
+static int join_list(const ic_opt_list *l, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < l->n; i++) {
+        int k = snprintf(buf + n, cap - n, "%s%s", i ? "," : "", l->v[i]);
+        if (k < 0 || (size_t)k >= cap - n || strchr(l->v[i], ','))
+            return -1;
+        n += (size_t)k;
+    }
+    return 0;
+}
+
 static int run(const serve_args *a)
 {
     char err[512] = "";
@@ -494,6 +550,11 @@ static int run(const serve_args *a)
     go.watchdog_timeout_s = a->watchdog_timeout_s;
     go.log_prompts = a->log_prompts;
     go.prompt_cache = a->prompt_cache;
+    go.session_idle_timeout_s = a->session_idle_timeout_s;
+    go.max_preauth_per_ip = a->max_preauth_per_ip;
+    go.max_preauth = a->max_preauth;
+    go.max_connections = 0; /* the server caps sockets (--max-connections) */
+    go.web = !a->no_web;
     go.prompt_cache_per_client = a->prompt_cache_isolation == 1;
     char url[300];
     snprintf(url, sizeof url, "ws://%s:%d/ws", a->host, a->port);
@@ -507,6 +568,22 @@ static int run(const serve_args *a)
     so.host = a->host;
     so.port = a->port;
     so.max_message_bytes = go.max_message_bytes;
+    /* Before AUTH a client needs one small message (the gateway raises the
+     * limit when AUTH succeeds). */
+    so.preauth_max_message_bytes = a->tokens ? 4096 : 0;
+    so.max_connections = a->max_connections;
+    so.max_body_bytes = (size_t)a->max_body_bytes;
+    so.header_timeout_s = a->header_timeout_s;
+    so.idle_timeout_s = a->http_idle_timeout_s;
+    char origins[1100], hosts[1100];
+    if (join_list(&a->allow_origins, origins, sizeof origins) < 0 ||
+        join_list(&a->allow_hosts, hosts, sizeof hosts) < 0) {
+        ic_log_error("--allow-origin / --allow-host: at most 1 KiB of names in all");
+        ic_gateway_destroy(gw);
+        return 2;
+    }
+    so.allow_origins = origins[0] ? origins : NULL;
+    so.allow_hosts = hosts[0] ? hosts : NULL;
     ic_server_handlers h;
     ic_gateway_server_handlers(gw, &h);
     ic_server *srv = NULL;
@@ -561,8 +638,13 @@ static int check_args(serve_args *a, char *defpath, size_t cap)
                         "--insecure-no-auth\n", a->host);
         return 2;
     }
-    if (a->max_sessions_per_client == 0)
-        a->max_sessions_per_client = a->max_sessions;
+    if (a->max_connections > 0 && a->max_connections < 8) {
+        fprintf(stderr, "inferencecenter serve: --max-connections must be 0 (automatic) or "
+                        "at least 8\n");
+        return 2;
+    }
+    /* max_sessions_per_client 0: the gateway's automatic default (the
+     * server's total, or half of it when tokens are required). */
     if (a->batch < 2 * a->max_sessions)
         a->batch = 2 * a->max_sessions;
     if (!a->model) {
