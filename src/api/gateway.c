@@ -37,7 +37,12 @@ void ic_gw_send_json(ic_gateway *g, uint64_t conn, char *json)
                      (unsigned long long)conn);
         return;
     }
-    ic_server_send(g->srv, conn, json, strlen(json));
+    if (ic_server_send(g->srv, conn, json, strlen(json)) == IC_ERR_OVERLOADED) {
+        /* The server is dropping this client: handle nothing more from it. */
+        client_conn *c = ic_idmap_get(&g->conns, conn);
+        if (c)
+            c->closing = true;
+    }
 }
 
 void ic_gw_send_error(ic_gateway *g, uint64_t conn, enum ic_proto_code code, const char *message,

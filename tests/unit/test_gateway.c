@@ -53,12 +53,17 @@ static struct fake_server {
     int timer_ms[MAX_CONN];            /* last set; conn 0 = the server's */
     int n_connections;
     bool quit;
+    uint64_t overloaded;               /* sends to this conn fail: too far behind */
 } S;
 
 int ic_server_send(ic_server *s, uint64_t conn, char *text, size_t len)
 {
     (void)s;
     (void)len;
+    if (conn == S.overloaded) {
+        free(text);
+        return IC_ERR_OVERLOADED;
+    }
     assert_true(S.n_sent < MAX_SENT);
     S.sent[S.n_sent++] = (sent_msg){conn, text};
     return 0;
@@ -584,6 +589,12 @@ static void closing_connections_handle_no_messages(void **state)
     send_text(3, "{\"type\":\"CREATE_SESSION\"}");
     assert_int_equal(count_to(3), before);
     assert_int_equal(F.next_id, 0); /* no session opened */
+    open_conn(4, "127.0.0.1"); /* its send queue overflowed */
+    auth(4, token_a);
+    S.overloaded = 4;
+    send_text(4, "{\"type\":\"METRICS\"}");
+    send_text(4, "{\"type\":\"CREATE_SESSION\"}");
+    assert_int_equal(F.next_id, 0);
     stop();
 }
 
