@@ -431,7 +431,7 @@ static int preauth_from(const ic_gateway *g, const char *addr)
     void *val;
     while (ic_idmap_next(&g->conns, &it, NULL, &val)) {
         const client_conn *c = val;
-        n += !c->authed && !c->closing && strcmp(c->addr, addr) == 0;
+        n += !c->authed && strcmp(c->addr, addr) == 0; /* closing ones too, as n_preauth */
     }
     return n;
 }

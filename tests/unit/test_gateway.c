@@ -500,7 +500,8 @@ static void preauth_connections_are_capped_per_address_and_in_all(void **state)
     assert_int_equal(S.close_code[1], 0);
     assert_int_equal(S.close_code[2], 0);
     assert_int_equal(S.close_code[3], 1013);
-    assert_string_equal(S.close_reason[3], "too many unauthenticated connections from this address");
+    assert_string_equal(S.close_reason[3],
+                        "too many unauthenticated connections from this address");
     assert_int_equal(count_to(3), 0); /* no HELLO */
     H.on_close(H.ud, 3);
     open_conn(4, "127.0.0.2");
