@@ -254,6 +254,8 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
     cc->n++;
+    if (g->opts.session_idle_timeout_s > 0)
+        ic_gw_arm_tick(g, true);
     ic_log_ctx lc = session_ctx(ss, false);
     ic_log_for(IC_LOG_INFO, &lc, "session created%s", m->system ? " with a system prompt" : "");
     ic_gw_send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
@@ -286,6 +288,7 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
         return;
     }
     ss->running = true;
+    ic_gw_arm_tick(g, true);
     ss->abort_sent = false;
     ss->lost_checks = 0;
     ss->request_id = rid;
@@ -695,6 +698,41 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
                        g->opts.session_idle_timeout_s);
         }
     }
+}
+
+/* Whether the sweep has work at its next tick. */
+static bool sweep_needed(const ic_gateway *g)
+{
+    bool idle_timeout = g->opts.session_idle_timeout_s > 0;
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
+        const gw_session *ss = val;
+        if (!ss->closing && (ss->running || idle_timeout))
+            return true;
+    }
+    return false;
+}
+
+void ic_gw_arm_tick(ic_gateway *g, bool soon)
+{
+    enum { SWEEP_MS = 1000 };
+    if (g->stopping || !g->sched)
+        return;
+    if (soon) {
+        if (g->tick_ms > SWEEP_MS) {
+            g->tick_ms = SWEEP_MS;
+            ic_server_set_timer(g->srv, 0, SWEEP_MS);
+        }
+        return;
+    }
+    int ms = g->opts.watchdog_timeout_s * 250;
+    if (ms < SWEEP_MS)
+        ms = SWEEP_MS;
+    if (sweep_needed(g))
+        ms = SWEEP_MS;
+    g->tick_ms = ms;
+    ic_server_set_timer(g->srv, 0, ms);
 }
 
 void ic_gw_free_all(ic_gateway *g)

@@ -102,6 +102,7 @@ struct ic_gateway {
     int n_ctx_per_session;
     int max_sessions;
     double temp_limit_c;       /* the thermal guard's limit; <= 0: none */
+    int tick_ms;               /* server timer 0's period while serving; 0: not armed */
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending;
     _Atomic bool load_failed;
@@ -144,6 +145,14 @@ void ic_gw_drain_events(ic_gateway *g);
 /* Idle sessions past session_idle_timeout_s close (idle_timeout), and
  * generations whose END was lost end with an ERROR. now_ms: CLOCK_MONOTONIC. */
 void ic_gw_sweep_sessions(ic_gateway *g, double now_ms);
+
+/* Arms server timer 0 (the watchdog and the sweep) for its next tick:
+ * every second while the sweep has work (a generation running, or
+ * sessions open under session_idle_timeout_s), else a quarter of the
+ * watchdog's time-out (at least 1 s), so an idle server sleeps. soon: only
+ * shorten a longer period already armed (a session or INFER just came).
+ * Does nothing while stopping (timer 0 is then the shutdown time-out). */
+void ic_gw_arm_tick(ic_gateway *g, bool soon);
 
 /* Frees every record (at destroy). */
 void ic_gw_free_all(ic_gateway *g);

@@ -41,11 +41,6 @@ ic_gateway_opts ic_gateway_opts_default(void)
 
 /* --- timers ---------------------------------------------------------- */
 
-/* Server timer 0 while serving: the watchdog and the session sweep, once
- * a second (idle sessions and lost ENDs want about that; the watchdog's
- * time-out is in seconds). Each tick reads a few atomics and walks the
- * sessions. */
-#define TICK_MS 1000
 
 /* The scheduler is stuck when work waits and its loop has not turned for
  * watchdog_timeout_s. */
@@ -70,9 +65,9 @@ static void h_timer(void *ud, uint64_t id)
 {
     ic_gateway *g = ud;
     if (id == 0 && !g->stopping) {
-        ic_server_set_timer(g->srv, 0, TICK_MS);
         check_watchdog(g);
         ic_gw_sweep_sessions(g, ic_now_ms());
+        ic_gw_arm_tick(g, false);
         return;
     }
     if (id == 0) {
@@ -118,6 +113,7 @@ static void begin_stop(ic_gateway *g)
         if (!c->closing)
             ic_gw_close_conn(g, c, CLOSE_GOING_AWAY, "server shutting down");
     }
+    g->tick_ms = 0;
     ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
 }
 
@@ -174,7 +170,7 @@ static void attach(ic_gateway *g, ic_sched *s)
     ic_sched_model_info(s, &info);
     g->n_gpu_layers = info.n_gpu_layers;
     g->max_sessions = so.max_sessions;
-    ic_server_set_timer(g->srv, 0, TICK_MS);
+    ic_gw_arm_tick(g, false);
     ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
                 so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
 }

@@ -364,9 +364,12 @@ static void routes_tokens_to_their_session_and_end_clears_running(void **state)
     assert_int_equal(json_integer_value(json_object_get(json_object_get(h, "limits"),
                                                         "max_sessions_per_client")), 4);
     json_decref(h);
+    assert_int_equal(S.timer_ms[0], 30000); /* idle: the watchdog's quarter */
     uint64_t sid = create_session(1);
+    assert_int_equal(S.timer_ms[0], 30000); /* no idle time-out: nothing to sweep */
     send_text(1, "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"hi\",\"id\":7}");
     assert_int_equal(F.n_infer, 1);
+    assert_int_equal(S.timer_ms[0], 1000); /* a generation runs: sweep each second */
     send_text(1, "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"hi\"}");
     expect_last(1, "ERROR", "busy");
     /* Another connection cannot name it. */
@@ -382,6 +385,8 @@ static void routes_tokens_to_their_session_and_end_clears_running(void **state)
     assert_string_equal(type_of(end), "END");
     assert_int_equal(json_integer_value(json_object_get(end, "id")), 7);
     json_decref(end);
+    H.on_timer(H.ud, 0);
+    assert_int_equal(S.timer_ms[0], 30000); /* idle again: the server sleeps */
     json_t *tok = json_loads(S.sent[S.n_sent - 2].text, 0, NULL);
     assert_string_equal(type_of(tok), "TOKEN");
     assert_string_equal(str_at(tok, "text"), "yo");
@@ -606,7 +611,9 @@ static void idle_sessions_close_with_idle_timeout(void **state)
     o.session_idle_timeout_s = 1;
     start(&o, false);
     open_conn(1, "127.0.0.1");
+    assert_int_equal(S.timer_ms[0], 30000);
     uint64_t idle = create_session(1);
+    assert_int_equal(S.timer_ms[0], 1000); /* sessions to watch */
     uint64_t busy = create_session(1);
     send_text(1, "{\"type\":\"INFER\",\"session_id\":\"s2\",\"prompt\":\"hi\"}");
     H.on_timer(H.ud, 0);
