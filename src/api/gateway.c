@@ -13,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "protocol.h"
+#include "throttle.h"
 
 #include <jansson.h>
 
@@ -30,9 +31,12 @@
 /* A client's connection as the gateway sees it. Network thread. */
 typedef struct client_conn {
     uint64_t id;
-    char addr[64];
+    char addr[IC_CLIENT_ADDR_MAX]; /* the client's, through trusted proxies */
     char count_key[IC_CLIENT_NAME_MAX + 1]; /* whose session count this uses */
     bool authed;
+    int auth_pending;          /* a throttled AUTH's answer waits: 1 ok, 2 failed */
+    ic_client_cfg pending_cfg;
+    ic_msg_id auth_id;
     ic_client_cfg client;
     int max_sessions;
     int metrics_interval_ms;   /* 0 = not subscribed */
@@ -66,7 +70,8 @@ struct ic_gateway {
     ic_gateway_opts opts;
     ic_server *srv;
     ic_auth *auth;             /* NULL = open server */
-    ic_auth_throttle *throttle;
+    ic_throttle *throttle;
+    ic_addr_list *proxies;     /* trusted for X-Forwarded-For */
     ic_gpu_monitor *hw;
     ic_metrics *metrics;
     ic_idmap conns;            /* conn id -> client_conn */
@@ -97,6 +102,10 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .auth_timeout_s = 30,
         .auth_max_failures = 5,
         .auth_window_s = 60,
+        .auth_global_max_failures = 100,
+        .auth_max_delay_s = 5,
+        .trusted_proxies = NULL,
+        .n_trusted_proxies = 0,
         .shutdown_timeout_s = 10,
         .listen_url = "",
         .metrics_token = NULL,
@@ -207,6 +216,32 @@ static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
 
 /* --- client messages ------------------------------------------------ */
 
+/* Answers an AUTH: cfg NULL for a wrong token; delayed by the throttle. */
+static void finish_auth(ic_gateway *g, client_conn *c, const ic_client_cfg *cfg,
+                        const ic_msg_id *id, bool delayed)
+{
+    c->auth_pending = 0;
+    if (!cfg) {
+        ic_metrics_auth_failed(g->metrics);
+        ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
+                    c->addr);
+        send_json(g, c->id, ic_proto_auth_failed(delayed ? "invalid token (too many failed "
+                                                           "attempts from this network: "
+                                                           "answers are delayed)"
+                                                         : "invalid token", id));
+        ic_server_close(g->srv, c->id, CLOSE_AUTH_FAILED, "authentication failed");
+        return;
+    }
+    c->authed = true;
+    c->client = *cfg;
+    snprintf(c->count_key, sizeof c->count_key, "%s", cfg->name);
+    c->max_sessions = cfg->max_sessions > 0 ? cfg->max_sessions : g->opts.max_sessions_per_client;
+    ic_server_set_timer(g->srv, c->id, 0);
+    ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
+                c->addr, cfg->name);
+    send_json(g, c->id, ic_proto_auth_success(cfg->name, c->max_sessions, id));
+}
+
 static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     if (!g->auth) {
@@ -215,34 +250,29 @@ static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
         send_json(g, c->id, ic_proto_auth_success(c->client.name, c->max_sessions, &m->id));
         return;
     }
-    if (c->authed) {
-        send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
+    if (c->authed || c->auth_pending) {
+        send_error(g, c->id, IC_CODE_BAD_REQUEST,
+                   c->authed ? "already authenticated" : "an AUTH is already being answered",
+                   NULL, &m->id);
         return;
     }
     double t = ic_now_s();
-    const char *reason = NULL;
     ic_client_cfg cfg;
-    if (!ic_auth_throttle_allowed(g->throttle, c->addr, t))
-        reason = "too many failed attempts from this address; try again later";
-    else if (ic_auth_check(g->auth, m->token, &cfg) < 0)
-        reason = "invalid token";
-    if (reason) {
-        ic_metrics_auth_failed(g->metrics);
-        ic_auth_throttle_fail(g->throttle, c->addr, t);
-        ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
-                    c->addr);
-        send_json(g, c->id, ic_proto_auth_failed(reason, &m->id));
-        ic_server_close(g->srv, c->id, CLOSE_AUTH_FAILED, "authentication failed");
+    /* Checked now, always: the throttle only delays the answer (throttle.h). */
+    double delay_s = ic_throttle_delay_s(g->throttle, c->addr, t);
+    bool ok = ic_auth_check(g->auth, m->token, &cfg) == 0;
+    if (ok)
+        ic_throttle_success(g->throttle, c->addr, t);
+    else
+        ic_throttle_fail(g->throttle, c->addr, t);
+    if (delay_s > 0) {
+        c->auth_pending = ok ? 1 : 2;
+        c->pending_cfg = cfg;
+        c->auth_id = m->id;
+        ic_server_set_timer(g->srv, c->id, (int)(delay_s * 1000) + 1);
         return;
     }
-    c->authed = true;
-    c->client = cfg;
-    snprintf(c->count_key, sizeof c->count_key, "%s", cfg.name);
-    c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : g->opts.max_sessions_per_client;
-    ic_server_set_timer(g->srv, c->id, 0);
-    ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
-                c->addr, cfg.name);
-    send_json(g, c->id, ic_proto_auth_success(cfg.name, c->max_sessions, &m->id));
+    finish_auth(g, c, ok ? &cfg : NULL, &m->id, false);
 }
 
 static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
@@ -453,7 +483,7 @@ static void h_open(void *ud, uint64_t id, const char *addr)
         return;
     }
     c->id = id;
-    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    ic_client_addr(addr, NULL, g->proxies, c->addr, sizeof c->addr);
     c->authed = g->auth == NULL;
     snprintf(c->client.name, sizeof c->client.name, "anonymous");
     /* Without tokens there are no client identities: each connection is
@@ -578,6 +608,10 @@ static void h_timer(void *ud, uint64_t id)
     client_conn *c = ic_idmap_get(&g->conns, id);
     if (!c)
         return;
+    if (c->auth_pending) {
+        finish_auth(g, c, c->auth_pending == 1 ? &c->pending_cfg : NULL, &c->auth_id, true);
+        return;
+    }
     if (!c->authed) {
         send_error(g, id, IC_CODE_UNAUTHENTICATED, "no AUTH in time", NULL, NULL);
         ic_server_close(g->srv, id, CLOSE_AUTH_TIMEOUT, "authentication timeout");
@@ -792,6 +826,22 @@ static void h_wake(void *ud)
 
 /* --- lifetime and other threads ----------------------------------- */
 
+static int make_throttle(ic_gateway *g, const ic_gateway_opts *o, char *err, size_t errlen)
+{
+    ic_throttle_opts to = ic_throttle_opts_default();
+    to.max_failures = o->auth_max_failures;
+    to.window_s = o->auth_window_s;
+    to.global_max_failures = o->auth_global_max_failures;
+    to.max_delay_s = o->auth_max_delay_s;
+    if (to.base_delay_s > to.max_delay_s)
+        to.base_delay_s = to.max_delay_s;
+    int rc = ic_throttle_create(&to, &g->throttle);
+    if (rc == 0)
+        rc = ic_addr_list_create(o->trusted_proxies, o->n_trusted_proxies, &g->proxies, err,
+                                 errlen);
+    return rc;
+}
+
 int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -803,7 +853,7 @@ int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, 
     if (rc == 0)
         rc = ic_metrics_create(&g->metrics);
     if (rc == 0)
-        rc = ic_auth_throttle_create(opts->auth_max_failures, opts->auth_window_s, &g->throttle);
+        rc = make_throttle(g, opts, err, errlen);
     if (rc == 0 && opts->tokens_path)
         rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
     if (rc < 0) {
@@ -839,7 +889,8 @@ void ic_gateway_destroy(ic_gateway *g)
     ic_idmap_each(&g->conns, free_conn_cb, NULL);
     ic_idmap_free(&g->conns);
     ic_auth_destroy(g->auth);
-    ic_auth_throttle_destroy(g->throttle);
+    ic_throttle_destroy(g->throttle);
+    ic_addr_list_destroy(g->proxies);
     ic_gpu_monitor_destroy(g->hw);
     ic_metrics_destroy(g->metrics);
     free(g->counts);
