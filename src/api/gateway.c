@@ -204,11 +204,8 @@ static void session_free(ic_gateway *g, gw_session *ss)
 /* A session of this connection named by the client, or NULL. */
 static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
 {
-    if (!sid || sid[0] != 's')
-        return NULL;
-    char *end;
-    unsigned long long id = strtoull(sid + 1, &end, 10);
-    if (*end != '\0' || id == 0)
+    uint64_t id;
+    if (ic_proto_session_num(sid, &id) < 0)
         return NULL;
     gw_session *ss = ic_idmap_get(&g->sessions, id);
     return ss && ss->conn_id == c->id && !ss->closing ? ss : NULL;
