@@ -142,3 +142,47 @@ def test_trusted_proxy_x_forwarded_for_keys_the_throttle(start_server, tmp_path)
         assert dt < 1, dt
         assert "from 203.0.113.5: authenticated as client alice" in srv.log()
     run(body())
+
+
+@pytest.mark.parametrize("alias", ["s+1", "s01", "s-18446744073709551615", "s1 ",
+                                   "s18446744073709551617"])
+def test_session_ids_are_parsed_strictly(server, alias):
+    """Was: "s+1" and "s-18446744073709551615" both named session s1."""
+    async def body():
+        c = await connect(server)
+        sid = await c.create_session()
+        assert sid == "s1", sid
+        for msg in ({"type": "ABORT", "session_id": alias},
+                    {"type": "INFER", "session_id": alias, "prompt": "x", "params": {"max_tokens": 1}},
+                    {"type": "CLOSE_SESSION", "session_id": alias}):
+            r = await c.request({**msg, "id": "q"})
+            assert r["type"] == "ERROR" and r["code"] == "session_not_found", (msg, r)
+        # s1 itself is untouched
+        res = await c.infer(sid, "Once", max_tokens=2, temperature=0)
+        assert res.end and res.reason == "length", res.messages
+        r = await c.request({"type": "CLOSE_SESSION", "session_id": sid})
+        assert r["type"] == "SESSION_CLOSED", r
+        await c.close()
+    run(body())
+
+
+def test_wrong_field_types_name_the_field(server):
+    async def body():
+        c = await connect(server)
+        sid = await c.create_session()
+        cases = [({"type": "INFER", "session_id": sid, "prompt": "x",
+                   "params": {"allow_special": "yes"}}, "params.allow_special"),
+                 ({"type": "INFER", "session_id": sid, "prompt": "x",
+                   "params": {"max_tokens": "5"}}, "params.max_tokens"),
+                 ({"type": "INFER", "session_id": sid, "prompt": "x",
+                   "params": {"temperature": 1e300}}, "params.temperature"),
+                 ({"type": "SUBSCRIBE_METRICS", "interval_ms": 250.5}, "interval_ms"),
+                 ({"type": "INFER", "session_id": 1, "prompt": "x"}, "session_id")]
+        for msg, field in cases:
+            r = await c.request(msg)
+            assert r["type"] == "ERROR" and r["code"] == "bad_request", r
+            assert f"'{field}'" in r["message"], r
+        res = await c.infer(sid, "Once", max_tokens=2, temperature=0, allow_special=False)
+        assert res.end, res.messages
+        await c.close()
+    run(body())
