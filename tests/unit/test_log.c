@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "log.h"
+#include "utf8.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -153,6 +154,37 @@ static void json_lines_stay_one_line(void **state)
     json_decref(j);
 }
 
+/* Random bytes: always one line of valid UTF-8 without control bytes. */
+static void random_bytes_make_one_clean_line(void **state)
+{
+    (void)state;
+    unsigned x = 12345;
+    for (int iter = 0; iter < 2000; iter++) {
+        char msg[200];
+        size_t n = (size_t)(iter % 199);
+        for (size_t i = 0; i < n; i++) {
+            x = x * 1103515245u + 12345u;
+            unsigned char b = (unsigned char)(x >> 16);
+            msg[i] = (char)(b == 0 ? 1 : b);
+        }
+        msg[n] = '\0';
+        int saved;
+        FILE *f;
+        capture_begin(&saved, &f);
+        ic_log_info("%s", msg);
+        const char *out = capture_end(saved, f);
+        size_t len = strlen(out);
+        assert_true(len > 0 && out[len - 1] == '\n');
+        assert_true(ic_utf8_valid(out, len));
+        for (size_t i = 0; i + 1 < len; i++) {
+            unsigned char c = (unsigned char)out[i];
+            assert_true(c >= 0x20 && c != 0x7F);
+            assert_false(c == 0xC2 && (unsigned char)out[i + 1] < 0xA0 &&
+                         (unsigned char)out[i + 1] >= 0x80);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -161,6 +193,7 @@ int main(void)
         cmocka_unit_test(context_fields_are_escaped_and_trailing_newlines_dropped),
         cmocka_unit_test(long_lines_are_cut_on_a_whole_escape),
         cmocka_unit_test(json_lines_stay_one_line),
+        cmocka_unit_test(random_bytes_make_one_clean_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
