@@ -37,6 +37,9 @@ static bool parse_ip(const char *s, size_t n, ip_addr *out)
         return false;
     memcpy(buf, s, n);
     buf[n] = '\0';
+    char *zone = strchr(buf, '%'); /* "fe80::1%eth0": the zone is not part of the key */
+    if (zone && strchr(buf, ':'))
+        *zone = '\0';
     if (inet_pton(AF_INET, buf, out->b) == 1) {
         out->family = 4;
         return true;

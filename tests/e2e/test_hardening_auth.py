@@ -186,3 +186,34 @@ def test_wrong_field_types_name_the_field(server):
         assert res.end, res.messages
         await c.close()
     run(body())
+
+
+def test_delayed_auth_second_auth_and_early_hangup(start_server, tmp_path):
+    """While a throttled AUTH's answer waits, a second AUTH on the connection
+    is bad_request and the first is still answered; hanging up while the
+    answer waits harms nothing."""
+    srv, tok = _auth_server(start_server, tmp_path)
+    net = "127.0.11."
+
+    async def body():
+        for i in range(8):
+            await _attempt(srv, "wrong", f"{net}{i + 1}")
+        c = await connect(srv, local_addr=(f"{net}50", 0))
+        await c.send({"type": "AUTH", "token": tok, "id": 1})
+        r = await c.request({"type": "AUTH", "token": tok, "id": 2})
+        assert r["type"] == "ERROR" and r["code"] == "bad_request" and r["id"] == 2, r
+        r = await c.request({"type": "METRICS", "id": 3})
+        assert r["type"] == "ERROR" and r["code"] == "unauthenticated", r
+        r = await c.recv(MAX_DELAY_S + 5)
+        assert r["type"] == "AUTH_SUCCESS" and r["id"] == 1, r
+        assert (await c.metrics())["type"] == "METRICS"
+        await c.close()
+        # hang up while answers wait
+        for i in range(10):
+            h = await connect(srv, local_addr=(f"{net}{60 + i}", 0))
+            await h.send({"type": "AUTH", "token": "wrong"})
+            await h.close()
+        await asyncio.sleep(MAX_DELAY_S + 0.5)
+        r, _ = await _attempt(srv, tok, "127.0.12.1")
+        assert r["type"] == "AUTH_SUCCESS", r
+    run(body())

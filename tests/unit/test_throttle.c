@@ -248,6 +248,7 @@ static void xff_is_believed_only_from_trusted_proxies(void **state)
     expect_client("127.0.0.1", "2001:db8::1", l, "2001:db8::1");
     expect_client("::ffff:127.0.0.1", "::ffff:198.51.100.1", l, "198.51.100.1");
     expect_client("fd00::5", "198.51.100.1", l, "198.51.100.1");
+    expect_client("fe80::1%eth0", "198.51.100.1", l, "fe80::1"); /* zone dropped */
     /* Every hop trusted: the left-most. */
     expect_client("127.0.0.1", "10.0.0.7, 10.0.0.8", l, "10.0.0.7");
     /* No header or an empty one: the proxy itself. */
