@@ -219,7 +219,6 @@ static void finish_auth(ic_gateway *g, client_conn *c, const ic_client_cfg *cfg,
 {
     c->auth_pending = 0;
     if (!cfg) {
-        ic_metrics_auth_failed(g->metrics);
         ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
                     c->addr);
         send_json(g, c->id, ic_proto_auth_failed(delayed ? "invalid token (too many failed "
@@ -254,14 +253,16 @@ static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
         return;
     }
     double t = ic_now_s();
-    ic_client_cfg cfg;
+    ic_client_cfg cfg = {0};
     /* Checked now, always: the throttle only delays the answer (throttle.h). */
     double delay_s = ic_throttle_delay_s(g->throttle, c->addr, t);
     bool ok = ic_auth_check(g->auth, m->token, &cfg) == 0;
-    if (ok)
+    if (ok) {
         ic_throttle_success(g->throttle, c->addr, t);
-    else
+    } else {
         ic_throttle_fail(g->throttle, c->addr, t);
+        ic_metrics_auth_failed(g->metrics); /* counted even if the client hangs up */
+    }
     if (delay_s > 0) {
         c->auth_pending = ok ? 1 : 2;
         c->pending_cfg = cfg;
