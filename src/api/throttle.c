@@ -2,14 +2,16 @@
  * proxies (design in throttle.h).
  *
  * Network thread: an ic_throttle and an ic_addr_list belong to it; the
- * address functions are pure. The table is a fixed array scanned in full
- * (IC_THROTTLE_SLOTS compares of 17 bytes, a few microseconds per AUTH),
- * which keeps eviction simple and memory fixed.
+ * address functions are pure. The table is a fixed array of slots with a
+ * hash index (linear probing, seeded so that colliding networks cannot be
+ * chosen); a full table evicts the least worth of 32 random slots, so an
+ * AUTH costs O(1) whatever the table holds.
  */
 #include "throttle.h"
 #include "err.h"
 
 #include <arpa/inet.h>
+#include <sys/random.h>
 
 #include <limits.h>
 #include <math.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- addresses -------------------------------------------------------- */
 
@@ -220,7 +223,6 @@ void ic_client_addr(const char *peer, const char *xff, const ic_addr_list *trust
 
 /* One network. Network thread. */
 typedef struct throttle_slot {
-    bool used;
     ip_addr key;             /* masked to /24 or /64; family 0 = not an address */
     double window_start_s;   /* first failure of the current window */
     int failures;            /* within the current window */
@@ -228,12 +230,19 @@ typedef struct throttle_slot {
     double good_until_s;     /* a success: no global delay until then */
 } throttle_slot;
 
+#define INDEX_SIZE (2 * IC_THROTTLE_SLOTS) /* a power of two: load <= 1/2 */
+#define EVICT_SAMPLES 32                   /* slots looked at to pick a victim */
+
 struct ic_throttle {
     ic_throttle_opts o;
     double global_start_s;   /* the current global window */
     int global_failures;     /* in it */
     bool global_started;
+    int n_used;              /* slots[0..n_used) are in use */
+    uint64_t seed;           /* of the index's hash, so collisions cannot be planned */
+    uint64_t rng;            /* xorshift state for eviction samples */
     throttle_slot slots[IC_THROTTLE_SLOTS];
+    uint16_t index[INDEX_SIZE]; /* linear probing; slot number + 1, 0 = empty */
 };
 
 ic_throttle_opts ic_throttle_opts_default(void)
@@ -258,6 +267,15 @@ int ic_throttle_create(const ic_throttle_opts *opts, ic_throttle **out)
     if (!t)
         return IC_ERR_NOMEM;
     t->o = *opts;
+    uint64_t r[2] = {0, 0};
+    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        r[0] = (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)t;
+        r[1] = (uint64_t)ts.tv_sec * 0x9E3779B97F4A7C15u;
+    }
+    t->seed = r[0];
+    t->rng = r[1] | 1;
     *out = t;
     return 0;
 }
@@ -277,19 +295,60 @@ static ip_addr key_of(const char *addr)
     return a;
 }
 
-static bool window_over(const ic_throttle *t, const throttle_slot *s, double now_s)
+static bool key_equal(const ip_addr *a, const ip_addr *b)
 {
-    return now_s - s->window_start_s >= t->o.window_s;
+    return a->family == b->family && memcmp(a->b, b->b, sizeof a->b) == 0;
+}
+
+/* The key's home in the index: a seeded mix of its bytes. */
+static size_t home(const ic_throttle *t, const ip_addr *k)
+{
+    uint64_t lo, hi;
+    memcpy(&lo, k->b, 8);
+    memcpy(&hi, k->b + 8, 8);
+    uint64_t h = t->seed ^ k->family;
+    h = (h ^ lo) * 0xFF51AFD7ED558CCDu;
+    h = (h ^ (h >> 33) ^ hi) * 0xC4CEB9FE1A85EC53u;
+    h ^= h >> 33;
+    return (size_t)h & (INDEX_SIZE - 1);
+}
+
+/* The index position holding key, or that of the empty entry ending its run. */
+static size_t index_pos(const ic_throttle *t, const ip_addr *key)
+{
+    size_t p = home(t, key);
+    while (t->index[p] && !key_equal(&t->slots[t->index[p] - 1].key, key))
+        p = (p + 1) & (INDEX_SIZE - 1);
+    return p;
 }
 
 static throttle_slot *find(ic_throttle *t, const ip_addr *key)
 {
-    for (int i = 0; i < IC_THROTTLE_SLOTS; i++) {
-        throttle_slot *s = &t->slots[i];
-        if (s->used && memcmp(&s->key, key, sizeof *key) == 0)
-            return s;
+    size_t p = index_pos(t, key);
+    return t->index[p] ? &t->slots[t->index[p] - 1] : NULL;
+}
+
+/* Removes the index entry at p, shifting later entries of the run back so
+ * that every key stays reachable from its home. */
+static void index_remove(ic_throttle *t, size_t p)
+{
+    const size_t mask = INDEX_SIZE - 1;
+    t->index[p] = 0;
+    for (size_t q = (p + 1) & mask; t->index[q]; q = (q + 1) & mask) {
+        size_t h = home(t, &t->slots[t->index[q] - 1].key);
+        /* The entry at q may move to p unless its home lies in (p, q]. */
+        bool stays = p <= q ? (h > p && h <= q) : (h > p || h <= q);
+        if (!stays) {
+            t->index[p] = t->index[q];
+            t->index[q] = 0;
+            p = q;
+        }
     }
-    return NULL;
+}
+
+static bool window_over(const ic_throttle *t, const throttle_slot *s, double now_s)
+{
+    return now_s - s->window_start_s >= t->o.window_s;
 }
 
 /* How much a slot is worth keeping: its failures in a live window. */
@@ -298,22 +357,33 @@ static int worth(const ic_throttle *t, const throttle_slot *s, double now_s)
     return window_over(t, s, now_s) ? 0 : s->failures;
 }
 
-/* A free slot, else the one with the least worth, the least recently seen
- * among equals: a full table forgets the harmless, not the worst. */
+static uint64_t next_random(ic_throttle *t)
+{
+    uint64_t x = t->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return t->rng = x;
+}
+
+/* A free slot, else the least worth of EVICT_SAMPLES random slots (the
+ * least recently seen among equals): a full table forgets the harmless, and
+ * a network is only at risk when every sample has at least its failures. */
 static throttle_slot *victim(ic_throttle *t, double now_s)
 {
-    throttle_slot *best = &t->slots[0];
-    int best_worth = worth(t, best, now_s);
-    for (int i = 0; i < IC_THROTTLE_SLOTS; i++) {
-        throttle_slot *s = &t->slots[i];
-        if (!s->used)
-            return s;
+    if (t->n_used < IC_THROTTLE_SLOTS)
+        return &t->slots[t->n_used++];
+    throttle_slot *best = NULL;
+    int best_worth = INT_MAX;
+    for (int i = 0; i < EVICT_SAMPLES; i++) {
+        throttle_slot *s = &t->slots[next_random(t) % IC_THROTTLE_SLOTS];
         int w = worth(t, s, now_s);
-        if (w < best_worth || (w == best_worth && s->last_seen_s < best->last_seen_s)) {
+        if (!best || w < best_worth || (w == best_worth && s->last_seen_s < best->last_seen_s)) {
             best = s;
             best_worth = w;
         }
     }
+    index_remove(t, index_pos(t, &best->key));
     return best;
 }
 
@@ -324,10 +394,10 @@ static throttle_slot *slot_for(ic_throttle *t, const ip_addr *key, double now_s)
     if (!s) {
         s = victim(t, now_s);
         memset(s, 0, sizeof *s);
-        s->used = true;
         s->key = *key;
         s->window_start_s = now_s;
         s->good_until_s = -INFINITY;
+        t->index[index_pos(t, key)] = (uint16_t)(s - t->slots + 1);
     } else if (window_over(t, s, now_s)) {
         s->failures = 0;
         s->window_start_s = now_s;

@@ -29,12 +29,14 @@
  *     gets in, later by at most max_delay_s; a success does not reset the
  *     network's failures (a shared NAT with valid users would otherwise
  *     reset the attacker's count).
- *   - Memory is bounded: IC_THROTTLE_SLOTS keys (56 bytes each, 224 KiB). When
- *     the table is full, the key to forget is one whose window is over, else
- *     the one with the fewest failures (the least recently seen among
- *     equals), so a flood of new networks evicts the harmless and keeps the
- *     worst offenders; the global count lives outside the table and no
- *     eviction resets it.
+ *   - Memory is bounded: IC_THROTTLE_SLOTS keys (240 KiB with the hash
+ *     index). When the table is full, the key to forget is the one with the
+ *     fewest failures in a live window (0 once its window is over; the least
+ *     recently seen among equals) of 32 slots drawn at random, so a flood of
+ *     new networks evicts the harmless and keeps the worst offenders (one is
+ *     at risk only if all 32 drawn have at least as many failures); the
+ *     global count lives outside the table and no eviction resets it. Each
+ *     AUTH costs O(1).
  *
  * Owned by the network thread (no locks). Times are seconds on any clock
  * that only moves forward (ic_now_s).

@@ -174,6 +174,35 @@ static void full_table_evicts_the_harmless_and_keeps_the_worst(void **state)
     ic_throttle_destroy(t);
 }
 
+/* Heavy churn through the index (insertions and evictions at 3x the table
+ * size): the networks seen last are all still found. */
+static void index_survives_churn(void **state)
+{
+    (void)state;
+    ic_throttle *t = make(1, 1000000);
+    char addr[64];
+    const int n = 3 * IC_THROTTLE_SLOTS;
+    for (int i = 0; i < n; i++) {
+        snprintf(addr, sizeof addr, "10.%d.%d.1", i / 256, i % 256);
+        ic_throttle_fail(t, addr, 1.0 + i * 1e-4);
+    }
+    int found = 0;
+    for (int i = n - 200; i < n; i++) {
+        snprintf(addr, sizeof addr, "10.%d.%d.200", i / 256, i % 256);
+        found += ic_throttle_delay_s(t, addr, 2.0) > 0;
+    }
+    assert_int_equal(found, 200);
+    /* The table is bounded: of all n networks at most IC_THROTTLE_SLOTS
+     * are remembered. */
+    found = 0;
+    for (int i = 0; i < n; i++) {
+        snprintf(addr, sizeof addr, "10.%d.%d.1", i / 256, i % 256);
+        found += ic_throttle_delay_s(t, addr, 2.0) > 0;
+    }
+    assert_true(found <= IC_THROTTLE_SLOTS && found > IC_THROTTLE_SLOTS / 2);
+    ic_throttle_destroy(t);
+}
+
 static void edge_cases(void **state)
 {
     (void)state;
@@ -315,6 +344,7 @@ int main(void)
         cmocka_unit_test(rotating_over_1100_addresses_is_throttled),
         cmocka_unit_test(global_budget_spares_networks_that_authenticated),
         cmocka_unit_test(full_table_evicts_the_harmless_and_keeps_the_worst),
+        cmocka_unit_test(index_survives_churn),
         cmocka_unit_test(edge_cases),
         cmocka_unit_test(xff_is_believed_only_from_trusted_proxies),
         cmocka_unit_test(addr_list_parses_addresses_and_networks),
