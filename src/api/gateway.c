@@ -1,5 +1,6 @@
 /* gateway.c - protocol v1's connections and sessions on the network thread
- * (see gateway.h): HELLO and AUTH with the limits before it, the session
+ * (see gateway.h): HELLO and AUTH with the limits before it (the
+ * throttle's delayed answers: throttle.h), the session
  * table and per-client limits, dispatching client messages to the
  * scheduler, routing its events back, and the sweep that closes idle
  * sessions and recovers generations whose END was lost.
@@ -134,11 +135,8 @@ static void session_free(ic_gateway *g, gw_session *ss)
 /* A session of this connection named by the client, or NULL. */
 static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
 {
-    if (!sid || sid[0] != 's')
-        return NULL;
-    char *end;
-    unsigned long long id = strtoull(sid + 1, &end, 10);
-    if (*end != '\0' || id == 0)
+    uint64_t id;
+    if (ic_proto_session_num(sid, &id) < 0)
         return NULL;
     gw_session *ss = ic_idmap_get(&g->sessions, id);
     return ss && ss->conn_id == c->id && !ss->closing ? ss : NULL;
@@ -164,7 +162,7 @@ static ic_hello make_hello(ic_gateway *g, ic_engine_info *info)
 
 /* --- client messages ------------------------------------------------ */
 
-static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg *m)
+static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg_id *id)
 {
     if (!c->authed)
         g->n_preauth--;
@@ -172,47 +170,90 @@ static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg *m)
     ic_engine_info info;
     ic_hello h = make_hello(g, &info);
     ic_gw_send_json(g, c->id, ic_proto_auth_success_model(c->client.name, c->max_sessions,
-                                                          g->auth ? &h : NULL, &m->id));
+                                                          g->auth ? &h : NULL, id));
+}
+
+/* Answers a checked AUTH: cfg for a right token (c->token holds it), or
+ * NULL and the failure's reason. */
+static void finish_auth(ic_gateway *g, client_conn *c, const ic_client_cfg *cfg,
+                        const ic_msg_id *id, const char *reason)
+{
+    c->auth_pending = 0;
+    if (!cfg) {
+        ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
+                    c->addr);
+        ic_gw_send_json(g, c->id, ic_proto_auth_failed(reason, id));
+        ic_gw_close_conn(g, c, CLOSE_AUTH_FAILED, "authentication failed");
+        return;
+    }
+    c->client = *cfg;
+    snprintf(c->count_key, sizeof c->count_key, "%s", cfg->name);
+    c->max_sessions = cfg->max_sessions > 0 ? cfg->max_sessions : ic_gw_default_max_sessions(g);
+    ic_server_set_timer(g->srv, c->id, 0);
+    ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
+                c->addr, cfg->name);
+    auth_succeeded(g, c, id);
 }
 
 static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     if (!g->auth) {
         /* An open server accepts any AUTH, so clients can always send one. */
-        auth_succeeded(g, c, m);
+        auth_succeeded(g, c, &m->id);
         return;
     }
-    if (c->authed) {
-        ic_gw_send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
+    if (c->authed || c->auth_pending) {
+        ic_gw_send_error(g, c->id, IC_CODE_BAD_REQUEST,
+                         c->authed ? "already authenticated" : "an AUTH is already being answered",
+                         NULL, &m->id);
         return;
     }
     double t = ic_now_s();
-    const char *reason = NULL;
-    ic_client_cfg cfg;
-    char *token = NULL;
-    if (!ic_auth_throttle_allowed(g->throttle, c->addr, t))
-        reason = "too many failed attempts from this address; try again later";
-    else if (ic_auth_check(g->auth, m->token, &cfg) < 0)
-        reason = "invalid token";
-    else if (!(token = strdup(m->token)))
-        reason = "out of memory";
-    if (reason) {
+    ic_client_cfg cfg = {0};
+    /* Checked now, always: the throttle only delays the answer (throttle.h). */
+    double delay_s = ic_throttle_delay_s(g->throttle, c->addr, t);
+    bool ok = ic_auth_check(g->auth, m->token, &cfg) == 0;
+    if (ok) {
+        ic_throttle_success(g->throttle, c->addr, t);
+    } else {
+        ic_throttle_fail(g->throttle, c->addr, t);
+        ic_metrics_auth_failed(g->metrics); /* counted even if the client hangs up */
+    }
+    if (ok && !(c->token = strdup(m->token))) {
         ic_metrics_auth_failed(g->metrics);
-        ic_auth_throttle_fail(g->throttle, c->addr, t);
-        ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
-                    c->addr);
-        ic_gw_send_json(g, c->id, ic_proto_auth_failed(reason, &m->id));
-        ic_gw_close_conn(g, c, CLOSE_AUTH_FAILED, "authentication failed");
+        finish_auth(g, c, NULL, &m->id, "out of memory");
         return;
     }
-    c->token = token;
-    c->client = cfg;
-    snprintf(c->count_key, sizeof c->count_key, "%s", cfg.name);
-    c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : ic_gw_default_max_sessions(g);
-    ic_server_set_timer(g->srv, c->id, 0);
-    ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
-                c->addr, cfg.name);
-    auth_succeeded(g, c, m);
+    if (delay_s > 0) {
+        /* Answered by the connection's timer (lifecycle.c), which until now
+         * held the AUTH time-out: the delay is shorter than any client waits. */
+        c->auth_pending = ok ? 1 : 2;
+        c->pending_cfg = cfg;
+        c->auth_id = m->id;
+        ic_server_set_timer(g->srv, c->id, (int)(delay_s * 1000) + 1);
+        return;
+    }
+    finish_auth(g, c, ok ? &cfg : NULL, &m->id, "invalid token");
+}
+
+void ic_gw_finish_pending_auth(ic_gateway *g, client_conn *c)
+{
+    if (c->auth_pending != 1) {
+        finish_auth(g, c, NULL, &c->auth_id,
+                    "invalid token (too many failed attempts from this network: answers are "
+                    "delayed)");
+        return;
+    }
+    /* The tokens file may have been reloaded while the answer waited: a
+     * token revoked meanwhile does not get in, and limits are the new ones. */
+    ic_client_cfg cfg;
+    if (ic_auth_check(g->auth, c->token, &cfg) < 0 ||
+        strcmp(cfg.name, c->pending_cfg.name) != 0) {
+        finish_auth(g, c, NULL, &c->auth_id, "token revoked");
+        return;
+    }
+    c->pending_cfg = cfg;
+    finish_auth(g, c, &c->pending_cfg, &c->auth_id, NULL);
 }
 
 static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
@@ -455,9 +496,15 @@ static const char *refusal(const ic_gateway *g, const char *addr)
 
 void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr)
 {
-    const char *why = refusal(g, addr);
+    /* The address the throttle and the per-address cap use. The server
+     * does not hand the gateway the upgrade's headers yet, so no
+     * X-Forwarded-For: the peer itself, in canonical form. */
+    char client_addr[IC_CLIENT_ADDR_MAX];
+    ic_client_addr(addr, NULL, g->proxies, client_addr, sizeof client_addr);
+    const char *why = refusal(g, client_addr);
     if (why) {
-        ic_log_warn("connection %llu from %s refused: %s", (unsigned long long)id, addr, why);
+        ic_log_warn("connection %llu from %s refused: %s", (unsigned long long)id, client_addr,
+                    why);
         ic_server_close(g->srv, id, CLOSE_TRY_LATER, why);
         return;
     }
@@ -468,7 +515,7 @@ void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr)
         return;
     }
     c->id = id;
-    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    snprintf(c->addr, sizeof c->addr, "%s", client_addr);
     c->authed = g->auth == NULL;
     g->n_preauth += !c->authed;
     snprintf(c->client.name, sizeof c->client.name, "anonymous");

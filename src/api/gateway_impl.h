@@ -5,7 +5,8 @@
  *                events, sending; the bottom of the three
  *   routes.c     HTTP: the route table and its handlers    -> gateway.c
  *   lifecycle.c  create/destroy, the server's handlers, timers (watchdog,
- *                idle sessions, metrics subscriptions, auth time-outs),
+ *                idle sessions, metrics subscriptions, auth time-outs
+ *                and delayed AUTH answers),
  *                attach, stop, tokens reload                -> both
  *
  * Calls go one way, down that list. Names starting ic_gw_ are private to
@@ -21,6 +22,7 @@
 #include "idmap.h"
 #include "metrics.h"
 #include "protocol.h"
+#include "throttle.h"
 
 #include <stdatomic.h>
 
@@ -35,9 +37,14 @@
 /* A client's connection as the gateway sees it. Network thread. */
 typedef struct client_conn {
     uint64_t id;
-    char addr[64];
+    char addr[IC_CLIENT_ADDR_MAX]; /* the client's, through trusted proxies */
     char count_key[IC_CLIENT_NAME_MAX + 1]; /* whose session count this uses */
     bool authed;
+    /* A throttled AUTH, checked, whose answer waits for the connection's
+     * timer (throttle.h): 0 none, 1 the token was right, 2 it was wrong. */
+    int auth_pending;
+    ic_client_cfg pending_cfg; /* for 1 */
+    ic_msg_id auth_id;
     bool closing;              /* a close was asked for: its messages are ignored */
     ic_client_cfg client;
     int max_sessions;
@@ -85,7 +92,8 @@ struct ic_gateway {
     ic_gateway_opts opts;
     ic_server *srv;
     ic_auth *auth;             /* NULL = open server */
-    ic_auth_throttle *throttle;
+    ic_throttle *throttle;
+    ic_addr_list *proxies;     /* trusted for X-Forwarded-For */
     ic_gpu_monitor *hw;
     ic_metrics *metrics;
     ic_idmap conns;            /* conn id -> client_conn */
@@ -132,6 +140,10 @@ const char *ic_gw_server_state(const ic_gateway *g, const ic_sched_stats *st,
 
 /* Sends METRICS to c. */
 void ic_gw_send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id);
+
+/* Gives the answer of a throttled AUTH whose delay is over (the
+ * connection's timer, while c->auth_pending). */
+void ic_gw_finish_pending_auth(ic_gateway *g, client_conn *c);
 
 /* The server's handlers for connections (lifecycle.c hands them out). */
 void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr);

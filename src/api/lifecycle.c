@@ -2,8 +2,8 @@
  * the handlers it gives the server, the model's arrival, the graceful
  * stop, the tokens reload (connections whose token went are closed), and
  * the timers: the internal watchdog with the session sweep (server timer
- * 0), the shutdown time-out, and per connection the AUTH time-out or the
- * metrics subscription.
+ * 0), the shutdown time-out, and per connection the AUTH time-out, a
+ * throttled AUTH's delayed answer, or the metrics subscription.
  *
  * Thread: network thread, except the "any thread" entry points at the
  * end, which touch only atomics and ic_server_wake. Calls down into
@@ -27,6 +27,10 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .auth_timeout_s = 30,
         .auth_max_failures = 5,
         .auth_window_s = 60,
+        .auth_global_max_failures = 100,
+        .auth_max_delay_s = 5,
+        .trusted_proxies = NULL,
+        .n_trusted_proxies = 0,
         .shutdown_timeout_s = 10,
         .listen_url = "",
         .metrics_token = NULL,
@@ -80,6 +84,10 @@ static void h_timer(void *ud, uint64_t id)
     client_conn *c = ic_idmap_get(&g->conns, id);
     if (!c || c->closing)
         return;
+    if (c->auth_pending) {
+        ic_gw_finish_pending_auth(g, c);
+        return;
+    }
     if (!c->authed) {
         ic_gw_send_error(g, id, IC_CODE_UNAUTHENTICATED, "no AUTH in time", NULL, NULL);
         ic_gw_close_conn(g, c, CLOSE_AUTH_TIMEOUT, "authentication timeout");
@@ -235,6 +243,22 @@ void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *h)
 
 /* --- lifetime ---------------------------------------------------------- */
 
+static int make_throttle(ic_gateway *g, const ic_gateway_opts *o, char *err, size_t errlen)
+{
+    ic_throttle_opts to = ic_throttle_opts_default();
+    to.max_failures = o->auth_max_failures;
+    to.window_s = o->auth_window_s;
+    to.global_max_failures = o->auth_global_max_failures;
+    to.max_delay_s = o->auth_max_delay_s;
+    if (to.base_delay_s > to.max_delay_s)
+        to.base_delay_s = to.max_delay_s;
+    int rc = ic_throttle_create(&to, &g->throttle);
+    if (rc == 0)
+        rc = ic_addr_list_create(o->trusted_proxies, o->n_trusted_proxies, &g->proxies, err,
+                                 errlen);
+    return rc;
+}
+
 int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -246,7 +270,7 @@ int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, 
     if (rc == 0)
         rc = ic_metrics_create(&g->metrics);
     if (rc == 0)
-        rc = ic_auth_throttle_create(opts->auth_max_failures, opts->auth_window_s, &g->throttle);
+        rc = make_throttle(g, opts, err, errlen);
     if (rc == 0 && opts->tokens_path)
         rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
     if (rc < 0) {
@@ -263,7 +287,8 @@ void ic_gateway_destroy(ic_gateway *g)
         return;
     ic_gw_free_all(g);
     ic_auth_destroy(g->auth);
-    ic_auth_throttle_destroy(g->throttle);
+    ic_throttle_destroy(g->throttle);
+    ic_addr_list_destroy(g->proxies);
     ic_gpu_monitor_destroy(g->hw);
     ic_metrics_destroy(g->metrics);
     free(g->counts);

@@ -57,6 +57,7 @@ typedef struct ic_gen_params {
     ic_sample_params sample;
     int max_tokens;
     bool ignore_eos;
+    bool allow_special;            /* parse special tokens in user content (chat mode) */
     enum ic_priority priority;
     int n_stop;
     const char *stop[IC_STOP_MAX]; /* borrowed by ic_sched_infer, which copies */
