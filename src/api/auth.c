@@ -1,10 +1,10 @@
-/* auth.c - API tokens: the tokens file, constant-time checks, creating
- * tokens, and the per-address throttle for failed attempts.
+/* auth.c - API tokens: the tokens file, constant-time checks and creating
+ * tokens (the failed-attempt throttle is throttle.c).
  *
  * The only module that includes OpenSSL (libcrypto: SHA-256 through EVP,
  * CRYPTO_memcmp, OPENSSL_cleanse). An ic_auth is built by ic_auth_load and
  * read-only afterwards; the network thread owns it and swaps in a new one on
- * SIGHUP. A throttle belongs to the network thread. ic_auth_add_token runs
+ * SIGHUP. ic_auth_add_token runs
  * in the `token add` command. No globals. Tokens and hashes are never logged
  * or printed, and no error message quotes a field of the tokens file.
  *
@@ -38,7 +38,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,8 +56,6 @@
 #define LINE_MAX_BYTES 1024 /* one tokens-file line, without its '\n' */
 #define MAX_FIELDS 4        /* NAME, hash, two options */
 #define MAX_SESSIONS_MAX 4096
-#define THROTTLE_SLOTS 1024
-#define THROTTLE_ADDR_MAX 64 /* longer addresses are cut to this many bytes */
 
 static const char name_rule[] =
     "client name must be 1 to 64 characters of A-Z a-z 0-9 . _ -";
@@ -73,21 +70,6 @@ typedef struct auth_entry {
 struct ic_auth {
     auth_entry *entries; /* [n], file order */
     int n, cap;
-};
-
-/* Owned by the network thread. */
-typedef struct throttle_slot {
-    bool used;
-    char addr[THROTTLE_ADDR_MAX + 1];
-    double window_start_s; /* first failure of the current window */
-    double last_fail_s;    /* for evicting the least recently failed */
-    int failures;          /* within the current window */
-} throttle_slot;
-
-struct ic_auth_throttle {
-    int max_failures;
-    double window_s;
-    throttle_slot slots[THROTTLE_SLOTS];
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -631,96 +613,4 @@ int ic_auth_add_token(const char *path, const char *name, int max_sessions,
     OPENSSL_cleanse(token, sizeof token);
     OPENSSL_cleanse(h, sizeof h);
     return rc;
-}
-
-/* ---- throttle --------------------------------------------------------- */
-
-/* The window starts at an address's first failure and lasts window_s; an
- * address is blocked once it has max_failures failures in its window, until
- * the window ends. (A fixed window: at worst 2 * max_failures - 1 attempts
- * fit in a little over window_s, which is fine against 256-bit tokens.) */
-
-int ic_auth_throttle_create(int max_failures, double window_s, ic_auth_throttle **out)
-{
-    *out = NULL;
-    if (max_failures < 1 || !(window_s > 0))
-        return IC_ERR_INVAL;
-    ic_auth_throttle *t = calloc(1, sizeof *t);
-    if (!t)
-        return IC_ERR_NOMEM;
-    t->max_failures = max_failures;
-    t->window_s = window_s;
-    *out = t;
-    return 0;
-}
-
-void ic_auth_throttle_destroy(ic_auth_throttle *t)
-{
-    free(t);
-}
-
-static void throttle_key(const char *addr, char key[THROTTLE_ADDR_MAX + 1])
-{
-    snprintf(key, THROTTLE_ADDR_MAX + 1, "%s", addr ? addr : "");
-}
-
-static bool window_over(const ic_auth_throttle *t, const throttle_slot *s, double now_s)
-{
-    return now_s - s->window_start_s >= t->window_s;
-}
-
-static throttle_slot *throttle_find(ic_auth_throttle *t, const char *key)
-{
-    for (int i = 0; i < THROTTLE_SLOTS; i++) {
-        if (t->slots[i].used && strcmp(t->slots[i].addr, key) == 0)
-            return &t->slots[i];
-    }
-    return NULL;
-}
-
-/* A free slot, else one whose window is over, else the least recently
- * failed: a full table forgets the address that has been quiet longest. */
-static throttle_slot *throttle_victim(ic_auth_throttle *t, double now_s)
-{
-    throttle_slot *oldest = &t->slots[0];
-    for (int i = 0; i < THROTTLE_SLOTS; i++) {
-        throttle_slot *s = &t->slots[i];
-        if (!s->used || window_over(t, s, now_s))
-            return s;
-        if (s->last_fail_s < oldest->last_fail_s)
-            oldest = s;
-    }
-    return oldest;
-}
-
-bool ic_auth_throttle_allowed(ic_auth_throttle *t, const char *addr, double now_s)
-{
-    if (!t)
-        return true;
-    char key[THROTTLE_ADDR_MAX + 1];
-    throttle_key(addr, key);
-    const throttle_slot *s = throttle_find(t, key);
-    return !s || window_over(t, s, now_s) || s->failures < t->max_failures;
-}
-
-void ic_auth_throttle_fail(ic_auth_throttle *t, const char *addr, double now_s)
-{
-    if (!t)
-        return;
-    char key[THROTTLE_ADDR_MAX + 1];
-    throttle_key(addr, key);
-    throttle_slot *s = throttle_find(t, key);
-    if (!s) {
-        s = throttle_victim(t, now_s);
-        memset(s, 0, sizeof *s);
-        s->used = true;
-        memcpy(s->addr, key, sizeof s->addr);
-        s->window_start_s = now_s;
-    } else if (window_over(t, s, now_s)) {
-        s->failures = 0;
-        s->window_start_s = now_s;
-    }
-    if (s->failures < INT_MAX)
-        s->failures++;
-    s->last_fail_s = now_s;
 }

@@ -1,11 +1,11 @@
 /* auth.h - API tokens: the tokens file, hashed tokens, constant-time
- * checks, a per-address throttle for failed attempts, and creating tokens.
+ * checks and creating tokens. (The failed-attempt throttle is throttle.h.)
  *
  * Tokens file: one client per line,
  *   NAME sha256:<64 hex digits> [max_sessions=N] [priority=high|normal|low]
  * blank lines and lines starting with '#' are ignored. Only hashes are
  * kept in memory. An ic_auth is immutable once loaded: the network thread
- * swaps in a new one on SIGHUP. The throttle belongs to the network thread.
+ * swaps in a new one on SIGHUP.
  */
 #ifndef IC_AUTH_H
 #define IC_AUTH_H
@@ -18,7 +18,6 @@
 #define IC_CLIENT_NAME_MAX 64
 
 typedef struct ic_auth ic_auth;
-typedef struct ic_auth_throttle ic_auth_throttle;
 
 typedef struct ic_client_cfg {
     char name[IC_CLIENT_NAME_MAX + 1];
@@ -54,18 +53,5 @@ int ic_auth_add_token(const char *path, const char *name, int max_sessions,
  * length: both are hashed, the hashes compared with CRYPTO_memcmp. NULL
  * presented is false. Any thread. */
 bool ic_auth_secret_equal(const char *presented, const char *expected);
-
-/* A throttle that allows max_failures failed attempts per address within
- * window_s seconds. Returns 0 or IC_ERR_NOMEM. */
-int ic_auth_throttle_create(int max_failures, double window_s, ic_auth_throttle **out);
-
-/* NULL is ok. */
-void ic_auth_throttle_destroy(ic_auth_throttle *t);
-
-/* Whether addr may try to authenticate now. */
-bool ic_auth_throttle_allowed(ic_auth_throttle *t, const char *addr, double now_s);
-
-/* Records a failed attempt from addr. */
-void ic_auth_throttle_fail(ic_auth_throttle *t, const char *addr, double now_s);
 
 #endif

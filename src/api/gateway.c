@@ -1,5 +1,6 @@
 /* gateway.c - protocol v1's connections and sessions on the network thread
- * (see gateway.h): HELLO and AUTH with the limits before it, the session
+ * (see gateway.h): HELLO and AUTH with the limits before it (the
+ * throttle's delayed answers: throttle.h), the session
  * table and per-client limits, dispatching client messages to the
  * scheduler, routing its events back, and the sweep that closes idle
  * sessions and recovers generations whose END was lost.
@@ -37,7 +38,12 @@ void ic_gw_send_json(ic_gateway *g, uint64_t conn, char *json)
                      (unsigned long long)conn);
         return;
     }
-    ic_server_send(g->srv, conn, json, strlen(json));
+    if (ic_server_send(g->srv, conn, json, strlen(json)) == IC_ERR_OVERLOADED) {
+        /* The server is dropping this client: handle nothing more from it. */
+        client_conn *c = ic_idmap_get(&g->conns, conn);
+        if (c)
+            c->closing = true;
+    }
 }
 
 void ic_gw_send_error(ic_gateway *g, uint64_t conn, enum ic_proto_code code, const char *message,
@@ -130,11 +136,8 @@ static void session_free(ic_gateway *g, gw_session *ss)
 /* A session of this connection named by the client, or NULL. */
 static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
 {
-    if (!sid || sid[0] != 's')
-        return NULL;
-    char *end;
-    unsigned long long id = strtoull(sid + 1, &end, 10);
-    if (*end != '\0' || id == 0)
+    uint64_t id;
+    if (ic_proto_session_num(sid, &id) < 0)
         return NULL;
     gw_session *ss = ic_idmap_get(&g->sessions, id);
     return ss && ss->conn_id == c->id && !ss->closing ? ss : NULL;
@@ -160,7 +163,7 @@ static ic_hello make_hello(ic_gateway *g, ic_engine_info *info)
 
 /* --- client messages ------------------------------------------------ */
 
-static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg *m)
+static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg_id *id)
 {
     if (!c->authed)
         g->n_preauth--;
@@ -170,47 +173,90 @@ static void auth_succeeded(ic_gateway *g, client_conn *c, const ic_msg *m)
     ic_engine_info info;
     ic_hello h = make_hello(g, &info);
     ic_gw_send_json(g, c->id, ic_proto_auth_success_model(c->client.name, c->max_sessions,
-                                                          g->auth ? &h : NULL, &m->id));
+                                                          g->auth ? &h : NULL, id));
+}
+
+/* Answers a checked AUTH: cfg for a right token (c->token holds it), or
+ * NULL and the failure's reason. */
+static void finish_auth(ic_gateway *g, client_conn *c, const ic_client_cfg *cfg,
+                        const ic_msg_id *id, const char *reason)
+{
+    c->auth_pending = 0;
+    if (!cfg) {
+        ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
+                    c->addr);
+        ic_gw_send_json(g, c->id, ic_proto_auth_failed(reason, id));
+        ic_gw_close_conn(g, c, CLOSE_AUTH_FAILED, "authentication failed");
+        return;
+    }
+    c->client = *cfg;
+    snprintf(c->count_key, sizeof c->count_key, "%s", cfg->name);
+    c->max_sessions = cfg->max_sessions > 0 ? cfg->max_sessions : ic_gw_default_max_sessions(g);
+    ic_server_set_timer(g->srv, c->id, 0);
+    ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
+                c->addr, cfg->name);
+    auth_succeeded(g, c, id);
 }
 
 static void on_auth(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     if (!g->auth) {
         /* An open server accepts any AUTH, so clients can always send one. */
-        auth_succeeded(g, c, m);
+        auth_succeeded(g, c, &m->id);
         return;
     }
-    if (c->authed) {
-        ic_gw_send_error(g, c->id, IC_CODE_BAD_REQUEST, "already authenticated", NULL, &m->id);
+    if (c->authed || c->auth_pending) {
+        ic_gw_send_error(g, c->id, IC_CODE_BAD_REQUEST,
+                         c->authed ? "already authenticated" : "an AUTH is already being answered",
+                         NULL, &m->id);
         return;
     }
     double t = ic_now_s();
-    const char *reason = NULL;
-    ic_client_cfg cfg;
-    char *token = NULL;
-    if (!ic_auth_throttle_allowed(g->throttle, c->addr, t))
-        reason = "too many failed attempts from this address; try again later";
-    else if (ic_auth_check(g->auth, m->token, &cfg) < 0)
-        reason = "invalid token";
-    else if (!(token = strdup(m->token)))
-        reason = "out of memory";
-    if (reason) {
+    ic_client_cfg cfg = {0};
+    /* Checked now, always: the throttle only delays the answer (throttle.h). */
+    double delay_s = ic_throttle_delay_s(g->throttle, c->addr, t);
+    bool ok = ic_auth_check(g->auth, m->token, &cfg) == 0;
+    if (ok) {
+        ic_throttle_success(g->throttle, c->addr, t);
+    } else {
+        ic_throttle_fail(g->throttle, c->addr, t);
+        ic_metrics_auth_failed(g->metrics); /* counted even if the client hangs up */
+    }
+    if (ok && !(c->token = strdup(m->token))) {
         ic_metrics_auth_failed(g->metrics);
-        ic_auth_throttle_fail(g->throttle, c->addr, t);
-        ic_log_warn("connection %llu from %s: authentication failed", (unsigned long long)c->id,
-                    c->addr);
-        ic_gw_send_json(g, c->id, ic_proto_auth_failed(reason, &m->id));
-        ic_gw_close_conn(g, c, CLOSE_AUTH_FAILED, "authentication failed");
+        finish_auth(g, c, NULL, &m->id, "out of memory");
         return;
     }
-    c->token = token;
-    c->client = cfg;
-    snprintf(c->count_key, sizeof c->count_key, "%s", cfg.name);
-    c->max_sessions = cfg.max_sessions > 0 ? cfg.max_sessions : ic_gw_default_max_sessions(g);
-    ic_server_set_timer(g->srv, c->id, 0);
-    ic_log_info("connection %llu from %s: authenticated as client %s", (unsigned long long)c->id,
-                c->addr, cfg.name);
-    auth_succeeded(g, c, m);
+    if (delay_s > 0) {
+        /* Answered by the connection's timer (lifecycle.c), which until now
+         * held the AUTH time-out: the delay is shorter than any client waits. */
+        c->auth_pending = ok ? 1 : 2;
+        c->pending_cfg = cfg;
+        c->auth_id = m->id;
+        ic_server_set_timer(g->srv, c->id, (int)(delay_s * 1000) + 1);
+        return;
+    }
+    finish_auth(g, c, ok ? &cfg : NULL, &m->id, "invalid token");
+}
+
+void ic_gw_finish_pending_auth(ic_gateway *g, client_conn *c)
+{
+    if (c->auth_pending != 1) {
+        finish_auth(g, c, NULL, &c->auth_id,
+                    "invalid token (too many failed attempts from this network: answers are "
+                    "delayed)");
+        return;
+    }
+    /* The tokens file may have been reloaded while the answer waited: a
+     * token revoked meanwhile does not get in, and limits are the new ones. */
+    ic_client_cfg cfg;
+    if (ic_auth_check(g->auth, c->token, &cfg) < 0 ||
+        strcmp(cfg.name, c->pending_cfg.name) != 0) {
+        finish_auth(g, c, NULL, &c->auth_id, "token revoked");
+        return;
+    }
+    c->pending_cfg = cfg;
+    finish_auth(g, c, &c->pending_cfg, &c->auth_id, NULL);
 }
 
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
@@ -285,6 +331,8 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->conn_id = c->id;
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
+    if (g->opts.session_idle_timeout_s > 0)
+        ic_gw_arm_tick(g, true);
     ic_log_ctx lc = session_ctx(ss, false);
     ic_log_for(IC_LOG_INFO, &lc, "session created%s", m->system ? " with a system prompt" : "");
     ic_gw_send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
@@ -317,6 +365,7 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
         return;
     }
     ss->running = true;
+    ic_gw_arm_tick(g, true);
     ss->abort_sent = false;
     ss->lost_checks = 0;
     ss->request_id = rid;
@@ -411,6 +460,7 @@ void ic_gw_send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
     ic_metrics_msg mm = {
         .timestamp_ms = wall_ms(),
         .n_gpu_layers = g->n_gpu_layers,
+        .temp_limit_c = g->temp_limit_c,
         .gpus = hw.gpus,
         .n_gpus = hw.n_gpus,
         .cpu_pct = hw.cpu_pct,
@@ -462,7 +512,7 @@ static int preauth_from(const ic_gateway *g, const char *addr)
     void *val;
     while (ic_idmap_next(&g->conns, &it, NULL, &val)) {
         const client_conn *c = val;
-        n += !c->authed && !c->closing && strcmp(c->addr, addr) == 0;
+        n += !c->authed && strcmp(c->addr, addr) == 0; /* closing ones too, as n_preauth */
     }
     return n;
 }
@@ -481,11 +531,16 @@ static const char *refusal(const ic_gateway *g, const char *addr)
     return NULL;
 }
 
-void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr)
+void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr, const char *forwarded_for)
 {
-    const char *why = refusal(g, addr);
+    /* The address the throttle and the per-address cap use: the peer, or
+     * through trusted proxies the client X-Forwarded-For names. */
+    char client_addr[IC_CLIENT_ADDR_MAX];
+    ic_client_addr(addr, forwarded_for, g->proxies, client_addr, sizeof client_addr);
+    const char *why = refusal(g, client_addr);
     if (why) {
-        ic_log_warn("connection %llu from %s refused: %s", (unsigned long long)id, addr, why);
+        ic_log_warn("connection %llu from %s refused: %s", (unsigned long long)id, client_addr,
+                    why);
         ic_server_close(g->srv, id, CLOSE_TRY_LATER, why);
         return;
     }
@@ -496,7 +551,7 @@ void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr)
         return;
     }
     c->id = id;
-    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    snprintf(c->addr, sizeof c->addr, "%s", client_addr);
     c->authed = g->auth == NULL;
     g->n_preauth += !c->authed;
     snprintf(c->client.name, sizeof c->client.name, "anonymous");
@@ -718,10 +773,18 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
         if (ss->closing)
             continue;
         if (ss->running && end_lost(g, ss, &st)) {
-            ss->running = false;
-            ss->last_used_ms = now_ms;
             ic_log_ctx lc = session_ctx(ss, true);
             ic_log_for(IC_LOG_ERROR, &lc, "generation ended without an END (out of memory)");
+            if (ss->on_event) { /* an HTTP request: its handler answers and closes it */
+                ic_event lost = {.type = IC_EVENT_ERROR, .session_id = ss->id,
+                                 .request_id = ss->request_id, .err = IC_ERR_NOMEM};
+                snprintf(lost.message, sizeof lost.message,
+                         "the generation ended but its result was lost (out of memory)");
+                ss->on_event(g, ss, &lost);
+                continue;
+            }
+            ss->running = false;
+            ss->last_used_ms = now_ms;
             if (ss->conn_id)
                 ic_gw_send_error(g, ss->conn_id, IC_CODE_INTERNAL,
                                  "the generation ended but its result was lost (out of memory)",
@@ -736,6 +799,41 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
                        g->opts.session_idle_timeout_s);
         }
     }
+}
+
+/* Whether the sweep has work at its next tick. */
+static bool sweep_needed(const ic_gateway *g)
+{
+    bool idle_timeout = g->opts.session_idle_timeout_s > 0;
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
+        const gw_session *ss = val;
+        if (!ss->closing && (ss->running || idle_timeout))
+            return true;
+    }
+    return false;
+}
+
+void ic_gw_arm_tick(ic_gateway *g, bool soon)
+{
+    enum { SWEEP_MS = 1000 };
+    if (g->stopping || !g->sched)
+        return;
+    if (soon) {
+        if (g->tick_ms > SWEEP_MS) {
+            g->tick_ms = SWEEP_MS;
+            ic_server_set_timer(g->srv, 0, SWEEP_MS);
+        }
+        return;
+    }
+    int ms = g->opts.watchdog_timeout_s * 250;
+    if (ms < SWEEP_MS)
+        ms = SWEEP_MS;
+    if (sweep_needed(g))
+        ms = SWEEP_MS;
+    g->tick_ms = ms;
+    ic_server_set_timer(g->srv, 0, ms);
 }
 
 void ic_gw_free_all(ic_gateway *g)

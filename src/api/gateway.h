@@ -29,8 +29,12 @@ typedef struct ic_gateway_opts {
                                     * tokens are required */
     size_t max_message_bytes;      /* shown in HELLO; enforced by the server */
     int auth_timeout_s;            /* to authenticate after connecting */
-    int auth_max_failures;         /* per address, per auth_window_s */
+    int auth_max_failures;         /* per network, per auth_window_s, answered at once */
     double auth_window_s;
+    int auth_global_max_failures;  /* all networks together, per auth_window_s */
+    double auth_max_delay_s;       /* the longest a throttled AUTH's answer waits */
+    const char *const *trusted_proxies; /* [n_trusted_proxies]: X-Forwarded-For is */
+    int n_trusted_proxies;              /* believed from these (addresses, ADDR/BITS) */
     double shutdown_timeout_s;     /* to flush and close connections */
     const char *listen_url;        /* for the log line when ready */
     const char *metrics_token;     /* GET /metrics takes "Bearer <it>" (with tokens_path

@@ -5,7 +5,8 @@
  *                events, sending; the bottom of the three
  *   routes.c     HTTP: the route table and its handlers    -> gateway.c
  *   lifecycle.c  create/destroy, the server's handlers, timers (watchdog,
- *                idle sessions, metrics subscriptions, auth time-outs),
+ *                idle sessions, metrics subscriptions, auth time-outs
+ *                and delayed AUTH answers),
  *                attach, stop, tokens reload                -> both
  *
  * Calls go one way, down that list. Names starting ic_gw_ are private to
@@ -23,6 +24,7 @@
 #include "idmap.h"
 #include "metrics.h"
 #include "protocol.h"
+#include "throttle.h"
 
 #include <stdatomic.h>
 
@@ -37,9 +39,14 @@
 /* A client's connection as the gateway sees it. Network thread. */
 typedef struct client_conn {
     uint64_t id;
-    char addr[64];
+    char addr[IC_CLIENT_ADDR_MAX]; /* the client's, through trusted proxies */
     char count_key[IC_CLIENT_NAME_MAX + 1]; /* whose session count this uses */
     bool authed;
+    /* A throttled AUTH, checked, whose answer waits for the connection's
+     * timer (throttle.h): 0 none, 1 the token was right, 2 it was wrong. */
+    int auth_pending;
+    ic_client_cfg pending_cfg; /* for 1 */
+    ic_msg_id auth_id;
     bool closing;              /* a close was asked for: its messages are ignored */
     ic_client_cfg client;
     int max_sessions;
@@ -96,7 +103,8 @@ struct ic_gateway {
     ic_gateway_opts opts;
     ic_server *srv;
     ic_auth *auth;             /* NULL = open server */
-    ic_auth_throttle *throttle;
+    ic_throttle *throttle;
+    ic_addr_list *proxies;     /* trusted for X-Forwarded-For */
     ic_gpu_monitor *hw;
     ic_metrics *metrics;
     ic_idmap conns;            /* conn id -> client_conn */
@@ -107,6 +115,7 @@ struct ic_gateway {
     uint64_t next_request;
     ic_sched *sched;           /* NULL while loading */
     bool stopping;
+    bool conns_closed;         /* the stop's second half: every connection was told 1001 */
     bool failed;
     bool stalled;              /* the watchdog's verdict at its last check */
     int n_gpu_layers;
@@ -119,6 +128,7 @@ struct ic_gateway {
     int n_parked, cap_parked;
     char model_id[128];        /* the served model's name in the OpenAI API */
     int64_t model_created_s;   /* Unix time it was loaded */
+    int tick_ms;               /* server timer 0's period while serving; 0: not armed */
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
     const ic_chat *pending_chat;
@@ -151,8 +161,12 @@ const char *ic_gw_server_state(const ic_gateway *g, const ic_sched_stats *st,
 /* Sends METRICS to c. */
 void ic_gw_send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id);
 
+/* Gives the answer of a throttled AUTH whose delay is over (the
+ * connection's timer, while c->auth_pending). */
+void ic_gw_finish_pending_auth(ic_gateway *g, client_conn *c);
+
 /* The server's handlers for connections (lifecycle.c hands them out). */
-void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr);
+void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr, const char *forwarded_for);
 void ic_gw_on_message(ic_gateway *g, uint64_t id, const char *data, size_t len, bool binary);
 void ic_gw_on_too_large(ic_gateway *g, uint64_t id);
 void ic_gw_on_close(ic_gateway *g, uint64_t id);
@@ -175,6 +189,14 @@ void ic_gw_drain_events(ic_gateway *g);
 /* Idle sessions past session_idle_timeout_s close (idle_timeout), and
  * generations whose END was lost end with an ERROR. now_ms: CLOCK_MONOTONIC. */
 void ic_gw_sweep_sessions(ic_gateway *g, double now_ms);
+
+/* Arms server timer 0 (the watchdog and the sweep) for its next tick:
+ * every second while the sweep has work (a generation running, or
+ * sessions open under session_idle_timeout_s), else a quarter of the
+ * watchdog's time-out (at least 1 s), so an idle server sleeps. soon: only
+ * shorten a longer period already armed (a session or INFER just came).
+ * Does nothing while stopping (timer 0 is then the shutdown time-out). */
+void ic_gw_arm_tick(ic_gateway *g, bool soon);
 
 /* Frees every record (at destroy). */
 void ic_gw_free_all(ic_gateway *g);

@@ -2,8 +2,8 @@
  * the handlers it gives the server, the model's arrival, the graceful
  * stop, the tokens reload (connections whose token went are closed), and
  * the timers: the internal watchdog with the session sweep (server timer
- * 0), the shutdown time-out, and per connection the AUTH time-out or the
- * metrics subscription.
+ * 0), the shutdown time-out, and per connection the AUTH time-out, a
+ * throttled AUTH's delayed answer, or the metrics subscription.
  *
  * Thread: network thread, except the "any thread" entry points at the
  * end, which touch only atomics and ic_server_wake. Calls down into
@@ -28,6 +28,10 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .auth_timeout_s = 30,
         .auth_max_failures = 5,
         .auth_window_s = 60,
+        .auth_global_max_failures = 100,
+        .auth_max_delay_s = 5,
+        .trusted_proxies = NULL,
+        .n_trusted_proxies = 0,
         .shutdown_timeout_s = 10,
         .listen_url = "",
         .metrics_token = NULL,
@@ -45,11 +49,6 @@ ic_gateway_opts ic_gateway_opts_default(void)
 
 /* --- timers ---------------------------------------------------------- */
 
-/* Server timer 0 while serving: the watchdog and the session sweep, once
- * a second (idle sessions and lost ENDs want about that; the watchdog's
- * time-out is in seconds). Each tick reads a few atomics and walks the
- * sessions. */
-#define TICK_MS 1000
 
 /* The scheduler is stuck when work waits and its loop has not turned for
  * watchdog_timeout_s. */
@@ -74,9 +73,9 @@ static void h_timer(void *ud, uint64_t id)
 {
     ic_gateway *g = ud;
     if (id == 0 && !g->stopping) {
-        ic_server_set_timer(g->srv, 0, TICK_MS);
         check_watchdog(g);
         ic_gw_sweep_sessions(g, ic_now_ms());
+        ic_gw_arm_tick(g, false);
         return;
     }
     if (id == 0) {
@@ -89,6 +88,10 @@ static void h_timer(void *ud, uint64_t id)
     client_conn *c = ic_idmap_get(&g->conns, id);
     if (!c || c->closing)
         return;
+    if (c->auth_pending) {
+        ic_gw_finish_pending_auth(g, c);
+        return;
+    }
     if (!c->authed) {
         ic_gw_send_error(g, id, IC_CODE_UNAUTHENTICATED, "no AUTH in time", NULL, NULL);
         ic_gw_close_conn(g, c, CLOSE_AUTH_TIMEOUT, "authentication timeout");
@@ -106,15 +109,12 @@ static void h_timer(void *ud, uint64_t id)
  * SESSION_CLOSED shutdown), those events go out, then every connection
  * closes with 1001. The server loop ends when the last one has gone or
  * the shutdown time-out passes. */
-static void begin_stop(ic_gateway *g)
+/* The second half of the stop, once the scheduler has said everything
+ * (END shutdown, SESSION_CLOSED) and it has been routed: close every
+ * connection with 1001 after what is queued for it. */
+static void close_for_stop(ic_gateway *g)
 {
-    g->stopping = true;
-    ic_log_info("shutting down: ending generations and closing %d connections",
-                ic_server_n_connections(g->srv));
-    if (g->sched) {
-        ic_sched_stop(g->sched);
-        ic_gw_drain_events(g);
-    }
+    g->conns_closed = true;
     ic_idmap_iter it = IC_IDMAP_ITER_INIT;
     void *val;
     while (ic_idmap_next(&g->conns, &it, NULL, &val)) {
@@ -122,7 +122,22 @@ static void begin_stop(ic_gateway *g)
         if (!c->closing)
             ic_gw_close_conn(g, c, CLOSE_GOING_AWAY, "server shutting down");
     }
+}
+
+/* Graceful stop, first half: the scheduler is asked to stop without
+ * waiting for its step to end (the network thread never blocks on it);
+ * its last events arrive through the wake-up, and h_wake closes the
+ * connections then. The shutdown time-out covers both halves. */
+static void begin_stop(ic_gateway *g)
+{
+    g->stopping = true;
+    ic_log_info("shutting down: ending generations and closing %d connections",
+                ic_server_n_connections(g->srv));
+    ic_sched_request_stop(g->sched);
+    g->tick_ms = 0;
     ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
+    if (!g->sched)
+        close_for_stop(g);
 }
 
 /* After a reload: a connection whose token is no longer in the file, or
@@ -181,7 +196,7 @@ static void attach(ic_gateway *g, ic_sched *s)
     ic_sched_model_info(s, &info);
     g->n_gpu_layers = info.n_gpu_layers;
     g->max_sessions = so.max_sessions;
-    ic_server_set_timer(g->srv, 0, TICK_MS);
+    ic_gw_arm_tick(g, false);
     ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
                 so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
 }
@@ -200,8 +215,11 @@ static void h_wake(void *ud)
     }
     if (atomic_load(&g->stop_requested) && !g->stopping)
         begin_stop(g);
+    bool done = g->stopping && ic_sched_stopped(g->sched); /* read before the drain */
     ic_gw_drain_events(g);
-    if (g->stopping && ic_server_n_connections(g->srv) == 0)
+    if (done && !g->conns_closed)
+        close_for_stop(g);
+    if (g->conns_closed && ic_server_n_connections(g->srv) == 0)
         ic_server_quit(g->srv);
 }
 
@@ -213,7 +231,10 @@ static bool h_accept(void *ud)
     return g->sched && !g->stopping;
 }
 
-static void h_open(void *ud, uint64_t id, const char *addr) { ic_gw_on_open(ud, id, addr); }
+static void h_open(void *ud, uint64_t id, const char *addr, const char *xff)
+{
+    ic_gw_on_open(ud, id, addr, xff);
+}
 
 static void h_message(void *ud, uint64_t id, const char *data, size_t len, bool binary)
 {
@@ -249,6 +270,22 @@ void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *h)
 
 /* --- lifetime ---------------------------------------------------------- */
 
+static int make_throttle(ic_gateway *g, const ic_gateway_opts *o, char *err, size_t errlen)
+{
+    ic_throttle_opts to = ic_throttle_opts_default();
+    to.max_failures = o->auth_max_failures;
+    to.window_s = o->auth_window_s;
+    to.global_max_failures = o->auth_global_max_failures;
+    to.max_delay_s = o->auth_max_delay_s;
+    if (to.base_delay_s > to.max_delay_s)
+        to.base_delay_s = to.max_delay_s;
+    int rc = ic_throttle_create(&to, &g->throttle);
+    if (rc == 0)
+        rc = ic_addr_list_create(o->trusted_proxies, o->n_trusted_proxies, &g->proxies, err,
+                                 errlen);
+    return rc;
+}
+
 int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -260,7 +297,7 @@ int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, 
     if (rc == 0)
         rc = ic_metrics_create(&g->metrics);
     if (rc == 0)
-        rc = ic_auth_throttle_create(opts->auth_max_failures, opts->auth_window_s, &g->throttle);
+        rc = make_throttle(g, opts, err, errlen);
     if (rc == 0 && opts->tokens_path)
         rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
     if (rc < 0) {
@@ -277,7 +314,8 @@ void ic_gateway_destroy(ic_gateway *g)
         return;
     ic_gw_free_all(g);
     ic_auth_destroy(g->auth);
-    ic_auth_throttle_destroy(g->throttle);
+    ic_throttle_destroy(g->throttle);
+    ic_addr_list_destroy(g->proxies);
     ic_gpu_monitor_destroy(g->hw);
     ic_metrics_destroy(g->metrics);
     free(g->counts);

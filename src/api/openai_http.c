@@ -531,6 +531,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
         return rc;
     }
     ss->running = true;
+    ic_gw_arm_tick(g, true); /* the sweep watches for a lost END */
     ss->request_id = rid;
     ss->submitted_ms = ic_now_ms();
     snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);

@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -44,6 +45,7 @@ static const ic_req_params k_defaults = {
     .repeat_last_n = 64,
     .seed = DEFAULT_SEED,
     .ignore_eos = false,
+    .allow_special = false,
     .priority = IC_PRIORITY_NORMAL,
 };
 
@@ -188,6 +190,8 @@ static const param_rule k_param_rules[] = {
     {"ignore_eos", IC_PARAM_IGNORE_EOS, PK_BOOL, 0, 0, false, AT(ignore_eos), "a boolean"},
     {"priority", IC_PARAM_PRIORITY, PK_PRIORITY, 0, 0, false, AT(priority),
      "'high', 'normal' or 'low'"},
+    {"allow_special", IC_PARAM_ALLOW_SPECIAL, PK_BOOL, 0, 0, false, AT(allow_special),
+     "a boolean"},
 };
 #undef AT
 
@@ -239,9 +243,14 @@ static int parse_param(const param_rule *r, const json_t *v, ic_req_params *p)
             *(uint32_t *)field = (uint32_t)json_integer_value(v);
         return FIELD_OK;
     case PK_NUM: {
-        /* Check the float that will be used: 1e-50 is > 0 but 0.0f is not. */
-        float x = (float)json_number_value(v);
-        if (!json_is_number(v) || !in_range(r, x))
+        /* Check the float that will be used: 1e-50 is > 0 but 0.0f is not.
+         * A double beyond float's range is refused before the conversion,
+         * which would be undefined. */
+        double d = json_number_value(v);
+        if (!json_is_number(v) || !(fabs(d) <= FLT_MAX))
+            return FIELD_BAD;
+        float x = (float)d;
+        if (!in_range(r, x))
             return FIELD_BAD;
         *(float *)field = x;
         return FIELD_OK;
@@ -476,6 +485,7 @@ static void apply_params(const ic_req_params *p, ic_gen_params *g)
     if (HAS(p, SEED)) g->sample.seed = p->seed;
     if (HAS(p, IGNORE_EOS)) g->ignore_eos = g->sample.ban_eog = p->ignore_eos;
     if (HAS(p, PRIORITY)) g->priority = p->priority;
+    if (HAS(p, ALLOW_SPECIAL)) g->allow_special = p->allow_special;
     if (HAS(p, STOP)) {
         g->n_stop = p->n_stop;
         for (int i = 0; i < IC_STOP_MAX; i++)
@@ -493,6 +503,31 @@ void ic_proto_gen_params(const ic_req_params *session_defaults, const ic_req_par
     apply_params(request, gen);
     if (gen->priority > max_priority)
         gen->priority = max_priority;
+}
+
+/* --- Identifiers --- */
+
+/* prefix followed by a canonical decimal 1..UINT64_MAX. */
+static int parse_counter_id(const char *s, char prefix, uint64_t *out)
+{
+    if (!s || s[0] != prefix || s[1] < '1' || s[1] > '9')
+        return IC_ERR_NOT_FOUND;
+    uint64_t v = 0;
+    for (const char *p = s + 1; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return IC_ERR_NOT_FOUND;
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return IC_ERR_NOT_FOUND;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+int ic_proto_session_num(const char *session_id, uint64_t *out)
+{
+    return parse_counter_id(session_id, 's', out);
 }
 
 /* --- Names --- */
@@ -715,6 +750,7 @@ static json_t *metrics_engine(const ic_metrics_msg *mm)
     rc |= set(o, "kv_cells_used", json_integer(mm->engine.kv_cells_used));
     rc |= set(o, "kv_cells_total", json_integer(mm->engine.kv_cells_total));
     rc |= set(o, "n_gpu_layers", json_integer(mm->n_gpu_layers));
+    rc |= set(o, "temp_limit_c", jreal(mm->temp_limit_c > 0 ? mm->temp_limit_c : 0));
     return checked(o, rc);
 }
 

@@ -58,7 +58,7 @@ typedef struct ic_msg_id {
 enum ic_param {
     IC_PARAM_MAX_TOKENS, IC_PARAM_TEMPERATURE, IC_PARAM_TOP_K, IC_PARAM_TOP_P,
     IC_PARAM_MIN_P, IC_PARAM_REPEAT_PENALTY, IC_PARAM_REPEAT_LAST_N, IC_PARAM_SEED,
-    IC_PARAM_STOP, IC_PARAM_IGNORE_EOS, IC_PARAM_PRIORITY,
+    IC_PARAM_STOP, IC_PARAM_IGNORE_EOS, IC_PARAM_PRIORITY, IC_PARAM_ALLOW_SPECIAL,
 };
 
 typedef struct ic_req_params {
@@ -72,6 +72,7 @@ typedef struct ic_req_params {
     int repeat_last_n;
     uint32_t seed;
     bool ignore_eos;
+    bool allow_special;        /* special tokens in user content are parsed */
     enum ic_priority priority;
     int n_stop;
     char *stop[IC_STOP_MAX];   /* owned */
@@ -114,11 +115,18 @@ void ic_req_params_free(ic_req_params *p);
 
 /* Fills gen with the protocol defaults (max_tokens 256, temperature 0.8,
  * top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0, repeat_last_n 64,
- * random seed, no stop, ignore_eos false, priority normal), then
+ * random seed, no stop, ignore_eos false, allow_special false, priority
+ * normal), then
  * session_defaults, then request (either may be NULL). Stop strings point
  * into the params they came from. Priority is capped at max_priority. */
 void ic_proto_gen_params(const ic_req_params *session_defaults, const ic_req_params *request,
                          enum ic_priority max_priority, ic_gen_params *gen);
+
+/* Reads a session id "s<N>" strictly: N is 1 to 2^64-1 in decimal digits,
+ * without sign, spaces or leading zeros ("s+1", "s01", "s-1", "s1 " and
+ * "s18446744073709551616" name no session). Returns 0 and *out, or
+ * IC_ERR_NOT_FOUND. */
+int ic_proto_session_num(const char *session_id, uint64_t *out);
 
 /* The protocol's name of a code ("bad_json", ...). */
 const char *ic_proto_code_name(enum ic_proto_code code);
@@ -172,6 +180,7 @@ typedef struct ic_metrics_msg {
     const char *state;         /* "loading", "ready", "throttled", "sleeping" */
     ic_sched_stats engine;
     int n_gpu_layers;
+    double temp_limit_c;       /* the thermal guard's limit; 0: off */
     const ic_gpu_reading *gpus;
     int n_gpus;
     double cpu_pct;

@@ -71,6 +71,9 @@ typedef struct serve_args {
     int header_timeout_s;
     int http_idle_timeout_s;
     bool no_web;
+    ic_opt_list trusted_proxies;
+    int auth_global_failures;
+    float auth_max_delay_s;
     int prompt_cache;          /* -1: half of --max-sessions */
     int prompt_cache_isolation; /* 0 shared, 1 client */
     ic_opt_owned owned;        /* strings from the config file */
@@ -220,6 +223,19 @@ static const ic_option serve_options[] = {
     {.name = "http-idle-timeout", .type = IC_OPT_INT, .offset = F(http_idle_timeout_s),
      .metavar = "S", .def = "30", .lo = 1, .hi = 3600,
      .help = "An idle keep-alive HTTP connection is closed after S seconds."},
+    {.name = "trusted-proxy", .type = IC_OPT_LIST, .offset = F(trusted_proxies),
+     .metavar = "ADDR",
+     .help = "Believe X-Forwarded-For on connections from this proxy address or network "
+             "(ADDR/BITS; repeatable): the client's address then counts for the AUTH "
+             "throttle and the per-address caps."},
+    {.name = "auth-global-failures", .type = IC_OPT_INT, .offset = F(auth_global_failures),
+     .metavar = "N", .def = "100", .lo = 1, .hi = 1000000,
+     .help = "Failed AUTHs from all networks per minute after which networks without a "
+             "recent success wait --auth-max-delay."},
+    {.name = "auth-max-delay", .type = IC_OPT_FLOAT, .offset = F(auth_max_delay_s),
+     .metavar = "S", .def = "5", .lo = 0, .hi = 60,
+     .help = "The longest wait before answering an AUTH from a throttled network (0 = no "
+             "delays). A correct token is always accepted, only later."},
     {.name = "no-web", .type = IC_OPT_FLAG, .offset = F(no_web),
      .help = "Do not serve the web console at GET /."},
     {.name = "prompt-cache", .type = IC_OPT_INT, .offset = F(prompt_cache), .metavar = "N",
@@ -555,6 +571,10 @@ static int run(const serve_args *a)
     go.max_preauth = a->max_preauth;
     go.max_connections = 0; /* the server caps sockets (--max-connections) */
     go.web = !a->no_web;
+    go.trusted_proxies = a->trusted_proxies.v;
+    go.n_trusted_proxies = a->trusted_proxies.n;
+    go.auth_global_max_failures = a->auth_global_failures;
+    go.auth_max_delay_s = (double)a->auth_max_delay_s;
     go.prompt_cache_per_client = a->prompt_cache_isolation == 1;
     char url[300];
     snprintf(url, sizeof url, "ws://%s:%d/ws", a->host, a->port);

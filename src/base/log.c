@@ -1,6 +1,14 @@
 /* log.c - leveled log lines to stderr, one write(2) per line, as text or
  * JSON lines (built with jansson, so every message is escaped right).
  * Any thread.
+ *
+ * Text lines are escaped too, since messages quote client strings: one
+ * event is always one line, and a client cannot forge a second line or
+ * send terminal escapes. Escapes: \n \r \t \\ (a backslash), and \xNN for
+ * every other byte below 0x20, 0x7F, the bytes of C1 controls (U+0080 to
+ * U+009F) and bytes that are not valid UTF-8. Valid UTF-8 text passes
+ * unchanged. A line cut at its size limit is never cut inside an escape or
+ * a character.
  */
 #include "log.h"
 #include "err.h"
@@ -83,20 +91,80 @@ static void append(char *line, size_t cap, size_t *len, const char *fmt, ...)
         *len = *len + (size_t)n >= cap - 1 ? cap - 2 : *len + (size_t)n;
 }
 
+/* The length of the valid UTF-8 character at s[0..n) that is not a C1
+ * control, or 0. */
+static size_t utf8_char_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (len == 0 || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) || /* overlong, surrogate */
+        (c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] > 0x8F) || /* overlong, > U+10FFFF */
+        (c == 0xC2 && s[1] < 0xA0))                                 /* C1 control */
+        return 0;
+    return len;
+}
+
+/* Appends s[0..n) escaped (see the top of the file) to line at *len,
+ * whole escapes and characters only; keeps room for '\n'. */
+static void append_escaped(char *line, size_t cap, size_t *len, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        char esc[4];
+        const char *out = esc;
+        size_t k = 2, used = 1;
+        unsigned c = u[i];
+        if (c == '\n' || c == '\r' || c == '\t' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : '\\';
+        } else if (c >= 0x20 && c < 0x7F) {
+            out = (const char *)u + i;
+            k = 1;
+        } else if (c >= 0x80 && (used = utf8_char_len(u + i, n - i)) > 0) {
+            out = (const char *)u + i;
+            k = used;
+        } else {
+            used = 1;
+            esc[0] = '\\';
+            esc[1] = 'x';
+            esc[2] = hex[c >> 4];
+            esc[3] = hex[c & 15];
+            k = 4;
+        }
+        if (*len + k + 2 > cap)
+            return;
+        memcpy(line + *len, out, k);
+        *len += k;
+        i += used;
+    }
+}
+
 static void emit_text(enum ic_log_level level, const ic_log_ctx *ctx, const char *msg)
 {
     char line[2048], ts[64];
     size_t len = 0;
     timestamp(ts, sizeof ts);
-    append(line, sizeof line, &len, "%s %-5s %s", ts, level_names[level], msg);
-    while (len > 0 && line[len - 1] == '\n')
-        len--;
-    if (ctx && ctx->client)
-        append(line, sizeof line, &len, " client=%s", ctx->client);
-    if (ctx && ctx->session)
-        append(line, sizeof line, &len, " session=%s", ctx->session);
-    if (ctx && ctx->request)
-        append(line, sizeof line, &len, " request=%s", ctx->request);
+    append(line, sizeof line, &len, "%s %-5s ", ts, level_names[level]);
+    size_t mlen = strlen(msg);
+    while (mlen > 0 && msg[mlen - 1] == '\n')
+        mlen--;
+    append_escaped(line, sizeof line, &len, msg, mlen);
+    static const char *const keys[] = {" client=", " session=", " request="};
+    const char *vals[] = {ctx ? ctx->client : NULL, ctx ? ctx->session : NULL,
+                          ctx ? ctx->request : NULL};
+    for (int i = 0; i < 3; i++) {
+        if (!vals[i])
+            continue;
+        append(line, sizeof line, &len, "%s", keys[i]);
+        append_escaped(line, sizeof line, &len, vals[i], strlen(vals[i]));
+    }
     if (ctx && ctx->conn)
         append(line, sizeof line, &len, " conn=%llu", (unsigned long long)ctx->conn);
     write_line(line, len);

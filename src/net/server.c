@@ -643,9 +643,12 @@ static void ws_start(conn *c)
     s->n_ws++;
     c->max_message = s->opts.preauth_max_message_bytes ? s->opts.preauth_max_message_bytes
                                                        : s->opts.max_message_bytes;
+    char xff[512] = "";
+    if (c->h.forwarded_for) /* it points into the head, which may go now */
+        snprintf(xff, sizeof xff, "%s", c->h.forwarded_for);
     if (c->head.cap > SHRINK_BYTES)
         ic_buf_free(&c->head);
-    s->h.on_open(s->h.ud, c->id, c->peer);
+    s->h.on_open(s->h.ud, c->id, c->peer, xff[0] ? xff : NULL);
 }
 
 /* A protocol error: close with code (after what is queued), read no more. */

@@ -94,9 +94,10 @@ typedef struct ic_server_handlers {
     void *ud;
     /* May a WebSocket connection open now? (false while loading/stopping: 503) */
     bool (*accept)(void *ud);
-    /* A WebSocket connection opened; ic_server_close here refuses it with
-     * a close code. */
-    void (*on_open)(void *ud, uint64_t conn, const char *peer_addr);
+    /* A WebSocket connection opened (forwarded_for: the upgrade's
+     * X-Forwarded-For, or NULL); ic_server_close here refuses it with a
+     * close code. */
+    void (*on_open)(void *ud, uint64_t conn, const char *peer_addr, const char *forwarded_for);
     /* One whole message; binary is true for binary frames. Text is valid UTF-8. */
     void (*on_message)(void *ud, uint64_t conn, const char *data, size_t len, bool binary);
     /* A message grew past the connection's limit: the server closes it with

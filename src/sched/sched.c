@@ -873,6 +873,16 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     return 0;
 }
 
+void ic_sched_request_stop(ic_sched *s)
+{
+    if (!s)
+        return;
+    atomic_store(&s->stop, true);
+    ic_queue_interrupt(s->requests);
+}
+
+bool ic_sched_stopped(const ic_sched *s) { return !s || atomic_load(&s->stopped); }
+
 void ic_sched_stop(ic_sched *s)
 {
     if (!s || !s->thread_started)

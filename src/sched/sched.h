@@ -176,6 +176,13 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
  * polled. Idempotent. Any thread except the scheduler's. */
 void ic_sched_stop(ic_sched *s);
 
+/* Asks the thread to stop, as ic_sched_stop does, without waiting for it:
+ * the step in progress finishes first. Its END and SESSION_CLOSED events
+ * come through the queue and the wake callback as usual; ic_sched_stopped
+ * is true once the last of them is queued. Any thread. */
+void ic_sched_request_stop(ic_sched *s);
+bool ic_sched_stopped(const ic_sched *s);
+
 /* Stops (if needed) and frees everything, the engine included. NULL is ok. */
 void ic_sched_destroy(ic_sched *s);
 

@@ -130,6 +130,8 @@ async def _open_raw(srv):
 
 
 def test_no_message_is_handled_after_an_auth_failure(start_server, tmp_path):
+    # A guard, not a proof: the server also drops what is sent after a
+    # close, so this passed before too; the 1009 test below shows the fix.
     path, toks = _tokens(tmp_path, "alice")
     srv = _auth_server(start_server, path, toks)
     ws = RawWS(srv.port)
@@ -204,3 +206,22 @@ def test_idle_server_on_a_hot_gpu_says_throttled(start_server, tmp_path):
         assert state(await c.metrics()) == "ready"
         await c.close()
     run(body())
+
+
+def test_no_message_is_handled_after_a_1009(start_server):
+    srv = start_server()
+    ws = RawWS(srv.port)
+    try:
+        assert ws.recv_json()["type"] == "HELLO"
+        # one write: a message over 1 MiB, then a CREATE_SESSION behind it
+        ws.sock.sendall(ws.frame(0x1, b'"' + b"x" * (1 << 20) + b'"') +
+                        ws.frame(0x1, b'{"type":"CREATE_SESSION"}'))
+        m = ws.recv_json()
+        assert m["type"] == "ERROR" and m["code"] == "message_too_large", m
+        with pytest.raises(Closed) as ei:
+            ws.recv_json()
+        assert ei.value.code == 1009
+    finally:
+        ws.close()
+    time.sleep(0.5)
+    assert "session created" not in srv.log(), srv.log()

@@ -96,6 +96,7 @@ static char *client_frame(const ic_msg *m)
     PUT(IC_PARAM_SEED, "seed", json_integer(p->seed));
     PUT(IC_PARAM_IGNORE_EOS, "ignore_eos", json_boolean(p->ignore_eos));
     PUT(IC_PARAM_PRIORITY, "priority", json_string(k_prios[p->priority]));
+    PUT(IC_PARAM_ALLOW_SPECIAL, "allow_special", json_boolean(p->allow_special));
 #undef PUT
     for (int i = 0; i < p->n_stop; i++)
         json_array_append_new(stop, json_string(p->stop[i]));
@@ -127,7 +128,7 @@ static bool params_equal(const ic_req_params *a, const ic_req_params *b)
     ic_proto_gen_params(NULL, b, IC_PRIORITY_HIGH, &gb);
     return memcmp(&ga.sample, &gb.sample, sizeof ga.sample) == 0 &&
            ga.max_tokens == gb.max_tokens && ga.ignore_eos == gb.ignore_eos &&
-           ga.priority == gb.priority;
+           ga.allow_special == gb.allow_special && ga.priority == gb.priority;
 }
 
 /* parse(write(m)) == m. */
@@ -166,9 +167,22 @@ static void check_params(const ic_msg *m)
     ic_req_params_free(&copy);
 }
 
+/* A session id is accepted only in its one canonical spelling "s<N>". */
+static void check_session_id(const char *sid)
+{
+    uint64_t n = 0;
+    if (ic_proto_session_num(sid, &n) != 0)
+        return;
+    char canon[32];
+    snprintf(canon, sizeof canon, "s%llu", (unsigned long long)n);
+    CHECK(n >= 1 && strcmp(canon, sid) == 0);
+}
+
 static void check_parsed(const ic_msg *m)
 {
     const ic_msg_id *id = &m->id;
+    if (m->session_id)
+        check_session_id(m->session_id);
     check_reparse(m);
     check_params(m);
     if (m->prompt) {
@@ -244,6 +258,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (tok)
         check_member(tok, "text", (const char *)data, size);
     check_numbers_from_bytes(data, size);
+
+    /* The raw bytes as a session id: only the canonical spelling passes. */
+    char *sid = malloc(size + 1);
+    if (sid) {
+        memcpy(sid, data, size);
+        sid[size] = '\0';
+        check_session_id(sid);
+        free(sid);
+    }
     return 0;
 }
 

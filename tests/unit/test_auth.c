@@ -1,6 +1,6 @@
 /* test_auth.c - the tokens file (valid files, every malformed line with its
- * line number), constant-time checks, creating tokens (mode 0600, append),
- * and the failed-attempt throttle. Files live in a mkdtemp directory. */
+ * line number), constant-time checks and creating tokens (mode 0600, append).
+ * Files live in a mkdtemp directory (the throttle: test_throttle.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -501,95 +501,6 @@ static void check_finds_every_entry_of_many(void **state)
     ic_auth_destroy(a);
 }
 
-/* ---- throttle --------------------------------------------------------- */
-
-static void throttle_blocks_after_n_failures_until_the_window_ends(void **state)
-{
-    (void)state;
-    ic_auth_throttle *t = NULL;
-    assert_int_equal(ic_auth_throttle_create(3, 60.0, &t), 0);
-    const char *ip = "192.0.2.1";
-    assert_true(ic_auth_throttle_allowed(t, ip, 1000.0));
-    ic_auth_throttle_fail(t, ip, 1000.0);
-    ic_auth_throttle_fail(t, ip, 1001.0);
-    assert_true(ic_auth_throttle_allowed(t, ip, 1002.0));
-    ic_auth_throttle_fail(t, ip, 1002.0);
-    assert_false(ic_auth_throttle_allowed(t, ip, 1002.0));
-    assert_false(ic_auth_throttle_allowed(t, ip, 1059.9));
-    /* Other addresses are not affected. */
-    assert_true(ic_auth_throttle_allowed(t, "192.0.2.2", 1003.0));
-    assert_true(ic_auth_throttle_allowed(t, "2001:db8::1", 1003.0));
-    /* The window ends 60 s after its first failure. */
-    assert_true(ic_auth_throttle_allowed(t, ip, 1060.0));
-    ic_auth_throttle_fail(t, ip, 1060.0); /* a new window: 1 of 3 */
-    assert_true(ic_auth_throttle_allowed(t, ip, 1061.0));
-    ic_auth_throttle_fail(t, ip, 1061.0);
-    ic_auth_throttle_fail(t, ip, 1062.0);
-    assert_false(ic_auth_throttle_allowed(t, ip, 1062.0));
-    ic_auth_throttle_destroy(t);
-}
-
-static void throttle_table_is_bounded_and_evicts_the_quiet(void **state)
-{
-    (void)state;
-    ic_auth_throttle *t = NULL;
-    assert_int_equal(ic_auth_throttle_create(1, 60.0, &t), 0);
-    char addr[64];
-    /* 1023 addresses whose windows start at 0 and whose last failures (at
-     * 51) are more recent than the attacker's (at 50). */
-    for (int i = 0; i < 1023; i++) {
-        snprintf(addr, sizeof addr, "10.0.%d.%d", i / 256, i % 256);
-        ic_auth_throttle_fail(t, addr, 0.0);
-    }
-    ic_auth_throttle_fail(t, "attacker", 50.0); /* the table is now full */
-    for (int i = 0; i < 1023; i++) {
-        snprintf(addr, sizeof addr, "10.0.%d.%d", i / 256, i % 256);
-        ic_auth_throttle_fail(t, addr, 51.0);
-    }
-    assert_false(ic_auth_throttle_allowed(t, "attacker", 70.0));
-    /* New addresses take the slots whose windows are over, not the
-     * attacker's, which is still blocked. */
-    ic_auth_throttle_fail(t, "x", 70.0);
-    assert_false(ic_auth_throttle_allowed(t, "attacker", 70.0));
-    assert_false(ic_auth_throttle_allowed(t, "x", 70.0));
-    for (int i = 0; i < 1022; i++) {
-        snprintf(addr, sizeof addr, "10.1.%d.%d", i / 256, i % 256);
-        ic_auth_throttle_fail(t, addr, 71.0);
-    }
-    assert_false(ic_auth_throttle_allowed(t, "attacker", 71.0));
-    /* Once every window is live, the least recently failed goes first. */
-    ic_auth_throttle_fail(t, "y", 72.0);
-    assert_true(ic_auth_throttle_allowed(t, "attacker", 72.0));
-    assert_false(ic_auth_throttle_allowed(t, "x", 72.0));
-    assert_false(ic_auth_throttle_allowed(t, "y", 72.0));
-    ic_auth_throttle_destroy(t);
-}
-
-static void throttle_edge_cases(void **state)
-{
-    (void)state;
-    ic_auth_throttle *t = (ic_auth_throttle *)1;
-    assert_int_equal(ic_auth_throttle_create(0, 60.0, &t), IC_ERR_INVAL);
-    assert_null(t);
-    assert_int_equal(ic_auth_throttle_create(5, 0.0, &t), IC_ERR_INVAL);
-    ic_auth_throttle_destroy(NULL);
-    assert_true(ic_auth_throttle_allowed(NULL, "a", 0.0));
-    assert_int_equal(ic_auth_throttle_create(1, 10.0, &t), 0);
-    /* Addresses are keyed by their first 64 bytes. */
-    char long1[101], long2[101];
-    memset(long1, 'a', 100);
-    long1[100] = '\0';
-    memcpy(long2, long1, sizeof long2);
-    long2[99] = 'b';
-    ic_auth_throttle_fail(t, long1, 0.0);
-    assert_false(ic_auth_throttle_allowed(t, long1, 1.0));
-    assert_false(ic_auth_throttle_allowed(t, long2, 1.0));
-    ic_auth_throttle_fail(t, NULL, 0.0);
-    assert_false(ic_auth_throttle_allowed(t, NULL, 1.0));
-    assert_false(ic_auth_throttle_allowed(t, "", 1.0));
-    ic_auth_throttle_destroy(t);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -613,9 +524,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(add_token_refuses_what_is_not_a_regular_file, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(check_finds_every_entry_of_many, setup, teardown),
-        cmocka_unit_test(throttle_blocks_after_n_failures_until_the_window_ends),
-        cmocka_unit_test(throttle_table_is_bounded_and_evicts_the_quiet),
-        cmocka_unit_test(throttle_edge_cases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

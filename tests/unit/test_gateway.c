@@ -10,7 +10,9 @@
  * Covers: dispatch and event routing, the HTTP route table, /metrics
  * behind tokens, HELLO before AUTH, the pre-auth caps and frame limit, no
  * messages handled on a closing connection, idle sessions, the per-client
- * default, token revocation on reload, the hot-GPU state, a lost END.
+ * default, token revocation on reload, the hot-GPU state, a lost END,
+ * the throttle's delayed AUTH answers (and a reload while one waits),
+ * strict session ids.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -53,12 +55,17 @@ static struct fake_server {
     int timer_ms[MAX_CONN];            /* last set; conn 0 = the server's */
     int n_connections;
     bool quit;
+    uint64_t overloaded;               /* sends to this conn fail: too far behind */
 } S;
 
 int ic_server_send(ic_server *s, uint64_t conn, char *text, size_t len)
 {
     (void)s;
     (void)len;
+    if (conn == S.overloaded) {
+        free(text);
+        return IC_ERR_OVERLOADED;
+    }
     assert_true(S.n_sent < MAX_SENT);
     S.sent[S.n_sent++] = (sent_msg){conn, text};
     return 0;
@@ -227,6 +234,15 @@ void ic_sched_model_info(const ic_sched *s, ic_engine_info *out)
 
 void ic_sched_stop(ic_sched *s) { (void)s; }
 
+/* The fake has no thread: a stop is over at once. */
+void ic_sched_request_stop(ic_sched *s) { (void)s; }
+
+bool ic_sched_stopped(const ic_sched *s)
+{
+    (void)s;
+    return true;
+}
+
 static void push_event(ic_event ev)
 {
     ic_event *e = malloc(sizeof *e);
@@ -301,7 +317,7 @@ static int teardown(void **state)
 static void open_conn(uint64_t id, const char *addr)
 {
     S.n_connections++;
-    H.on_open(H.ud, id, addr);
+    H.on_open(H.ud, id, addr, NULL);
 }
 
 static void send_text(uint64_t conn, const char *text)
@@ -365,7 +381,8 @@ static uint64_t create_session(uint64_t conn)
 
 static void http(const char *path, const char *authorization, int *status, char **body)
 {
-    ic_http_request req = {.path = path, .authorization = authorization};
+    ic_http_request req = {.method = "GET", .path = path, .authorization = authorization,
+                           .peer_addr = "127.0.0.1", .body = ""};
     ic_http_response resp = {0};
     H.on_http(H.ud, &req, &resp);
     *status = resp.status;
@@ -390,9 +407,12 @@ static void routes_tokens_to_their_session_and_end_clears_running(void **state)
     assert_int_equal(json_integer_value(json_object_get(json_object_get(h, "limits"),
                                                         "max_sessions_per_client")), 4);
     json_decref(h);
+    assert_int_equal(S.timer_ms[0], 30000); /* idle: the watchdog's quarter */
     uint64_t sid = create_session(1);
+    assert_int_equal(S.timer_ms[0], 30000); /* no idle time-out: nothing to sweep */
     send_text(1, "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"hi\",\"id\":7}");
     assert_int_equal(F.n_infer, 1);
+    assert_int_equal(S.timer_ms[0], 1000); /* a generation runs: sweep each second */
     send_text(1, "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"hi\"}");
     expect_last(1, "ERROR", "busy");
     /* Another connection cannot name it. */
@@ -408,6 +428,8 @@ static void routes_tokens_to_their_session_and_end_clears_running(void **state)
     assert_string_equal(type_of(end), "END");
     assert_int_equal(json_integer_value(json_object_get(end, "id")), 7);
     json_decref(end);
+    H.on_timer(H.ud, 0);
+    assert_int_equal(S.timer_ms[0], 30000); /* idle again: the server sleeps */
     json_t *tok = json_loads(S.sent[S.n_sent - 2].text, 0, NULL);
     assert_string_equal(type_of(tok), "TOKEN");
     assert_string_equal(str_at(tok, "text"), "yo");
@@ -526,7 +548,8 @@ static void preauth_connections_are_capped_per_address_and_in_all(void **state)
     assert_int_equal(S.close_code[1], 0);
     assert_int_equal(S.close_code[2], 0);
     assert_int_equal(S.close_code[3], 1013);
-    assert_string_equal(S.close_reason[3], "too many unauthenticated connections from this address");
+    assert_string_equal(S.close_reason[3],
+                        "too many unauthenticated connections from this address");
     assert_int_equal(count_to(3), 0); /* no HELLO */
     H.on_close(H.ud, 3);
     open_conn(4, "127.0.0.2");
@@ -615,6 +638,12 @@ static void closing_connections_handle_no_messages(void **state)
     send_text(3, "{\"type\":\"CREATE_SESSION\"}");
     assert_int_equal(count_to(3), before);
     assert_int_equal(F.next_id, 0); /* no session opened */
+    open_conn(4, "127.0.0.1"); /* its send queue overflowed */
+    auth(4, token_a);
+    S.overloaded = 4;
+    send_text(4, "{\"type\":\"METRICS\"}");
+    send_text(4, "{\"type\":\"CREATE_SESSION\"}");
+    assert_int_equal(F.next_id, 0);
     stop();
 }
 
@@ -625,7 +654,9 @@ static void idle_sessions_close_with_idle_timeout(void **state)
     o.session_idle_timeout_s = 1;
     start(&o, false);
     open_conn(1, "127.0.0.1");
+    assert_int_equal(S.timer_ms[0], 30000);
     uint64_t idle = create_session(1);
+    assert_int_equal(S.timer_ms[0], 1000); /* sessions to watch */
     uint64_t busy = create_session(1);
     send_text(1, "{\"type\":\"INFER\",\"session_id\":\"s2\",\"prompt\":\"hi\"}");
     H.on_timer(H.ud, 0);
@@ -685,6 +716,143 @@ static void reload_closes_connections_of_revoked_tokens(void **state)
     int before = count_to(1);
     send_text(1, "{\"type\":\"CREATE_SESSION\"}");
     assert_int_equal(count_to(1), before);
+    stop();
+}
+
+/* Five wrong tokens from one /24 throttle it: further AUTHs from that
+ * network, right or wrong, are checked at once and answered by the
+ * connection's timer; nothing is handled meanwhile, another network is
+ * not affected, and a hang-up while the answer waits leaves nothing. */
+static void throttled_auth_is_answered_by_the_timer(void **state)
+{
+    (void)state;
+    ic_gateway_opts o = ic_gateway_opts_default();
+    o.max_preauth_per_ip = 0;
+    start(&o, true);
+    char addr[32];
+    for (uint64_t id = 1; id <= 5; id++) {
+        snprintf(addr, sizeof addr, "10.1.2.%d", (int)id);
+        open_conn(id, addr);
+        auth(id, "ic_wrong");
+        expect_last(id, "AUTH_FAILED", NULL);
+        assert_int_equal(S.close_code[id], 4001);
+    }
+    /* Right token, same network: no answer yet, the timer holds it. */
+    open_conn(6, "10.1.2.99");
+    auth(6, token_a);
+    assert_int_equal(count_to(6), 1); /* HELLO only */
+    assert_true(S.timer_ms[6] > 0 && S.timer_ms[6] <= 5001);
+    auth(6, token_a);
+    expect_last(6, "ERROR", "bad_request");
+    send_text(6, "{\"type\":\"CREATE_SESSION\"}");
+    expect_last(6, "ERROR", "unauthenticated");
+    H.on_timer(H.ud, 6);
+    expect_last(6, "AUTH_SUCCESS", NULL);
+    assert_int_equal(S.close_code[6], 0);
+    assert_int_equal(S.timer_ms[6], 0);
+    send_text(6, "{\"type\":\"CREATE_SESSION\"}");
+    expect_last(6, "SESSION_CREATED", NULL);
+    H.on_timer(H.ud, 6); /* a late tick answers nothing twice */
+    expect_last(6, "SESSION_CREATED", NULL);
+    /* Wrong token, same network: the failure waits too. */
+    open_conn(7, "10.1.2.7");
+    auth(7, "ic_wrong");
+    assert_int_equal(count_to(7), 1);
+    assert_int_equal(S.close_code[7], 0);
+    H.on_timer(H.ud, 7);
+    json_t *j = last_to(7);
+    assert_string_equal(type_of(j), "AUTH_FAILED");
+    assert_non_null(strstr(str_at(j, "reason"), "delayed"));
+    json_decref(j);
+    assert_int_equal(S.close_code[7], 4001);
+    /* Another network answers at once. */
+    open_conn(8, "10.1.3.1");
+    auth(8, token_b);
+    expect_last(8, "AUTH_SUCCESS", NULL);
+    /* A hang-up while the answer waits. */
+    open_conn(9, "10.1.2.200");
+    auth(9, token_b);
+    int before = S.n_sent;
+    S.n_connections--;
+    H.on_close(H.ud, 9);
+    H.on_timer(H.ud, 9);
+    assert_int_equal(S.n_sent, before);
+    stop();
+}
+
+/* A token revoked by a reload while its delayed answer waits does not get
+ * in; a token still in the file does, with its new limits. */
+static void reload_while_auth_waits_revokes_the_token(void **state)
+{
+    (void)state;
+    ic_gateway_opts o = ic_gateway_opts_default();
+    o.max_preauth_per_ip = 0;
+    start(&o, true);
+    for (uint64_t id = 1; id <= 5; id++) {
+        open_conn(id, "10.9.9.9");
+        auth(id, "ic_wrong");
+    }
+    open_conn(6, "10.9.9.9");
+    auth(6, token_a);
+    open_conn(7, "10.9.9.9");
+    auth(7, token_b);
+    assert_int_equal(count_to(6), 1);
+    assert_int_equal(count_to(7), 1);
+    /* A new file: bob with a limit of 3, alice gone. */
+    FILE *f = fopen(tokens_path, "r");
+    assert_non_null(f);
+    char line[512], bob[512] = "";
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "bob ", 4) == 0)
+            snprintf(bob, sizeof bob, "%s", line);
+    fclose(f);
+    char *nl = strchr(bob, '\n');
+    if (nl)
+        *nl = '\0';
+    f = fopen(tokens_path, "w");
+    assert_non_null(f);
+    fprintf(f, "%s max_sessions=3\n", bob);
+    fclose(f);
+    ic_gateway_request_reload(G);
+    H.on_wake(H.ud);
+    assert_int_equal(S.close_code[6], 0); /* not authenticated: nothing to revoke yet */
+    H.on_timer(H.ud, 6);
+    json_t *j = last_to(6);
+    assert_string_equal(type_of(j), "AUTH_FAILED");
+    assert_string_equal(str_at(j, "reason"), "token revoked");
+    json_decref(j);
+    assert_int_equal(S.close_code[6], 4001);
+    H.on_timer(H.ud, 7);
+    j = last_to(7);
+    assert_string_equal(type_of(j), "AUTH_SUCCESS");
+    assert_int_equal(json_integer_value(json_object_get(j, "max_sessions")), 3);
+    json_decref(j);
+    stop();
+}
+
+/* Session ids are parsed strictly: "s+1", "s01" and an overflow do not
+ * name session s1. */
+static void session_ids_are_strict(void **state)
+{
+    (void)state;
+    ic_gateway_opts o = ic_gateway_opts_default();
+    start(&o, false);
+    open_conn(1, "127.0.0.1");
+    send_text(1, "{\"type\":\"CREATE_SESSION\"}");
+    expect_last(1, "SESSION_CREATED", NULL);
+    const char *bad[] = {"s+1", "s01", "s-18446744073709551615", "s18446744073709551617"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "{\"type\":\"INFER\",\"session_id\":\"%s\",\"prompt\":\"x\"}",
+                 bad[i]);
+        send_text(1, msg);
+        json_t *j = last_to(1);
+        assert_string_equal(type_of(j), "ERROR");
+        json_decref(j);
+    }
+    assert_int_equal(F.n_infer, 0);
+    send_text(1, "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"x\"}");
+    assert_int_equal(F.n_infer, 1);
     stop();
 }
 
@@ -824,6 +992,9 @@ int main(void)
         cmocka_unit_test_teardown(closing_connections_handle_no_messages, teardown),
         cmocka_unit_test_teardown(idle_sessions_close_with_idle_timeout, teardown),
         cmocka_unit_test_teardown(reload_closes_connections_of_revoked_tokens, teardown),
+        cmocka_unit_test_teardown(throttled_auth_is_answered_by_the_timer, teardown),
+        cmocka_unit_test_teardown(reload_while_auth_waits_revokes_the_token, teardown),
+        cmocka_unit_test_teardown(session_ids_are_strict, teardown),
         cmocka_unit_test_teardown(hot_gpu_reads_as_throttled, teardown),
         cmocka_unit_test_teardown(lost_end_does_not_leave_the_session_running, teardown),
         cmocka_unit_test_teardown(lost_end_found_while_others_generate, teardown),

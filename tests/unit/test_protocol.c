@@ -349,6 +349,11 @@ static void field_types_and_ranges_are_checked(void **state)
         {"{\"stop\":[[\"a\"]]}", "'params.stop'"},
         {"{\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}", "'params.stop'"},
         {"{\"stop\":[\"a\\u0000b\"]}", "'params.stop' must not contain U+0000"},
+        {"{\"allow_special\":1}", "'params.allow_special' must be a boolean"},
+        {"{\"allow_special\":\"true\"}", "'params.allow_special' must be a boolean"},
+        {"{\"allow_special\":null}", "'params.allow_special'"},
+        {"{\"top_p\":-1e300}", "'params.top_p'"},     /* beyond float: refused first */
+        {"{\"min_p\":3.5e38}", "'params.min_p'"},
     };
     char text[512];
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -541,6 +546,63 @@ static void gen_params_defaults(void **state)
     assert_int_equal(g.max_tokens, 256);
     assert_true(g.sample.seed == 0xFFFFFFFFu);
     ic_msg_free(&m);
+}
+
+/* "s+1", "s-18446744073709551615" and friends used to name session s1
+ * (strtoull accepts a sign and wraps negative numbers). */
+static void session_ids_are_strict(void **state)
+{
+    (void)state;
+    static const struct { const char *sid; uint64_t want; } good[] = {
+        {"s1", 1}, {"s9", 9}, {"s10", 10}, {"s4096", 4096},
+        {"s18446744073709551615", UINT64_MAX},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        uint64_t n = 0;
+        assert_int_equal(ic_proto_session_num(good[i].sid, &n), 0);
+        assert_true(n == good[i].want);
+    }
+    static const char *const bad[] = {
+        "s+1", "s-1", "s-18446744073709551615", "s01", "s0", "s00", "s", "", "1", "S1",
+        "s 1", "s1 ", " s1", "s1x", "s0x1", "s1e3", "s1.0", "s18446744073709551616",
+        "s99999999999999999999", "s\xd9\xa1", "r1", "s\t1",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        uint64_t n = 12345;
+        if (ic_proto_session_num(bad[i], &n) != IC_ERR_NOT_FOUND)
+            fail_msg("'%s' was accepted as session %llu", bad[i], (unsigned long long)n);
+        assert_true(n == 12345);
+    }
+    uint64_t n;
+    assert_int_equal(ic_proto_session_num(NULL, &n), IC_ERR_NOT_FOUND);
+}
+
+static void allow_special_defaults_off_and_merges(void **state)
+{
+    (void)state;
+    ic_msg sess, req;
+    ic_proto_error e;
+    ic_gen_params g;
+    ic_proto_gen_params(NULL, NULL, IC_PRIORITY_HIGH, &g);
+    assert_false(g.allow_special);
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\",\"params\":"
+                           "{\"allow_special\":true}}", &sess, &e), 0);
+    assert_true(sess.params.allow_special);
+    assert_true(sess.params.set & (1u << IC_PARAM_ALLOW_SPECIAL));
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"p\"}",
+                           &req, &e), 0);
+    assert_false(req.params.set & (1u << IC_PARAM_ALLOW_SPECIAL));
+    ic_proto_gen_params(&sess.params, &req.params, IC_PRIORITY_HIGH, &g);
+    assert_true(g.allow_special); /* the session's default */
+    ic_msg_free(&req);
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"p\","
+                           "\"params\":{\"allow_special\":false}}", &req, &e), 0);
+    ic_proto_gen_params(&sess.params, &req.params, IC_PRIORITY_HIGH, &g);
+    assert_false(g.allow_special); /* the request wins */
+    ic_proto_gen_params(NULL, &sess.params, IC_PRIORITY_HIGH, &g);
+    assert_true(g.allow_special);
+    ic_msg_free(&req);
+    ic_msg_free(&sess);
 }
 
 static void gen_params_merge_and_priority_cap(void **state)
@@ -901,6 +963,8 @@ int main(void)
         cmocka_unit_test(bad_ids_are_refused_without_echo),
         cmocka_unit_test(gen_params_defaults),
         cmocka_unit_test(gen_params_merge_and_priority_cap),
+        cmocka_unit_test(session_ids_are_strict),
+        cmocka_unit_test(allow_special_defaults_off_and_merges),
         cmocka_unit_test(req_params_copy_is_deep),
         cmocka_unit_test(code_names_and_err_mapping),
         cmocka_unit_test(hello_round_trips),

@@ -47,8 +47,9 @@ static void h_unlock(rec *r) { pthread_mutex_unlock(&r->mu); }
 
 static bool h_accept(void *ud) { (void)ud; return true; }
 
-static void h_open(void *ud, uint64_t conn, const char *peer)
+static void h_open(void *ud, uint64_t conn, const char *peer, const char *xff)
 {
+    (void)xff;
     rec *r = ud;
     h_lock(r);
     r->n_open++;
