@@ -460,7 +460,7 @@ static ic_engine *model_with_vocab(const char *vocab, char *path, size_t path_si
     ic_engine_opts o = ic_engine_opts_default();
     o.model_path = path;
     o.n_ctx_tokens = 2048;
-    o.n_threads = 2;
+    o.n_threads = 1; /* spinning OpenMP workers crawl on a shared machine */
     ic_engine *e = NULL;
     const char *why = NULL;
     assert_int_equal(ic_engine_create(&o, &e, &why), 0);
@@ -560,7 +560,7 @@ static int setup(void **state)
     ic_engine_opts o = ic_engine_opts_default();
     o.model_path = test_model_path(); /* stories260K: a 512-token vocabulary keeps grammar checks cheap */
     o.n_ctx_tokens = 2048;
-    o.n_threads = 2;
+    o.n_threads = 1; /* spinning OpenMP workers crawl on a shared machine */
     const char *why = NULL;
     int rc = ic_engine_create(&o, &g_engine, &why);
     if (rc != 0)
