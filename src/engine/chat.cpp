@@ -28,6 +28,7 @@ extern "C" {
 #include <exception>
 #include <mutex>
 #include <new>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -314,6 +315,10 @@ static void convert_triggers(const std::vector<common_grammar_trigger> &ts, ic_c
                 pattern = (t.value.front() != '^' ? "^" : "") + t.value + (t.value.back() != '$' ? "$" : "");
             break;
         }
+        /* llama.cpp compiles it with std::regex and would throw through its
+         * C API; refuse a bad one here, where exceptions are caught. */
+        std::regex check(pattern);
+        (void)check;
         ic_grammar_trigger &out = p->triggers[p->n_triggers++];
         out.pattern = dup_str(pattern);
         out.word = literal ? dup_str(t.value) : nullptr;

@@ -49,6 +49,8 @@ struct special {
 
 struct ic_sampler {
     struct llama_sampler *chain;
+    struct llama_sampler *grammar; /* NULL: unconstrained; not in the chain */
+    llama_token_data *cand;        /* n_vocab candidates, when grammar */
 };
 
 ic_engine_opts ic_engine_opts_default(void)
@@ -805,21 +807,24 @@ int ic_engine_sampler_create_constrained(const ic_engine *e, const ic_sample_par
     ic_sampler *s = calloc(1, sizeof *s);
     struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
     cp.no_perf = true;
-    if (s)
+    if (s) {
         s->chain = llama_sampler_chain_init(cp);
-    if (!s || !s->chain) {
+        s->grammar = grammar;
+        if (grammar)
+            s->cand = malloc((size_t)e->info.n_vocab * sizeof *s->cand);
+    }
+    if (!s || !s->chain || (grammar && !s->cand)) {
         llama_sampler_free(grammar);
+        if (s) {
+            llama_sampler_free(s->chain);
+            free(s->cand);
+        }
         free(s);
         snprintf(err, err_size, "out of memory");
         return IC_ERR_NOMEM;
     }
-    /* The grammar first: the other samplers then only ever see tokens it
-     * allows (llama-server samples first and resamples on a miss: the same
-     * distribution, cheaper when most draws fit). */
-    if (grammar)
-        llama_sampler_chain_add(s->chain, grammar);
-    /* Then the order of llama.cpp's own server: penalties, then truncation,
-     * then temperature, then the draw. */
+    /* The order of llama.cpp's own server: penalties, then truncation,
+     * then temperature, then the draw (the grammar: see ic_engine_sample). */
     if (p->ban_eog && e->n_eog > 0 && !(grammar && !g->lazy))
         llama_sampler_chain_add(s->chain, llama_sampler_init_logit_bias(e->info.n_vocab, e->n_eog,
                                                                          e->eog_bias));
@@ -848,14 +853,53 @@ void ic_engine_sampler_destroy(ic_sampler *s)
     if (!s)
         return;
     llama_sampler_free(s->chain);
+    llama_sampler_free(s->grammar);
+    free(s->cand);
     free(s);
 }
 
 void ic_engine_sampler_accept(ic_sampler *s, ic_token tok) { llama_sampler_accept(s->chain, tok); }
 
+/* Loads the logits of batch index idx as candidates. */
+static llama_token_data_array candidates(ic_engine *e, ic_sampler *s, int idx)
+{
+    const float *logits = llama_get_logits_ith(e->ctx, idx);
+    for (int i = 0; i < e->info.n_vocab; i++)
+        s->cand[i] = (llama_token_data){ i, logits[i], 0.0f };
+    return (llama_token_data_array){ s->cand, (size_t)e->info.n_vocab, -1, false };
+}
+
 ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx)
 {
-    return llama_sampler_sample(s->chain, e->ctx, idx);
+    if (!s->grammar)
+        return llama_sampler_sample(s->chain, e->ctx, idx);
+    /* As llama-server: draw without the grammar, keep the token if the
+     * grammar allows it (one check instead of one per vocabulary entry),
+     * else draw again with the grammar applied to every candidate. Without
+     * truncation that is exactly the grammar-masked distribution (an
+     * allowed t comes with p(t) + (1 - A) p(t) / A = p(t) / A, A the
+     * allowed mass); with top-k/p the second draw truncates the masked set. */
+    llama_token_data_array cur = candidates(e, s, idx);
+    llama_sampler_apply(s->chain, &cur);
+    llama_token id = cur.selected >= 0 ? cur.data[cur.selected].id : LLAMA_TOKEN_NULL;
+    llama_token_data one = { id, 1.0f, 0.0f };
+    llama_token_data_array single = { &one, 1, -1, false };
+    if (id != LLAMA_TOKEN_NULL)
+        llama_sampler_apply(s->grammar, &single);
+    if (id == LLAMA_TOKEN_NULL || one.logit == -INFINITY) {
+        cur = candidates(e, s, idx);
+        llama_sampler_apply(s->grammar, &cur);
+        bool any = false;
+        for (size_t i = 0; i < cur.size && !any; i++)
+            any = cur.data[i].logit != -INFINITY;
+        if (!any) /* a dead end (no token spells what the grammar needs): stop */
+            return e->n_eog > 0 ? e->eog_bias[0].token : llama_vocab_eos(e->vocab);
+        llama_sampler_apply(s->chain, &cur);
+        id = cur.data[cur.selected].id;
+    }
+    llama_sampler_accept(s->grammar, id);
+    llama_sampler_accept(s->chain, id);
+    return id;
 }
 
 int ic_engine_seq_state_save(ic_engine *e, int seq, uint8_t **data, size_t *len)

@@ -174,9 +174,9 @@ void ic_engine_seq_share(ic_engine *e, int src, int dst, int32_t n);
 int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out);
 
 /* As ic_engine_sampler_create, constrained by grammar g (NULL or no gbnf:
- * unconstrained). The grammar sees every candidate first, so truncation
- * only ever chooses among tokens it allows; ban_eog is ignored under a
- * strict grammar (it must be able to end). Returns 0 and *out, or
+ * unconstrained). Every sampled token is one the grammar allows (see
+ * ic_engine_sample); ban_eog is ignored under a strict grammar (it must be
+ * able to end); a grammar no token can continue ends the answer with EOG. Returns 0 and *out, or
  * IC_ERR_INVAL with the reason in err (the grammar does not compile, the
  * prefill does not fit it), or IC_ERR_NOMEM. Trigger patterns must be valid
  * ECMAScript regexes (chat.cpp checks the ones it hands out). Any thread while the engine lives: it only reads the
