@@ -17,7 +17,8 @@
  */
 #include "sched_impl.h"
 
-#include <stdio.h>
+#include "log.h"
+
 #include <stdlib.h>
 
 #define SLOWDOWN 1.5       /* a decoding session's step may grow by this factor */
@@ -139,9 +140,9 @@ void ic_sched__prefill(ic_sched *s, int n_decoding)
 
 void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double ms)
 {
-    if (getenv("IC_DEBUG_PREFILL"))
-        fprintf(stderr, "step %llu dec %d prompt %d ms %.2f decode_ms %.2f prompt_ms %.4f\n",
-                (unsigned long long)s->step, n_decoding, n_prompt, ms, s->decode_ms, s->prompt_ms);
+    ic_log_debug("scheduler: step %llu: %d decoding, %d prompt tokens, %.2f ms (model: "
+                 "decode %.2f ms, %.4f ms per prompt token)", (unsigned long long)s->step,
+                 n_decoding, n_prompt, ms, s->decode_ms, s->prompt_ms);
     if (n_prompt == 0 && n_decoding > 0) {
         s->decode_ms = s->decode_ms > 0 ? (1 - ALPHA) * s->decode_ms + ALPHA * ms : ms;
         s->decode_probe_step = s->step;
