@@ -27,6 +27,7 @@
 #define ALPHA 0.25         /* weight of a new measurement */
 #define FIRST_CHUNK 16     /* prompt tokens of a step before prompt_ms is known */
 #define MIN_PROMPT 4       /* prompt tokens of a step at least, while others decode */
+#define SOLO_MIN 128       /* prompt tokens of a step at least, while nobody decodes */
 
 static int prio_weight(enum ic_priority p)
 {
@@ -84,7 +85,8 @@ static int time_budget(ic_sched *s, int n_decoding, int budget)
     double k = room / s->prompt_ms;
     /* Floors keep the cost model measured and prompts moving: alone, a
      * step is never smaller than the count-based chunk was. */
-    int floor = n_decoding == 0 ? (s->opts.max_chunk_tokens > 0 ? s->opts.max_chunk_tokens : 64)
+    int floor = n_decoding == 0 ? (s->opts.max_chunk_tokens > SOLO_MIN ? s->opts.max_chunk_tokens
+                                                                         : SOLO_MIN)
                                 : MIN_PROMPT;
     int n = k < floor ? floor : k > budget ? budget : (int)k;
     return n < budget ? n : budget;
@@ -143,7 +145,11 @@ void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double m
     ic_log_debug("scheduler: step %llu: %d decoding, %d prompt tokens, %.2f ms (model: "
                  "decode %.2f ms, %.4f ms per prompt token)", (unsigned long long)s->step,
                  n_decoding, n_prompt, ms, s->decode_ms, s->prompt_ms);
+    /* A sample counts for at most twice the estimate: a step the OS
+     * preempted (a busy machine) must not shrink every later chunk. */
     if (n_prompt == 0 && n_decoding > 0) {
+        if (s->decode_ms > 0 && ms > 2 * s->decode_ms)
+            ms = 2 * s->decode_ms;
         s->decode_ms = s->decode_ms > 0 ? (1 - ALPHA) * s->decode_ms + ALPHA * ms : ms;
         s->decode_probe_step = s->step;
         return;
@@ -152,5 +158,7 @@ void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double m
         return; /* too few to tell the prompt's share from noise */
     double rest = n_decoding > 0 ? ms - s->decode_ms : ms;
     double per = (rest > 0 ? rest : ms * 0.5) / n_prompt;
+    if (s->prompt_ms > 0 && per > 2 * s->prompt_ms)
+        per = 2 * s->prompt_ms;
     s->prompt_ms = s->prompt_ms > 0 ? (1 - ALPHA) * s->prompt_ms + ALPHA * per : per;
 }

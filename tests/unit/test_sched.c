@@ -10,6 +10,7 @@
 
 #include "buf.h"
 #include "err.h"
+#include "log.h"
 #include "sched.h"
 #include "testutil.h"
 
@@ -762,7 +763,7 @@ static void waiter_takes_over_on(const char *vocab, bool close)
     wait_done(1);
     assert_int_equal(W->r[1].end.reason, IC_END_ABORT);
     while (!W->r[2].ended && !W->r[2].failed)
-        assert_true(pump(20000)); /* before the fix: never */
+        assert_true(pump(60000)); /* before the fix: never */
     assert_int_equal(W->r[2].end.reason, IC_END_LENGTH);
     assert_int_equal(W->r[2].n_tokens, 4);
     assert_true(W->r[2].end.stats.prompt_tokens > 300); /* it computed the prefix itself */
@@ -1040,6 +1041,8 @@ static void concurrent_shared_prefix_qwen2(void **state)
 int main(void)
 {
     ic_engine_global_init();
+    if (getenv("IC_TEST_DEBUG"))
+        ic_log_set_level(IC_LOG_DEBUG);
     if (getenv("IC_TEST_FILTER")) /* e.g. IC_TEST_FILTER='waiter*' */
         cmocka_set_test_filter(getenv("IC_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
