@@ -9,12 +9,15 @@
  * with prompt tokens). While sessions decode, a step may take at most
  * min(max_step_ms, SLOWDOWN x decode_ms): inter-token latency stays within
  * SLOWDOWN of what it is without prompts, and prompts still progress (at
- * least one token a step). With nobody decoding, a step holds prompt tokens
- * worth SOLO_STEPS x max_step_ms, so an ABORT or a CLOSE waits at most that.
+ * least MIN_PROMPT tokens a step). With nobody decoding, a step holds
+ * prompt tokens worth SOLO_STEPS x max_step_ms (and at least
+ * max_chunk_tokens), so an ABORT or a CLOSE waits about that at most.
  *
  * Thread: the scheduler thread only (ic_sched__* in sched_impl.h).
  */
 #include "sched_impl.h"
+
+#include "log.h"
 
 #include <stdlib.h>
 
@@ -23,6 +26,8 @@
 #define PROBE_EVERY 32     /* steps between decode-only measurements */
 #define ALPHA 0.25         /* weight of a new measurement */
 #define FIRST_CHUNK 16     /* prompt tokens of a step before prompt_ms is known */
+#define MIN_PROMPT 4       /* prompt tokens of a step at least, while others decode */
+#define SOLO_MIN 128       /* prompt tokens of a step at least, while nobody decodes */
 
 static int prio_weight(enum ic_priority p)
 {
@@ -72,14 +77,19 @@ static int time_budget(ic_sched *s, int n_decoding, int budget)
     if (n_decoding > 0 && (s->decode_ms <= 0 || s->step - s->decode_probe_step >= PROBE_EVERY))
         return 0; /* measure the decoding sessions alone now and then */
     if (s->prompt_ms <= 0)
-        return FIRST_CHUNK;
+        return FIRST_CHUNK < budget ? FIRST_CHUNK : budget;
     double target = n_decoding == 0 ? SOLO_STEPS * s->opts.max_step_ms
                     : s->decode_ms * SLOWDOWN < s->opts.max_step_ms ? s->decode_ms * SLOWDOWN
                                                                      : s->opts.max_step_ms;
     double room = n_decoding == 0 ? target : target - s->decode_ms;
     double k = room / s->prompt_ms;
-    int n = k < 1 ? 1 : k > budget ? budget : (int)k;
-    return n;
+    /* Floors keep the cost model measured and prompts moving: alone, a
+     * step is never smaller than the count-based chunk was. */
+    int floor = n_decoding == 0 ? (s->opts.max_chunk_tokens > SOLO_MIN ? s->opts.max_chunk_tokens
+                                                                         : SOLO_MIN)
+                                : MIN_PROMPT;
+    int n = k < floor ? floor : k > budget ? budget : (int)k;
+    return n < budget ? n : budget;
 }
 
 void ic_sched__prefill(ic_sched *s, int n_decoding)
@@ -132,14 +142,23 @@ void ic_sched__prefill(ic_sched *s, int n_decoding)
 
 void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double ms)
 {
+    ic_log_debug("scheduler: step %llu: %d decoding, %d prompt tokens, %.2f ms (model: "
+                 "decode %.2f ms, %.4f ms per prompt token)", (unsigned long long)s->step,
+                 n_decoding, n_prompt, ms, s->decode_ms, s->prompt_ms);
+    /* A sample counts for at most twice the estimate: a step the OS
+     * preempted (a busy machine) must not shrink every later chunk. */
     if (n_prompt == 0 && n_decoding > 0) {
+        if (s->decode_ms > 0 && ms > 2 * s->decode_ms)
+            ms = 2 * s->decode_ms;
         s->decode_ms = s->decode_ms > 0 ? (1 - ALPHA) * s->decode_ms + ALPHA * ms : ms;
         s->decode_probe_step = s->step;
         return;
     }
-    if (n_prompt < 4)
+    if (n_prompt < MIN_PROMPT)
         return; /* too few to tell the prompt's share from noise */
     double rest = n_decoding > 0 ? ms - s->decode_ms : ms;
     double per = (rest > 0 ? rest : ms * 0.5) / n_prompt;
+    if (s->prompt_ms > 0 && per > 2 * s->prompt_ms)
+        per = 2 * s->prompt_ms;
     s->prompt_ms = s->prompt_ms > 0 ? (1 - ALPHA) * s->prompt_ms + ALPHA * per : per;
 }

@@ -169,6 +169,9 @@ void ic_sched__prefill(ic_sched *s, int n_decoding);
 void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double ms);
 
 
+/* Frees a request (a void * for the queue); NULL is ok (sched_submit.c). */
+void ic_sched__req_free(void *p);
+
 /* Reads the hottest GPU at most once a second (call only while work runs)
  * and switches the thermal guard, with temp_resume_delta_c of hysteresis. */
 void ic_sched__thermal_check(ic_sched *s);

@@ -1,0 +1,174 @@
+/* sched_submit.c - the scheduler's request side: what other threads call
+ * to open sessions, start and stop generations and read events and
+ * gauges (see sched.h). Touches only the two queues and the atomics; open
+ * and infer run on the one submitting thread, which owns the sent
+ * counters (sched_impl.h), abort and close on any thread. Requests and
+ * their answers' events are allocated here, so that the scheduler thread
+ * never needs memory to answer.
+ */
+#include "sched.h"
+#include "err.h"
+#include "queue.h"
+#include "sched_impl.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ic_event_free(ic_event *ev)
+{
+    if (!ev)
+        return;
+    free(ev->text);
+    free(ev);
+}
+
+void ic_sched__req_free(void *p)
+{
+    req *r = p;
+    if (!r)
+        return;
+    free(r->text);
+    for (int i = 0; i < IC_STOP_MAX; i++)
+        free(r->stop_copies[i]);
+    ic_event_free(r->reply);
+    free(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests: any thread.                                                */
+
+static int submit(ic_sched *s, req *r)
+{
+    if (atomic_load(&s->stopped)) {
+        ic_sched__req_free(r);
+        return IC_ERR_SHUTDOWN;
+    }
+    r->t_submit_ms = ic_now_ms();
+    int rc = ic_queue_push(s->requests, r);
+    if (rc < 0)
+        ic_sched__req_free(r);
+    return rc < 0 ? rc : 0;
+}
+
+int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id)
+{
+    /* opens_done before st_sessions: an open the scheduler has counted as
+     * done is in st_sessions too, so the sum never falls short. */
+    uint64_t sent = atomic_load(&s->opens_sent);
+    uint64_t done = atomic_load(&s->opens_done);
+    int open = atomic_load(&s->st_sessions);
+    if ((uint64_t)open + (sent - done) >= (uint64_t)s->opts.max_sessions)
+        return IC_ERR_CAPACITY;
+    req *r = calloc(1, sizeof *r);
+    if (!r || !(r->reply = calloc(1, sizeof *r->reply)) ||
+        (system_prompt && !(r->text = strdup(system_prompt)))) {
+        ic_sched__req_free(r);
+        return IC_ERR_NOMEM;
+    }
+    r->type = REQ_OPEN;
+    r->session_id = atomic_fetch_add(&s->next_session_id, 1);
+    uint64_t id = r->session_id;
+    atomic_store(&s->opens_sent, sent + 1); /* before the scheduler can count it done */
+    int rc = submit(s, r);
+    if (rc < 0) {
+        atomic_store(&s->opens_sent, sent);
+        return rc;
+    }
+    *session_id = id;
+    return 0;
+}
+
+int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
+                   bool raw, const ic_gen_params *params)
+{
+    uint64_t sent = atomic_load(&s->infers_sent);
+    if (sent - atomic_load(&s->infers_started) >= (uint64_t)s->opts.max_queued)
+        return IC_ERR_OVERLOADED;
+    req *r = calloc(1, sizeof *r);
+    int rc = r && (r->reply = calloc(1, sizeof *r->reply)) && (r->text = strdup(prompt))
+                 ? 0 : IC_ERR_NOMEM;
+    if (rc == 0) {
+        r->type = REQ_INFER;
+        r->session_id = session_id;
+        r->request_id = request_id;
+        r->raw = raw;
+        r->params = *params;
+        for (int i = 0; i < params->n_stop && i < IC_STOP_MAX && rc == 0; i++) {
+            r->stop_copies[i] = strdup(params->stop[i]);
+            r->params.stop[i] = r->stop_copies[i];
+            rc = r->stop_copies[i] ? 0 : IC_ERR_NOMEM;
+        }
+    }
+    if (rc < 0) {
+        ic_sched__req_free(r);
+        return rc;
+    }
+    atomic_store(&s->infers_sent, sent + 1);
+    rc = submit(s, r); /* takes r on every path */
+    if (rc < 0)
+        atomic_store(&s->infers_sent, sent);
+    return rc;
+}
+
+static int simple_request(ic_sched *s, enum req_type type, uint64_t session_id,
+                          enum ic_close_reason why)
+{
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return IC_ERR_NOMEM;
+    r->type = type;
+    r->session_id = session_id;
+    r->close_reason = why;
+    return submit(s, r);
+}
+
+int ic_sched_abort(ic_sched *s, uint64_t session_id)
+{
+    return simple_request(s, REQ_ABORT, session_id, IC_CLOSE_CLIENT);
+}
+
+int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason)
+{
+    return simple_request(s, REQ_CLOSE, session_id, reason);
+}
+
+ic_event *ic_sched_poll_event(ic_sched *s, int timeout_ms)
+{
+    return ic_queue_pop_wait(s->events, timeout_ms);
+}
+
+void ic_sched_model_info(const ic_sched *s, ic_engine_info *out) { *out = s->info; }
+
+void ic_sched_get_opts(const ic_sched *s, ic_sched_opts *out) { *out = s->opts; }
+
+void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
+{
+    ic_sched *m = (ic_sched *)s; /* atomics are read-only here */
+    out->sessions = atomic_load(&m->st_sessions);
+    out->generating = atomic_load(&m->st_generating);
+    out->queued = atomic_load(&m->st_queued);
+    out->kv_cells_used = atomic_load(&m->st_kv_used);
+    out->kv_cells_total = s->info.n_ctx_tokens;
+    out->tokens_per_second = (double)atomic_load(&m->st_tps_milli) / 1000.0;
+    out->steps = atomic_load(&m->st_steps);
+    out->max_sessions = s->opts.max_sessions;
+    out->state = (enum ic_sched_state)atomic_load(&m->st_state);
+    out->last_progress_ms = (double)atomic_load(&m->st_progress_us) / 1000.0;
+    out->gpu_temp_c = (double)atomic_load(&m->st_temp_milli) / 1000.0;
+    out->sleeps = atomic_load(&m->st_sleeps);
+}
+
+int ic_sched_session_info(const ic_sched *s, uint64_t session_id,
+                          enum ic_session_state *state, int *n_ctx_used_tokens)
+{
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        slot_pub *p = &s->pub[i];
+        if (atomic_load(&p->id) == session_id) {
+            *state = (enum ic_session_state)atomic_load(&p->state);
+            *n_ctx_used_tokens = atomic_load(&p->n_ctx_used);
+            return 0;
+        }
+    }
+    return IC_ERR_NOT_FOUND;
+}
