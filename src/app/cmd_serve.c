@@ -54,6 +54,7 @@ typedef struct serve_args {
     float temp_limit_c;        /* 0 = no thermal guard */
     int idle_unload_s;         /* 0 = never */
     int batch;
+    int max_step_ms;
     bool kv_unified;
     int prefix_cache;
     const char *metrics_token;
@@ -149,7 +150,8 @@ static const ic_option serve_options[] = {
      .help = "Sessions held at once, server-wide (fewer when memory cannot hold their KV "
              "cache)."},
     {.name = "max-sessions-per-client", .type = IC_OPT_INT,
-     .offset = F(max_sessions_per_client), .metavar = "N", .def_help = "--max-sessions",
+     .offset = F(max_sessions_per_client), .metavar = "N",
+     .def_help = "--max-sessions; half of it with --tokens",
      .lo = 1, .hi = 4096, .help = "Default per-client session limit."},
     {.name = "ctx-size", .type = IC_OPT_INT, .offset = F(ctx_size), .metavar = "N",
      .def = "2048", .lo = 64, .hi = 1 << 20, .help = "Context tokens per session."},
@@ -171,6 +173,11 @@ static const ic_option serve_options[] = {
              "the next request (0 = never)."},
     {.name = "batch-size", .type = IC_OPT_INT, .offset = F(batch), .metavar = "N",
      .def = "512", .lo = 32, .hi = 1 << 16, .help = "Most tokens in one decode step."},
+    {.name = "max-step-ms", .type = IC_OPT_INT, .offset = F(max_step_ms), .metavar = "MS",
+     .def = "50", .lo = 0, .hi = 60000,
+     .help = "While sessions decode, a step's prompt tokens are bounded by time: a step takes "
+             "about this long at most (and at most 1.5x a step of the decoding sessions alone), "
+             "so long prompts never stall streaming ones; 0: by --batch-size only."},
     {.name = "kv-unified", .type = IC_OPT_ONOFF, .offset = F(kv_unified), .metavar = "on|off",
      .def = "off",
      .help = "One KV buffer for all sessions (off: each session attends only to its own "
@@ -418,6 +425,7 @@ static void *load_model(void *arg)
     so.n_ctx_per_session = (uint32_t)a->ctx_size;
     so.kv_unified = a->kv_unified;
     so.prefix_slots = a->prefix_cache;
+    so.max_step_ms = a->max_step_ms;
     so.wake = ic_gateway_wake;
     so.wake_ud = ld->gw;
     so.idle_unload_s = a->idle_unload_s;

@@ -243,8 +243,11 @@ def slow_model(tmp_path):
 
 
 def test_watchdog_reports_a_stuck_scheduler_and_recovers(start_server, slow_model):
+    # --max-step-ms 0: prompt tokens by count only, so the whole prompt goes
+    # into one long step (time-bounded prefill would cut it into short ones).
     srv = start_server(["--watchdog-timeout", 1, "--max-sessions", 1, "--prefix-cache", 0,
-                        "--ctx-size", 4096, "--batch-size", 4096], model=slow_model)
+                        "--ctx-size", 4096, "--batch-size", 4096, "--max-step-ms", 0],
+                       model=slow_model)
     prompt = " ".join(["the cat sat on a mat"] * 330)
 
     async def body():
