@@ -750,6 +750,65 @@ class Client:
             if m is not None and m.get("code") != "unknown_type":
                 self.run.fail(f"unknown type got {m}")
 
+    async def op_prefix_race(self):
+        """Two sessions with the same fresh long system prompt: the first
+        starts computing the shared prefix, the second waits for it, and the
+        first goes away mid-prefill (ABORT, CLOSE_SESSION or a dropped
+        connection). The second must still get its END."""
+        rng = self.rng
+        system = f"Race {self.idx}-{rng.randrange(10**9)}. " + self.run.systems["long0"]
+        how = rng.choice(["abort", "close", "drop"])
+        delay = rng.random() * 0.04
+        self.note(f"prefix race: owner leaves by {how} after {delay * 1000:.0f} ms")
+        owner_conn = self.conn
+        if how == "drop":
+            # the owner lives on a connection of its own
+            self.n_conn += 1
+            owner_conn = Conn(self, self.n_conn)
+            try:
+                await owner_conn.open()
+            except Exception as e:
+                self.run.fail(f"prefix race: connect failed: {e!r}")
+                return
+        sids = []
+        for conn in (owner_conn, self.conn):
+            m = await conn.request({"type": "CREATE_SESSION", "system": system})
+            if m is None or m["type"] != "SESSION_CREATED":
+                if m is not None and m.get("code") not in ("capacity", "session_limit"):
+                    self.run.fail(f"prefix race: CREATE_SESSION got {m}")
+                if how == "drop":
+                    await owner_conn.drop("close")
+                return
+            s = Session(m["session_id"], "race", system)
+            conn.sessions[s.sid] = s
+            sids.append((conn, s))
+        raw = rng.random() < 0.5
+        infs = []
+        for conn, s in sids:
+            mid = conn.new_id("inf")
+            inf = Infer(conn, mid, s.sid, f"{mid} on {s.sid} (prefix race, "
+                        f"{'raw' if raw else 'chat'})", 8)
+            inf.not_busy = True
+            conn.infers[mid] = inf
+            s.infers.append(inf)
+            infs.append(inf)
+            await conn.send({"type": "INFER", "session_id": s.sid, "raw": raw, "id": mid,
+                             "prompt": " Go on.", "params": {"max_tokens": 8,
+                                                             "temperature": 0}})
+        self.note(f"  owner {sids[0][1].sid}, waiter {sids[1][1].sid}")
+        await asyncio.sleep(delay)
+        oconn, osess = sids[0]
+        if how == "abort":
+            await oconn.send({"type": "ABORT", "session_id": osess.sid,
+                              "id": oconn.new_id("abort")})
+        elif how == "close":
+            await self.close_session(oconn, osess)
+        else:
+            await oconn.drop(rng.choice(["abort", "shutdown"]))
+        for inf in infs:
+            if not inf.conn.dropped:
+                await self.wait_infer(inf)
+
     async def op_drop(self, how=None):
         how = how or self.rng.choice(["abort", "shutdown", "close"])
         self.note(f"drop {self.conn.name} ({how})")
@@ -766,7 +825,7 @@ class Client:
     async def run_steps(self, steps):
         ops = [(self.op_create, 14), (self.op_infer, 38), (self.op_close, 5),
                (self.op_abort, 6), (self.op_metrics, 6), (self.op_garbage, 6),
-               (self.op_drop, 3), (self.op_wait, 8)]
+               (self.op_drop, 3), (self.op_wait, 8), (self.op_prefix_race, 3)]
         fns = [o for o, _ in ops]
         weights = [w for _, w in ops]
         await self.connect()
@@ -806,7 +865,7 @@ class Run:
     def __init__(self, args, seed, clients, steps, workdir):
         self.args = args
         self.seed = seed
-        self.n_clients = clients
+        self.client_ids = list(clients)
         self.steps = steps
         self.workdir = workdir
         self.ctx = args.ctx
@@ -927,7 +986,7 @@ class Run:
         return False
 
     async def chaos(self):
-        self.clients = [Client(self, i) for i in range(self.n_clients)]
+        self.clients = [Client(self, i) for i in self.client_ids]
         await asyncio.gather(*(c.run_steps(self.steps) for c in self.clients))
 
     async def final(self):
@@ -944,7 +1003,11 @@ class Run:
 
     def execute(self):
         a = self.args
-        self.server = Server(a.bin, a.model, self.workdir, a.ctx, a.threads)
+        srng = random.Random(f"{self.seed}:server")
+        self.server_flags = ["--batch-size", str(srng.choice([512, 128, 32])),
+                             "--kv-unified", srng.choice(["off", "off", "on"])]
+        self.server = Server(a.bin, a.model, self.workdir, a.ctx, a.threads,
+                             self.server_flags)
         status = "?"
         try:
             self.server.wait_ready(30 * a.scale)
@@ -973,8 +1036,12 @@ class Run:
         return not self.failures
 
     async def _main(self):
+        t = time.monotonic()
         await self.setup()
         self.t0 = time.monotonic()
+        self.t_setup = self.t0 - t
+        if os.environ.get("CHAOS_DEBUG"):
+            print(f"setup {self.t_setup:.2f} s", flush=True)
         try:
             await asyncio.wait_for(self.chaos(), self.bound * 6 + self.steps * 2)
         except asyncio.TimeoutError:
@@ -984,8 +1051,10 @@ class Run:
         await self.final()
 
     def report(self):
-        out = [f"=== chaos FAILED: seed {self.seed} clients {self.n_clients} steps {self.steps}"
-               f" model {self.args.model}"]
+        only = "".join(f" --only-client {i}" for i in self.client_ids)
+        out = [f"=== chaos FAILED: seed {self.seed} model {self.args.model}\n"
+               f"    replay: --seed {self.seed} --steps {self.steps}{only}\n"
+               f"    server: {' '.join(self.server.cmd) if self.server else '-'}"]
         out += ["--- failures:"] + [f"  {f}" for f in self.failures[:30]]
         for c in self.clients:
             out.append(f"--- client {c.idx} ops:")
@@ -1022,36 +1091,50 @@ def run_seed(args, seed, clients, steps):
         return ok, dt, text, list(r.failures)
 
 
-def shrink(args, seed):
-    """Replays seed with fewer clients and steps; returns the smallest failing
-    (clients, steps, report) found within args.shrink replays."""
+def shrink(args, seed, clients):
+    """Replays seed with fewer clients (each alone first) and then fewer
+    steps; returns (clients, steps, report) of the smallest replay that
+    still failed within args.shrink replays, or None."""
     best = None
     tries = 0
-    for clients in range(1, args.clients + 1):
-        steps = args.steps
-        while tries < args.shrink:
-            tries += 1
-            ok, _, text, _ = run_seed(args, seed, clients, steps)
-            if ok:
-                break
-            best = (clients, steps, text)
-            if steps <= 2:
-                break
-            steps = max(2, steps // 2)
-        if best or tries >= args.shrink:
+    cands = [[i] for i in clients] if len(clients) > 1 else []
+    for ids in cands:
+        if tries >= args.shrink:
+            return best
+        tries += 1
+        ok, _, text, _ = run_seed(args, seed, ids, args.steps)
+        if not ok:
+            best = (ids, args.steps, text)
             break
+    ids = best[0] if best else clients
+    steps = args.steps
+    while tries < args.shrink and steps > 2:
+        steps = max(2, steps // 2)
+        tries += 1
+        ok, _, text, _ = run_seed(args, seed, ids, steps)
+        if ok:
+            break
+        best = (ids, steps, text)
     return best
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="the inferencecenter binary")
-    ap.add_argument("--model", required=True, action="append",
+    ap.add_argument("--model", action="append", default=[],
                     help="GGUF model (repeat for several; each seed runs on each)")
+    ap.add_argument("--skip-missing", action="store_true",
+                    help="leave out --model files that do not exist instead of failing")
+    ap.add_argument("--vocab-models", metavar="DIR",
+                    help="also run on the real-vocabulary models vocab-*.gguf in DIR "
+                         "(made there with --mkmodel when missing)")
+    ap.add_argument("--mkmodel", help="ic-mkmodel, to make missing vocab models")
     ap.add_argument("--seeds", type=int, help="run seeds 1..N")
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--seed", type=int, action="append", help="run this seed (repeatable)")
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--only-client", type=int, action="append",
+                    help="run only this client of the seed (repeatable; for replays)")
     ap.add_argument("--steps", type=int, default=30, help="ops per client")
     ap.add_argument("--ctx", type=int, default=1024, help="--ctx-size of the server")
     ap.add_argument("--threads", type=int, default=1)
@@ -1067,10 +1150,27 @@ def main():
     if not os.access(args.bin, os.X_OK):
         print(f"chaos: {args.bin} is not executable", file=sys.stderr)
         return 2
+    models = []
     for m in args.model:
-        if not os.path.isfile(m):
+        if os.path.isfile(m):
+            models.append(m)
+        elif args.skip_missing:
+            print(f"chaos: model {m} not found: left out", flush=True)
+        else:
             print(f"chaos: model {m} not found", file=sys.stderr)
             return 2
+    if args.vocab_models:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import vocab_models
+        made = vocab_models.ensure_models(args.vocab_models, args.mkmodel)
+        missing = [n for n in vocab_models.VOCABS if n not in made]
+        if missing:
+            print(f"chaos: no vocab models for {', '.join(missing)} (need the llama.cpp "
+                  f"vocab files and --mkmodel)", flush=True)
+        models += list(made.values())
+    if not models:
+        print("chaos: no model to run on", file=sys.stderr)
+        return 2
     if args.scale is None:
         args.scale = 3.0 if is_sanitized(args.bin) else 1.0
     seeds = list(args.seed or [])
@@ -1078,13 +1178,13 @@ def main():
         seeds += list(range(args.first_seed, args.first_seed + args.seeds))
     if not seeds:
         seeds = [1]
-    models = args.model
     failed = []
     n = 0
     for seed in seeds:
         for model in models:
             args.model = model
-            ok, dt, text, failures = run_seed(args, seed, args.clients, args.steps)
+            clients = args.only_client or list(range(args.clients))
+            ok, dt, text, failures = run_seed(args, seed, clients, args.steps)
             n += 1
             name = Path(model).name
             line = f"chaos seed {seed} {name}: {'ok' if ok else 'FAIL'} ({dt:.1f} s)"
@@ -1099,10 +1199,11 @@ def main():
             print(text, flush=True)
             failed.append((seed, name, classify(failures)))
             if args.shrink:
-                best = shrink(args, seed)
+                best = shrink(args, seed, clients)
                 if best:
+                    only = "".join(f" --only-client {i}" for i in best[0])
                     print(f"=== smallest failing replay of seed {seed} on {name}: "
-                          f"--clients {best[0]} --steps {best[1]}", flush=True)
+                          f"--seed {seed} --steps {best[1]}{only}", flush=True)
                     print(best[2], flush=True)
                 else:
                     print(f"=== seed {seed} did not fail again with fewer clients/steps "
