@@ -108,6 +108,16 @@ def valid_utf8_tree(x):
 
 # ------------------------------------------------------------------ server
 
+def _die_with_parent():
+    """In the server's child process: SIGKILL it when chaos.py dies (a CTest
+    time-out kills only us), so that no server is left behind."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Server:
     def __init__(self, binary, model, workdir, ctx, threads, extra=()):
         self.port = free_port()
@@ -121,7 +131,8 @@ class Server:
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:quarantine_size_mb=32")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
-                                     stdout=self._err, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self._err, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_die_with_parent)
 
     @property
     def url(self):
@@ -182,6 +193,7 @@ class Infer:
         self.done = asyncio.Event()
         self.terminal = None          # the END or ERROR
         self.not_busy = False         # sent after every earlier INFER of its session ended
+        self.reported = False         # its time-out was reported
 
     def on_message(self, m):
         t = m["type"]
@@ -667,8 +679,9 @@ class Client:
             done.cancel()
             gone.cancel()
         if not short and inf.terminal is None and not inf.conn.dropped:
-            if inf.conn.gone.is_set():
+            if inf.conn.gone.is_set() or inf.reported:
                 return                # the reader already reported the close
+            inf.reported = True
             self.run.fail(f"no END or ERROR within {self.run.bound:.0f} s for INFER "
                           f"{inf.desc} ({inf.tokens} TOKENs so far)")
 
@@ -980,8 +993,8 @@ class Run:
                 return True
             await asyncio.sleep(0.05)
         e = m and m.get("engine")
-        self.fail(f"with every client gone, METRICS did not come back to sessions=0 "
-                  f"generating=0 queued=0" + (f" kv_cells_used={kv}" if kv is not None else "")
+        self.fail("with every client gone, METRICS did not come back to sessions=0 "
+                  "generating=0 queued=0" + (f" kv_cells_used={kv}" if kv is not None else "")
                   + f" within {self.bound:.0f} s: {e}")
         return False
 
@@ -1071,6 +1084,7 @@ def classify(failures):
     """A short class for a failure list (for the summary)."""
     f = " ".join(failures)
     for key, name in (("sanitizer", "sanitizer report"), ("died", "server died"),
+                      ("(prefix race", "shared-prefix waiter never answered"),
                       ("no END or ERROR", "INFER never answered"),
                       ("did not come back", "not back to idle/baseline"),
                       ("after END", "message after END"), ("SIGTERM", "bad shutdown"),
@@ -1129,6 +1143,8 @@ def main():
                     help="also run on the real-vocabulary models vocab-*.gguf in DIR "
                          "(made there with --mkmodel when missing)")
     ap.add_argument("--mkmodel", help="ic-mkmodel, to make missing vocab models")
+    ap.add_argument("--vocab-seeds", type=int,
+                    help="run only the first N seeds on the vocab models (default: all)")
     ap.add_argument("--seeds", type=int, help="run seeds 1..N")
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--seed", type=int, action="append", help="run this seed (repeatable)")
@@ -1138,7 +1154,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="ops per client")
     ap.add_argument("--ctx", type=int, default=1024, help="--ctx-size of the server")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--bound", type=float, default=30.0,
+    ap.add_argument("--bound", type=float, default=15.0,
                     help="seconds an INFER may take to end (scaled by --scale)")
     ap.add_argument("--scale", type=float, default=None,
                     help="time scale (default 3 for a sanitizer build, else 1)")
@@ -1147,10 +1163,14 @@ def main():
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     ap.add_argument("--summary", help="append one line per run to this file")
     args = ap.parse_args()
+    # SIGTERM (a CTest time-out, ^C from a wrapper) ends us through the
+    # finally blocks, so the server gets its SIGTERM too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not os.access(args.bin, os.X_OK):
         print(f"chaos: {args.bin} is not executable", file=sys.stderr)
         return 2
     models = []
+    vocab_paths = set()
     for m in args.model:
         if os.path.isfile(m):
             models.append(m)
@@ -1167,6 +1187,7 @@ def main():
         if missing:
             print(f"chaos: no vocab models for {', '.join(missing)} (need the llama.cpp "
                   f"vocab files and --mkmodel)", flush=True)
+        vocab_paths = set(made.values())
         models += list(made.values())
     if not models:
         print("chaos: no model to run on", file=sys.stderr)
@@ -1180,8 +1201,10 @@ def main():
         seeds = [1]
     failed = []
     n = 0
-    for seed in seeds:
+    for k, seed in enumerate(seeds):
         for model in models:
+            if model in vocab_paths and args.vocab_seeds is not None and k >= args.vocab_seeds:
+                continue
             args.model = model
             clients = args.only_client or list(range(args.clients))
             ok, dt, text, failures = run_seed(args, seed, clients, args.steps)
