@@ -818,9 +818,14 @@ class Client:
             await self.close_session(oconn, osess)
         else:
             await oconn.drop(rng.choice(["abort", "shutdown"]))
-        for inf in infs:
+        for inf, (conn, s) in zip(infs, sids):
             if not inf.conn.dropped:
                 await self.wait_infer(inf)
+            t = inf.terminal
+            if t is not None and t["type"] == "END" and (t["reason"] != "abort" or inf.tokens):
+                s.mode = "raw" if raw else "chat"
+            else:
+                s.mode_unsure = True
 
     async def op_drop(self, how=None):
         how = how or self.rng.choice(["abort", "shutdown", "close"])
@@ -1017,7 +1022,7 @@ class Run:
     def execute(self):
         a = self.args
         srng = random.Random(f"{self.seed}:server")
-        self.server_flags = ["--batch-size", str(srng.choice([512, 128, 32])),
+        self.server_flags = ["--batch-size", str(srng.choice([512, 128, 64])),
                              "--kv-unified", srng.choice(["off", "off", "on"])]
         self.server = Server(a.bin, a.model, self.workdir, a.ctx, a.threads,
                              self.server_flags)
