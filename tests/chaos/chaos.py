@@ -1088,6 +1088,8 @@ class Run:
 def classify(failures):
     """A short class for a failure list (for the summary)."""
     f = " ".join(failures)
+    if "no END or ERROR" in f and "(prefix race" not in f and "(0 TOKENs so far)" not in f:
+        return "generation stalled (TOKENs, then no END)"
     for key, name in (("sanitizer", "sanitizer report"), ("died", "server died"),
                       ("(prefix race", "shared-prefix waiter never answered"),
                       ("no END or ERROR", "INFER never answered"),
