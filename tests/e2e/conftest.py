@@ -10,6 +10,15 @@ Environment:
   IC_TEST_MODELS  generated test models (default: <repo>/build/test-models)
   IC_THREADS      --threads for the server (default 1: spin-waiting worker
                   threads slow to a crawl on a shared two-core machine)
+  IC_MKMODEL      ic-mkmodel, to make the real-vocabulary models
+                  (IC_TEST_MODELS/vocab-<name>.gguf) when they are missing
+                  (default: <repo>/build/ic-mkmodel)
+
+The fixture `any_model` runs a test on MODEL and on each real-vocabulary
+model (tests/chaos/vocab_models.py: llama-spm, llama-bpe, qwen2, gpt-2,
+phi-3, gemma-4; random weights, real tokenizer and chat template), and
+`vserver` is a plain server on it. Tests that depend only on the protocol,
+not on the text, use them so that every vocabulary is covered.
 
 Tests are plain synchronous functions; each runs its async body with
 `run(coro)` (there is no pytest-asyncio here).
@@ -22,6 +31,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,11 +41,15 @@ import pytest
 import websockets
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "chaos"))
+import vocab_models  # noqa: E402  (tests/chaos/vocab_models.py)
+
 IC_BIN = os.environ.get("IC_BIN", str(ROOT / "build" / "inferencecenter"))
 IC_TEST_MODELS = Path(os.environ.get("IC_TEST_MODELS", str(ROOT / "build" / "test-models")))
 _STORIES = Path(os.environ.get("IC_STORIES",
                                str(ROOT.parent / "shared" / "models" / "stories260K.gguf")))
 IC_THREADS = os.environ.get("IC_THREADS", "1")
+IC_MKMODEL = os.environ.get("IC_MKMODEL", str(ROOT / "build" / "ic-mkmodel"))
 
 
 def _readable(p):
@@ -224,6 +238,47 @@ def start_server(tmp_path):
 def server(start_server):
     """A plain open server (no tokens) on the default model."""
     return start_server()
+
+
+# ------------------------------------------------ real vocabularies
+
+VOCAB_NAMES = list(vocab_models.VOCABS)
+
+
+@pytest.fixture(scope="session")
+def vocab_model_paths():
+    """{name: path} of the real-vocabulary models, made once if missing."""
+    return vocab_models.ensure_models(IC_TEST_MODELS, IC_MKMODEL)
+
+
+@pytest.fixture(scope="module", params=["default"] + VOCAB_NAMES,
+                ids=["default"] + [f"vocab-{n}" for n in VOCAB_NAMES])
+def any_model(request, vocab_model_paths):
+    """MODEL, then each real-vocabulary model (skipped when it cannot be made)."""
+    if request.param == "default":
+        return MODEL
+    path = vocab_model_paths.get(request.param)
+    if path is None:
+        pytest.skip(f"no vocab-{request.param}.gguf (needs llama.cpp's vocab files "
+                    f"and IC_MKMODEL)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def vserver(any_model, tmp_path_factory):
+    """A plain open server on any_model, shared by the tests of one module
+    (loading a 262k-token vocabulary takes seconds): its tests use their own
+    connections and close their sessions. It must exit 0 at the end."""
+    s = Server(tmp_path_factory.mktemp("vserver"), model=any_model)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        try:
+            rc = s.terminate()
+        finally:
+            s.close_files()
+    assert rc == 0, f"server exited {rc}:\n{s.log()}"
 
 
 # ------------------------------------------------------------ WS client

@@ -56,6 +56,29 @@ def test_four_concurrent_sessions_match_solo_outputs(server):
     run(body(), timeout=120)
 
 
+def test_batched_greedy_matches_solo_on_every_vocabulary(vserver):
+    """Greedy output does not depend on batching, whatever the vocabulary:
+    four sessions run one by one, then all at once, give the same texts."""
+    async def body():
+        c = await connect(vserver)
+        solo = []
+        for p in PROMPTS:
+            sid = await c.create_session()
+            res = await c.infer(sid, p, max_tokens=16, ignore_eos=True, **GREEDY)
+            assert res.reason == "length", res.messages
+            solo.append(res.text)
+            await c.request({"type": "CLOSE_SESSION", "session_id": sid})
+        sids = [await c.create_session() for _ in PROMPTS]
+        for sid, p in zip(sids, PROMPTS):
+            await c.start_infer(sid, p, max_tokens=16, ignore_eos=True, **GREEDY)
+        texts, ends, _ = await _collect_many(c, sids)
+        for sid, p, want in zip(sids, PROMPTS, solo):
+            assert ends[sid]["reason"] == "length"
+            assert texts[sid] == want, (p, texts[sid], want)
+        await c.close()
+    run(body(), timeout=120)
+
+
 @needs_stories
 def test_concurrent_clients_match_solo_outputs(server):
     async def one(p):
@@ -72,9 +95,9 @@ def test_concurrent_clients_match_solo_outputs(server):
     run(body(), timeout=120)
 
 
-def test_sessions_of_one_client_run_concurrently(server):
+def test_sessions_of_one_client_run_concurrently(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         a = await c.create_session()
         b = await c.create_session()
         await c.start_infer(a, "Once upon a time", id="A", **LONG)
@@ -121,9 +144,9 @@ def test_engine_counts_generating_sessions(server):
     run(body())
 
 
-def test_abort_of_one_session_leaves_the_other_running(server):
+def test_abort_of_one_session_leaves_the_other_running(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         a = await c.create_session()
         b = await c.create_session()
         await c.start_infer(a, "Once upon a time", **LONG)

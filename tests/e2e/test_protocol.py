@@ -137,9 +137,9 @@ def test_close_idle_session(server):
     run(body())
 
 
-def test_close_session_while_generating_ends_with_abort_first(server):
+def test_close_session_while_generating_ends_with_abort_first(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         sid = await c.create_session()
         await c.start_infer(sid, "Once upon a time", id="gen", **LONG)
         first = await c.recv()
@@ -187,9 +187,9 @@ def test_infer_streams_story_tokens(server):
     run(body())
 
 
-def test_end_stats_fields(server):
+def test_end_stats_fields(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         sid = await c.create_session()
         res = await c.infer(sid, "Once upon a time", max_tokens=8, ignore_eos=True, **GREEDY)
         end = res.end
@@ -294,9 +294,9 @@ def test_busy_while_running(server):
     run(body())
 
 
-def test_abort_running_generation(server):
+def test_abort_running_generation(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         sid = await c.create_session()
         await c.start_infer(sid, "Once upon a time", id="g", **LONG)
         first = await c.recv()
@@ -365,8 +365,8 @@ def test_other_clients_session_is_not_found(server):
     run(body())
 
 
-def test_prompt_too_long(start_server):
-    srv = start_server(["--ctx-size", 64])
+def test_prompt_too_long(start_server, any_model):
+    srv = start_server(["--ctx-size", 64], model=any_model)
 
     async def body():
         c = await connect(srv)
@@ -463,9 +463,9 @@ def test_session_default_params_apply(server):
 
 # -------------------------------------------------------- raw/chat, system
 
-def test_chat_and_raw_modes_differ_and_do_not_mix(server):
+def test_chat_and_raw_modes_differ_and_do_not_mix(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         chat = await c.create_session()
         raw = await c.create_session()
         rc = await c.infer(chat, "Tell me a story", raw=False, max_tokens=3, ignore_eos=True,
@@ -536,9 +536,9 @@ def test_system_prompt_is_prepended_in_raw_mode(server):
     run(body())
 
 
-def test_system_prompt_is_part_of_chat(server):
+def test_system_prompt_is_part_of_chat(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         plain = await c.create_session()
         withsys = await c.create_session(system="You are a storyteller for small children.")
         a = await c.infer(plain, "Hi", raw=False, max_tokens=1, ignore_eos=True, **GREEDY)
@@ -566,9 +566,9 @@ def test_raw_conversation_continues_across_infers(server):
     run(body())
 
 
-def test_chat_conversation_keeps_turns(server):
+def test_chat_conversation_keeps_turns(vserver):
     async def body():
-        c = await connect(server)
+        c = await connect(vserver)
         sid = await c.create_session()
         a = await c.infer(sid, "Hello there", raw=False, max_tokens=4, ignore_eos=True,
                           **GREEDY)
@@ -584,6 +584,57 @@ def test_chat_conversation_keeps_turns(server):
         assert used2 > f.end["stats"]["prompt_tokens"] + 4
         await c.close()
     run(body())
+
+
+def test_empty_and_whitespace_prompts(start_server, any_model):
+    """An empty or all-whitespace prompt, raw or chat, with or without a
+    system prompt, gets a clear answer (a generation, or ERROR bad_request
+    for that INFER) and the session stays usable. Vocabularies without a BOS
+    (qwen2, gpt-2) make an empty raw prompt 0 tokens."""
+    srv = start_server(model=any_model)        # its own: a crash must not spread
+
+    async def body():
+        c = await connect(srv)
+        for raw in (True, False):
+            for system in (None, "You are a storyteller."):
+                for prompt in ("", " ", "\n\n", " \t "):
+                    fields = {"system": system} if system else {}
+                    sid = await c.create_session(**fields)
+                    res = await c.infer(sid, prompt, raw=raw, id="e", max_tokens=2,
+                                        **GREEDY)
+                    what = (raw, system, prompt)
+                    if res.error is not None:
+                        assert res.error["code"] == "bad_request", (what, res.error)
+                        assert res.error["id"] == "e" and res.error["session_id"] == sid
+                    else:
+                        assert res.reason in ("length", "eos"), (what, res.end)
+                        assert res.end["stats"]["generated_tokens"] == len(res.tokens)
+                    res = await c.infer(sid, " Hello there", raw=raw, max_tokens=2,
+                                        ignore_eos=True, **GREEDY)
+                    assert res.reason == "length", (what, res.messages)
+                    r = await c.request({"type": "CLOSE_SESSION", "session_id": sid})
+                    assert r["type"] == "SESSION_CLOSED", r
+        await c.close()
+    run(body(), timeout=120)
+
+
+def test_multibyte_text_streams_as_valid_utf8(vserver):
+    """Emoji and CJK in, random sampling out: byte-level vocabularies cut
+    characters across tokens, and every TOKEN text must still be valid UTF-8
+    (held back or U+FFFD), one TOKEN per generated token."""
+    async def body():
+        c = await connect(vserver)
+        for raw in (True, False):
+            sid = await c.create_session()
+            res = await c.infer(sid, "🦙🔥 日本語 héllo 👩‍👩‍👧", raw=raw, max_tokens=48,
+                                ignore_eos=True, temperature=2, seed=7)
+            assert res.reason == "length", res.messages
+            assert len(res.tokens) == 48 == res.end["stats"]["generated_tokens"]
+            for t in res.tokens:
+                t["text"].encode("utf-8")       # no lone surrogates
+            res.text.encode("utf-8")
+        await c.close()
+    run(body(), timeout=120)
 
 
 def test_priority_param_accepted(server):
