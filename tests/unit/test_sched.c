@@ -963,7 +963,7 @@ static void bench_prefill_stall(void **state)
         for (int i = 0; i < MAX_REQ; i++)
             reset((uint64_t)i);
         ic_sched_opts so = ic_sched_opts_default();
-        so.max_sessions = 5;
+        so.max_sessions = 6;
         so.n_ctx_per_session = 2304;
         so.prefix_slots = 0;
         if (getenv("IC_BENCH_STEP_MS"))
