@@ -26,7 +26,7 @@
 #define PROBE_EVERY 32     /* steps between decode-only measurements */
 #define ALPHA 0.25         /* weight of a new measurement */
 #define FIRST_CHUNK 16     /* prompt tokens of a step before prompt_ms is known */
-#define MIN_PROMPT 4       /* prompt tokens of a step at least, while others decode */
+#define MIN_PROMPT 1       /* prompt tokens of a step at least, while others decode */
 #define SOLO_MIN 128       /* prompt tokens of a step at least, while nobody decodes */
 
 static int prio_weight(enum ic_priority p)
@@ -154,8 +154,8 @@ void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double m
         s->decode_probe_step = s->step;
         return;
     }
-    if (n_prompt < MIN_PROMPT)
-        return; /* too few to tell the prompt's share from noise */
+    if (n_prompt < 1)
+        return;
     double rest = n_decoding > 0 ? ms - s->decode_ms : ms;
     double per = (rest > 0 ? rest : ms * 0.5) / n_prompt;
     if (s->prompt_ms > 0 && per > 2 * s->prompt_ms)

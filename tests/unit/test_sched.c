@@ -530,7 +530,7 @@ static ic_sched *make_sched_with(const ic_sched_opts *so)
 {
     ic_engine_opts eo = ic_engine_opts_default();
     eo.model_path = model_path();
-    eo.n_threads = 2;
+    eo.n_threads = getenv("IC_BENCH_THREADS") ? atoi(getenv("IC_BENCH_THREADS")) : 2;
     ic_sched_engine_opts(so, &eo);
     ic_engine *e = NULL;
     assert_int_equal(ic_engine_create(&eo, &e, NULL), 0);
@@ -955,14 +955,15 @@ static void bench_prefill_stall(void **state)
         return;
     }
     model_override = m;
-    char *big = long_prompt(630); /* ~1,900 tokens */
+    /* ~1,900 tokens by default; IC_BENCH_WORDS x 3 tokens otherwise. */
+    char *big = long_prompt(getenv("IC_BENCH_WORDS") ? atoi(getenv("IC_BENCH_WORDS")) : 630);
     double p50[2], p95[2], prefill_s = 0;
     for (int with_long = 0; with_long < 2; with_long++) {
         ic_sched_destroy(W->s);
         for (int i = 0; i < MAX_REQ; i++)
             reset((uint64_t)i);
         ic_sched_opts so = ic_sched_opts_default();
-        so.max_sessions = 5;
+        so.max_sessions = 6;
         so.n_ctx_per_session = 2304;
         so.prefix_slots = 0;
         if (getenv("IC_BENCH_STEP_MS"))
