@@ -277,6 +277,7 @@ class Conn:
         self.noid = []                # Futures / Infers waiting for an id-less ERROR
         self.sessions = {}
         self.dropped = False          # we dropped or closed it
+        self.expect_close = None      # a close code we provoked (1007: invalid UTF-8)
         self.gone = asyncio.Event()
         self.reader = None
 
@@ -308,8 +309,10 @@ class Conn:
                     continue
                 self.dispatch(m)
         except websockets.ConnectionClosed as e:
-            if not self.dropped:
-                rcvd = e.rcvd.code if e.rcvd else None
+            rcvd = e.rcvd.code if e.rcvd else None
+            if self.expect_close is not None and rcvd == self.expect_close:
+                self.dropped = True   # provoked: its sessions go as with a drop
+            elif not self.dropped:
                 self.run.fail(f"{self.name}: connection closed by the server side "
                               f"(received close {rcvd}, {e})")
         except Exception as e:       # the reader must not die silently
@@ -402,6 +405,20 @@ class Conn:
             return
         if m is not None and m.get("code") != code:
             self.run.fail(f"{self.name}: {what} got {m}, want ERROR {code}")
+
+    async def expect_close_1007(self, data, what):
+        """A text frame that is not UTF-8 ends the connection with 1007 (RFC
+        6455 8.1; docs/protocol.md); the client then reconnects."""
+        self.expect_close = 1007
+        if not await self.send(data):
+            return
+        try:
+            await asyncio.wait_for(self.gone.wait(), self.run.bound)
+        except asyncio.TimeoutError:
+            self.run.fail(f"{self.name}: {what}: no close 1007 in {self.run.bound:.0f} s")
+            return
+        if not self.dropped:
+            self.run.fail(f"{self.name}: {what}: the connection ended, but not with 1007")
 
     async def drop(self, how):
         """Ends the connection from our side: 'close' (close frame), 'abort'
@@ -550,7 +567,7 @@ class Client:
         if r < 0.30:
             return "surrogate", rng.choice(["\ud800", "x\udfff y", "\ud83d"]), "bad_json"
         if r < 0.35:
-            return "bad-utf8", b"\xff\xfe", "bad_json"
+            return "bad-utf8", b"\xff\xfe", "close1007"
         if r < 0.38:
             return "nul", "a\u0000b", "bad_request"
         if r < 0.45:
@@ -598,6 +615,11 @@ class Client:
             expect = None
         mid = self.conn.new_id("inf")
         msg = {"type": "INFER", "session_id": s.sid, "raw": raw, "params": params, "id": mid}
+        if pexpect == "close1007":  # never an INFER: the frame ends the connection
+            self.note(f"INFER {mid} with invalid UTF-8 in its frame: expect close 1007")
+            body = json.dumps({**msg, "prompt": "@@P@@"}).encode()
+            await self.conn.expect_close_1007(body.replace(b"@@P@@", prompt), "bad-utf8 INFER")
+            return
         follow = rng.choices(["none", "abort-now", "abort-first", "abort-k", "abort-delay",
                               "abort-after-end", "close-now", "close-k", "drop-k"],
                              [40, 8, 8, 8, 8, 5, 4, 4, 2])[0]
@@ -757,7 +779,7 @@ class Client:
         self.note(f"garbage {what}")
         c = self.conn
         if what == "bad-utf8-frame":
-            await c.expect_noid_error(b'{"type":"METRICS","x":"\xc3\x28"}', "bad_json", what)
+            await c.expect_close_1007(b'{"type":"METRICS","x":"\xc3\x28"}', what)
         elif what == "surrogate-json":
             await c.expect_noid_error('{"type":"CREATE_SESSION","system":"\\udc00"}',
                                       "bad_json", what)
