@@ -401,7 +401,7 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
         }
         bool answered = o->http_id != 0;
         answer(g, o, finish, &u, finish ? NULL : &err);
-        if (!(finish && answered && park(g, ss, o))) {
+        if (!(finish && answered && park(g, ss, o)) && !ss->closing) {
             ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
             ss->closing = true;
         }
@@ -414,12 +414,16 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
             break;
         ss->running = false;
         bool too_long = ev->err == IC_ERR_PROMPT_TOO_LONG || ev->err == IC_ERR_CONTEXT_FULL;
-        ic_oai_error_set(&err, too_long ? 400 : ev->err == IC_ERR_OVERLOADED ? 429 : 500,
-                         too_long ? "context_length_exceeded" : NULL,
-                         too_long ? "messages" : NULL, "%s", ev->message);
+        bool bad = too_long || ev->err == IC_ERR_INVAL; /* e.g. an empty prompt */
+        ic_oai_error_set(&err, bad ? 400 : ev->err == IC_ERR_OVERLOADED ? 429 : 500,
+                         too_long ? "context_length_exceeded" : bad ? "invalid_value" : NULL,
+                         bad ? (o->endpoint == IC_OAI_CHAT ? "messages" : "prompt") : NULL, "%s",
+                         ev->message);
         answer(g, o, NULL, NULL, &err);
-        ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
-        ss->closing = true;
+        if (!ss->closing) {
+            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+            ss->closing = true;
+        }
         ic_gw_oai_free(o);
         ss->oai = NULL;
         break;

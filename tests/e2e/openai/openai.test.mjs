@@ -196,6 +196,12 @@ test('errors have OpenAI\'s shape and the right status', async () => {
   }
   await assert.rejects(c.completions.create({ model: MODEL_ID, prompt: ['a', 'b'] }),
     (e) => e.status === 400 && /list of prompts/.test(e.message));
+  // Refused by the scheduler, after the request was accepted: still 400.
+  await assert.rejects(c.completions.create({ model: MODEL_ID, prompt: '' }),
+    (e) => e.status === 400 && e.error.param === 'prompt' && /empty/.test(e.message));
+  const longPrompt = 'dog '.repeat(3000);
+  await assert.rejects(c.completions.create({ model: MODEL_ID, prompt: longPrompt }),
+    (e) => e.status === 400 && e.error.code === 'context_length_exceeded');
   const notFound = await post(S, '/v1/embeddings', '{}');
   assert.equal(notFound.status, 404);
   const big = await post(S, '/v1/chat/completions', 'x'.repeat(5 << 20));
