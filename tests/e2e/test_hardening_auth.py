@@ -112,13 +112,6 @@ def test_rotating_source_addresses_does_not_bypass_the_throttle(start_server, tm
     run(body())
 
 
-def _has_flag(flag):
-    p = subprocess.run([IC_BIN, "serve", "--help"], capture_output=True, text=True)
-    return flag in p.stdout + p.stderr
-
-
-@pytest.mark.skipif(not _has_flag("--trusted-proxy"),
-                    reason="--trusted-proxy is not wired into serve yet")
 def test_trusted_proxy_x_forwarded_for_keys_the_throttle(start_server, tmp_path):
     srv, tok = _auth_server(start_server, tmp_path, ["--trusted-proxy", "127.0.0.1"])
     proxy = "127.0.0.1"

@@ -46,11 +46,6 @@ async def _wait_log(srv, text, timeout=10):
     raise AssertionError(f"{text!r} not logged:\n{srv.log()}")
 
 
-def _has_flag(flag):
-    p = subprocess.run([IC_BIN, "serve", "--help"], capture_output=True, text=True, timeout=30)
-    return flag in p.stdout + p.stderr
-
-
 # ------------------------------------------------------------ /metrics
 
 def test_metrics_needs_a_client_token_behind_tokens(start_server, tmp_path):
@@ -172,8 +167,6 @@ def test_sighup_closes_connections_whose_token_was_revoked(start_server, tmp_pat
 
 # ------------------------------------------------------------ idle sessions
 
-@pytest.mark.skipif(not _has_flag("--session-idle-timeout"),
-                    reason="--session-idle-timeout is wired by the option table")
 def test_idle_session_closes_with_idle_timeout(start_server):
     srv = start_server(["--session-idle-timeout", 1])
 

@@ -424,12 +424,6 @@ def test_foreign_origin_http_post_is_403(server):
     assert st == 403
 
 
-def _has_flag(flag):
-    out = subprocess.run([IC_BIN, "serve", "--help"], capture_output=True, text=True)
-    return flag in out.stdout + out.stderr
-
-
-@pytest.mark.skipif(not _has_flag("--allow-origin"), reason="--allow-origin not wired yet")
 def test_allow_origin_flag(start_server):
     srv = start_server(args=["--allow-origin", "http://console.example:3000"])
     assert ws_upgrade(srv.port, "http://console.example:3000")[0] == 101
@@ -534,21 +528,18 @@ def test_slow_request_head_gets_408(server):
     s.close()
 
 
-@pytest.mark.skipif(not _has_flag("--allow-host"), reason="--allow-host not wired yet")
 def test_allow_host_flag(start_server):
     srv = start_server(args=["--allow-host", "gpu-box.lan"])
     assert one(srv.port, req("GET", "/health", srv.port, host=f"gpu-box.lan:{srv.port}"))[0] == 200
     assert one(srv.port, req("GET", "/health", srv.port, host="other.lan"))[0] == 421
 
 
-@pytest.mark.skipif(not _has_flag("--max-body-bytes"), reason="--max-body-bytes not wired yet")
 def test_max_body_bytes_flag(start_server):
     srv = start_server(args=["--max-body-bytes", "1024"])
     assert one(srv.port, req("POST", "/health", srv.port, body=b"x" * 1025))[0] == 413
     assert one(srv.port, req("POST", "/health", srv.port, body=b"x" * 1024))[0] == 405
 
 
-@pytest.mark.skipif(not _has_flag("--max-connections"), reason="--max-connections not wired yet")
 def test_max_connections_flag(start_server):
     srv = start_server(args=["--max-connections", "8"])
     held = [RawWS(srv.port) for _ in range(8)]
