@@ -338,6 +338,23 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ic_gw_send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
 }
 
+int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
+                         const ic_gen_params *gp)
+{
+    uint64_t rid = ++g->next_request;
+    int rc = ic_sched_infer(g->sched, ss->id, rid, prompt, raw, gp);
+    if (rc < 0)
+        return rc;
+    ss->submitted_ms = ic_now_ms();
+    ss->running = true;
+    ss->abort_sent = false;
+    ss->lost_checks = 0;
+    ss->request_id = rid;
+    snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
+    ic_gw_arm_tick(g, true); /* the sweep watches for a lost END */
+    return 0;
+}
+
 static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
 {
     gw_session *ss = own_session(g, c, m->session_id);
@@ -354,9 +371,7 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
     }
     ic_gen_params gp;
     ic_proto_gen_params(&ss->defaults, &m->params, c->client.priority, &gp);
-    uint64_t rid = ++g->next_request;
-    ss->submitted_ms = ic_now_ms();
-    int rc = ic_sched_infer(g->sched, ss->id, rid, m->prompt, m->raw, &gp);
+    int rc = ic_gw_session_submit(g, ss, m->prompt, m->raw, &gp);
     if (rc < 0) {
         ic_gw_send_error(g, c->id, ic_proto_code_from_err(rc),
                          rc == IC_ERR_OVERLOADED ? "too much work is waiting; try again later"
@@ -364,12 +379,6 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
                          ss->sid, &m->id);
         return;
     }
-    ss->running = true;
-    ic_gw_arm_tick(g, true);
-    ss->abort_sent = false;
-    ss->lost_checks = 0;
-    ss->request_id = rid;
-    snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
     ss->infer_id = m->id;
     ic_log_ctx lc = session_ctx(ss, true);
     ic_log_for(IC_LOG_DEBUG, &lc, "generation queued: %zu prompt bytes, max_tokens %d%s",

@@ -178,6 +178,11 @@ void ic_gw_on_close(ic_gateway *g, uint64_t id);
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
                        gw_session **out, bool *at_limit);
 
+/* Submits a generation for ss and marks it running (request id, lost-END
+ * watch reset, the sweep armed). Returns 0 or ic_sched_infer's error. */
+int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
+                         const ic_gen_params *gp);
+
 /* Moves a session's place in the per-client counts from its client to
  * client_key (within limit; "" counts for nobody). Returns 0 or
  * IC_ERR_CAPACITY (client_key at its limit) / IC_ERR_NOMEM. */

@@ -523,8 +523,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     ic_gen_params gp;
     ic_oai_gen_params(&j->r, j->cfg.priority, &gp);
     gp.allow_special = j->ep == IC_OAI_CHAT; /* the rendered template's control tokens */
-    uint64_t rid = ++g->next_request;
-    rc = o ? ic_sched_infer(g->sched, ss->id, rid, j->prompt + reused, true, &gp) : IC_ERR_NOMEM;
+    rc = o ? ic_gw_session_submit(g, ss, j->prompt + reused, true, &gp) : IC_ERR_NOMEM;
     if (rc < 0) {
         ic_oai_error_set(err, rc == IC_ERR_OVERLOADED ? 429 : 500, NULL, NULL, "%s",
                          rc == IC_ERR_OVERLOADED ? "too much work is waiting; retry later"
@@ -534,11 +533,6 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
         free(o);
         return rc;
     }
-    ss->running = true;
-    ic_gw_arm_tick(g, true); /* the sweep watches for a lost END */
-    ss->request_id = rid;
-    ss->submitted_ms = ic_now_ms();
-    snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
     o->http_id = j->http_id;
     o->prompt = j->prompt;
     j->prompt = NULL;
