@@ -158,6 +158,10 @@ static ic_hello make_hello(ic_gateway *g, ic_engine_info *info)
         .max_sessions_per_client = ic_gw_default_max_sessions(g),
         .max_sessions = g->max_sessions,
         .n_ctx_per_session = g->n_ctx_per_session,
+        .cache_type_k = ic_kv_type_name(info->type_k),
+        .cache_type_v = ic_kv_type_name(info->type_v),
+        .flash_attn = ic_flash_attn_name(info->flash_attn),
+        .node = g->opts.node_name,
     };
 }
 
@@ -446,6 +450,8 @@ static void fill_sessions(ic_gateway *g, client_conn *c, ic_metrics_session *out
 const char *ic_gw_server_state(const ic_gateway *g, const ic_sched_stats *st,
                                const ic_hw_sample *hw)
 {
+    if (g->engine_dead)
+        return "failed";
     if (!g->sched || st->state == IC_SCHED_WAKING)
         return "loading";
     if (g->stalled)
@@ -498,6 +504,13 @@ static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
     if (!c->authed && m->type != IC_MSG_AUTH) {
         ic_gw_send_error(g, c->id, IC_CODE_UNAUTHENTICATED, "send AUTH with a valid token first",
                          NULL, &m->id);
+        return;
+    }
+    /* Nothing reaches a scheduler whose backend failed: it would never answer. */
+    if (g->engine_dead && (m->type == IC_MSG_CREATE_SESSION || m->type == IC_MSG_INFER ||
+                           m->type == IC_MSG_CLOSE_SESSION)) {
+        ic_gw_send_error(g, c->id, IC_CODE_INTERNAL, IC_GW_ENGINE_DEAD_MSG, m->session_id,
+                         &m->id);
         return;
     }
     switch (m->type) {
@@ -723,6 +736,31 @@ static void route_event(ic_gateway *g, ic_event *ev)
         break;
     }
     }
+}
+
+void ic_gw_fail_running(ic_gateway *g)
+{
+    ic_gw_drain_events(g); /* what was already sampled still goes out */
+    /* Ids first: an HTTP request's handler may free its session, or open
+     * another, while its ERROR is routed. */
+    size_t n = 0, cap = ic_idmap_len(&g->sessions);
+    uint64_t *ids = calloc(cap ? cap : 1, sizeof *ids);
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    uint64_t id;
+    while (ids && n < cap && ic_idmap_next(&g->sessions, &it, &id, &val))
+        if (((gw_session *)val)->running)
+            ids[n++] = id;
+    for (size_t i = 0; i < n; i++) {
+        gw_session *ss = ic_idmap_get(&g->sessions, ids[i]);
+        if (!ss || !ss->running)
+            continue;
+        ic_event ev = {.type = IC_EVENT_ERROR, .session_id = ss->id,
+                       .request_id = ss->request_id, .err = IC_ERR_DECODE};
+        snprintf(ev.message, sizeof ev.message, "%s", IC_GW_ENGINE_DEAD_MSG);
+        route_event(g, &ev);
+    }
+    free(ids);
 }
 
 void ic_gw_drain_events(ic_gateway *g)

@@ -53,6 +53,10 @@ typedef struct ic_gateway_opts {
     int prompt_cache;
     bool prompt_cache_per_client;  /* reuse only a client's own entries */
     bool web;                      /* serve the web console at GET / (--no-web: false) */
+    /* This replica's name (--node-name; borrowed, outlives the gateway):
+     * HELLO's "node", what a proxy routes /ws?affinity=NAME on
+     * (deploy/haproxy/). NULL or "": none. */
+    const char *node_name;
 } ic_gateway_opts;
 
 /* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5
@@ -102,5 +106,16 @@ bool ic_gateway_stalled(const ic_gateway *g);
 
 /* True when the stop was for a failed load (exit status 1). */
 bool ic_gateway_failed(const ic_gateway *g);
+
+/* The model's backend failed for good (an RPC server was lost, engine/
+ * rpc.h): running generations end with ERROR internal, new sessions,
+ * generations and OpenAI requests are refused, /health answers 503
+ * failed, and a stop no longer waits for the scheduler (whose thread will
+ * not come back). why is copied; later calls are ignored. Any thread. */
+void ic_gateway_engine_failed(ic_gateway *g, const char *why);
+
+/* True once the network thread has taken that in: the process must exit
+ * without stopping or freeing the scheduler. Network thread. */
+bool ic_gateway_engine_dead(const ic_gateway *g);
 
 #endif

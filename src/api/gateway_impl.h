@@ -118,6 +118,7 @@ struct ic_gateway {
     bool conns_closed;         /* the stop's second half: every connection was told 1001 */
     bool failed;
     bool stalled;              /* the watchdog's verdict at its last check */
+    bool engine_dead;          /* the backend failed (ic_gateway_engine_failed): serve nothing */
     int n_gpu_layers;
     int n_ctx_per_session;
     int max_sessions;
@@ -136,7 +137,17 @@ struct ic_gateway {
     _Atomic bool load_failed;
     _Atomic bool stop_requested;
     _Atomic bool reload_requested;
+    _Atomic bool engine_fail_claimed;   /* the first ic_gateway_engine_failed writes why */
+    _Atomic bool engine_failed;         /* published after engine_failed_why */
+    char engine_failed_why[256];
 };
+
+/* What clients are told after the backend failed. */
+#define IC_GW_ENGINE_DEAD_MSG "the model's backend failed (an RPC server was lost); this " \
+                              "server must be restarted"
+
+/* Ends every running generation with ERROR internal (the backend failed). */
+void ic_gw_fail_running(ic_gateway *g);
 
 /* --- gateway.c: connections, sessions, events ---------------------- */
 

@@ -182,6 +182,18 @@ static void reload_tokens(ic_gateway *g)
     recheck_connections(g);
 }
 
+/* SIGHUP also picks up a renewed TLS certificate (--tls-cert). */
+static void reload_tls(ic_gateway *g)
+{
+    if (!ic_server_tls(g->srv))
+        return;
+    char info[300], err[300];
+    if (ic_server_reload_tls(g->srv, info, sizeof info, err, sizeof err) < 0)
+        ic_log_error("TLS reload failed, keeping the previous certificate: %s", err);
+    else
+        ic_log_info("TLS certificate reloaded: %s", info);
+}
+
 static void attach(ic_gateway *g, ic_sched *s)
 {
     g->sched = s;
@@ -201,21 +213,36 @@ static void attach(ic_gateway *g, ic_sched *s)
                 so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
 }
 
+/* The backend failed (ic_gateway_engine_failed): say so and end what runs. */
+static void engine_died(ic_gateway *g)
+{
+    g->engine_dead = true;
+    ic_log_error("the model's backend failed: %s; running generations end with an error, "
+                 "/health says failed, and the server must be restarted (systemd's watchdog "
+                 "does that when the unit has WatchdogSec=)", g->engine_failed_why);
+    ic_gw_fail_running(g);
+}
+
 static void h_wake(void *ud)
 {
     ic_gateway *g = ud;
+    if (atomic_load(&g->engine_failed) && !g->engine_dead && g->sched)
+        engine_died(g);
     ic_sched *s = atomic_exchange(&g->attach_pending, NULL);
     if (s && !g->stopping)
         attach(g, s);
-    if (atomic_exchange(&g->reload_requested, false))
+    if (atomic_exchange(&g->reload_requested, false)) {
         reload_tokens(g);
+        reload_tls(g);
+    }
     if (atomic_load(&g->load_failed) && !g->stopping) {
         g->failed = true;
         begin_stop(g);
     }
     if (atomic_load(&g->stop_requested) && !g->stopping)
         begin_stop(g);
-    bool done = g->stopping && ic_sched_stopped(g->sched); /* read before the drain */
+    /* read before the drain; a failed backend's scheduler never stops */
+    bool done = g->stopping && (g->engine_dead || ic_sched_stopped(g->sched));
     ic_gw_drain_events(g);
     if (done && !g->conns_closed)
         close_for_stop(g);
@@ -228,7 +255,7 @@ static void h_wake(void *ud)
 static bool h_accept(void *ud)
 {
     ic_gateway *g = ud;
-    return g->sched && !g->stopping;
+    return g->sched && !g->stopping && !g->engine_dead;
 }
 
 static void h_open(void *ud, uint64_t id, const char *addr, const char *xff)
@@ -328,6 +355,8 @@ bool ic_gateway_failed(const ic_gateway *g) { return g->failed; }
 
 bool ic_gateway_stalled(const ic_gateway *g) { return g->stalled; }
 
+bool ic_gateway_engine_dead(const ic_gateway *g) { return g->engine_dead; }
+
 /* --- any thread ---------------------------------------------------------- */
 
 void ic_gateway_wake(void *ud)
@@ -355,6 +384,15 @@ void ic_gateway_request_stop(ic_gateway *g)
 {
     atomic_store(&g->stop_requested, true);
     ic_gateway_wake(g);
+}
+
+void ic_gateway_engine_failed(ic_gateway *g, const char *why)
+{
+    if (atomic_exchange(&g->engine_fail_claimed, true))
+        return;
+    snprintf(g->engine_failed_why, sizeof g->engine_failed_why, "%s", why ? why : "?");
+    atomic_store(&g->engine_failed, true);
+    ic_server_wake(g->srv);
 }
 
 void ic_gateway_request_reload(ic_gateway *g)

@@ -358,7 +358,8 @@ static void render_counters(writer *w, const ic_metrics *m, const ic_metrics_gau
 
 static void render_state(writer *w, const char *state)
 {
-    static const char *const states[] = {"loading", "ready", "throttled", "sleeping", "stuck"};
+    static const char *const states[] = {"loading", "ready", "throttled", "sleeping", "stuck",
+                                         "failed"};
     const char *name = "inferencecenter_state";
     family(w, name, "gauge", "The server's state: 1 for the current one, 0 for the others.");
     for (size_t i = 0; i < sizeof states / sizeof *states; i++) {

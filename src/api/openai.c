@@ -551,6 +551,10 @@ void ic_oai_gen_params(const ic_oai_request *r, enum ic_priority max_priority,
         gen->sample.repeat_penalty = r->repeat_penalty;
     if (r->has_seed)
         gen->sample.seed = r->seed;
+    gen->sample.presence_penalty = r->presence_penalty;
+    gen->sample.frequency_penalty = r->frequency_penalty;
+    gen->sample.logit_bias = r->logit_bias; /* borrowed: ic_sched_infer copies */
+    gen->sample.n_logit_bias = r->n_logit_bias;
     gen->max_tokens = r->max_tokens > 0 ? r->max_tokens : 1 << 30;
     gen->ignore_eos = gen->sample.ban_eog = r->ignore_eos;
     gen->priority = r->has_priority ? r->priority : IC_PRIORITY_NORMAL;

@@ -45,10 +45,7 @@ enum ic_oai_format {
     IC_OAI_FORMAT_JSON_SCHEMA, /* schema_json holds the schema */
 };
 
-typedef struct ic_oai_logit_bias {
-    int32_t token;
-    float bias;
-} ic_oai_logit_bias;
+typedef ic_logit_bias ic_oai_logit_bias; /* keys are token ids as strings */
 
 /* A parsed request; free with ic_oai_request_free. */
 typedef struct ic_oai_request {

@@ -269,16 +269,29 @@ static bool unsupported(const ic_oai_request *r, ic_oai_error *err)
 {
     const char *what = r->tools_json                       ? "tools"
                        : r->format != IC_OAI_FORMAT_TEXT   ? "response_format"
-                       : r->n_logit_bias > 0               ? "logit_bias"
                        : r->logprobs                       ? "logprobs"
-                       : r->presence_penalty != 0          ? "presence_penalty"
-                       : r->frequency_penalty != 0         ? "frequency_penalty"
                                                            : NULL;
     if (!what)
         return false;
     ic_oai_error_set(err, 400, "unsupported_parameter", what,
                      "'%s' is not supported by this server yet", what);
     return true;
+}
+
+/* A logit bias on a token the model does not have. */
+static bool bad_logit_bias(const ic_gateway *g, const ic_oai_request *r, ic_oai_error *err)
+{
+    ic_engine_info info;
+    ic_sched_model_info(g->sched, &info);
+    for (int i = 0; i < r->n_logit_bias; i++) {
+        if (r->logit_bias[i].token >= info.n_vocab) {
+            ic_oai_error_set(err, 400, "invalid_value", "logit_bias",
+                             "'logit_bias': token %d is not in the model's vocabulary of %d",
+                             (int)r->logit_bias[i].token, info.n_vocab);
+            return true;
+        }
+    }
+    return false;
 }
 
 static void fill_response(const ic_gateway *g, const oai_req *o, ic_oai_response *r)
@@ -605,6 +618,8 @@ static void start(ic_gateway *g, enum ic_oai_endpoint ep, const ic_http_request 
                          "the model '%.64s' does not exist (this server serves '%.64s')",
                          r->model, g->model_id);
         rc = IC_ERR_NOT_FOUND;
+    } else if (bad_logit_bias(g, r, &err)) {
+        rc = IC_ERR_INVAL;
     } else if (unsupported(r, &err)) {
         rc = IC_ERR_INVAL;
     } else if (ep == IC_OAI_CHAT && !g->chat) {

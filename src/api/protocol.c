@@ -638,10 +638,18 @@ char *ic_proto_hello(const ic_hello *h)
     rc |= set(m, "version", jstr(h->version));
     rc |= set(m, "protocol", json_integer(IC_PROTOCOL_VERSION));
     rc |= set(m, "auth_required", json_boolean(h->auth_required));
+    if (h->node && *h->node)
+        rc |= set(m, "node", jstr(h->node));
     rc |= set(limits, "max_message_bytes", json_integer(h->max_message_bytes));
     rc |= set(limits, "max_sessions_per_client", json_integer(h->max_sessions_per_client));
     rc |= set(limits, "max_sessions", json_integer(h->max_sessions));
     rc |= set(limits, "n_ctx_per_session", json_integer(h->n_ctx_per_session));
+    if (h->cache_type_k)
+        rc |= set(limits, "cache_type_k", json_string(h->cache_type_k));
+    if (h->cache_type_v)
+        rc |= set(limits, "cache_type_v", json_string(h->cache_type_v));
+    if (h->flash_attn)
+        rc |= set(limits, "flash_attn", json_string(h->flash_attn));
     if (h->model_name) {
         int mrc = 0;
         json_t *model = hello_model(h, &mrc);

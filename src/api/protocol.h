@@ -148,6 +148,10 @@ typedef struct ic_hello {
     int max_sessions_per_client;
     int max_sessions;          /* server-wide, after the memory plan */
     int n_ctx_per_session;
+    const char *cache_type_k;  /* "f16", "q8_0", "q4_0"; NULL: not shown */
+    const char *cache_type_v;
+    const char *flash_attn;    /* "auto", "on", "off"; NULL: not shown */
+    const char *node;          /* the replica's --node-name; NULL or "": no "node" member */
 } ic_hello;
 
 /* model_name NULL: no "model" member (before AUTH on a server with tokens). */

@@ -1,6 +1,6 @@
 /* routes.c - the gateway's HTTP routes: one table row per route (method,
  * path, who may call it, handler) and the handlers for /health and
- * /metrics. Bodies come from protocol.c (JSON) and metrics.c (Prometheus
+ * /metrics (and /health/weight, HAProxy's agent-check). Bodies come from protocol.c (JSON) and metrics.c (Prometheus
  * text); nothing here formats either.
  *
  * Who may read /metrics: with --metrics-token, a request with
@@ -12,8 +12,10 @@
  * Thread: network thread (the server's on_http). Owns nothing.
  */
 #include "gateway_impl.h"
+#include "openai.h"
 #include "web.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,8 +48,59 @@ static void health(ic_gateway *g, const ic_http_request *req, ic_http_response *
     if (g->sched)
         ic_sched_get_stats(g->sched, &st);
     const char *state = g->stopping ? "stopping" : ic_gw_server_state(g, &st, NULL);
-    bool ok = g->sched && !g->stopping && !g->stalled;
+    bool ok = g->sched && !g->stopping && !g->stalled && !g->engine_dead;
     json_response(resp, ok ? 200 : 503, ic_proto_http_health(ok ? "ok" : state, state));
+}
+
+/* HAProxy's agent words for this replica (deploy/haproxy/haproxy.cfg):
+ * serving: "up ready P%" with P = 100 - 90 x the load (sessions held by
+ * clients, not the prompt cache's parked ones, plus generations queued,
+ * over --max-sessions; capped at 1), a quarter of that while the thermal
+ * guard holds new work; start-up loading, a stuck scheduler: down (and
+ * ready, to undo a drain); stopping: drain and down. Every answer names
+ * both states, because HAProxy lets only the agent undo what the agent set. */
+static void agent_words(ic_gateway *g, char *out, size_t cap)
+{
+    if (g->stopping || !g->sched || g->stalled || g->engine_dead) {
+        snprintf(out, cap, "%s", g->stopping      ? "drain down #stopping"
+                                 : !g->sched      ? "ready down #loading"
+                                 : g->engine_dead ? "ready down #failed"
+                                                  : "ready down #stuck");
+        return;
+    }
+    ic_sched_stats st = {0};
+    ic_hw_sample hw;
+    ic_gpu_monitor_sample(g->hw, &hw);
+    ic_sched_get_stats(g->sched, &st);
+    int held = st.sessions - g->n_parked;
+    double load = (double)(held > 0 ? held : 0) + st.queued;
+    load /= st.max_sessions > 0 ? st.max_sessions : 1;
+    int pct = 100 - (int)(90 * (load < 1 ? load : 1) + 0.5);
+    if (strcmp(ic_gw_server_state(g, &st, &hw), ic_sched_state_name(IC_SCHED_THROTTLED)) == 0)
+        pct = pct / 4 > 1 ? pct / 4 : 1;
+    snprintf(out, cap, "up ready %d%%", pct);
+}
+
+/* GET /health/weight: HAProxy's agent-check sends this request on the
+ * replica's own port (agent-send) and reads the first line of the answer,
+ * so the words go in the status line's reason phrase and, for people and
+ * scripts, as the body's one line. */
+static void health_weight(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
+{
+    (void)req;
+    char words[sizeof resp->reason];
+    agent_words(g, words, sizeof words);
+    size_t n = strlen(words);
+    char *body = malloc(n + 2);
+    if (body) {
+        memcpy(body, words, n);
+        memcpy(body + n, "\n", 2);
+    }
+    resp->status = 200;
+    resp->content_type = "text/plain; charset=utf-8";
+    resp->body = body;
+    resp->len = body ? n + 1 : 0;
+    memcpy(resp->reason, words, n + 1);
 }
 
 static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response *resp)
@@ -87,11 +140,20 @@ static void web(ic_gateway *g, const ic_http_request *req, ic_http_response *res
         json_response(resp, 404, ic_proto_http_error("not found"));
 }
 
+/* A generation asked of a server whose backend failed (an OpenAI POST). */
+static void backend_failed(ic_http_response *resp)
+{
+    ic_oai_error e;
+    ic_oai_error_set(&e, 503, "backend_failed", NULL, "%s", IC_GW_ENGINE_DEAD_MSG);
+    json_response(resp, 503, ic_oai_error_body(&e));
+}
+
 static const route k_routes[] = {
     {"GET", "GET, HEAD", "/", ROUTE_PUBLIC, web},
     {"GET", "GET, HEAD", "/console.js", ROUTE_PUBLIC, web},
     {"GET", "GET, HEAD", "/console.css", ROUTE_PUBLIC, web},
     {"GET", "GET, HEAD", "/health", ROUTE_PUBLIC, health},
+    {"GET", "GET, HEAD", "/health/weight", ROUTE_PUBLIC, health_weight},
     {"GET", "GET, HEAD", "/metrics", ROUTE_METRICS, metrics},
     /* The OpenAI API (openai_http.c) checks its own API keys: its errors
      * are in OpenAI's shape. A path ending in '*' matches as a prefix. */
@@ -150,6 +212,8 @@ void ic_gw_on_http(ic_gateway *g, const ic_http_request *req, ic_http_response *
         }
         if (!allowed(g, r->auth, req))
             json_response(resp, 401, ic_proto_http_error("bearer token required"));
+        else if (g->engine_dead && strcmp(r->method, "POST") == 0)
+            backend_failed(resp);
         else
             r->handler(g, req, resp);
         if (!resp->defer) /* a deferred answer is counted when it goes */

@@ -22,12 +22,14 @@
 #include "notify.h"
 #include "options.h"
 #include "plan.h"
+#include "rpc.h"
 #include "sched.h"
 #include "server.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
@@ -56,6 +58,9 @@ typedef struct serve_args {
     int batch;
     int max_step_ms;
     bool kv_unified;
+    int cache_type_k;          /* ic_kv_type */
+    int cache_type_v;
+    int flash_attn;            /* IC_FLASH_ATTN_* */
     int prefix_cache;
     const char *metrics_token;
     int watchdog_timeout_s;
@@ -77,6 +82,11 @@ typedef struct serve_args {
     float auth_max_delay_s;
     int prompt_cache;          /* -1: half of --max-sessions */
     int prompt_cache_isolation; /* 0 shared, 1 client */
+    const char *node_name;     /* NULL: none */
+    const char *tls_cert;      /* both or neither: TLS on the port */
+    const char *tls_key;
+    const char *rpc;           /* "host:port,host:port": llama.cpp RPC servers */
+    bool rpc_insecure;         /* allow non-loopback RPC addresses */
     ic_opt_owned owned;        /* strings from the config file */
 } serve_args;
 
@@ -114,6 +124,20 @@ static int parse_log_level(const char *arg, void *field)
         return IC_ERR_INVAL;
     *(int *)field = (int)lv;
     return 0;
+}
+
+static int parse_kv_type(const char *arg, void *field)
+{
+    ic_kv_type t;
+    if (ic_kv_type_parse(arg, &t) < 0)
+        return IC_ERR_INVAL;
+    *(int *)field = (int)t;
+    return 0;
+}
+
+static int parse_flash_attn(const char *arg, void *field)
+{
+    return ic_flash_attn_parse(arg, (int *)field) < 0 ? IC_ERR_INVAL : 0;
 }
 
 static int parse_log_format(const char *arg, void *field)
@@ -182,6 +206,18 @@ static const ic_option serve_options[] = {
      .def = "off",
      .help = "One KV buffer for all sessions (off: each session attends only to its own "
              "cells)."},
+    {.name = "cache-type-k", .type = IC_OPT_CUSTOM, .offset = F(cache_type_k), .metavar = "TYPE",
+     .def = "f16", .parse = parse_kv_type,
+     .help = "KV cache type of keys: f16, q8_0 or q4_0 (q8_0 holds 1.9x the sessions in the "
+             "same memory; the head size must be a multiple of 32)."},
+    {.name = "cache-type-v", .type = IC_OPT_CUSTOM, .offset = F(cache_type_v), .metavar = "TYPE",
+     .def = "f16", .parse = parse_kv_type,
+     .help = "KV cache type of values: f16, q8_0 or q4_0; a quantised V cache needs flash "
+             "attention (--flash-attn auto turns it on, off is refused)."},
+    {.name = "flash-attn", .type = IC_OPT_CUSTOM, .offset = F(flash_attn), .metavar = "MODE",
+     .def = "auto", .parse = parse_flash_attn,
+     .help = "Flash attention: auto (llama.cpp decides; on for a quantised V cache), on or "
+             "off."},
     {.name = "prefix-cache", .type = IC_OPT_INT, .offset = F(prefix_cache), .metavar = "N",
      .def = "2", .lo = 0, .hi = 64,
      .help = "System prompts whose KV cells are kept for new sessions to share (0 = off; "
@@ -256,6 +292,21 @@ static const ic_option serve_options[] = {
      .help = "shared: a request may reuse another client's cached prefix when its text is "
              "identical (faster; the timing shows a hit, see docs/openai.md); client: only "
              "its own."},
+    {.name = "node-name", .type = IC_OPT_STRING, .offset = F(node_name), .metavar = "NAME",
+     .help = "This replica's name behind a load balancer (letters, digits, '.', '_', '-'; at "
+             "most 63): HELLO's `node`, the key of /ws?affinity=NAME (deploy/haproxy/)."},
+    {.name = "tls-cert", .type = IC_OPT_STRING, .offset = F(tls_cert), .metavar = "FILE",
+     .help = "Serve https:// and wss:// (TLS only) with this PEM certificate chain (with "
+             "--tls-key); SIGHUP re-reads both, e.g. after a renewal."},
+    {.name = "tls-key", .type = IC_OPT_STRING, .offset = F(tls_key), .metavar = "FILE",
+     .help = "The PEM private key of --tls-cert (unencrypted; keep it mode 0600)."},
+    {.name = "rpc", .type = IC_OPT_STRING, .offset = F(rpc), .metavar = "HOST:PORT[,...]",
+     .help = "Put the model's layers on llama.cpp rpc-servers too (their memory counts like a "
+             "GPU's; docs/scaling.md). Loopback only unless --rpc-insecure: the RPC protocol "
+             "has no authentication or encryption."},
+    {.name = "rpc-insecure", .type = IC_OPT_FLAG, .offset = F(rpc_insecure),
+     .help = "Allow --rpc servers on other hosts: only over a private network or a "
+             "WireGuard/SSH tunnel."},
 };
 
 #undef F
@@ -363,6 +414,8 @@ static void plan_memory(const serve_args *a, ic_sched_opts *so, ic_engine_opts *
     in.n_ctx_per_session = so->n_ctx_per_session;
     in.n_batch_tokens = (uint32_t)a->batch;
     in.kv_unified = so->kv_unified;
+    in.type_k = eo->type_k;
+    in.type_v = eo->type_v;
     ic_plan p;
     ic_plan_compute(&shape, &in, &p);
     ic_plan_shape_free(&shape);
@@ -416,6 +469,21 @@ static int load_engine(const serve_args *a, ic_engine_opts *eo, ic_engine **e)
     }
 }
 
+/* Set once the server loop has returned: the gateway no longer listens. */
+static atomic_bool tearing_down;
+
+/* A lost RPC server (engine/rpc.h), on the backend's thread: the gateway
+ * reports it; during the teardown (freeing the model talks to the servers)
+ * nobody would, and the scheduler's join would wait for ever: exit. */
+static void rpc_lost(void *ud, const char *why)
+{
+    if (atomic_load(&tearing_down)) {
+        ic_log_error("an RPC server was lost during shutdown (%s): exiting now", why);
+        _exit(1);
+    }
+    ic_gateway_engine_failed(ud, why);
+}
+
 static void *load_model(void *arg)
 {
     loader *ld = arg;
@@ -445,6 +513,9 @@ static void *load_model(void *arg)
     eo.n_threads = a->threads;
     eo.n_batch_tokens = (uint32_t)a->batch;
     eo.progress = true;
+    eo.type_k = (ic_kv_type)a->cache_type_k;
+    eo.type_v = (ic_kv_type)a->cache_type_v;
+    eo.flash_attn = a->flash_attn;
     plan_memory(a, &so, &eo);
     ic_sched_engine_opts(&so, &eo);
     ic_log_info("loading model %s", a->model);
@@ -470,6 +541,8 @@ static void *load_model(void *arg)
     if (n > 5 && strcmp(id + n - 5, ".gguf") == 0)
         id[n - 5] = '\0';
     ic_gateway_attach(ld->gw, ld->sched, ld->chat, id);
+    if (ic_rpc_n_servers() > 0) /* a lost RPC server now fails the model, not the process */
+        ic_rpc_set_fatal_handler(rpc_lost, ld->gw);
     char status[160];
     snprintf(status, sizeof status, "serving %s, %d sessions", a->model, so.max_sessions);
     ic_notify_ready(status);
@@ -584,8 +657,10 @@ static int run(const serve_args *a)
     go.auth_global_max_failures = a->auth_global_failures;
     go.auth_max_delay_s = (double)a->auth_max_delay_s;
     go.prompt_cache_per_client = a->prompt_cache_isolation == 1;
+    go.node_name = a->node_name;
     char url[300];
-    snprintf(url, sizeof url, "ws://%s:%d/ws", a->host, a->port);
+    bool tls = a->tls_cert != NULL;
+    snprintf(url, sizeof url, "%s://%s:%d/ws", tls ? "wss" : "ws", a->host, a->port);
     go.listen_url = url;
     ic_gateway *gw = NULL;
     if (ic_gateway_create(&go, &gw, err, sizeof err) < 0) {
@@ -612,6 +687,8 @@ static int run(const serve_args *a)
     }
     so.allow_origins = origins[0] ? origins : NULL;
     so.allow_hosts = hosts[0] ? hosts : NULL;
+    so.tls_cert_path = a->tls_cert;
+    so.tls_key_path = a->tls_key;
     ic_server_handlers h;
     ic_gateway_server_handlers(gw, &h);
     ic_server *srv = NULL;
@@ -621,8 +698,9 @@ static int run(const serve_args *a)
         return 1;
     }
     ic_gateway_set_server(gw, srv);
-    ic_log_info("listening on %s (health: http://%s:%d/health, metrics: /metrics)%s", url,
-                a->host, a->port, a->tokens ? ", API tokens required" : ", no authentication");
+    ic_log_info("listening on %s (health: %s://%s:%d/health, metrics: /metrics)%s", url,
+                tls ? "https" : "http", a->host, a->port,
+                a->tokens ? ", API tokens required" : ", no authentication");
     pthread_t sig_tid, load_tid;
     loader ld = {.args = a, .gw = gw};
     if (pthread_create(&sig_tid, NULL, signal_thread, gw) != 0) {
@@ -640,12 +718,19 @@ static int run(const serve_args *a)
         return 1;
     }
     ic_server_run(srv);
+    atomic_store(&tearing_down, true);
     /* From here on the gateway and server go away: end the signal thread
      * first, so that a SIGHUP or SIGTERM now cannot reach freed objects. */
     pthread_kill(sig_tid, SIGUSR1);
     pthread_join(sig_tid, NULL);
     teardown_signals();
     pthread_join(load_tid, NULL);
+    if (ic_gateway_engine_dead(gw)) {
+        /* The scheduler's thread waits on a backend thread that will never
+         * answer: it cannot be stopped or its engine freed. */
+        ic_log_error("stopped with a failed backend: exiting without stopping the scheduler");
+        _exit(1);
+    }
     ic_sched_stop(ld.sched);
     ic_server_destroy(srv);
     bool failed = ic_gateway_failed(gw);
@@ -657,6 +742,80 @@ static int run(const serve_args *a)
     return failed ? 1 : 0;
 }
 
+/* A name HAProxy takes as a server name and a client puts in a URL as is. */
+static bool valid_node_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* --rpc: each server registered before the memory plan counts them.
+ * Returns 0 or 1 (the exit status) after a log line. */
+static int add_rpc_servers(const serve_args *a)
+{
+    if (!a->rpc)
+        return 0;
+    char list[1024];
+    snprintf(list, sizeof list, "%s", a->rpc);
+    char *save = NULL;
+    for (char *ep = strtok_r(list, ",", &save); ep; ep = strtok_r(NULL, ",", &save)) {
+        char err[512];
+        if (ic_rpc_add_server(ep, err, sizeof err) < 0) {
+            ic_log_error("%s", err);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* --rpc: HOST:PORT entries, loopback unless --rpc-insecure. Returns 0 or 2. */
+static int check_rpc(const serve_args *a)
+{
+    if (!a->rpc)
+        return 0;
+    if (strlen(a->rpc) >= 1024) {
+        fprintf(stderr, "inferencecenter serve: --rpc: at most 1 KiB of addresses\n");
+        return 2;
+    }
+    char list[1024];
+    snprintf(list, sizeof list, "%s", a->rpc);
+    int n = 0;
+    char *save = NULL;
+    for (char *ep = strtok_r(list, ",", &save); ep; ep = strtok_r(NULL, ",", &save), n++) {
+        char *colon = strrchr(ep, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || colon == ep || !end || *end || port < 1 || port > 65535) {
+            fprintf(stderr, "inferencecenter serve: --rpc: '%s' is not HOST:PORT\n", ep);
+            return 2;
+        }
+        *colon = '\0';
+        if (!is_loopback(ep) && !a->rpc_insecure) {
+            fprintf(stderr, "inferencecenter serve: --rpc: refusing %s:%ld, not a loopback "
+                            "address: the RPC protocol has no authentication or encryption "
+                            "(anyone who can reach the port can use it and read or write its "
+                            "memory). Keep "
+                            "it on a private network or a WireGuard/SSH tunnel and add "
+                            "--rpc-insecure (docs/scaling.md)\n", ep, port);
+            return 2;
+        }
+    }
+    if (n == 0 || n > 16) {
+        fprintf(stderr, "inferencecenter serve: --rpc: 1 to 16 servers\n");
+        return 2;
+    }
+    return 0;
+}
+
 /* Checks that need the whole option set. Returns 0 or 2 (the exit status). */
 static int check_args(serve_args *a, char *defpath, size_t cap)
 {
@@ -664,6 +823,23 @@ static int check_args(serve_args *a, char *defpath, size_t cap)
         fprintf(stderr, "inferencecenter serve: refusing to listen on %s without --tokens "
                         "(anyone who can reach it could use it); add --tokens FILE or "
                         "--insecure-no-auth\n", a->host);
+        return 2;
+    }
+    const char *kv_why = ic_engine_kv_check((ic_kv_type)a->cache_type_k, (ic_kv_type)a->cache_type_v,
+                                            a->flash_attn);
+    if (kv_why) {
+        fprintf(stderr, "inferencecenter serve: %s\n", kv_why);
+        return 2;
+    }
+    if (a->node_name && !valid_node_name(a->node_name)) {
+        fprintf(stderr, "inferencecenter serve: --node-name must be 1 to 63 letters, digits, "
+                        "'.', '_' or '-' (it goes into URLs and the proxy's server names)\n");
+        return 2;
+    }
+    if (check_rpc(a) != 0)
+        return 2;
+    if (!a->tls_cert != !a->tls_key) {
+        fprintf(stderr, "inferencecenter serve: --tls-cert and --tls-key go together\n");
         return 2;
     }
     if (a->max_connections > 0 && a->max_connections < 8) {
@@ -715,7 +891,9 @@ int ic_cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     ic_engine_global_init();
-    rc = run(&a);
+    rc = add_rpc_servers(&a);
+    if (rc == 0)
+        rc = run(&a);
     free_args(&a);
     return rc;
 }

@@ -26,6 +26,8 @@ struct ic_engine {
     const struct llama_vocab *vocab;
     struct llama_batch batch;     /* n_batch_tokens slots, one seq id each */
     int batch_cap_tokens;
+    ic_kv_type type_k, type_v;    /* the context's KV cache types */
+    int flash_attn;               /* IC_FLASH_ATTN_*, as asked */
     const char *chat_template;    /* owned by the model; NULL = fallback */
     struct llama_logit_bias *eog_bias; /* -inf for every EOG token */
     int n_eog;
@@ -63,8 +65,42 @@ ic_engine_opts ic_engine_opts_default(void)
         .n_seq_max = 1,
         .n_batch_tokens = 512,
         .kv_unified = false,
+        .type_k = IC_KV_F16,
+        .type_v = IC_KV_F16,
+        .flash_attn = IC_FLASH_ATTN_AUTO,
         .progress = false,
     };
+}
+
+int ic_flash_attn_parse(const char *name, int *out)
+{
+    static const struct { const char *name; int mode; } modes[] = {
+        { "auto", IC_FLASH_ATTN_AUTO }, { "off", IC_FLASH_ATTN_OFF }, { "on", IC_FLASH_ATTN_ON } };
+    for (size_t i = 0; name && i < sizeof modes / sizeof modes[0]; i++)
+        if (strcmp(name, modes[i].name) == 0) {
+            *out = modes[i].mode;
+            return 0;
+        }
+    return -1;
+}
+
+const char *ic_flash_attn_name(int mode)
+{
+    return mode == IC_FLASH_ATTN_ON ? "on" : mode == IC_FLASH_ATTN_OFF ? "off" : "auto";
+}
+
+const char *ic_engine_kv_check(ic_kv_type type_k, ic_kv_type type_v, int flash_attn)
+{
+    (void)type_k;
+    if (type_v != IC_KV_F16 && flash_attn == IC_FLASH_ATTN_OFF)
+        return "a quantised V cache (--cache-type-v q8_0/q4_0) needs flash attention: "
+               "use --flash-attn auto or on, or --cache-type-v f16";
+    return NULL;
+}
+
+static enum ggml_type ggml_kv_type(ic_kv_type t)
+{
+    return t == IC_KV_Q8_0 ? GGML_TYPE_Q8_0 : t == IC_KV_Q4_0 ? GGML_TYPE_Q4_0 : GGML_TYPE_F16;
 }
 
 ic_sample_params ic_sample_params_default(void)
@@ -192,6 +228,9 @@ static void fill_info(ic_engine *e, const ic_engine_opts *opts, uint64_t file_by
     in->max_token_bytes = e->max_token_bytes;
     in->n_ctx_tokens = llama_n_ctx(e->ctx);
     in->n_seq_max = llama_n_seq_max(e->ctx);
+    in->type_k = e->type_k;
+    in->type_v = e->type_v;
+    in->flash_attn = e->flash_attn;
     in->n_batch_tokens = llama_n_batch(e->ctx);
     /* llama's count: the output layer and the last n-1 repeating layers;
      * n_layer + 1 (or -1) is everything. 0 when this build cannot offload. */
@@ -253,6 +292,20 @@ static int collect_specials(ic_engine *e)
     return 0;
 }
 
+/* The model's attention head size (key_length or value_length in its
+ * metadata; absent: n_embd / n_head, as llama.cpp defaults it). */
+static int head_dim(const ic_engine *e, const char *which)
+{
+    char arch[64], key[128], val[32];
+    if (llama_model_meta_val_str(e->model, "general.architecture", arch, sizeof arch) > 0) {
+        snprintf(key, sizeof key, "%s.attention.%s", arch, which);
+        if (llama_model_meta_val_str(e->model, key, val, sizeof val) > 0 && atoi(val) > 0)
+            return atoi(val);
+    }
+    int n_head = llama_model_n_head(e->model);
+    return n_head > 0 ? llama_model_n_embd(e->model) / n_head : 0;
+}
+
 static int create_context(ic_engine *e, const ic_engine_opts *opts, const char **errmsg)
 {
     struct llama_context_params cp = llama_context_default_params();
@@ -264,12 +317,35 @@ static int create_context(ic_engine *e, const ic_engine_opts *opts, const char *
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
     cp.kv_unified = opts->kv_unified;
+    cp.type_k = ggml_kv_type(opts->type_k);
+    cp.type_v = ggml_kv_type(opts->type_v);
+    cp.flash_attn_type = opts->flash_attn == IC_FLASH_ATTN_ON    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                         : opts->flash_attn == IC_FLASH_ATTN_OFF ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                                                                 : LLAMA_FLASH_ATTN_TYPE_AUTO;
     cp.no_perf = true;
+    const char *why = ic_engine_kv_check(opts->type_k, opts->type_v, opts->flash_attn);
+    if (why) {
+        *errmsg = why;
+        return IC_ERR_INVAL;
+    }
+    /* llama.cpp needs head sizes that are whole blocks of a quantised type */
+    if (head_dim(e, "key_length") % ic_kv_type_block(opts->type_k) != 0 ||
+        head_dim(e, "value_length") % ic_kv_type_block(opts->type_v) != 0) {
+        *errmsg = "the model's attention head size is not a multiple of 32, which a q8_0/q4_0 "
+                  "KV cache needs: use --cache-type-k f16 --cache-type-v f16";
+        return IC_ERR_INVAL;
+    }
     e->ctx = llama_init_from_model(e->model, cp);
     if (!e->ctx) {
-        *errmsg = "could not create the inference context (not enough memory for the KV cache?)";
+        *errmsg = opts->type_k != IC_KV_F16 || opts->type_v != IC_KV_F16
+                      ? "could not create the inference context with a quantised KV cache (not enough "
+                        "memory, or the backend lacks flash attention for it?)"
+                      : "could not create the inference context (not enough memory for the KV cache?)";
         return IC_ERR_CONTEXT;
     }
+    e->type_k = opts->type_k;
+    e->type_v = opts->type_v;
+    e->flash_attn = opts->flash_attn;
     e->batch_cap_tokens = (int)llama_n_batch(e->ctx);
     e->batch = llama_batch_init(e->batch_cap_tokens, 0, 1);
     return 0;
@@ -785,6 +861,32 @@ static int grammar_create(const ic_engine *e, const ic_grammar *g, struct llama_
     return 0;
 }
 
+bool ic_sample_params_penalize(const ic_sample_params *p)
+{
+    return p->repeat_last_n_tokens != 0 &&
+           (p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f ||
+            p->presence_penalty != 0.0f);
+}
+
+/* The caller's logit biases (those inside the vocabulary), as llama's own
+ * sampler, which copies them. */
+static int add_logit_bias(const ic_engine *e, struct llama_sampler *chain,
+                          const ic_sample_params *p)
+{
+    struct llama_logit_bias *b = malloc((size_t)p->n_logit_bias * sizeof *b);
+    if (!b)
+        return IC_ERR_NOMEM;
+    int n = 0;
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        if (p->logit_bias[i].token >= 0 && p->logit_bias[i].token < e->info.n_vocab)
+            b[n++] = (struct llama_logit_bias){ p->logit_bias[i].token, p->logit_bias[i].bias };
+    }
+    if (n > 0)
+        llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(e->info.n_vocab, n, b));
+    free(b);
+    return 0;
+}
+
 int ic_engine_sampler_create(const ic_engine *e, const ic_sample_params *p, ic_sampler **out)
 {
     return ic_engine_sampler_create_constrained(e, p, NULL, out, NULL, 0);
@@ -823,15 +925,21 @@ int ic_engine_sampler_create_constrained(const ic_engine *e, const ic_sample_par
         snprintf(err, err_size, "out of memory");
         return IC_ERR_NOMEM;
     }
-    /* The order of llama.cpp's own server: penalties, then truncation,
+    /* The order of llama.cpp's own server: logit biases, penalties, then truncation,
      * then temperature, then the draw (the grammar: see ic_engine_sample). */
+    if (p->n_logit_bias > 0 && add_logit_bias(e, s->chain, p) < 0) {
+        ic_engine_sampler_destroy(s);
+        snprintf(err, err_size, "out of memory");
+        return IC_ERR_NOMEM;
+    }
     if (p->ban_eog && e->n_eog > 0 && !(grammar && !g->lazy))
         llama_sampler_chain_add(s->chain, llama_sampler_init_logit_bias(e->info.n_vocab, e->n_eog,
                                                                          e->eog_bias));
-    if (p->repeat_penalty != 1.0f && p->repeat_last_n_tokens != 0)
+    if (ic_sample_params_penalize(p))
         llama_sampler_chain_add(s->chain, llama_sampler_init_penalties(
                                               e->info.n_vocab, p->repeat_last_n_tokens,
-                                              p->repeat_penalty, 0.0f, 0.0f));
+                                              p->repeat_penalty, p->frequency_penalty,
+                                              p->presence_penalty));
     if (p->temperature <= 0.0f) {
         llama_sampler_chain_add(s->chain, llama_sampler_init_greedy());
     } else {
@@ -931,20 +1039,39 @@ const struct llama_model *ic_engine_llama_model(const ic_engine *e) { return e->
 
 void ic_engine_get_opts(const ic_engine *e, ic_engine_opts *out) { *out = e->opts; }
 
+static bool is_rpc_device(ggml_backend_dev_t dev)
+{
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    return reg && strcmp(ggml_backend_reg_name(reg), "RPC") == 0;
+}
+
+/* One device's entry: RPC devices are named by their server. */
+static void describe_device(ggml_backend_dev_t dev, ic_engine_device *d)
+{
+    size_t free_b = 0, total_b = 0;
+    ggml_backend_dev_memory(dev, &free_b, &total_b);
+    if (is_rpc_device(dev))
+        snprintf(d->name, sizeof d->name, "RPC %s", ggml_backend_dev_description(dev));
+    else
+        snprintf(d->name, sizeof d->name, "%s", ggml_backend_dev_description(dev));
+    d->free_bytes = (int64_t)free_b;
+    d->total_bytes = (int64_t)total_b;
+}
+
 int ic_engine_gpu_devices(ic_engine_device *out, int cap)
 {
+    /* llama.cpp's order (llama.cpp, default device selection): RPC
+     * servers first, then the local GPUs, so the planner's split points
+     * fall where llama.cpp's do. */
     int n = 0;
-    for (size_t i = 0; i < ggml_backend_dev_count() && n < cap; i++) {
-        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        enum ggml_backend_dev_type t = ggml_backend_dev_type(dev);
-        if (t != GGML_BACKEND_DEVICE_TYPE_GPU)
-            continue;
-        size_t free_b = 0, total_b = 0;
-        ggml_backend_dev_memory(dev, &free_b, &total_b);
-        ic_engine_device *d = &out[n++];
-        snprintf(d->name, sizeof d->name, "%s", ggml_backend_dev_description(dev));
-        d->free_bytes = (int64_t)free_b;
-        d->total_bytes = (int64_t)total_b;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < ggml_backend_dev_count() && n < cap; i++) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            if (ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_GPU ||
+                is_rpc_device(dev) != (pass == 0))
+                continue;
+            describe_device(dev, &out[n++]);
+        }
     }
     return n;
 }

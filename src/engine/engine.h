@@ -16,9 +16,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "plan.h" /* ic_kv_type */
+
 typedef struct ic_engine ic_engine;
 typedef struct ic_sampler ic_sampler;
 typedef int32_t ic_token;
+
+/* --flash-attn: auto lets llama.cpp decide (it turns flash attention on
+ * when the backend supports it, and always for a quantised V cache). */
+enum { IC_FLASH_ATTN_AUTO = -1, IC_FLASH_ATTN_OFF = 0, IC_FLASH_ATTN_ON = 1 };
+
+/* "auto", "on", "off" -> *out; -1 for anything else. */
+int ic_flash_attn_parse(const char *name, int *out);
+const char *ic_flash_attn_name(int mode);
+
+/* NULL when the combination can be created, else why not (one line):
+ * a quantised V cache needs flash attention, so --flash-attn off with
+ * q8_0/q4_0 V is refused before any load. */
+const char *ic_engine_kv_check(ic_kv_type type_k, ic_kv_type type_v, int flash_attn);
 
 typedef struct ic_engine_opts {
     const char *model_path;
@@ -28,6 +43,8 @@ typedef struct ic_engine_opts {
     uint32_t n_seq_max;      /* sequences the context can hold at once */
     uint32_t n_batch_tokens; /* most tokens in one decode */
     bool kv_unified;         /* one KV buffer shared by all sequences */
+    ic_kv_type type_k, type_v; /* KV cache element types (f16 default) */
+    int flash_attn;          /* IC_FLASH_ATTN_AUTO, _OFF or _ON */
     bool progress;           /* draw a load progress bar on stderr */
     /* Called now and then while the model loads (on the loading thread),
      * e.g. to keep a watchdog fed through a long load. NULL: none. */
@@ -50,12 +67,20 @@ typedef struct ic_engine_info {
     uint32_t n_batch_tokens;
     int n_gpu_layers;        /* offloaded, as llama counts them (0..n_layer+1) */
     bool kv_unified;
+    ic_kv_type type_k, type_v; /* the context's KV cache types */
+    int flash_attn;          /* as asked (auto, off, on) */
 } ic_engine_info;
 
 typedef struct ic_chat_msg {
     const char *role;        /* "system", "user" or "assistant" */
     const char *content;
 } ic_chat_msg;
+
+/* An additive bias on one token's logit (OpenAI's logit_bias). */
+typedef struct ic_logit_bias {
+    ic_token token;
+    float bias;
+} ic_logit_bias;
 
 typedef struct ic_sample_params {
     float temperature;       /* 0 = greedy */
@@ -64,6 +89,16 @@ typedef struct ic_sample_params {
     float min_p;             /* 0 disables */
     float repeat_penalty;    /* 1 disables */
     int repeat_last_n_tokens;
+    /* OpenAI's penalties, over the same last repeat_last_n_tokens: the
+     * logit of a token seen c times there drops by c * frequency_penalty +
+     * presence_penalty (c > 0). 0 disables. */
+    float presence_penalty;
+    float frequency_penalty;
+    /* Added to the logits before anything else; tokens outside the
+     * vocabulary are skipped (callers check: see ic_sched_infer). Borrowed
+     * by ic_engine_sampler_create*, which copy it. NULL: none. */
+    const ic_logit_bias *logit_bias;
+    int n_logit_bias;
     uint32_t seed;
     bool ban_eog;            /* never sample end-of-generation tokens */
 } ic_sample_params;
@@ -94,6 +129,10 @@ ic_engine_opts ic_engine_opts_default(void);
 
 /* The protocol's sampling defaults (temperature 0.8, top_k 40, ...). */
 ic_sample_params ic_sample_params_default(void);
+
+/* True when p's penalties (repeat, frequency or presence) are on: the
+ * sampler then wants the prompt's last tokens (ic_engine_sampler_accept). */
+bool ic_sample_params_penalize(const ic_sample_params *p);
 
 /* True when this llama.cpp build can offload layers to a GPU. */
 bool ic_engine_supports_gpu(void);

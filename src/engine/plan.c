@@ -248,6 +248,46 @@ ic_plan_input ic_plan_input_default(void)
                             .n_ctx_per_session = 4096, .n_batch_tokens = 512 };
 }
 
+/* --- KV cache types --- */
+
+int ic_kv_type_parse(const char *name, ic_kv_type *out)
+{
+    static const char *const names[] = { "f16", "q8_0", "q4_0" };
+    for (int i = 0; name && i < 3; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *out = (ic_kv_type)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *ic_kv_type_name(ic_kv_type t)
+{
+    return t == IC_KV_Q8_0 ? "q8_0" : t == IC_KV_Q4_0 ? "q4_0" : "f16";
+}
+
+int ic_kv_type_block(ic_kv_type t)
+{
+    return t == IC_KV_F16 ? 1 : 32;
+}
+
+uint64_t ic_kv_type_bytes(ic_kv_type t, uint64_t n_elems)
+{
+    if (t == IC_KV_F16)
+        return n_elems * 2;
+    uint64_t blocks = (n_elems + 31) / 32; /* ggml_row_size: whole blocks */
+    return blocks * (t == IC_KV_Q8_0 ? 34 : 18);
+}
+
+uint64_t ic_plan_kv_cell_bytes(const ic_model_shape *s, ic_kv_type type_k, ic_kv_type type_v)
+{
+    uint64_t kv = s->n_head_kv > 0 ? (uint64_t)s->n_head_kv : 0;
+    if ((type_k == IC_KV_F16 && type_v == IC_KV_F16) || kv == 0 || s->head_dim_k < 1 || s->head_dim_v < 1)
+        return s->kv_bytes_per_cell_layer; /* f16, as read from the header */
+    return ic_kv_type_bytes(type_k, (uint64_t)s->head_dim_k * kv) +
+           ic_kv_type_bytes(type_v, (uint64_t)s->head_dim_v * kv);
+}
+
 int64_t ic_plan_compute_bytes(const ic_model_shape *s, uint32_t n_batch, uint32_t n_kv_cells)
 {
     int64_t n_embd_kv = sat_mul(s->n_head_kv, s->head_dim_k > s->head_dim_v ? s->head_dim_k : s->head_dim_v);
@@ -262,6 +302,8 @@ int64_t ic_plan_compute_bytes(const ic_model_shape *s, uint32_t n_batch, uint32_
 /* Expected use for one candidate (n_gpu_layers, sessions). */
 typedef struct plan_usage {
     int64_t dev[IC_PLAN_MAX_DEVICES];
+    int dev_layers[IC_PLAN_MAX_DEVICES]; /* repeating layers, and the output layer */
+    bool dev_output[IC_PLAN_MAX_DEVICES];
     int64_t ram;
     int64_t compute;
 } plan_usage;
@@ -295,7 +337,7 @@ static void usage_of(const ic_model_shape *s, const ic_plan_input *in, int ngl, 
         splits[d] = sum > 0 ? splits[d] / sum : (float)(d + 1) / (float)n_dev;
     int64_t seqs = sat_add(sessions, in->n_extra_seqs > 0 ? in->n_extra_seqs : 0);
     int64_t cells = sat_mul(seqs, in->n_ctx_per_session);
-    int64_t kv_layer = sat_mul(cells, sat_u64(s->kv_bytes_per_cell_layer));
+    int64_t kv_layer = sat_mul(cells, sat_u64(ic_plan_kv_cell_bytes(s, in->type_k, in->type_v)));
     uint32_t span = in->kv_unified ? (uint32_t)(cells > UINT32_MAX ? UINT32_MAX : cells) : in->n_ctx_per_session;
     memset(u, 0, sizeof *u);
     u->compute = ic_plan_compute_bytes(s, in->n_batch_tokens, span);
@@ -312,6 +354,10 @@ static void usage_of(const ic_model_shape *s, const ic_plan_input *in, int ngl, 
         }
         int d = device_of(splits, n_dev, il - start, act);
         u->dev[d] = sat_add(u->dev[d], bytes);
+        if (il < n_layer)
+            u->dev_layers[d]++;
+        else
+            u->dev_output[d] = true;
         used[d] = true;
     }
     for (int d = 0; d < n_dev; d++)
@@ -393,11 +439,19 @@ static void write_summary(const ic_model_shape *s, const ic_plan_input *in, int 
     } else {
         append(b, n, "GPU split: %d of %d layers on ", p->n_layers_gpu, s->n_layer);
         if (n_dev > 1)
-            append(b, n, "%d GPUs", n_dev);
+            append(b, n, "%d devices", n_dev);
         else if (in->device_names[0])
             append(b, n, "GPU 0 (%.48s)", in->device_names[0]);
         else
             append(b, n, "GPU 0");
+        if (n_dev > 1) { /* where the layers go: "(RPC 10.0.0.2:50052: 11, CUDA0: 12 + output)" */
+            append(b, n, " (");
+            for (int d = 0; d < n_dev; d++)
+                append(b, n, "%s%.40s: %d%s", d ? ", " : "",
+                       in->device_names[d] ? in->device_names[d] : "?", p->device_layers[d],
+                       p->device_output[d] ? " + output" : "");
+            append(b, n, ")");
+        }
         int64_t free_sum = 0, margin = in->margin_bytes > 0 ? in->margin_bytes : 0;
         for (int d = 0; d < n_dev; d++)
             free_sum = sat_add(free_sum, in->device_free_bytes[d] > 0 ? in->device_free_bytes[d] : 0);
@@ -405,7 +459,8 @@ static void write_summary(const ic_model_shape *s, const ic_plan_input *in, int 
                p->n_layers_cpu, p->output_on_gpu ? "" : ", output on CPU", gib(p->vram_bytes), gib(free_sum),
                margin >> 20);
     }
-    append(b, n, "; %d sessions x %u tokens (KV %.1f MiB each)", p->max_sessions, in->n_ctx_per_session,
+    append(b, n, "; %d sessions x %u tokens (KV %s/%s, %.1f MiB each)", p->max_sessions,
+           in->n_ctx_per_session, ic_kv_type_name(in->type_k), ic_kv_type_name(in->type_v),
            (double)p->kv_bytes_per_session / (double)(1 << 20));
     if (p->max_sessions < want)
         append(b, n, " (of %d wanted: RAM)", want);
@@ -432,11 +487,14 @@ void ic_plan_compute(const ic_model_shape *s, const ic_plan_input *in, ic_plan *
     out->output_on_gpu = ngl >= 1;
     for (int d = 0; d < n_devices_of(in); d++) {
         out->device_vram_bytes[d] = u.dev[d];
+        out->device_layers[d] = u.dev_layers[d];
+        out->device_output[d] = u.dev_output[d];
         out->vram_bytes = sat_add(out->vram_bytes, u.dev[d]);
     }
     out->ram_bytes = u.ram;
     out->compute_bytes = u.compute;
-    out->kv_bytes_per_session = sat_mul(sat_mul(in->n_ctx_per_session, sat_u64(s->kv_bytes_per_cell_layer)),
+    out->kv_bytes_per_session = sat_mul(sat_mul(in->n_ctx_per_session,
+                                                sat_u64(ic_plan_kv_cell_bytes(s, in->type_k, in->type_v))),
                                         s->n_layer);
     write_summary(s, in, want, out);
 }

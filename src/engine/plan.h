@@ -10,7 +10,8 @@
  * It mirrors the pinned llama.cpp's placement (llama-model.cpp,
  * load_tensors): with n_gpu_layers = L > 0 the output layer and the last
  * L-1 repeating layers go to the GPUs; L = n_layer+1 puts every repeating
- * layer there. token_embd always stays on the CPU. Each layer's KV cache
+ * layer there. A device is a GPU or an RPC server (engine/rpc.h), whose
+ * free memory is the remote host's. token_embd always stays on the CPU. Each layer's KV cache
  * lives with its layer (offload_kqv). Across several GPUs the layers are
  * split in proportion to each device's free memory.
  *
@@ -24,6 +25,20 @@
 #include <stdint.h>
 
 #define IC_PLAN_MAX_DEVICES 16
+
+/* KV cache element types (serve --cache-type-k / --cache-type-v), as
+ * llama.cpp stores them: f16 2 bytes an element; q8_0 34 bytes and q4_0
+ * 18 bytes a block of 32. */
+typedef enum ic_kv_type { IC_KV_F16 = 0, IC_KV_Q8_0 = 1, IC_KV_Q4_0 = 2 } ic_kv_type;
+
+/* "f16", "q8_0", "q4_0" -> *out; -1 for anything else. */
+int ic_kv_type_parse(const char *name, ic_kv_type *out);
+const char *ic_kv_type_name(ic_kv_type t);
+/* Bytes of n_elems elements of t; a quantised type counts whole blocks. */
+uint64_t ic_kv_type_bytes(ic_kv_type t, uint64_t n_elems);
+/* Elements per block: 1 (f16) or 32; a quantised cache needs head sizes
+ * that are multiples of it. */
+int ic_kv_type_block(ic_kv_type t);
 #define IC_PLAN_DEFAULT_MARGIN_BYTES ((int64_t)512 << 20)
 
 typedef struct ic_model_shape {
@@ -35,7 +50,8 @@ typedef struct ic_model_shape {
     bool output_tied;                 /* no output.weight: the output reuses token_embd,
                                          so output_bytes counts it a second time */
     uint64_t input_bytes;             /* token_embd and anything not in a layer (CPU) */
-    uint64_t kv_bytes_per_cell_layer; /* F16 K + V of one cell in one layer */
+    uint64_t kv_bytes_per_cell_layer; /* F16 K + V of one cell in one layer
+                                         (ic_plan_kv_cell_bytes for other types) */
     int n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx_train;
     int head_dim_k, head_dim_v;
     /* What `inferencecenter list` shows. */
@@ -67,9 +83,14 @@ typedef struct ic_plan_input {
     uint32_t n_ctx_per_session;    /* cells per session (tokens) */
     uint32_t n_batch_tokens;       /* for the compute buffer estimate */
     bool kv_unified;               /* one KV stream: attention spans every cell */
+    ic_kv_type type_k, type_v;     /* KV cache element types (default f16) */
 } ic_plan_input;
 
-/* Zero devices, 512 MiB margin, host unknown, 1 session x 4096, batch 512. */
+/* K + V bytes of one cell in one layer with these cache types. */
+uint64_t ic_plan_kv_cell_bytes(const ic_model_shape *s, ic_kv_type type_k, ic_kv_type type_v);
+
+/* Zero devices, 512 MiB margin, host unknown, 1 session x 4096, batch 512,
+ * f16 K and V. */
 ic_plan_input ic_plan_input_default(void);
 
 typedef struct ic_plan {
@@ -81,10 +102,13 @@ typedef struct ic_plan {
     bool host_fits;            /* false: RAM is short even for max_sessions (1) */
     int64_t vram_bytes;        /* expected GPU use, all devices: weights + KV + compute */
     int64_t device_vram_bytes[IC_PLAN_MAX_DEVICES]; /* the same per device */
+    int device_layers[IC_PLAN_MAX_DEVICES];  /* repeating layers on each device */
+    bool device_output[IC_PLAN_MAX_DEVICES]; /* the output layer is on that device */
     int64_t ram_bytes;         /* expected host use: CPU weights + CPU KV + compute */
     int64_t kv_bytes_per_session; /* all layers, wherever they are */
     int64_t compute_bytes;     /* ic_plan_compute_bytes for the planned cells */
-    char summary[256];         /* one log line: layers, expected VRAM, sessions */
+    char summary[512];         /* one log line: layers (per device when several),
+                                  expected VRAM, sessions */
 } ic_plan;
 
 /*

@@ -26,6 +26,7 @@
 #include "http.h"
 #include "idmap.h"
 #include "log.h"
+#include "tls.h"
 #include "utf8.h"
 
 #include <libwebsockets.h>
@@ -134,6 +135,7 @@ struct ic_server {
     time_t trimmed;            /* the last malloc_trim */
     bool trim_pending;
     lws_sorted_usec_list_t trim_sul;    /* a deferred malloc_trim */
+    void *ssl_ctx;             /* with TLS: lws's vhost SSL_CTX (OpenSSL), else NULL */
     bool quit;
 };
 
@@ -280,6 +282,8 @@ static void begin_linger(conn *c)
     ic_buf_free(&c->rx);
     ic_buf_free(&c->body);
     ic_buf_free(&c->msg);
+    if (c->srv->ssl_ctx)
+        ic_tls_close_notify(lws_get_ssl(c->wsi));
     shutdown(c->fd, SHUT_WR);
     if (c->rx_paused) {
         c->rx_paused = false;
@@ -289,6 +293,17 @@ static void begin_linger(conn *c)
 }
 
 /* --- HTTP responses ---------------------------------------------------- */
+
+/* A handler's own reason phrase: RFC 9112's SP / HTAB / VCHAR, bounded. */
+static bool reason_ok(const char *r)
+{
+    if (!*r)
+        return false;
+    for (const char *p = r; *p; p++)
+        if (*p != ' ' && *p != '\t' && (*p < 0x21 || *p > 0x7e))
+            return false;
+    return true;
+}
 
 /* Queues the status line, headers and (unless HEAD) the body; takes r->body. */
 static void queue_response(conn *c, ic_http_response *r)
@@ -308,7 +323,7 @@ static void queue_response(conn *c, ic_http_response *r)
     }
     bool close = c->close_after || !c->keep_alive;
     size_t n = (size_t)snprintf(hd, sizeof hd, "HTTP/1.1 %d %s\r\n", r->status,
-                                ic_http_reason(r->status));
+                                reason_ok(r->reason) ? r->reason : ic_http_reason(r->status));
     if (r->content_type)
         n += (size_t)snprintf(hd + n, sizeof hd - n, "Content-Type: %s\r\n", r->content_type);
     if (r->stream && !c->raw_stream)
@@ -970,11 +985,14 @@ static const char refuse_503[] =
     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
     "Content-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
 
-/* Closes a socket we cannot serve, with a best-effort 503. */
-static void hard_refuse(int fd)
+/* Closes a socket we cannot serve, with a best-effort 503 (plain HTTP
+ * only: on a TLS port there is no handshake to say it in). */
+static void hard_refuse(ic_server *s, int fd)
 {
-    ssize_t n = send(fd, refuse_503, sizeof refuse_503 - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-    (void)n;
+    if (!s->ssl_ctx) {
+        ssize_t n = send(fd, refuse_503, sizeof refuse_503 - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)n;
+    }
     close(fd);
 }
 
@@ -1003,7 +1021,7 @@ static void accept_failed(ic_server *s, int err)
         close(s->spare_fd);
         int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0)
-            hard_refuse(fd);
+            hard_refuse(s, fd);
         s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
     lws_rx_flow_control(s->listen_wsi, 0);
@@ -1017,7 +1035,7 @@ static void adopt(ic_server *s, int fd, const struct sockaddr_storage *ss)
      * those the socket is closed at once. */
     int refuse_room = s->max_conns / 32 > 4 ? s->max_conns / 32 : 4;
     if (s->n_sockets >= s->max_conns + refuse_room) {
-        hard_refuse(fd);
+        hard_refuse(s, fd);
         return;
     }
     int one = 1;
@@ -1025,7 +1043,7 @@ static void adopt(ic_server *s, int fd, const struct sockaddr_storage *ss)
     conn *c = calloc(1, sizeof *c);
     if (!c || ic_idmap_put(&s->conns, ++s->next_id, c) < 0) {
         free(c);
-        hard_refuse(fd);
+        hard_refuse(s, fd);
         return;
     }
     c->id = s->next_id;
@@ -1039,7 +1057,9 @@ static void adopt(ic_server *s, int fd, const struct sockaddr_storage *ss)
     s->n_sockets++;
     s->adopting = c;
     lws_sock_file_fd_type sfd = {.sockfd = fd};
-    struct lws *wsi = lws_adopt_descriptor_vhost(s->vh, LWS_ADOPT_SOCKET, sfd, "ic", NULL);
+    /* With TLS lws does the handshake and hands us the plain bytes. */
+    lws_adoption_type type = LWS_ADOPT_SOCKET | (s->ssl_ctx ? LWS_ADOPT_ALLOW_SSL : 0);
+    struct lws *wsi = lws_adopt_descriptor_vhost(s->vh, type, sfd, "ic", NULL);
     s->adopting = NULL;
     if (!wsi || !c->wsi) {
         /* lws closes the fd when adopting fails */
@@ -1086,6 +1106,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (s && s->h.on_wake)
             s->h.on_wake(s->h.ud);
+        return 0;
+    case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+        /* The vhost's SSL_CTX, made at context creation: kept for reloads. */
+        if (s)
+            s->ssl_ctx = user;
         return 0;
     case LWS_CALLBACK_RAW_ADOPT_FILE:
         return 0;
@@ -1205,7 +1230,29 @@ int ic_server_create(const ic_server_opts *opts, const ic_server_handlers *h, ic
     info.gid = -1;
     info.uid = -1;
     info.pt_serv_buf_size = 16384;
+    bool tls = opts->tls_cert_path && opts->tls_key_path;
+    if (tls) {
+        char cert_info[300];
+        if (ic_tls_load(NULL, opts->tls_cert_path, opts->tls_key_path, cert_info,
+                        sizeof cert_info, err, errlen) < 0) {
+            close(s->listen_fd);
+            free(s);
+            return IC_ERR_INVAL;
+        }
+        ic_log_info("TLS: %s", cert_info);
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = opts->tls_cert_path;
+        info.ssl_private_key_filepath = opts->tls_key_path;
+        info.alpn = "http/1.1"; /* never h2: ours is an HTTP/1.1 server */
+    }
     s->ctx = lws_create_context(&info);
+    if (s->ctx && tls && !s->ssl_ctx) {
+        snprintf(err, errlen, "libwebsockets made no TLS context for %s", opts->tls_cert_path);
+        lws_context_destroy(s->ctx);
+        close(s->listen_fd);
+        free(s);
+        return IC_ERR_SYS;
+    }
     s->vh = s->ctx ? lws_get_vhost_by_name(s->ctx, "default") : NULL;
     lws_sock_file_fd_type lfd = {.filefd = s->listen_fd};
     if (s->vh)
@@ -1254,6 +1301,18 @@ void ic_server_destroy(ic_server *s)
 }
 
 int ic_server_port(const ic_server *s) { return s->port; }
+
+bool ic_server_tls(const ic_server *s) { return s && s->ssl_ctx; }
+
+int ic_server_reload_tls(ic_server *s, char *info, size_t infolen, char *err, size_t errlen)
+{
+    if (!s->ssl_ctx) {
+        snprintf(err, errlen, "the server has no TLS");
+        return IC_ERR_INVAL;
+    }
+    return ic_tls_load(s->ssl_ctx, s->opts.tls_cert_path, s->opts.tls_key_path, info, infolen,
+                       err, errlen);
+}
 
 int ic_server_run(ic_server *s)
 {

@@ -40,6 +40,10 @@ typedef struct ic_server_opts {
     const char *allow_origins;     /* extra WebSocket/HTTP Origins, comma-separated
                                    ("*": any); NULL: same origin only */
     const char *allow_hosts;       /* extra names accepted in Host, comma-separated */
+    /* Both set: TLS on the port (https:// and wss://, nothing in plain):
+     * a PEM certificate chain and its PEM private key (net/tls.c). */
+    const char *tls_cert_path;
+    const char *tls_key_path;
 } ic_server_opts;
 
 /* One HTTP request as the handler sees it. Every string is NUL-terminated
@@ -74,6 +78,10 @@ typedef struct ic_http_header {
 /* The handler's answer. */
 typedef struct ic_http_response {
     int status;
+    /* The status line's reason phrase (spaces and visible ASCII only);
+     * "": the standard one ("OK"). GET /health/weight puts HAProxy's agent
+     * words there (the agent reads the first line it gets). */
+    char reason[48];
     char *body;                    /* malloc'd; the server frees it */
     size_t len;
     const char *content_type;      /* static string */
@@ -133,6 +141,16 @@ int ic_server_create(const ic_server_opts *opts, const ic_server_handlers *h, ic
 
 /* NULL is ok. Network thread (after ic_server_run returned). */
 void ic_server_destroy(ic_server *s);
+
+/* True when the server speaks TLS (opts.tls_cert_path). */
+bool ic_server_tls(const ic_server *s);
+
+/* Re-reads the certificate and key files (a renewal, SIGHUP): new
+ * handshakes use them, connections already up keep theirs. Returns 0 with
+ * the certificate's subject and expiry in info, or IC_ERR_IO / IC_ERR_INVAL
+ * with a reason in err and the old pair still in use; IC_ERR_INVAL too
+ * without TLS. Network thread. */
+int ic_server_reload_tls(ic_server *s, char *info, size_t infolen, char *err, size_t errlen);
 
 /* The bound port (useful with opts.port 0). */
 int ic_server_port(const ic_server *s);

@@ -227,7 +227,8 @@ static void finish(ic_sched *s, session *ss, enum ic_end_reason reason)
     publish_session(s, ss);
 }
 
-static int gen_init(ic_sched *s, req *r, gen *g)
+/* err: the grammar's problem when it returns IC_ERR_INVAL. */
+static int gen_init(ic_sched *s, req *r, gen *g, char *err, size_t err_size)
 {
     g->request_id = r->request_id;
     g->state = IC_SESSION_QUEUED;
@@ -239,9 +240,12 @@ static int gen_init(ic_sched *s, req *r, gen *g)
     ic_utf8_reset(&g->utf8);
     ic_sample_params sp = r->params.sample;
     sp.ban_eog = r->params.ignore_eos;
-    g->penalize = sp.repeat_penalty != 1.0f && sp.repeat_last_n_tokens != 0;
+    g->penalize = ic_sample_params_penalize(&sp);
     int rc = ic_stop_init(&g->stop, r->params.stop, r->params.n_stop);
-    if (rc == 0)
+    if (rc == 0 && r->params.grammar)
+        rc = ic_engine_sampler_create_constrained(s->engine, &sp, r->params.grammar,
+                                                  &g->sampler, err, err_size);
+    else if (rc == 0)
         rc = ic_engine_sampler_create(s->engine, &sp, &g->sampler);
     return rc;
 }
@@ -275,7 +279,12 @@ static void start_generation(ic_sched *s, req *r)
     }
     gen *g = calloc(1, sizeof *g);
     const char *why = NULL;
-    int rc = g ? gen_init(s, r, g) : IC_ERR_NOMEM;
+    char gerr[160] = "";
+    int rc = g ? gen_init(s, r, g, gerr, sizeof gerr) : IC_ERR_NOMEM;
+    if (rc == IC_ERR_INVAL) {
+        snprintf(msg, sizeof msg, "grammar: %s", gerr[0] ? gerr : "does not compile");
+        why = msg;
+    }
     if (rc == 0)
         rc = ic_convo_begin_turn(ss->convo, s->engine, r->text, r->raw, r->params.allow_special,
                                  &g->prompt, &g->n_prompt_tokens, &why);

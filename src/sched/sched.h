@@ -64,6 +64,13 @@ typedef struct ic_gen_params {
      * Off: in chat mode only the template's own text has control tokens,
      * so a user cannot open a turn of another role; raw text is plain. */
     bool allow_special;
+    /* Output constraint (engine.h: GBNF text, lazy triggers, prefill);
+     * NULL or no gbnf: unconstrained. Borrowed by ic_sched_infer, which
+     * copies it. The scheduler thread compiles it when the generation
+     * starts; one that does not compile (or whose prefill it rejects)
+     * refuses the INFER with ERROR IC_ERR_INVAL whose message names the
+     * problem: never an unconstrained answer. */
+    const ic_grammar *grammar;
 } ic_gen_params;
 
 typedef struct ic_gen_stats {
@@ -205,6 +212,7 @@ int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *sess
  * refuses it: prompt_too_long, checked on the byte size before any
  * tokenizing where the bytes alone cannot fit; IC_ERR_INVAL for an empty
  * or whitespace-only prompt in a session with nothing in its context),
+ * IC_ERR_INVAL at once for a logit bias on a token outside the vocabulary,
  * IC_ERR_OVERLOADED or IC_ERR_NOMEM. The caller ensures one generation per
  * session at a time. The submitter thread (see ic_sched_open_session). */
 int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,

@@ -38,6 +38,10 @@ typedef struct req {
     bool raw;
     ic_gen_params params;     /* stop strings point into stop_copies */
     char *stop_copies[IC_STOP_MAX];
+    /* params.grammar points at grammar, whose strings are owned here */
+    ic_grammar grammar;
+    ic_grammar_trigger *triggers;
+    ic_logit_bias *logit_bias;   /* params.sample.logit_bias points here */
     enum ic_close_reason close_reason;
     double t_submit_ms;
     /* The answer, allocated by the submitter so that running out of memory

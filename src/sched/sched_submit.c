@@ -31,6 +31,14 @@ void ic_sched__req_free(void *p)
     free(r->text);
     for (int i = 0; i < IC_STOP_MAX; i++)
         free(r->stop_copies[i]);
+    free((char *)r->grammar.gbnf);
+    free((char *)r->grammar.prefill);
+    for (size_t i = 0; r->triggers && i < r->grammar.n_triggers; i++) {
+        free((char *)r->triggers[i].word);
+        free((char *)r->triggers[i].pattern);
+    }
+    free(r->triggers);
+    free(r->logit_bias);
     ic_event_free(r->reply);
     free(r);
 }
@@ -79,6 +87,53 @@ int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *sess
     return 0;
 }
 
+/* Copies *g into r (r->params.grammar then points at r's copy). */
+static int copy_grammar(req *r, const ic_grammar *g)
+{
+    r->params.grammar = NULL;
+    if (!g || !g->gbnf || !g->gbnf[0])
+        return 0;
+    r->grammar.lazy = g->lazy;
+    if (!(r->grammar.gbnf = strdup(g->gbnf)) ||
+        (g->prefill && !(r->grammar.prefill = strdup(g->prefill))))
+        return IC_ERR_NOMEM;
+    if (g->lazy && g->n_triggers > 0) {
+        if (!(r->triggers = calloc(g->n_triggers, sizeof *r->triggers)))
+            return IC_ERR_NOMEM;
+        r->grammar.triggers = r->triggers;
+        for (size_t i = 0; i < g->n_triggers; i++) {
+            r->grammar.n_triggers = i + 1; /* so req_free frees what is set */
+            const ic_grammar_trigger *t = &g->triggers[i];
+            if ((t->word && !(r->triggers[i].word = strdup(t->word))) ||
+                (t->pattern && !(r->triggers[i].pattern = strdup(t->pattern))))
+                return IC_ERR_NOMEM;
+        }
+    }
+    r->params.grammar = &r->grammar;
+    return 0;
+}
+
+/* Copies p's logit biases into r; IC_ERR_INVAL for a token outside the
+ * vocabulary. */
+static int copy_logit_bias(const ic_sched *s, req *r, const ic_sample_params *p)
+{
+    r->params.sample.logit_bias = NULL;
+    r->params.sample.n_logit_bias = 0;
+    if (p->n_logit_bias <= 0 || !p->logit_bias)
+        return 0;
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        if (p->logit_bias[i].token < 0 || p->logit_bias[i].token >= s->info.n_vocab)
+            return IC_ERR_INVAL;
+    }
+    r->logit_bias = malloc((size_t)p->n_logit_bias * sizeof *r->logit_bias);
+    if (!r->logit_bias)
+        return IC_ERR_NOMEM;
+    memcpy(r->logit_bias, p->logit_bias, (size_t)p->n_logit_bias * sizeof *r->logit_bias);
+    r->params.sample.logit_bias = r->logit_bias;
+    r->params.sample.n_logit_bias = p->n_logit_bias;
+    return 0;
+}
+
 int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
                    bool raw, const ic_gen_params *params)
 {
@@ -99,6 +154,10 @@ int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const 
             r->params.stop[i] = r->stop_copies[i];
             rc = r->stop_copies[i] ? 0 : IC_ERR_NOMEM;
         }
+        if (rc == 0)
+            rc = copy_grammar(r, params->grammar);
+        if (rc == 0)
+            rc = copy_logit_bias(s, r, &params->sample);
     }
     if (rc < 0) {
         ic_sched__req_free(r);

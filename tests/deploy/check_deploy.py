@@ -7,6 +7,7 @@
     check_deploy.py grafana                      dashboard JSON and its queries
     check_deploy.py docker                       Dockerfiles, .dockerignore, bootstrap
     check_deploy.py options --bin BUILT_BINARY   docs/options.md <-> the option table
+    check_deploy.py haproxy                      haproxy -c on deploy/haproxy/haproxy.cfg
 
 Run by CTest (tests/CMakeLists.txt: deploy_*), one subcommand per test, in
 its own process. Exits 0 when every check passes, 1 with a list of what
@@ -90,7 +91,7 @@ def need_tool(name):
     path = shutil.which(name)
     if not path:
         fail(f"{name} not found on PATH: install it (Debian package "
-             f"{'systemd' if name == 'systemd-analyze' else 'prometheus'}); "
+             f"{ {'systemd-analyze': 'systemd', 'haproxy': 'haproxy'}.get(name, 'prometheus')}); "
              "this check does not skip")
     return path
 
@@ -207,6 +208,38 @@ def check_systemd(binary):
              + "\n  ".join(ours or out.splitlines()))
     else:
         ok("systemd-analyze verify: no warnings for inferencecenter.service")
+    check_rpc_unit(tool)
+
+
+def check_rpc_unit(tool):
+    """deploy/systemd/ggml-rpc-server@.service: binds loopback by default,
+    restarts, sandboxed, and systemd-analyze verify has nothing to say
+    about an instance of it (ExecStart pointed at a stand-in binary)."""
+    path = os.path.join(DEPLOY, "systemd", "ggml-rpc-server@.service")
+    text = read(path)
+    settings = unit_settings(text)
+    for s in ("Environment=RPC_HOST=127.0.0.1", "Restart=always", "DynamicUser=yes",
+              "NoNewPrivileges=yes", "ProtectSystem=strict"):
+        if s not in settings:
+            fail(f"ggml-rpc-server@.service lacks `{s}`")
+    if "NO AUTHENTICATION" not in text:
+        fail("ggml-rpc-server@.service must warn that RPC has no authentication")
+    with tempfile.TemporaryDirectory() as d:
+        stand_in = os.path.join(d, "ggml-rpc-server")
+        with open(stand_in, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(stand_in, 0o755)
+        copy = os.path.join(d, "ggml-rpc-server@50052.service")
+        with open(copy, "w", encoding="utf-8") as f:
+            f.write(text.replace("/usr/local/bin/ggml-rpc-server", stand_in))
+        rc, out = run([tool, "verify", "--man=no", copy],
+                      env=dict(os.environ, SYSTEMD_LOG_COLOR="0", SYSTEMD_PAGER=""))
+    ours = [ln for ln in out.splitlines() if "ggml-rpc-server" in ln]
+    if rc != 0 or ours:
+        fail(f"systemd-analyze verify (rc {rc}) complains about ggml-rpc-server@.service:\n  "
+             + "\n  ".join(ours or out.splitlines()))
+    else:
+        ok("systemd-analyze verify: no warnings for ggml-rpc-server@50052.service")
 
 
 # --- example config -----------------------------------------------------------
@@ -476,9 +509,55 @@ def check_options(binary):
         ok(f"docs/options.md lists the {n} serve options of the table")
 
 
+def check_haproxy():
+    """deploy/haproxy/haproxy.cfg passes `haproxy -c` as committed, with the
+    variables set as a deployment (and the e2e test) sets them and with none
+    (the defaults); each server's agent port is the port of its address; the
+    same replicas r1..r3 serve both back ends, each with the health check and
+    the agent on /health/weight."""
+    tool = need_tool("haproxy")
+    cfg = os.path.join(DEPLOY, "haproxy", "haproxy.cfg")
+    text = read(cfg)
+    if not tool:
+        return
+    env = {**os.environ, "IC_FRONT_HOST": "127.0.0.1", "IC_FRONT_PORT": "18000"}
+    for i in (1, 2, 3):
+        env[f"IC_REPLICA{i}"] = f"127.0.0.{i}:{18000 + i}"
+        env[f"IC_REPLICA{i}_PORT"] = str(18000 + i)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("IC_")}
+    for what, e in (("with the variables set", env), ("with the defaults", bare)):
+        rc, out = run([tool, "-c", "-f", cfg], env=e)
+        if rc != 0 or "Configuration file is valid" not in out:
+            fail(f"haproxy -c {what}: rc {rc}\n{out}")
+        else:
+            ok(f"haproxy -c passes {what}")
+    servers = re.findall(r'^\s*server\s+(\S+)\s+"\$\{IC_REPLICA(\d)-[^:]+:(\d+)\}"(.*)$', text, re.M)
+    by_backend = re.split(r"^backend\s+", text, flags=re.M)[1:]
+    if len(by_backend) != 2 or len(servers) != 6:
+        fail(f"expected two back ends with three servers each, found {len(by_backend)} "
+             f"back ends, {len(servers)} servers")
+    for name, n, port, rest in servers:
+        if name != f"r{n}":
+            fail(f"server {name} takes IC_REPLICA{n}: server names are the node names r1..r3")
+        m = re.search(r'agent-port\s+"\$\{IC_REPLICA(\d)_PORT-(\d+)\}"', rest)
+        if not m or m.group(1) != n or m.group(2) != port:
+            fail(f"server {name}: agent-port must be \"${{IC_REPLICA{n}_PORT-{port}}}\"")
+        if "agent-check" not in rest or "GET /health/weight" not in rest:
+            fail(f"server {name}: no agent-check on /health/weight")
+    for be in by_backend:
+        if "uri /health " not in be or "http-check expect status 200" not in be:
+            fail(f"back end {be.split()[0]}: no health check on GET /health")
+    for needle in ("timeout tunnel", "url_param(affinity)", "balance hash", "json_query('$.user')",
+                   "# TLS"):
+        if needle not in text:
+            fail(f"haproxy.cfg lacks {needle!r}")
+    if not failures:
+        ok("haproxy.cfg: r1..r3 in both back ends, health and agent checks, affinity, hash")
+
+
 def main(argv):
     if len(argv) < 2 or argv[1] not in ("systemd", "config", "prometheus", "grafana", "docker",
-                                        "options"):
+                                        "options", "haproxy"):
         print(__doc__, file=sys.stderr)
         return 2
     binary = None
@@ -487,7 +566,8 @@ def main(argv):
         binary = argv[i + 1] if i + 1 < len(argv) else None
     {"systemd": lambda: check_systemd(binary), "config": lambda: check_config(binary),
      "prometheus": check_prometheus, "grafana": check_grafana,
-     "docker": check_docker, "options": lambda: check_options(binary)}[argv[1]]()
+     "docker": check_docker, "options": lambda: check_options(binary),
+     "haproxy": check_haproxy}[argv[1]]()
     if failures:
         print(f"{len(failures)} check(s) failed", file=sys.stderr)
         return 1

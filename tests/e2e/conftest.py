@@ -119,8 +119,8 @@ class Server:
     """One `inferencecenter serve` process; logs go to files in workdir."""
 
     def __init__(self, workdir, model=None, args=(), host="127.0.0.1", threads=IC_THREADS,
-                 env=None):
-        self.port = free_port()
+                 env=None, port=None):
+        self.port = port or free_port()   # port: a restart on the same one
         self.host = host
         self.model = model or MODEL
         n = len(list(Path(workdir).glob("server-*.log")))

@@ -33,7 +33,9 @@ def test_hello_fields_and_values(start_server):
         assert m["size_bytes"] == os.path.getsize(MODEL)
         assert isinstance(m["n_ctx_train"], int) and m["n_ctx_train"] > 0
         assert h["limits"] == {"max_message_bytes": 1 << 20, "max_sessions_per_client": 2,
-                               "max_sessions": 3, "n_ctx_per_session": 256}
+                               "max_sessions": 3, "n_ctx_per_session": 256,
+                               "cache_type_k": "f16", "cache_type_v": "f16",
+                               "flash_attn": "auto"}
         assert "id" not in h
         await c.close()
     run(body())

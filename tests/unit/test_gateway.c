@@ -102,6 +102,21 @@ void ic_server_quit(ic_server *s)
 
 void ic_server_wake(ic_server *s) { (void)s; }
 
+bool ic_server_tls(const ic_server *s)
+{
+    (void)s;
+    return false;
+}
+
+int ic_server_reload_tls(ic_server *s, char *info, size_t infolen, char *err, size_t errlen)
+{
+    (void)s;
+    (void)info;
+    (void)infolen;
+    snprintf(err, errlen, "no TLS");
+    return IC_ERR_INVAL;
+}
+
 void ic_server_set_max_message(ic_server *s, uint64_t conn, size_t bytes)
 {
     (void)s;
@@ -379,6 +394,8 @@ static uint64_t create_session(uint64_t conn)
     return F.next_id;
 }
 
+static char last_reason[64];  /* the last http() answer's own reason phrase */
+
 static void http(const char *path, const char *authorization, int *status, char **body)
 {
     ic_http_request req = {.method = "GET", .path = path, .authorization = authorization,
@@ -388,6 +405,7 @@ static void http(const char *path, const char *authorization, int *status, char 
     *status = resp.status;
     assert_non_null(resp.body);
     *body = resp.body;
+    snprintf(last_reason, sizeof last_reason, "%s", resp.reason);
 }
 
 /* --- tests ------------------------------------------------------------- */
@@ -980,6 +998,72 @@ static void lost_end_found_while_others_generate(void **state)
     stop();
 }
 
+/* --node-name is HELLO's node; /health/weight gives HAProxy's agent words
+ * in the reason phrase and the body: the weight falls with the load, and
+ * a server that is loading or stopping is down (and drained when stopping). */
+static void node_name_and_agent_weight(void **state)
+{
+    (void)state;
+    ic_gateway_opts o = ic_gateway_opts_default();
+    o.node_name = "r2";
+    reset_fakes();
+    char err[256] = "";
+    assert_int_equal(ic_gateway_create(&o, &G, err, sizeof err), 0);
+    ic_gateway_server_handlers(G, &H);
+    ic_gateway_set_server(G, &S.srv);
+    int status;
+    char *body;
+    http("/health/weight", NULL, &status, &body);
+    assert_int_equal(status, 200);
+    assert_string_equal(body, "ready down #loading\n");
+    assert_string_equal(last_reason, "ready down #loading");
+    free(body);
+    ic_gateway_attach(G, &F, NULL, "test");
+    H.on_wake(H.ud);
+    open_conn(1, "127.0.0.1");
+    json_t *h = last_to(1);
+    assert_string_equal(str_at(h, "node"), "r2");
+    json_decref(h);
+    http("/health/weight", NULL, &status, &body);
+    assert_string_equal(body, "up ready 100%\n");
+    assert_string_equal(last_reason, "up ready 100%");
+    free(body);
+    /* Two of four sessions held and two generations queued: fully loaded. */
+    F.stats.sessions = 2;
+    http("/health/weight", NULL, &status, &body);
+    assert_string_equal(body, "up ready 55%\n");
+    free(body);
+    F.stats.queued = 2;
+    http("/health/weight", NULL, &status, &body);
+    assert_string_equal(body, "up ready 10%\n");
+    free(body);
+    F.stats.state = IC_SCHED_THROTTLED;
+    F.stats.sessions = F.stats.queued = 0;
+    http("/health/weight", NULL, &status, &body);
+    assert_string_equal(body, "up ready 25%\n");
+    free(body);
+    F.stats.state = IC_SCHED_READY;
+    ic_gateway_request_stop(G);
+    H.on_wake(H.ud);
+    http("/health/weight", NULL, &status, &body);
+    assert_string_equal(last_reason, "drain down #stopping");
+    free(body);
+    stop();
+}
+
+/* Without --node-name HELLO has no node. */
+static void hello_has_no_node_without_a_name(void **state)
+{
+    (void)state;
+    ic_gateway_opts o = ic_gateway_opts_default();
+    start(&o, false);
+    open_conn(1, "127.0.0.1");
+    json_t *h = last_to(1);
+    assert_null(json_object_get(h, "node"));
+    json_decref(h);
+    stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -998,6 +1082,8 @@ int main(void)
         cmocka_unit_test_teardown(hot_gpu_reads_as_throttled, teardown),
         cmocka_unit_test_teardown(lost_end_does_not_leave_the_session_running, teardown),
         cmocka_unit_test_teardown(lost_end_found_while_others_generate, teardown),
+        cmocka_unit_test_teardown(node_name_and_agent_weight, teardown),
+        cmocka_unit_test_teardown(hello_has_no_node_without_a_name, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -306,14 +306,15 @@ static void counters_by_reason_and_code(void **state)
 static void state_is_one_hot(void **state)
 {
     (void)state;
-    static const char *const states[] = {"loading", "ready", "throttled", "sleeping", "stuck"};
+    static const char *const states[] = {"loading", "ready", "throttled", "sleeping", "stuck",
+                                         "failed"};
     ic_metrics *m;
     assert_int_equal(ic_metrics_create(&m), 0);
     char series[96];
-    for (int cur = -1; cur < 5; cur++) {
+    for (int cur = -1; cur < 6; cur++) {
         /* -1: a state the module does not know, so none is 1 */
         char *t = render(m, &(ic_metrics_gauges){.state = cur < 0 ? "bogus" : states[cur]});
-        for (int i = 0; i < 5; i++) {
+        for (int i = 0; i < 6; i++) {
             snprintf(series, sizeof series, "inferencecenter_state{state=\"%s\"}", states[i]);
             assert_value(t, series, i == cur ? "1" : "0");
         }

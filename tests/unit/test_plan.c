@@ -306,7 +306,13 @@ static void two_devices_share_layers(void **state)
     for (int d = 0; d < 2; d++)
         assert_true(p.device_vram_bytes[d] > 0 && p.device_vram_bytes[d] <= in.device_free_bytes[d] - in.margin_bytes);
     assert_int_equal(p.vram_bytes, p.device_vram_bytes[0] + p.device_vram_bytes[1]);
-    assert_non_null(strstr(p.summary, "2 GPUs"));
+    assert_non_null(strstr(p.summary, "2 devices ("));
+    char per_dev[128];
+    snprintf(per_dev, sizeof per_dev, "(Fake GPU: %d, Fake GPU: %d + output)", p.device_layers[0],
+             p.device_layers[1]);
+    assert_non_null(strstr(p.summary, per_dev));
+    assert_int_equal(p.device_layers[0] + p.device_layers[1], p.n_layers_gpu);
+    assert_true(p.device_output[1] && !p.device_output[0]);
 
     /* Unequal cards: llama.cpp splits by free memory, margin-blind, so the
      * small card (and its own compute buffer) bounds the total. */
@@ -363,6 +369,77 @@ static void short_host_ram_lowers_sessions(void **state)
     assert_true(p.max_sessions >= 1 && p.max_sessions < 8);
     assert_true(p.ram_bytes <= in.host_available_bytes);
     assert_true(p.n_gpu_layers >= gpu_plan.n_gpu_layers);
+    ic_plan_shape_free(&s);
+}
+
+static void kv_types_parse_and_count(void **state)
+{
+    (void)state;
+    ic_kv_type t;
+    assert_int_equal(ic_kv_type_parse("f16", &t), 0);
+    assert_int_equal(t, IC_KV_F16);
+    assert_int_equal(ic_kv_type_parse("q8_0", &t), 0);
+    assert_int_equal(t, IC_KV_Q8_0);
+    assert_int_equal(ic_kv_type_parse("q4_0", &t), 0);
+    assert_int_equal(t, IC_KV_Q4_0);
+    assert_int_equal(ic_kv_type_parse("q4_1", &t), -1);
+    assert_int_equal(ic_kv_type_parse("F16", &t), -1);
+    assert_int_equal(ic_kv_type_parse("", &t), -1);
+    assert_int_equal(ic_kv_type_parse(NULL, &t), -1);
+    assert_string_equal(ic_kv_type_name(IC_KV_Q4_0), "q4_0");
+    /* ggml's row sizes: 32 elements are 64, 34 and 18 bytes */
+    assert_int_equal(ic_kv_type_bytes(IC_KV_F16, 1024), 2048);
+    assert_int_equal(ic_kv_type_bytes(IC_KV_Q8_0, 1024), 32 * 34);
+    assert_int_equal(ic_kv_type_bytes(IC_KV_Q4_0, 1024), 32 * 18);
+    assert_int_equal(ic_kv_type_bytes(IC_KV_Q8_0, 33), 2 * 34); /* whole blocks */
+    assert_int_equal(ic_kv_type_block(IC_KV_F16), 1);
+    assert_int_equal(ic_kv_type_block(IC_KV_Q8_0), 32);
+
+    ic_model_shape s;
+    read_ok(big_model(), &s); /* head 128, 8 KV heads: 1024 elements of K and of V */
+    assert_int_equal(ic_plan_kv_cell_bytes(&s, IC_KV_F16, IC_KV_F16), 2 * 2048);
+    assert_int_equal(ic_plan_kv_cell_bytes(&s, IC_KV_Q8_0, IC_KV_Q8_0), 2 * 32 * 34);
+    assert_int_equal(ic_plan_kv_cell_bytes(&s, IC_KV_Q8_0, IC_KV_F16), 32 * 34 + 2048);
+    assert_int_equal(ic_plan_kv_cell_bytes(&s, IC_KV_Q4_0, IC_KV_Q4_0), 2 * 32 * 18);
+    ic_plan_shape_free(&s);
+}
+
+/* The same host memory holds >= 1.8x the q8_0 sessions (64/34 = 1.88x the
+ * cells), and the plan line names the types. */
+static void quantised_kv_fits_more_sessions(void **state)
+{
+    (void)state;
+    ic_model_shape s;
+    read_ok(big_model(), &s);
+    ic_plan_input in = ic_plan_input_default();
+    in.n_sessions = 64;
+    in.n_ctx_per_session = 2048;
+    int64_t kv_f16 = (int64_t)2048 * (int64_t)s.kv_bytes_per_cell_layer * s.n_layer;
+    in.host_available_bytes = cpu_only_use(&s, &in, 10) + kv_f16 / 2;
+    ic_plan f16, q8, q4;
+    ic_plan_compute(&s, &in, &f16);
+    assert_int_equal(f16.max_sessions, 10);
+    assert_int_equal(f16.kv_bytes_per_session, kv_f16);
+    assert_non_null(strstr(f16.summary, "KV f16/f16"));
+    in.type_k = in.type_v = IC_KV_Q8_0;
+    ic_plan_compute(&s, &in, &q8);
+    fprintf(stderr, "%s\n", q8.summary);
+    assert_int_equal(q8.kv_bytes_per_session, (int64_t)2048 * 2 * 32 * 34 * s.n_layer);
+    assert_true(q8.max_sessions * 10 >= f16.max_sessions * 18);
+    assert_true(q8.ram_bytes <= in.host_available_bytes);
+    assert_non_null(strstr(q8.summary, "KV q8_0/q8_0"));
+    in.type_k = in.type_v = IC_KV_Q4_0;
+    ic_plan_compute(&s, &in, &q4);
+    assert_true(q4.max_sessions > q8.max_sessions);
+
+    /* on a GPU: the KV of more layers fits beside the weights */
+    ic_plan_input g = one_card(2800 * MIB, 8, 4096);
+    ic_plan gf16, gq8;
+    ic_plan_compute(&s, &g, &gf16);
+    g.type_k = g.type_v = IC_KV_Q8_0;
+    ic_plan_compute(&s, &g, &gq8);
+    assert_true(gq8.n_gpu_layers >= gf16.n_gpu_layers);
+    assert_true(gq8.vram_bytes <= 2800 * MIB - g.margin_bytes);
     ic_plan_shape_free(&s);
 }
 
@@ -461,6 +538,8 @@ int main(void)
         cmocka_unit_test(tiny_card_gets_nothing),
         cmocka_unit_test(two_devices_share_layers),
         cmocka_unit_test(short_host_ram_lowers_sessions),
+        cmocka_unit_test(kv_types_parse_and_count),
+        cmocka_unit_test(quantised_kv_fits_more_sessions),
         cmocka_unit_test(bad_files_are_reported),
         cmocka_unit_test(fewer_layers_reaches_zero),
         cmocka_unit_test(huge_inputs_saturate),

@@ -1,0 +1,392 @@
+#!/usr/bin/python3
+"""bench/serve.py: InferenceCenter against llama-server in the terms of
+`vllm bench serve`: TTFT, TPOT, ITL and end-to-end latency (E2EL) at
+p50/p90/p99, request and output throughput, and goodput against stated SLOs,
+with Poisson arrivals at a request rate or a fixed concurrency, both servers
+measured the same way (streamed POST /v1/completions) and run alternately in
+one command; a markdown table and gnuplot plots at the end.
+
+    bench/serve.py --model tinyllama --request-rate 1,2,inf --num-prompts 24 \\
+        --input-len 64 --output-len 32 --goodput ttft:2000 tpot:250
+    bench/serve.py --model stories --max-concurrency 1,4,8 --num-prompts 32
+
+Definitions (as vLLM's benchmark_serving): TTFT = first streamed token -
+send; E2EL = last chunk - send; TPOT = (E2EL - TTFT) / (output tokens - 1),
+output tokens from the usage chunk; ITL = every gap between streamed
+chunks; request throughput = completed requests / duration, output
+throughput = output tokens / duration, duration = first send to last
+completion; goodput = requests/s that met every SLO given with --goodput
+(ttft:MS, tpot:MS, e2el:MS). --request-rate inf sends all prompts at once
+(bounded by --max-concurrency when given). Arrivals are a Poisson process
+(exponential gaps) with a fixed --seed, so both servers see the same
+schedule and the same prompts.
+
+Servers are started fresh for every run (bench/run's Server: free
+loopback port, /health, SIGTERM), with the same threads, slots and
+context. Extra server flags: --ic-args / --llama-args (e.g. --ic-args
+"--cache-type-k q8_0 --cache-type-v q8_0" --llama-args "-ctk q8_0 -ctv q8_0 -fa on").
+"""
+
+import argparse
+import asyncio
+import datetime
+import importlib.machinery
+import importlib.util
+import json
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+import loadgen  # noqa: E402  (percentile, HttpConn, prompt text)
+
+
+def load_run_module():
+    """bench/run (no .py suffix) as a module, for its Server and model maker."""
+    loader = importlib.machinery.SourceFileLoader("bench_run", os.path.join(BENCH, "run"))
+    spec = importlib.util.spec_from_loader("bench_run", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def log(msg):
+    print("[serve] %s" % msg, flush=True)
+
+
+# ---------------------------------------------------------------- one request
+
+async def one_request(url, prompt, output_len, rec):
+    """Streams POST /v1/completions into rec: send, chunk times, usage."""
+    body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    conn = loadgen.HttpConn(url)
+    try:
+        await conn.open()
+        req = conn.request_bytes("POST", "/v1/completions", body)
+        rec["t_send"] = time.perf_counter()
+        conn.writer.write(req)
+        status, headers = await conn.read_head()
+        if status != 200:
+            text = b"".join([c async for c in conn.body_chunks(headers)])
+            rec["error"] = "HTTP %d: %s" % (status, text[:200].decode("utf-8", "replace"))
+            return
+        pending = b""
+        async for chunk in conn.body_chunks(headers):
+            now = time.perf_counter()
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    rec["t_end"] = now
+                    return
+                ev = json.loads(data)
+                if ev.get("error"):
+                    rec["error"] = json.dumps(ev["error"])[:200]
+                if ev.get("usage"):
+                    rec["output_tokens"] = ev["usage"].get("completion_tokens")
+                    rec["prompt_tokens"] = ev["usage"].get("prompt_tokens")
+                for ch in ev.get("choices") or []:
+                    if ch.get("text"):
+                        rec["chunks"].append(now)
+        rec["error"] = rec["error"] or "stream ended without [DONE]"
+    finally:
+        conn.close()
+
+
+def finish(rec, output_len):
+    ok = rec["error"] is None and rec["chunks"] and rec["t_end"] is not None
+    if ok and rec["output_tokens"] is None:
+        rec["output_tokens"] = len(rec["chunks"])
+    if ok and rec["output_tokens"] != output_len:
+        rec["error"] = "%s of %d tokens" % (rec["output_tokens"], output_len)
+        ok = False
+    rec["ok"] = bool(ok)
+    if rec["ok"]:
+        rec["ttft_ms"] = (rec["chunks"][0] - rec["t_send"]) * 1e3
+        rec["e2el_ms"] = (rec["t_end"] - rec["t_send"]) * 1e3
+        n = rec["output_tokens"]
+        rec["tpot_ms"] = (rec["e2el_ms"] - rec["ttft_ms"]) / (n - 1) if n > 1 else None
+        rec["itl_ms"] = [(b - a) * 1e3 for a, b in zip(rec["chunks"], rec["chunks"][1:])]
+
+
+# ---------------------------------------------------------------- one run
+
+def arrival_gaps(n, rate, seed):
+    """Seconds to wait before each request: exponential gaps (Poisson
+    arrivals) at rate req/s; 0 for rate inf."""
+    rng = random.Random(seed)
+    return [0.0 if rate == float("inf") else rng.expovariate(rate) for _ in range(n)]
+
+
+def prompts_for(n, input_words, seed):
+    rng = random.Random(seed)
+    return [loadgen.request_prompt(input_words, "%06x-%d" % (rng.getrandbits(24), i))
+            for i in range(n)]
+
+
+async def run_load(url, prompts, output_len, rate, concurrency, seed, timeout):
+    gaps = arrival_gaps(len(prompts), rate, seed)
+    sem = asyncio.Semaphore(concurrency) if concurrency else None
+    records = []
+
+    async def send(prompt):
+        rec = {"t_send": None, "t_end": None, "chunks": [], "error": None,
+               "output_tokens": None, "prompt_tokens": None}
+        records.append(rec)
+        try:
+            if sem:
+                async with sem:
+                    await asyncio.wait_for(one_request(url, prompt, output_len, rec), timeout)
+            else:
+                await asyncio.wait_for(one_request(url, prompt, output_len, rec), timeout)
+        except Exception as e:  # a failed request counts as one, never stops the run
+            rec["error"] = "%s: %s" % (type(e).__name__, e)
+            rec["t_send"] = rec["t_send"] or time.perf_counter()
+        finish(rec, output_len)
+
+    tasks = []
+    t0 = time.perf_counter()
+    for prompt, gap in zip(prompts, gaps):
+        if gap:
+            await asyncio.sleep(gap)
+        tasks.append(asyncio.ensure_future(send(prompt)))
+    await asyncio.gather(*tasks)
+    t1 = max([r["t_end"] for r in records if r["t_end"]] or [time.perf_counter()])
+    for r in records:
+        for k in ("t_send", "t_end"):
+            if r[k] is not None:
+                r[k] -= t0
+        r["chunks"] = [c - t0 for c in r["chunks"]]
+    return records, t1 - t0
+
+
+def stats(vals):
+    p = loadgen.percentile
+    vals = [v for v in vals if v is not None]
+    return {"mean": sum(vals) / len(vals) if vals else None, "p50": p(vals, 50),
+            "p90": p(vals, 90), "p99": p(vals, 99), "n": len(vals)}
+
+
+def summarize(records, duration, slo):
+    ok = [r for r in records if r["ok"]]
+    out_tok = sum(r["output_tokens"] for r in ok)
+
+    def good(r):
+        return all(r.get(k + "_ms") is not None and r[k + "_ms"] <= v for k, v in slo.items())
+    n_good = sum(1 for r in ok if good(r))
+    return {"requests": len(records), "completed": len(ok), "failed": len(records) - len(ok),
+            "errors": sorted({r["error"] for r in records if r["error"]})[:3],
+            "duration_s": duration, "output_tokens": out_tok,
+            "request_throughput": len(ok) / duration if duration > 0 else None,
+            "output_throughput": out_tok / duration if duration > 0 else None,
+            "goodput": n_good / duration if duration > 0 and slo else None,
+            "good_requests": n_good if slo else None,
+            "ttft_ms": stats([r["ttft_ms"] for r in ok]),
+            "tpot_ms": stats([r["tpot_ms"] for r in ok]),
+            "itl_ms": stats([g for r in ok for g in r["itl_ms"]]),
+            "e2el_ms": stats([r["e2el_ms"] for r in ok])}
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(x, spec="%.1f"):
+    return "-" if x is None else spec % x
+
+
+def table(results, slo):
+    head = ("| load | server | done/sent | req/s | out tok/s | goodput req/s | TTFT p50/p90/p99 ms "
+            "| TPOT p50/p90/p99 ms | ITL p50/p90/p99 ms | E2EL p50/p90/p99 ms |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for r in results:
+        s = r["summary"]
+
+        def ppp(k):
+            return "/".join(fmt(s[k][q]) for q in ("p50", "p90", "p99"))
+        rows.append("| %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["load"], r["target"], s["completed"], s["requests"],
+            fmt(s["request_throughput"], "%.2f"), fmt(s["output_throughput"]),
+            fmt(s["goodput"], "%.2f"), ppp("ttft_ms"), ppp("tpot_ms"), ppp("itl_ms"),
+            ppp("e2el_ms")))
+    slo_line = ("goodput SLOs: " + ", ".join("%s <= %g ms" % kv for kv in slo.items())) \
+        if slo else "no SLOs given (--goodput): goodput not computed"
+    return head + "\n".join(rows) + "\n\n" + slo_line + "\n"
+
+
+def plot(out, results, loads):
+    """serve-throughput.png (output tok/s and goodput per load) and
+    serve-latency.png (TTFT, TPOT, E2EL p50 and p99 per load)."""
+    gp = shutil.which("gnuplot")
+    if not gp:
+        log("gnuplot not installed: no plots (apt-get install gnuplot-nox)")
+        return []
+    dat = os.path.join(out, "serve-plot.dat")
+    by = {(r["load"], r["target"]): r["summary"] for r in results}
+    cols = []
+    with open(dat, "w") as f:
+        f.write("# i load | per target: out_tok_s goodput ttft50 ttft99 tpot50 tpot99 e2el50 e2el99\n")
+        for i, load in enumerate(loads):
+            row = [str(i), '"%s"' % load]
+            for t in ("ic", "llama"):
+                s = by.get((load, t))
+                vals = [None] * 8 if not s else [
+                    s["output_throughput"], s["goodput"], s["ttft_ms"]["p50"], s["ttft_ms"]["p99"],
+                    s["tpot_ms"]["p50"], s["tpot_ms"]["p99"], s["e2el_ms"]["p50"],
+                    s["e2el_ms"]["p99"]]
+                row += ["nan" if v is None else "%.4f" % v for v in vals]
+            f.write(" ".join(row) + "\n")
+    cols = {"ic": 3, "llama": 11}
+    terms = subprocess.run([gp, "-e", "set terminal"], capture_output=True, text=True)
+    term = "pngcairo" if "pngcairo" in terms.stdout + terms.stderr else "png"
+    tp, lp = os.path.join(out, "serve-throughput.png"), os.path.join(out, "serve-latency.png")
+    s = ('set terminal %s size 1000,600\nset datafile missing "nan"\nset grid\nset key top left\n'
+         'IC = "#9400d3"\nLL = "#009e73"\nset style data histograms\nset style fill solid 0.8\n'
+         'set boxwidth 0.8\nset xtics rotate by -20\nset yrange [0:*]\n' % term)
+    s += ('set output "%s"\nset multiplot layout 1,2 title "output throughput and goodput"\n'
+          'set title "output tokens/s"\nplot "%s" using %d:xtic(2) lc rgb IC title "InferenceCenter", '
+          '"" using %d lc rgb LL title "llama-server"\n'
+          'set title "goodput (requests/s meeting every SLO)"\nplot "%s" using %d:xtic(2) lc rgb IC '
+          'title "InferenceCenter", "" using %d lc rgb LL title "llama-server"\nunset multiplot\n'
+          % (tp, dat, cols["ic"], cols["llama"], dat, cols["ic"] + 1, cols["llama"] + 1))
+    s += 'set output "%s"\nset multiplot layout 1,3 title "latency p50 (solid) and p99 (light), ms"\n' % lp
+    for name, off in (("TTFT", 2), ("TPOT", 4), ("E2EL", 6)):
+        s += ('set title "%s"\nplot "%s" using %d:xtic(2) lc rgb IC title "ic p50", "" using %d '
+              'lc rgb "#d8b0f0" title "ic p99", "" using %d lc rgb LL title "llama p50", "" using %d '
+              'lc rgb "#a0e0c8" title "llama p99"\n'
+              % (name, dat, cols["ic"] + off, cols["ic"] + off + 1, cols["llama"] + off,
+                 cols["llama"] + off + 1))
+    s += "unset multiplot\n"
+    with open(os.path.join(out, "serve-plot.gp"), "w") as f:
+        f.write(s)
+    r = subprocess.run([gp], input=s, text=True, capture_output=True, timeout=60)
+    if r.returncode != 0:
+        log("gnuplot: %s" % r.stderr.strip())
+        return []
+    return [os.path.basename(tp), os.path.basename(lp)]
+
+
+# ---------------------------------------------------------------- main
+
+def parse_goodput(items):
+    slo = {}
+    for it in items or []:
+        k, _, v = it.partition(":")
+        if k not in ("ttft", "tpot", "e2el") or not v:
+            sys.exit("bench/serve.py: --goodput takes ttft:MS, tpot:MS, e2el:MS, not %r" % it)
+        slo[k] = float(v)
+    return slo
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tinyllama", help="tinyllama, stories or a GGUF path")
+    ap.add_argument("--targets", default="ic,llama", help="ic,llama (run alternately)")
+    ap.add_argument("--request-rate", default="", help="req/s list, Poisson arrivals; inf = all at once")
+    ap.add_argument("--max-concurrency", default="",
+                    help="fixed concurrency list (alone: rate inf with this many in flight)")
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--input-len", type=int, default=64, help="prompt words, about tokens")
+    ap.add_argument("--output-len", type=int, default=32)
+    ap.add_argument("--goodput", nargs="*", metavar="KEY:MS", help="SLOs: ttft:MS tpot:MS e2el:MS")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions; the order flips each one")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--slots", type=int, default=8, help="sessions / slots of both servers")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ic-args", default="", help="extra inferencecenter serve flags")
+    ap.add_argument("--llama-args", default="", help="extra llama-server flags")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per request")
+    ap.add_argument("--out", help="output folder (default bench/out/serve-<timestamp>)")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
+    a = ap.parse_args()
+    a.slo = parse_goodput(a.goodput)
+    a.rates = [float(x) for x in a.request_rate.split(",") if x]
+    a.concs = [int(x) for x in a.max_concurrency.split(",") if x]
+    if not a.rates and not a.concs:
+        a.concs = [1, 4]
+    a.out = os.path.abspath(a.out or os.path.join(
+        BENCH, "out", "serve-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    a.targets = [t for t in a.targets.split(",") if t]
+    if set(a.targets) - {"ic", "llama"}:
+        ap.error("--targets: ic and/or llama")
+    return a
+
+
+class Cfg:
+    def __init__(self, a, prefix):
+        self.build_dir, self.prefix, self.threads = a.build_dir, prefix, a.threads
+
+
+def main():
+    a = parse_args()
+    br = load_run_module()
+    br.SLOTS = a.slots
+    prefix = os.environ.get("LLAMA_PREFIX") or os.path.expanduser(
+        "~/.cache/inferencecenter/llama-80fb11ac73e6-cpu")
+    if a.model in ("tinyllama", "stories"):
+        ns = argparse.Namespace(models=a.model, build_dir=a.build_dir)
+        models = br.find_models(ns, prefix)
+        if a.model not in models:
+            sys.exit("bench/serve.py: no model %s" % a.model)
+        model = models[a.model]
+    else:
+        model = a.model
+    os.makedirs(os.path.join(a.out, "logs"), exist_ok=True)
+    cfg = Cfg(a, prefix)
+    ctx = max(512, -(-(a.input_len * 2 + a.output_len + 32) // 256) * 256)
+    loads = [("rate %g" % r, r, c) for r in a.rates for c in (a.concs or [None])] if a.rates \
+        else [("conc %d" % c, float("inf"), c) for c in a.concs]
+    loads = [(name + (" conc %d" % c if a.rates and c else ""), r, c) for name, r, c in loads]
+    prompts = prompts_for(a.num_prompts, a.input_len, a.seed)
+    results = []
+    for rep in range(a.reps):
+        order = a.targets if rep % 2 == 0 else a.targets[::-1]
+        for name, rate, conc in loads:
+            for target in order:
+                tag = "%s-%s-r%d" % (name.replace(" ", ""), target, rep)
+                srv_obj = br.Server(cfg, target, model, ctx, os.path.join(a.out, "logs", tag + ".server.log"))
+                extra = shlex.split(a.ic_args if target == "ic" else a.llama_args)
+                srv_obj.cmd += extra
+                url = "http://127.0.0.1:%d" % srv_obj.port
+                with srv_obj:
+                    # one untimed request warms each server the same way
+                    warm, _ = asyncio.run(run_load(url, prompts[:1], 2, float("inf"), None, 0, a.timeout))
+                    records, dur = asyncio.run(run_load(url, prompts, a.output_len, rate, conc,
+                                                        a.seed + rep, a.timeout))
+                s = summarize(records, dur, a.slo)
+                log("%s: %d/%d done, %.2f req/s, %.1f out tok/s, TTFT p50 %s ms, TPOT p50 %s ms%s"
+                    % (tag, s["completed"], s["requests"], s["request_throughput"] or 0,
+                       s["output_throughput"] or 0, fmt(s["ttft_ms"]["p50"]), fmt(s["tpot_ms"]["p50"]),
+                       (" errors: %s" % s["errors"]) if s["errors"] else ""))
+                res = {"load": name, "rate": rate if rate != float("inf") else "inf",
+                       "max_concurrency": conc, "target": target, "rep": rep,
+                       "server_cmd": shlex.join(srv_obj.cmd), "summary": s, "records": records}
+                results.append(res)
+                with open(os.path.join(a.out, tag + ".json"), "w") as f:
+                    json.dump(res, f, indent=1)
+    plots = plot(a.out, results, [l[0] for l in loads])
+    md = ["# bench/serve.py", "", "`%s`" % shlex.join(sys.argv), "",
+          "model %s, %d prompts of ~%d words, %d output tokens, %d threads, %d slots, ctx %d"
+          % (os.path.basename(model), a.num_prompts, a.input_len, a.output_len, a.threads,
+             a.slots, ctx), "", table(results, a.slo)]
+    md += ["![%s](%s)" % (p, p) for p in plots]
+    with open(os.path.join(a.out, "serve.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    log("out: %s" % a.out)
+    return 0 if all(r["summary"]["failed"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
