@@ -584,6 +584,20 @@ static void resume_waiting(ic_gateway *g)
     }
 }
 
+void ic_gw_oai_fail_waiting(ic_gateway *g)
+{
+    ic_oai_error err;
+    ic_oai_error_set(&err, 503, "backend_failed", NULL, "%s", IC_GW_ENGINE_DEAD_MSG);
+    while (g->oai_waiting) {
+        oai_job *j = g->oai_waiting;
+        g->oai_waiting = j->next;
+        ic_http_response resp = {0};
+        error_response(&resp, &err);
+        ic_server_http_respond(g->srv, j->http_id, &resp);
+        job_free(j);
+    }
+}
+
 void ic_gw_oai_free_waiting(ic_gateway *g)
 {
     while (g->oai_waiting) {
