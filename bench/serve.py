@@ -49,6 +49,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -554,6 +555,9 @@ def served_run(a, br, cfg, model, ctx, target, tag, api, body):
 
 def main():
     a = parse_args()
+    # SIGTERM unwinds, so the server of the run in progress is stopped too
+    # (it runs in its own session, out of reach of a signal to our group).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     br = load_run_module()
     br.SLOTS = a.slots
     prefix = os.environ.get("LLAMA_PREFIX") or os.path.expanduser(
