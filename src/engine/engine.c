@@ -781,21 +781,64 @@ void ic_engine_seq_share(ic_engine *e, int src, int dst, int32_t n)
 /* Feeds the grammar the tokens of text, each checked first: accepting a
  * token the grammar forbids throws inside llama.cpp. As common_sampler_init,
  * a leading space the tokenizer adds before a special token is skipped. */
+/* Tokens whose pieces spell exactly text, for feeding a grammar: text is
+ * tokenized behind a prefix (none, then newlines) and the tokens after the
+ * prefix's are kept when their pieces make text. The prefix absorbs what a
+ * tokenizer adds in front (an SPM vocabulary's space): without it,
+ * "<|im_start|>" on a vocabulary that lacks the token starts with the
+ * piece " <", which no grammar for "<|im_start|>" accepts (llama-server
+ * skips such a piece, and then misses the "<"). Returns 0 and *toks
+ * (malloc'd) from *from on, or an ic_err. */
+static int spelling_tokens(const ic_engine *e, const char *text, ic_token **toks, int *n,
+                           int *from)
+{
+    static const char *const prefixes[] = { "", "\n", "\n\n" };
+    size_t tlen = strlen(text);
+    for (size_t p = 0; p < sizeof prefixes / sizeof *prefixes; p++) {
+        ic_buf in = {0}, spelled = {0};
+        int rc = ic_buf_append(&in, prefixes[p], strlen(prefixes[p]));
+        rc = rc ? rc : ic_buf_append(&in, text, tlen);
+        rc = rc ? rc : ic_engine_tokenize(e, in.data, in.len, false, true, toks, n);
+        ic_buf_free(&in);
+        if (rc < 0)
+            return rc;
+        size_t *start = malloc(((size_t)*n + 1) * sizeof *start);
+        for (int i = 0; start && i < *n && rc == 0; i++) {
+            char piece[256];
+            int np = llama_token_to_piece(e->vocab, (*toks)[i], piece, sizeof piece, 0, true);
+            start[i] = spelled.len;
+            rc = np < 0 ? IC_ERR_INVAL : ic_buf_append(&spelled, piece, (size_t)np);
+        }
+        for (int k = 0; start && rc == 0 && k <= *n; k++) {
+            size_t off = k < *n ? start[k] : spelled.len;
+            if (spelled.len - off == tlen && memcmp(spelled.data + off, text, tlen) == 0) {
+                *from = k;
+                free(start);
+                ic_buf_free(&spelled);
+                return 0;
+            }
+        }
+        free(start);
+        ic_buf_free(&spelled);
+        free(*toks);
+        *toks = NULL;
+        if (!start)
+            return IC_ERR_NOMEM;
+    }
+    return IC_ERR_TOKENIZE;
+}
+
 static int grammar_prefill(const ic_engine *e, struct llama_sampler *grammar, const char *text,
                            char *err, size_t err_size)
 {
     ic_token *toks = NULL;
-    int n = 0;
-    int rc = ic_engine_tokenize(e, text, strlen(text), false, true, &toks, &n);
+    int n = 0, from = 0;
+    int rc = spelling_tokens(e, text, &toks, &n, &from);
     if (rc != 0) {
         snprintf(err, err_size, "the grammar's prefill does not tokenize");
         return rc;
     }
-    for (int i = 0; i < n && rc == 0; i++) {
-        char piece[256];
-        int np = llama_token_to_piece(e->vocab, toks[i], piece, sizeof piece, 0, true);
-        if (i == 0 && np > 0 && isspace((unsigned char)piece[0]) && !isspace((unsigned char)text[0]))
-            continue;
+    for (int i = from; i < n && rc == 0; i++) {
         llama_token_data one = { toks[i], 1.0f, 0.0f };
         llama_token_data_array arr = { &one, 1, -1, false };
         llama_sampler_apply(grammar, &arr);
