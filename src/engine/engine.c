@@ -5,6 +5,7 @@
  * llama_model, the llama_context and the llama_batch.
  */
 #include "engine.h"
+#include "chat.h"
 #include "buf.h"
 #include "err.h"
 #include "log.h"
@@ -29,6 +30,10 @@ struct ic_engine {
     ic_kv_type type_k, type_v;    /* the context's KV cache types */
     int flash_attn;               /* IC_FLASH_ATTN_*, as asked */
     const char *chat_template;    /* owned by the model; NULL = fallback */
+    /* The same template through llama.cpp's Jinja engine (chat.h), as
+     * llama-server renders it; NULL when the GGUF has none (plain-text
+     * fallback) or Jinja refuses it (then llama_chat_apply_template). */
+    ic_chat *jinja;
     struct llama_logit_bias *eog_bias; /* -inf for every EOG token */
     int n_eog;
     struct special *specials;     /* control tokens, longest text first */
@@ -387,6 +392,9 @@ int ic_engine_create(const ic_engine_opts *opts, ic_engine **out, const char **e
         *errmsg = "out of memory";
         rc = IC_ERR_NOMEM;
     }
+    char why[256];
+    if (rc == 0 && e->chat_template && ic_chat_create(e, NULL, &e->jinja, why, sizeof why) < 0)
+        ic_log_warn("chat template: Jinja refuses it (%s); using llama.cpp's built-in formats", why);
     if (rc < 0) {
         ic_engine_destroy(e);
         return rc;
@@ -412,6 +420,7 @@ void ic_engine_destroy(ic_engine *e)
         llama_batch_free(e->batch);
         llama_free(e->ctx);
     }
+    ic_chat_destroy(e->jinja);
     llama_model_free(e->model);
     free(e->eog_bias);
     free(e->specials);
@@ -496,12 +505,40 @@ static int fallback_format(const ic_chat_msg *msgs, size_t n, bool add_assistant
     return *out ? 0 : IC_ERR_NOMEM;
 }
 
+/* The conversation through the model's Jinja template (chat.h), as
+ * llama-server renders it. */
+static int jinja_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n, bool add_assistant,
+                        char **out)
+{
+    ic_chat_message *cm = calloc(n ? n : 1, sizeof *cm);
+    if (!cm)
+        return IC_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        cm[i] = (ic_chat_message){.role = msgs[i].role, .content = msgs[i].content};
+    ic_chat_render_opts o = ic_chat_render_opts_default();
+    o.add_generation_prompt = add_assistant;
+    ic_chat_prompt *p = NULL;
+    char why[256] = "";
+    int rc = ic_chat_render(e->jinja, cm, n, &o, &p, why, sizeof why);
+    free(cm);
+    if (rc < 0) {
+        ic_log_debug("chat template: %s", why);
+        return rc == IC_ERR_NOMEM ? rc : IC_ERR_TEMPLATE;
+    }
+    *out = p->prompt;
+    p->prompt = NULL;
+    ic_chat_prompt_free(p);
+    return 0;
+}
+
 int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
                           bool add_assistant, char **out)
 {
     *out = NULL;
     if (!e->chat_template)
         return fallback_format(msgs, n, add_assistant, out);
+    if (e->jinja)
+        return jinja_format(e, msgs, n, add_assistant, out);
     struct llama_chat_message *lm = calloc(n ? n : 1, sizeof *lm);
     if (!lm)
         return IC_ERR_NOMEM;

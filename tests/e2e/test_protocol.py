@@ -199,9 +199,10 @@ def test_end_stats_fields(vserver):
         assert end["session_id"] == sid
         assert end["reason"] == "length"
         st = end["stats"]
-        assert set(st) == {"prompt_tokens", "generated_tokens", "queue_ms", "ttft_ms",
-                           "total_ms", "tokens_per_second", "prompt_tokens_per_second"}
+        assert set(st) == {"prompt_tokens", "context_tokens", "generated_tokens", "queue_ms",
+                           "ttft_ms", "total_ms", "tokens_per_second", "prompt_tokens_per_second"}
         assert isinstance(st["prompt_tokens"], int) and st["prompt_tokens"] > 0
+        assert st["context_tokens"] >= st["prompt_tokens"]
         assert st["generated_tokens"] == 8 == len(res.tokens)
         for k in ("queue_ms", "ttft_ms", "total_ms", "tokens_per_second",
                   "prompt_tokens_per_second"):
