@@ -127,3 +127,33 @@ def test_chat_mode_renders_the_jinja_template_and_reuses_kv(start_server, name):
             msgs.append({"role": "assistant", "content": r.text})
         await c.close()
     run(go())
+
+
+def test_generate_chat_goes_through_the_same_template(start_server):
+    """`inferencecenter generate --chat` renders with the chat module: its
+    greedy reply equals chat mode's over the WebSocket; --json-schema
+    answers validate; a bad schema is refused by name."""
+    from conftest import IC_BIN
+    model = IC_TEST_MODELS / "vocab-qwen2.gguf"
+    if not model.exists():
+        pytest.skip("needs vocab-qwen2.gguf")
+    gen = [IC_BIN, "generate", "-m", str(model), "--threads", "1", "--chat"]
+    out = subprocess.run(gen + ["--system", "Be terse.", "-p", "Hello there", "-t", "0",
+                                "-n", "12"], check=True, capture_output=True, text=True).stdout
+    server = start_server(model=str(model))
+
+    async def go():
+        c = await connect(server)
+        sid = await c.create_session(system="Be terse.")
+        r = await c.infer(sid, "Hello there", raw=False, temperature=0, max_tokens=12)
+        await c.close()
+        return r.text
+    assert out[:-1] == run(go())  # generate ends with a newline
+    for seed in range(1, 6):
+        out = subprocess.run(gen + ["-p", "Person?", "-t", "1", "-s", str(seed), "-n", "300",
+                                    "--json-schema", json.dumps(PERSON)],
+                             check=True, capture_output=True, text=True).stdout
+        assert person_ok(out), out
+    bad = subprocess.run(gen + ["-p", "x", "--json-schema", '{"type":"frob"}'],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Unrecognized schema" in bad.stderr
