@@ -739,7 +739,17 @@ int ic_engine_chat_tokenize(const ic_engine *e, const ic_chat_msg *msgs, size_t 
     ic_token bos = llama_vocab_bos(e->vocab), eos = llama_vocab_eos(e->vocab);
     bool add_bos = llama_vocab_get_add_bos(e->vocab) && bos != LLAMA_TOKEN_NULL;
     rc = spans ? 0 : IC_ERR_NOMEM;
-    if (rc == 0 && !locate_contents(e, text, msgs, n, add_assistant, spans)) {
+    /* Where no content holds control-token text, the whole text tokenizes
+     * as the span-aware way would (the branch below); the marker render
+     * that finds the spans is then skipped: a Jinja render costs as much as
+     * a few decode steps of a small model. */
+    bool plain = true;
+    for (size_t i = 0; i < n && plain; i++)
+        plain = !has_special(e, msgs[i].content);
+    if (rc == 0 && plain) {
+        for (size_t i = 0; i < 2 * n; i++)
+            spans[i] = 0;
+    } else if (rc == 0 && !locate_contents(e, text, msgs, n, add_assistant, spans)) {
         /* Unknown layout: safe to parse as a whole only when no content
          * holds control-token text. */
         for (size_t i = 0; i < n && rc == 0; i++)
