@@ -543,7 +543,9 @@ def test_system_prompt_is_part_of_chat(vserver):
     async def body():
         c = await connect(vserver)
         plain = await c.create_session()
-        withsys = await c.create_session(system="You are a storyteller for small children.")
+        # Long enough to outweigh a template's own default system prompt
+        # (Qwen 2.5's Jinja template puts "You are Qwen, ..." in without one).
+        withsys = await c.create_session(system="You are a storyteller for small children. " * 6)
         a = await c.infer(plain, "Hi", raw=False, max_tokens=1, ignore_eos=True, **GREEDY)
         b = await c.infer(withsys, "Hi", raw=False, max_tokens=1, ignore_eos=True, **GREEDY)
         assert b.end["stats"]["prompt_tokens"] > a.end["stats"]["prompt_tokens"] + 5
