@@ -532,6 +532,11 @@ static int parse_root(const json_t *root, ic_oai_request *r, ic_oai_error *err)
         rc = get_string(root, "user", &r->user, err);
     if (rc == 0 && r->endpoint == IC_OAI_CHAT)
         rc = parse_tools(root, r, err);
+    r->parallel_tool_calls = -1;
+    if (rc == 0 && json_is_boolean(json_object_get(root, "parallel_tool_calls")))
+        r->parallel_tool_calls = json_is_true(json_object_get(root, "parallel_tool_calls"));
+    else if (rc == 0)
+        rc = get_bool(root, "parallel_tool_calls", &(bool){false}, err); /* null, or 400 */
     if (rc == 0 && r->endpoint == IC_OAI_CHAT)
         rc = parse_format(root, r, err);
     if (rc == 0) {

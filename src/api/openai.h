@@ -80,6 +80,7 @@ typedef struct ic_oai_request {
                                  tool_choice only that function's definition */
     char *tool_choice;        /* "none", "auto" or "required" (a named function is
                                  read as "required" over that one tool); NULL */
+    int parallel_tool_calls;  /* parallel_tool_calls: -1 not given (the template's), 0, 1 */
     enum ic_oai_format format;
     char *schema_json;        /* IC_OAI_FORMAT_JSON_SCHEMA */
     bool logprobs;

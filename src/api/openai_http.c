@@ -332,6 +332,7 @@ static int render_chat(ic_gateway *g, const ic_oai_request *r, ic_chat_prompt **
     ic_chat_render_opts ro = ic_chat_render_opts_default();
     ro.tools_json = r->tools_json;
     ro.tool_choice = r->tool_choice;
+    ro.parallel_tool_calls = r->parallel_tool_calls;
     ro.json_schema = schema;
     char why[256] = "";
     rc = ic_chat_render(g->chat, msgs, (size_t)r->n_messages, &ro, out, why, sizeof why);

@@ -57,6 +57,7 @@ static void chat_request_with_every_field(void **state)
     /* a named function: "required" over that one tool */
     assert_string_equal(r.tool_choice, "required");
     assert_string_equal(r.tools_json, "[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]");
+    assert_int_equal(r.parallel_tool_calls, -1);
     assert_int_equal(r.messages[2].n_tool_calls, 1);
     assert_string_equal(r.messages[2].tool_calls[0].id, "c1");
     assert_string_equal(r.messages[2].tool_calls[0].name, "f");
@@ -148,6 +149,8 @@ static void refusals_name_the_field(void **state)
                       "\"tools\":[{\"type\":\"function\"}]}", "tools", "function"},
         {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
                       "\"tool_choice\":\"sometimes\"}", "tool_choice", "must be"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"parallel_tool_calls\":\"yes\"}", "parallel_tool_calls", "true or false"},
         {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
                       "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
                       "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}",

@@ -316,6 +316,13 @@ test('tools: tool_choice auto and none answer; a tool_choice naming no tool is 4
       tool_choice: { type: 'function', function: { name: 'nope' } } }),
     (e) => e.status === 400 && e.error.param === 'tool_choice' && /nope/.test(e.message));
     await assert.rejects(c.chat.completions.create({
+      model: id(QWEN), messages: ask('hi'), tools: [WEATHER], parallel_tool_calls: 'no' }),
+    (e) => e.status === 400 && e.error.param === 'parallel_tool_calls');
+    const one = await c.chat.completions.create({
+      model: id(QWEN), messages: ask('hi'), tools: [WEATHER], parallel_tool_calls: false,
+      max_tokens: 4, temperature: 0 });
+    assert.equal(one.choices.length, 1);
+    await assert.rejects(c.chat.completions.create({
       model: id(QWEN), messages: ask('hi'), tools: [WEATHER], tool_choice: 'required',
       response_format: { type: 'json_object' } }),
     (e) => e.status === 400 && e.error.param === 'response_format');
