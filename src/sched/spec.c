@@ -1,0 +1,89 @@
+/* spec.c - n-gram drafts and their backoff (see spec.h).
+ *
+ * Why not llama.cpp common's helpers (common/ngram-map.h,
+ * common/ngram-cache.h, common/speculative.h): they are C++ over
+ * std::vector token copies (the history is copied into a vector per
+ * call), common_speculative keeps its own per-sequence state that wants to
+ * see every batch (common_speculative_process) and to own the draft/accept
+ * cycle of llama-server's slots, and common_ngram_simple_draft looks up
+ * 12-token n-grams with no backoff. Our scheduler already holds each
+ * session's whole history as one array (the KV cache's tokens), so a
+ * backwards scan over it is allocation-free C in the sched layer, and the
+ * backoff decides per session and per step how many rows of the shared
+ * batch a session may spend.
+ *
+ * Thread: any (pure; states are owned by their caller).
+ */
+#include "spec.h"
+
+#include <string.h>
+
+/* The most recent start j < n - k of toks[n-k..n) earlier in toks, or -1. */
+static int find_suffix(const ic_token *toks, int n, int k)
+{
+    const ic_token *pat = toks + n - k;
+    for (int j = n - k - 1; j >= 0; j--) {
+        if (toks[j] == pat[0] && toks[j + k - 1] == pat[k - 1] &&
+            memcmp(toks + j, pat, (size_t)k * sizeof *toks) == 0)
+            return j;
+    }
+    return -1;
+}
+
+int ic_spec_ngram_draft(const ic_token *toks, int n, int max_draft, ic_token *out)
+{
+    if (max_draft > IC_SPEC_MAX_DRAFT)
+        max_draft = IC_SPEC_MAX_DRAFT;
+    for (int k = IC_SPEC_NGRAM_MAX; k >= IC_SPEC_NGRAM_MIN && max_draft > 0; k--) {
+        if (n < k + 1)
+            continue;
+        int j = find_suffix(toks, n, k);
+        if (j < 0)
+            continue;
+        /* What followed the earlier occurrence, up to the history's end
+         * (periodic text then drafts its own period again). */
+        int from = j + k, len = n - from < max_draft ? n - from : max_draft;
+        memcpy(out, toks + from, (size_t)len * sizeof *toks);
+        return len;
+    }
+    return 0;
+}
+
+void ic_spec_backoff_init(ic_spec_backoff *b, int max_tokens)
+{
+    if (max_tokens > IC_SPEC_MAX_DRAFT)
+        max_tokens = IC_SPEC_MAX_DRAFT;
+    *b = (ic_spec_backoff){.max_tokens = max_tokens, .len_tokens = max_tokens};
+}
+
+int ic_spec_backoff_budget(ic_spec_backoff *b)
+{
+    if (b->max_tokens <= 0)
+        return 0;
+    if (b->wait_steps > 0) {
+        b->wait_steps--;
+        return 0;
+    }
+    return b->len_tokens;
+}
+
+void ic_spec_backoff_result(ic_spec_backoff *b, int drafted, int accepted)
+{
+    if (drafted <= 0 || b->max_tokens <= 0)
+        return;
+    int len = b->len_tokens;
+    if (accepted == 0) {
+        b->misses++;
+        len /= 2;
+        b->wait_steps = (1 << (b->misses < 6 ? b->misses : 6)) - 1;
+    } else {
+        b->misses = 0;
+        len = accepted >= drafted ? len * 2 : accepted + 1;
+    }
+    b->len_tokens = len < 1 ? 1 : len > b->max_tokens ? b->max_tokens : len;
+}
+
+const char *ic_spec_mode_name(enum ic_spec_mode m)
+{
+    return m == IC_SPEC_NGRAM ? "ngram" : "off";
+}
