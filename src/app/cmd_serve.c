@@ -227,10 +227,11 @@ static const ic_option serve_options[] = {
      .help = "System prompts whose KV cells are kept for new sessions to share (0 = off; "
              "with a split KV buffer each costs one session's cells)."},
     {.name = "spec", .type = IC_OPT_CHOICE, .offset = F(spec), .metavar = "off|ngram",
-     .def = "ngram", .choices = spec_choices,
+     .def = "off", .choices = spec_choices,
      .help = "Speculative decoding: ngram drafts tokens from the session's own prompt and "
-             "output (no second model), verified in the step's one decode; output is the "
-             "same as with off, text that repeats comes faster (docs/scheduler.md)."},
+             "output (no second model), verified in the step's one decode, as many as a "
+             "learned cost per batch row says pay; the output is the same as with off. For "
+             "GPUs and text that repeats (docs/scheduler.md)."},
     {.name = "spec-max", .type = IC_OPT_INT, .offset = F(spec_max), .metavar = "N",
      .def = "8", .lo = 1, .hi = IC_SPEC_MAX_DRAFT,
      .help = "Most draft tokens of one session in one step."},

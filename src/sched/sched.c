@@ -435,8 +435,9 @@ static void rollback_step(ic_sched *s, int err)
 
 /* Speculation: after the session's sampled token (already in the batch
  * and the history) adds up to the backoff's budget of n-gram draft tokens,
- * each with logits, leaving every other generating session its row and
- * prefill some room. reserve: batch rows still owed to others. */
+ * each with logits, as many as the cost model says pay (all while it does
+ * not know the cost yet), leaving every other generating session its row
+ * and prefill some room. reserve: batch rows still owed to others. */
 static void add_drafts(ic_sched *s, session *ss, int reserve)
 {
     gen *g = ss->gen;
@@ -451,6 +452,16 @@ static void add_drafts(ic_sched *s, session *ss, int reserve)
         return;
     ic_token draft[IC_SPEC_MAX_DRAFT];
     n = ic_spec_ngram_draft(ss->hist, ss->n_hist, n, draft);
+    double c0, c1;
+    if (n > 0 && g->backoff.probe) {
+        g->backoff.probe = false;
+        n = 1;
+    } else if (n > 0 && ic_spec_cost_fit(&s->spec_cost, &c0, &c1)) {
+        int rows_after = ic_engine_batch_size(s->engine) + reserve - 16; /* others' tokens */
+        n = ic_spec_pick(c0, c1, s->n_active, rows_after, ic_spec_backoff_accept(&g->backoff), n);
+        if (n == 0)
+            ic_spec_backoff_decline(&g->backoff);
+    }
     for (int i = 0; i < n; i++) {
         if (ic_engine_batch_add(s->engine, draft[i], ss->n_hist, ss->seq, true) < 0)
             break;
@@ -542,6 +553,8 @@ static bool step(ic_sched *s)
         return true;
     }
     ic_sched__step_measured(s, n_decoding, n_prompt, s->last_decode_ms);
+    if (n_prompt == 0 && s->opts.spec_mode != IC_SPEC_OFF)
+        ic_spec_cost_add(&s->spec_cost, n_decoding, s->last_decode_ms);
     ic_prefix_publish(s->prefixes, s->engine, owner_hist, s);
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];

@@ -67,15 +67,38 @@ int ic_spec_backoff_budget(ic_spec_backoff *b)
     return b->len_tokens;
 }
 
+#define DECAY 0.9 /* weight of the past per verified draft */
+
+static void pause(ic_spec_backoff *b)
+{
+    b->misses++;
+    b->wait_steps = (1 << (b->misses < 6 ? b->misses : 6)) - 1;
+}
+
+double ic_spec_backoff_accept(const ic_spec_backoff *b)
+{
+    return (b->hits + 1.0) / (b->hits + b->fails + 2.0);
+}
+
+void ic_spec_backoff_decline(ic_spec_backoff *b)
+{
+    pause(b);
+    b->len_tokens = 1;
+    b->probe = true;
+}
+
 void ic_spec_backoff_result(ic_spec_backoff *b, int drafted, int accepted)
 {
     if (drafted <= 0 || b->max_tokens <= 0)
         return;
+    /* Chance of a token given the ones before it: accepted successes, and
+     * one failure unless the draft was taken whole. */
+    b->hits = DECAY * b->hits + accepted;
+    b->fails = DECAY * b->fails + (accepted < drafted);
     int len = b->len_tokens;
     if (accepted == 0) {
-        b->misses++;
+        pause(b);
         len /= 2;
-        b->wait_steps = (1 << (b->misses < 6 ? b->misses : 6)) - 1;
     } else {
         b->misses = 0;
         len = accepted >= drafted ? len * 2 : accepted + 1;
@@ -86,4 +109,56 @@ void ic_spec_backoff_result(ic_spec_backoff *b, int drafted, int accepted)
 const char *ic_spec_mode_name(enum ic_spec_mode m)
 {
     return m == IC_SPEC_NGRAM ? "ngram" : "off";
+}
+
+#define COST_DECAY 0.98 /* weight of the past per step: about the last 50 steps */
+
+void ic_spec_cost_add(ic_spec_cost *c, int rows, double ms)
+{
+    c->w = COST_DECAY * c->w + 1;
+    c->sx = COST_DECAY * c->sx + rows;
+    c->sy = COST_DECAY * c->sy + ms;
+    c->sxx = COST_DECAY * c->sxx + (double)rows * rows;
+    c->sxy = COST_DECAY * c->sxy + rows * ms;
+}
+
+bool ic_spec_cost_fit(const ic_spec_cost *c, double *c0_ms, double *c1_ms)
+{
+    if (c->w < 2)
+        return false;
+    double mx = c->sx / c->w, my = c->sy / c->w;
+    double var = c->sxx / c->w - mx * mx;
+    if (var < 0.05) /* (nearly) one row count only: the slope is unknown */
+        return false;
+    double c1 = (c->sxy / c->w - mx * my) / var;
+    if (c1 < 0)
+        c1 = 0;
+    double c0 = my - c1 * mx;
+    if (c0 < 0)
+        c0 = 0;
+    *c0_ms = c0;
+    *c1_ms = c1;
+    return true;
+}
+
+int ic_spec_pick(double c0_ms, double c1_ms, int n_gen, int n_rows, double accept, int max_k)
+{
+    /* tokens / ms of the step with k drafts: (n_gen + E_k) / (c0 + c1 (n_rows + k)),
+     * E_k = a + a^2 + ... + a^k the expected accepted tokens. A pick must
+     * beat no draft by 2 %: estimates are noisy and a wasted row is not. */
+    double t0 = c0_ms + c1_ms * n_rows;
+    if (t0 <= 0)
+        return max_k;
+    double best = n_gen / t0 * 1.02, e = 0, p = 1;
+    int pick = 0;
+    for (int k = 1; k <= max_k; k++) {
+        p *= accept;
+        e += p;
+        double rate = (n_gen + e) / (t0 + c1_ms * k);
+        if (rate > best) {
+            best = rate;
+            pick = k;
+        }
+    }
+    return pick;
 }

@@ -44,7 +44,18 @@ typedef struct ic_spec_backoff {
     int len_tokens;           /* the next draft's length, 1..max_tokens */
     int misses;               /* drafts in a row with nothing accepted */
     int wait_steps;           /* steps left without drafting */
+    double hits, fails;       /* decayed counts of draft tokens accepted / rejected */
+    bool probe;               /* the next draft is a probe: no cost check */
 } ic_spec_backoff;
+
+/* The generation's estimated chance that a draft token is accepted given
+ * the ones before it were (starts at 1/2). */
+double ic_spec_backoff_accept(const ic_spec_backoff *b);
+
+/* The cost model said no: pause as after a miss (1, 3, ... 63 steps),
+ * after which one one-token draft probes again (probe is set: the caller
+ * drafts it without asking the cost model, so the estimate can change). */
+void ic_spec_backoff_decline(ic_spec_backoff *b);
 
 void ic_spec_backoff_init(ic_spec_backoff *b, int max_tokens);
 
@@ -53,6 +64,28 @@ int ic_spec_backoff_budget(ic_spec_backoff *b);
 
 /* Records a verified draft: drafted tokens proposed, accepted of them taken. */
 void ic_spec_backoff_result(ic_spec_backoff *b, int drafted, int accepted);
+
+/* What a step costs, learned from the steps themselves: ms = c0 + c1 x
+ * rows over steps without prompt tokens (a decayed least-squares fit, so
+ * it follows a changing load). On a GPU c1 is next to nothing and long
+ * drafts pay; on a CPU every row costs compute and only drafts likely to
+ * be accepted do. */
+typedef struct ic_spec_cost {
+    double w, sx, sy, sxx, sxy;  /* decayed sums: x rows, y ms */
+} ic_spec_cost;
+
+/* Adds one step of rows batch rows (no prompt tokens) that took ms. */
+void ic_spec_cost_add(ic_spec_cost *c, int rows, double ms);
+
+/* The fitted c0 and c1 (ms, ms per row); false until steps of different
+ * row counts were seen (then drafting is tried, which teaches it). */
+bool ic_spec_cost_fit(const ic_spec_cost *c, double *c0_ms, double *c1_ms);
+
+/* The draft length in [0, max_k] that gives the step the most expected
+ * tokens per ms: n_gen generating sessions' tokens in n_rows rows so far,
+ * each draft token accepted with probability accept (given the ones
+ * before it). 0: drafting does not pay. */
+int ic_spec_pick(double c0_ms, double c1_ms, int n_gen, int n_rows, double accept, int max_k);
 
 /* "off", "ngram": the command line's names. */
 const char *ic_spec_mode_name(enum ic_spec_mode m);

@@ -133,6 +133,57 @@ static void backoff_off_and_capped(void **state)
     assert_string_equal(ic_spec_mode_name(IC_SPEC_NGRAM), "ngram");
 }
 
+static void cost_model_fits_and_picks(void **state)
+{
+    (void)state;
+    ic_spec_cost c = {0};
+    double c0, c1;
+    assert_false(ic_spec_cost_fit(&c, &c0, &c1));
+    for (int i = 0; i < 50; i++)
+        ic_spec_cost_add(&c, 1, 0.5);
+    assert_false(ic_spec_cost_fit(&c, &c0, &c1)); /* one row count: no slope */
+    /* A CPU-like step: 0.3 ms + 0.2 ms a row. */
+    for (int i = 0; i < 200; i++) {
+        int rows = 1 + i % 6;
+        ic_spec_cost_add(&c, rows, 0.3 + 0.2 * rows);
+    }
+    assert_true(ic_spec_cost_fit(&c, &c0, &c1));
+    assert_true(c0 > 0.29 && c0 < 0.31);
+    assert_true(c1 > 0.19 && c1 < 0.21);
+    /* Rows that cost next to nothing (a GPU): draft all that is proposed. */
+    assert_int_equal(ic_spec_pick(1.0, 0.001, 1, 1, 0.5, 8), 8);
+    /* A row as dear as a step: a coin-flip draft does not pay ... */
+    assert_int_equal(ic_spec_pick(0.5, 0.5, 1, 1, 0.5, 8), 0);
+    /* ... a draft that is nearly always taken does, and not too long. */
+    int k = ic_spec_pick(0.5, 0.5, 1, 1, 0.98, 8);
+    assert_true(k >= 1);
+    /* CPU-like 0.3 + 0.2/row, one session: a = 0.5 pays for a short draft only. */
+    k = ic_spec_pick(0.3, 0.2, 1, 1, 0.5, 8);
+    assert_true(k >= 1 && k <= 2);
+    /* Eight sessions share the step: a draft token pays while its chance
+     * (0.6^k) beats the step's tokens per ms (8 / 0.38) times a row's cost
+     * (0.01 ms), so up to 3; with 0.9 more. */
+    k = ic_spec_pick(0.3, 0.01, 8, 8, 0.6, 8);
+    assert_true(k >= 2 && k <= 3);
+    assert_true(ic_spec_pick(0.3, 0.01, 8, 8, 0.9, 8) >= 6);
+    /* The acceptance estimate follows what happened. */
+    ic_spec_backoff b;
+    ic_spec_backoff_init(&b, 8);
+    assert_true(ic_spec_backoff_accept(&b) == 0.5);
+    for (int i = 0; i < 20; i++)
+        ic_spec_backoff_result(&b, 4, 4);
+    assert_true(ic_spec_backoff_accept(&b) > 0.95);
+    for (int i = 0; i < 40; i++)
+        ic_spec_backoff_result(&b, 2, 0);
+    assert_true(ic_spec_backoff_accept(&b) < 0.2);
+    /* A decline pauses and then asks for a one-token probe. */
+    ic_spec_backoff_init(&b, 8);
+    ic_spec_backoff_decline(&b);
+    assert_true(b.probe);
+    assert_int_equal(ic_spec_backoff_budget(&b), 0);
+    assert_int_equal(ic_spec_backoff_budget(&b), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -142,6 +193,7 @@ int main(void)
         cmocka_unit_test(periodic_text_drafts_its_period),
         cmocka_unit_test(backoff_pauses_on_misses_and_recovers),
         cmocka_unit_test(backoff_off_and_capped),
+        cmocka_unit_test(cost_model_fits_and_picks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
