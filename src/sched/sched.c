@@ -461,6 +461,8 @@ static void add_drafts(ic_sched *s, session *ss, int reserve)
         n = ic_spec_pick(c0, c1, s->n_active, rows_after, ic_spec_backoff_accept(&g->backoff), n);
         if (n == 0)
             ic_spec_backoff_decline(&g->backoff);
+        else
+            g->backoff.declines = 0;
     }
     for (int i = 0; i < n; i++) {
         if (ic_engine_batch_add(s->engine, draft[i], ss->n_hist, ss->seq, true) < 0)

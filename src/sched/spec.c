@@ -82,7 +82,8 @@ double ic_spec_backoff_accept(const ic_spec_backoff *b)
 
 void ic_spec_backoff_decline(ic_spec_backoff *b)
 {
-    pause(b);
+    b->declines++;
+    b->wait_steps = (1 << (b->declines < 6 ? b->declines : 6)) - 1;
     b->len_tokens = 1;
     b->probe = true;
 }

@@ -46,15 +46,18 @@ typedef struct ic_spec_backoff {
     int wait_steps;           /* steps left without drafting */
     double hits, fails;       /* decayed counts of draft tokens accepted / rejected */
     bool probe;               /* the next draft is a probe: no cost check */
+    int declines;             /* cost-model refusals in a row (a pick resets it) */
 } ic_spec_backoff;
 
 /* The generation's estimated chance that a draft token is accepted given
  * the ones before it were (starts at 1/2). */
 double ic_spec_backoff_accept(const ic_spec_backoff *b);
 
-/* The cost model said no: pause as after a miss (1, 3, ... 63 steps),
- * after which one one-token draft probes again (probe is set: the caller
- * drafts it without asking the cost model, so the estimate can change). */
+/* The cost model said no: pause 1, 3, ... 63 steps as the refusals go on
+ * in a row (whatever the probes between them gave), after which one
+ * one-token draft probes (probe is set: the caller drafts it without
+ * asking the cost model, so the estimate can change). The caller clears
+ * declines when the cost model picks a draft again. */
 void ic_spec_backoff_decline(ic_spec_backoff *b);
 
 void ic_spec_backoff_init(ic_spec_backoff *b, int max_tokens);

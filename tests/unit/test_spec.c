@@ -182,6 +182,13 @@ static void cost_model_fits_and_picks(void **state)
     assert_true(b.probe);
     assert_int_equal(ic_spec_backoff_budget(&b), 0);
     assert_int_equal(ic_spec_backoff_budget(&b), 1);
+    /* A probe that is accepted does not shorten the next refusal's pause. */
+    b.probe = false;
+    ic_spec_backoff_result(&b, 1, 1);
+    ic_spec_backoff_decline(&b);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ic_spec_backoff_budget(&b), 0);
+    assert_int_equal(ic_spec_backoff_budget(&b), 1);
 }
 
 int main(void)
