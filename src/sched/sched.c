@@ -433,6 +433,9 @@ static void rollback_step(ic_sched *s, int err)
     }
 }
 
+/* Batch rows that drafts leave to prefill in every step. */
+#define SPEC_PREFILL_ROWS 16
+
 /* Speculation: after the session's sampled token (already in the batch
  * and the history) adds up to the backoff's budget of n-gram draft tokens,
  * each with logits, as many as the cost model says pay (all while it does
@@ -457,7 +460,8 @@ static void add_drafts(ic_sched *s, session *ss, int reserve)
         g->backoff.probe = false;
         n = 1;
     } else if (n > 0 && ic_spec_cost_fit(&s->spec_cost, &c0, &c1)) {
-        int rows_after = ic_engine_batch_size(s->engine) + reserve - 16; /* others' tokens */
+        /* the step's rows once the others' tokens are in */
+        int rows_after = ic_engine_batch_size(s->engine) + reserve - SPEC_PREFILL_ROWS;
         n = ic_spec_pick(c0, c1, s->n_active, rows_after, ic_spec_backoff_accept(&g->backoff), n);
         if (n == 0)
             ic_spec_backoff_decline(&g->backoff);
@@ -513,7 +517,7 @@ static bool step(ic_sched *s)
 {
     ic_engine_batch_clear(s->engine);
     /* Rows owed to sessions not yet added (one each) and to prefill. */
-    int reserve = s->n_active + 16;
+    int reserve = s->n_active + SPEC_PREFILL_ROWS;
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];
         ss->n_step_start = ss->n_hist;
