@@ -69,7 +69,7 @@ int ic_spec_backoff_budget(ic_spec_backoff *b)
 
 #define DECAY 0.9 /* weight of the past per verified draft */
 
-static void pause(ic_spec_backoff *b)
+static void pause_after_miss(ic_spec_backoff *b)
 {
     b->misses++;
     b->wait_steps = (1 << (b->misses < 6 ? b->misses : 6)) - 1;
@@ -98,7 +98,7 @@ void ic_spec_backoff_result(ic_spec_backoff *b, int drafted, int accepted)
     b->fails = DECAY * b->fails + (accepted < drafted);
     int len = b->len_tokens;
     if (accepted == 0) {
-        pause(b);
+        pause_after_miss(b);
         len /= 2;
     } else {
         b->misses = 0;
