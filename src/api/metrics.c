@@ -337,6 +337,11 @@ static void render_counters(writer *w, const ic_metrics *m, const ic_metrics_gau
     }
     single_u64(w, "inferencecenter_scheduler_steps_total", "counter",
                "Scheduler steps since start.", g->steps);
+    single_u64(w, "inferencecenter_spec_drafted_tokens_total", "counter",
+               "Speculative draft tokens verified (serve --spec).", g->spec_drafted);
+    single_u64(w, "inferencecenter_spec_accepted_tokens_total", "counter",
+               "Speculative draft tokens accepted: tokens gained without a step of their own.",
+               g->spec_accepted);
     single_u64(w, "inferencecenter_prompt_cache_hit_tokens_total", "counter",
                "Prompt tokens taken from the OpenAI API's prompt cache instead of decoded.",
                m->prompt_cache_hit_tokens);

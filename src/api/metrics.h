@@ -84,6 +84,8 @@ typedef struct ic_metrics_gauges {
     int connections;           /* open WebSocket connections */
     bool stalled;              /* the internal watchdog saw the scheduler stall */
     uint64_t steps;            /* scheduler steps since start (a counter) */
+    uint64_t spec_drafted;     /* speculative draft tokens verified (a counter) */
+    uint64_t spec_accepted;    /* of them, accepted (a counter) */
     const ic_hw_sample *hw;    /* NULL: no GPU or host samples rendered */
     const char *version;       /* NULL: "" */
     const char *llama_commit;  /* NULL: "" */

@@ -46,6 +46,7 @@ static const ic_req_params k_defaults = {
     .seed = DEFAULT_SEED,
     .ignore_eos = false,
     .allow_special = false,
+    .speculative = true,
     .priority = IC_PRIORITY_NORMAL,
 };
 
@@ -192,6 +193,7 @@ static const param_rule k_param_rules[] = {
      "'high', 'normal' or 'low'"},
     {"allow_special", IC_PARAM_ALLOW_SPECIAL, PK_BOOL, 0, 0, false, AT(allow_special),
      "a boolean"},
+    {"speculative", IC_PARAM_SPECULATIVE, PK_BOOL, 0, 0, false, AT(speculative), "a boolean"},
 };
 #undef AT
 
@@ -508,6 +510,7 @@ static void apply_params(const ic_req_params *p, ic_gen_params *g)
     if (HAS(p, IGNORE_EOS)) g->ignore_eos = g->sample.ban_eog = p->ignore_eos;
     if (HAS(p, PRIORITY)) g->priority = p->priority;
     if (HAS(p, ALLOW_SPECIAL)) g->allow_special = p->allow_special;
+    if (HAS(p, SPECULATIVE)) g->no_speculation = !p->speculative;
     if (HAS(p, STOP)) {
         g->n_stop = p->n_stop;
         for (int i = 0; i < IC_STOP_MAX; i++)
@@ -752,6 +755,8 @@ char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_r
     rc |= set(o, "total_ms", jreal(st->total_ms));
     rc |= set(o, "tokens_per_second", jreal(st->tokens_per_second));
     rc |= set(o, "prompt_tokens_per_second", jreal(st->prompt_tokens_per_second));
+    rc |= set(o, "drafted_tokens", json_integer(st->drafted_tokens));
+    rc |= set(o, "accepted_tokens", json_integer(st->accepted_tokens));
     rc |= set(m, "stats", o);
     return finish(m, rc);
 }

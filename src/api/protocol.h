@@ -59,6 +59,7 @@ enum ic_param {
     IC_PARAM_MAX_TOKENS, IC_PARAM_TEMPERATURE, IC_PARAM_TOP_K, IC_PARAM_TOP_P,
     IC_PARAM_MIN_P, IC_PARAM_REPEAT_PENALTY, IC_PARAM_REPEAT_LAST_N, IC_PARAM_SEED,
     IC_PARAM_STOP, IC_PARAM_IGNORE_EOS, IC_PARAM_PRIORITY, IC_PARAM_ALLOW_SPECIAL,
+    IC_PARAM_SPECULATIVE,
 };
 
 typedef struct ic_req_params {
@@ -73,6 +74,7 @@ typedef struct ic_req_params {
     uint32_t seed;
     bool ignore_eos;
     bool allow_special;        /* special tokens in user content are parsed */
+    bool speculative;          /* false: never draft (serve --spec decides otherwise) */
     enum ic_priority priority;
     int n_stop;
     char *stop[IC_STOP_MAX];   /* owned */

@@ -123,6 +123,8 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
         .connections = ic_server_n_connections(g->srv),
         .stalled = g->stalled,
         .steps = st.steps,
+        .spec_drafted = st.spec_drafted_tokens,
+        .spec_accepted = st.spec_accepted_tokens,
         .hw = &hw,
         .version = IC_VERSION,
         .llama_commit = IC_LLAMA_COMMIT,

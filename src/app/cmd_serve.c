@@ -25,6 +25,7 @@
 #include "rpc.h"
 #include "sched.h"
 #include "server.h"
+#include "spec.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -62,6 +63,8 @@ typedef struct serve_args {
     int cache_type_v;
     int flash_attn;            /* IC_FLASH_ATTN_* */
     int prefix_cache;
+    int spec;                  /* enum ic_spec_mode */
+    int spec_max;
     const char *metrics_token;
     int watchdog_timeout_s;
     int log_level;             /* enum ic_log_level */
@@ -150,6 +153,7 @@ static int parse_log_format(const char *arg, void *field)
 }
 
 static const char *const isolation_choices[] = {"shared", "client", NULL};
+static const char *const spec_choices[] = {"off", "ngram", NULL}; /* enum ic_spec_mode */
 
 #define F(field) offsetof(serve_args, field)
 
@@ -222,6 +226,15 @@ static const ic_option serve_options[] = {
      .def = "2", .lo = 0, .hi = 64,
      .help = "System prompts whose KV cells are kept for new sessions to share (0 = off; "
              "with a split KV buffer each costs one session's cells)."},
+    {.name = "spec", .type = IC_OPT_CHOICE, .offset = F(spec), .metavar = "off|ngram",
+     .def = "off", .choices = spec_choices,
+     .help = "Speculative decoding: ngram drafts tokens from the session's own prompt and "
+             "output (no second model), verified in the step's one decode, as many as a "
+             "learned cost per batch row says pay; the output is the same as with off. For "
+             "GPUs and text that repeats (docs/scheduler.md)."},
+    {.name = "spec-max", .type = IC_OPT_INT, .offset = F(spec_max), .metavar = "N",
+     .def = "8", .lo = 1, .hi = IC_SPEC_MAX_DRAFT,
+     .help = "Most draft tokens of one session in one step."},
     {.name = "metrics-token", .type = IC_OPT_STRING, .offset = F(metrics_token),
      .metavar = "TOKEN", .help = "GET /metrics needs `Authorization: Bearer TOKEN`."},
     {.name = "watchdog-timeout", .type = IC_OPT_INT, .offset = F(watchdog_timeout_s),
@@ -494,6 +507,8 @@ static void *load_model(void *arg)
     so.kv_unified = a->kv_unified;
     so.prefix_slots = a->prefix_cache;
     so.max_step_ms = a->max_step_ms;
+    so.spec_mode = a->spec;
+    so.spec_max_tokens = a->spec_max;
     so.wake = ic_gateway_wake;
     so.wake_ud = ld->gw;
     so.idle_unload_s = a->idle_unload_s;

@@ -38,6 +38,8 @@ ic_sched_opts ic_sched_opts_default(void)
         .max_step_ms = 50,
         .kv_unified = false,
         .temp_resume_delta_c = 5.0,
+        .spec_mode = IC_SPEC_OFF,
+        .spec_max_tokens = 8,
     };
 }
 
@@ -195,6 +197,8 @@ static void fill_stats(const gen *g, double t_end, ic_gen_stats *st)
     double pre_s = g->t_prefill_done_ms && g->t_start_ms
                        ? (g->t_prefill_done_ms - g->t_start_ms) / 1e3 : 0;
     st->prompt_tokens_per_second = pre_s > 0 ? g->n_prompt_decoded / pre_s : 0;
+    st->drafted_tokens = g->n_drafted;
+    st->accepted_tokens = g->n_accepted;
 }
 
 /* Ends the session's generation: records the reply in the conversation and
@@ -236,6 +240,9 @@ static int gen_init(ic_sched *s, req *r, gen *g, char *err, size_t err_size)
     g->max_tokens = r->params.max_tokens > 0 ? r->params.max_tokens : 1;
     g->ignore_eos = r->params.ignore_eos;
     g->batch_idx = -1;
+    g->spec = s->opts.spec_mode != IC_SPEC_OFF && s->opts.spec_max_tokens > 0 &&
+              !r->params.no_speculation;
+    ic_spec_backoff_init(&g->backoff, s->opts.spec_max_tokens);
     g->t_submit_ms = r->t_submit_ms;
     ic_utf8_reset(&g->utf8);
     ic_sample_params sp = r->params.sample;
@@ -426,11 +433,91 @@ static void rollback_step(ic_sched *s, int err)
     }
 }
 
+/* Batch rows that drafts leave to prefill in every step. */
+#define SPEC_PREFILL_ROWS 16
+
+/* Speculation: after the session's sampled token (already in the batch
+ * and the history) adds up to the backoff's budget of n-gram draft tokens,
+ * each with logits, as many as the cost model says pay (all while it does
+ * not know the cost yet), leaving every other generating session its row
+ * and prefill some room. reserve: batch rows still owed to others. */
+static void add_drafts(ic_sched *s, session *ss, int reserve)
+{
+    gen *g = ss->gen;
+    int n = ic_spec_backoff_budget(&g->backoff);
+    int left = g->max_tokens - g->n_generated - 1;       /* tokens after `next` */
+    int room = (int)s->opts.n_ctx_per_session - ss->n_hist; /* positions left */
+    int rows = (int)s->info.n_batch_tokens - ic_engine_batch_size(s->engine) - reserve;
+    n = n < left ? n : left;
+    n = n < room ? n : room;
+    n = n < rows ? n : rows;
+    if (n <= 0)
+        return;
+    ic_token draft[IC_SPEC_MAX_DRAFT];
+    n = ic_spec_ngram_draft(ss->hist, ss->n_hist, n, draft);
+    double c0, c1;
+    if (n > 0 && g->backoff.probe) {
+        g->backoff.probe = false;
+        n = 1;
+    } else if (n > 0 && ic_spec_cost_fit(&s->spec_cost, &c0, &c1)) {
+        /* the step's rows once the others' tokens are in */
+        int rows_after = ic_engine_batch_size(s->engine) + reserve - SPEC_PREFILL_ROWS;
+        n = ic_spec_pick(c0, c1, s->n_active, rows_after, ic_spec_backoff_accept(&g->backoff), n);
+        if (n == 0)
+            ic_spec_backoff_decline(&g->backoff);
+        else
+            g->backoff.declines = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (ic_engine_batch_add(s->engine, draft[i], ss->n_hist, ss->seq, true) < 0)
+            break;
+        ic_sched__hist_push(ss, draft[i]);
+        g->n_draft++;
+    }
+}
+
+/* Samples a session's rows of this step in order: its sampled token's row
+ * first, then each draft row while the token just sampled equals that
+ * row's draft. Every emitted token is a draw of the session's own sampler
+ * from the target model's logits after the true text (the draft matched
+ * it), so greedy output is the same token for token and sampled output has
+ * the same distribution as without speculation (see docs/scheduler.md).
+ * The KV cells of rejected drafts are removed. */
+static void verify(ic_sched *s, session *ss)
+{
+    gen *g = ss->gen;
+    int base = ss->n_step_start, n_draft = g->n_draft, row = g->batch_idx;
+    g->n_draft = 0;
+    g->n_drafted += n_draft;
+    atomic_fetch_add(&s->st_spec_drafted, (uint64_t)n_draft);
+    int accepted = 0;
+    for (int j = 0;; j++) {
+        ss->n_hist = base + 1 + j; /* `next` and the drafts accepted so far */
+        ic_token tok = ic_engine_sample(s->engine, g->sampler, row + j);
+        bool hit = j < n_draft && tok == ss->hist[base + 1 + j];
+        if (hit) {
+            accepted++;
+            g->n_accepted++;
+        }
+        on_token(s, ss, tok);
+        if (!ss->gen || !hit)
+            break;
+        g->has_next = false; /* tok is its draft, already decoded */
+    }
+    atomic_fetch_add(&s->st_spec_accepted, (uint64_t)accepted);
+    if (ss->n_hist < base + 1 + n_draft)
+        ic_engine_seq_rm(s->engine, ss->seq, ss->n_hist, -1);
+    if (ss->gen)
+        ic_spec_backoff_result(&g->backoff, n_draft, accepted);
+}
+
 /* One step: decode tokens first, then prompt chunks, one llama_decode,
  * then sample. Returns true if anything was decoded. */
 static bool step(ic_sched *s)
 {
     ic_engine_batch_clear(s->engine);
+    /* Rows owed to sessions not yet added (one each) and to prefill. */
+    int reserve = s->n_active + SPEC_PREFILL_ROWS;
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];
         ss->n_step_start = ss->n_hist;
@@ -438,12 +525,16 @@ static bool step(ic_sched *s)
         if (!g)
             continue;
         g->batch_idx = -1;
+        g->n_draft = 0;
+        reserve--;
         if (g->state == IC_SESSION_QUEUED && !s->throttled)
             admit(s, ss);
         if (g->state == IC_SESSION_GENERATING && g->has_next) {
             g->batch_idx = ic_engine_batch_add(s->engine, g->next, ss->n_hist, ss->seq, true);
             ic_sched__hist_push(ss, g->next);
             g->has_next = false;
+            if (g->spec && !s->throttled)
+                add_drafts(s, ss, reserve);
         }
     }
     int n_decoding = ic_engine_batch_size(s->engine);
@@ -468,10 +559,14 @@ static bool step(ic_sched *s)
         return true;
     }
     ic_sched__step_measured(s, n_decoding, n_prompt, s->last_decode_ms);
+    if (n_prompt == 0 && s->opts.spec_mode != IC_SPEC_OFF)
+        ic_spec_cost_add(&s->spec_cost, n_decoding, s->last_decode_ms);
     ic_prefix_publish(s->prefixes, s->engine, owner_hist, s);
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];
-        if (ss->gen && ss->gen->batch_idx >= 0) {
+        if (ss->gen && ss->gen->batch_idx >= 0 && ss->gen->n_draft > 0) {
+            verify(s, ss);
+        } else if (ss->gen && ss->gen->batch_idx >= 0) {
             ic_token tok = ic_engine_sample(s->engine, ss->gen->sampler, ss->gen->batch_idx);
             on_token(s, ss, tok);
         }

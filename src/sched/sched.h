@@ -71,6 +71,9 @@ typedef struct ic_gen_params {
      * refuses the INFER with ERROR IC_ERR_INVAL whose message names the
      * problem: never an unconstrained answer. */
     const ic_grammar *grammar;
+    /* Never draft for this generation (INFER params.speculative false);
+     * the output is the same either way, only the speed differs. */
+    bool no_speculation;
 } ic_gen_params;
 
 typedef struct ic_gen_stats {
@@ -84,6 +87,8 @@ typedef struct ic_gen_stats {
     double total_ms;          /* submit -> end */
     double tokens_per_second; /* generated tokens after the first, per second */
     double prompt_tokens_per_second;
+    int drafted_tokens;       /* speculative draft tokens verified */
+    int accepted_tokens;      /* of them, accepted (each one a token gained) */
 } ic_gen_stats;
 
 enum ic_event_type {
@@ -146,6 +151,12 @@ typedef struct ic_sched_opts {
     void (*heartbeat)(void *ud);
     void *heartbeat_ud;
     int heartbeat_interval_ms;
+    /* Speculative decoding (spec.h): each generating session may add up
+     * to spec_max_tokens draft tokens after its sampled one to the step's
+     * batch; they are verified in the same llama_decode as everyone's
+     * work. enum ic_spec_mode; IC_SPEC_OFF: never. */
+    int spec_mode;
+    int spec_max_tokens;
 } ic_sched_opts;
 
 /* Counters and gauges, readable from any thread. */
@@ -162,11 +173,14 @@ typedef struct ic_sched_stats {
     double last_progress_ms;  /* CLOCK_MONOTONIC ms of the loop's last turn */
     double gpu_temp_c;        /* last reading of the thermal guard; < 0 none */
     uint64_t sleeps;          /* times the model was unloaded for idleness */
+    uint64_t spec_drafted_tokens;  /* draft tokens verified since start */
+    uint64_t spec_accepted_tokens; /* of them, accepted */
 } ic_sched_stats;
 
 /* max_sessions 8, 2048 tokens each, 64 queued, 2 prefixes, 256-token
  * chunks, 50 ms steps, a KV cache split per sequence; no thermal guard, no idle sleep,
- * no heartbeat (the temperature hysteresis is 5 degrees when enabled). */
+ * no heartbeat (the temperature hysteresis is 5 degrees when enabled), no
+ * speculation (spec_max_tokens 8 once turned on). */
 ic_sched_opts ic_sched_opts_default(void);
 
 /* The engine options that hold opts' sessions (and prefixes) in one context. */

@@ -16,6 +16,7 @@
 #include "prefix.h"
 #include "queue.h"
 #include "sched.h"
+#include "spec.h"
 #include "stop.h"
 #include "utf8.h"
 
@@ -72,6 +73,12 @@ typedef struct gen {
     ic_token next;            /* sampled, to be decoded next step */
     bool has_next;
     int batch_idx;            /* output row in this step's batch, or -1 */
+    /* Speculation: this step's draft tokens follow `next` in the batch
+     * (rows batch_idx + 1 .. + n_draft) and in the session's history. */
+    bool spec;                /* may draft (serve --spec, not opted out) */
+    int n_draft;              /* draft tokens in this step's batch */
+    int n_drafted, n_accepted; /* totals of this generation (END stats) */
+    ic_spec_backoff backoff;
     int n_generated;
     uint64_t last_served_step;
     double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms, t_last_token_ms;
@@ -131,6 +138,7 @@ struct ic_sched {
     _Atomic int64_t st_progress_us; /* CLOCK_MONOTONIC us of the loop's last turn */
     _Atomic int64_t st_temp_milli;  /* thermal guard's last reading x 1000; < 0 none */
     _Atomic uint64_t st_sleeps;
+    _Atomic uint64_t st_spec_drafted, st_spec_accepted; /* writer: scheduler */
 
     /* --- scheduler thread only --- */
     ic_engine *engine;
@@ -153,6 +161,7 @@ struct ic_sched {
     double last_beat_ms;      /* last heartbeat callback */
     double last_decode_ms;    /* duration of the last llama_decode */
     double decode_ms;         /* prefill.c: a decode-only step, measured (0: not yet) */
+    ic_spec_cost spec_cost;   /* what a step's rows cost (speculation) */
     double prompt_ms;         /* prefill.c: one prompt token's share of a step (0: not yet) */
     uint64_t decode_probe_step; /* step of the last decode-only measurement */
 };

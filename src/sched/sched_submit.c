@@ -216,6 +216,8 @@ void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
     out->last_progress_ms = (double)atomic_load(&m->st_progress_us) / 1000.0;
     out->gpu_temp_c = (double)atomic_load(&m->st_temp_milli) / 1000.0;
     out->sleeps = atomic_load(&m->st_sleeps);
+    out->spec_drafted_tokens = atomic_load(&m->st_spec_drafted);
+    out->spec_accepted_tokens = atomic_load(&m->st_spec_accepted);
 }
 
 int ic_sched_session_info(const ic_sched *s, uint64_t session_id,

@@ -200,7 +200,9 @@ def test_end_stats_fields(vserver):
         assert end["reason"] == "length"
         st = end["stats"]
         assert set(st) == {"prompt_tokens", "context_tokens", "generated_tokens", "queue_ms",
-                           "ttft_ms", "total_ms", "tokens_per_second", "prompt_tokens_per_second"}
+                           "ttft_ms", "total_ms", "tokens_per_second", "prompt_tokens_per_second",
+                           "drafted_tokens", "accepted_tokens"}
+        assert st["drafted_tokens"] == st["accepted_tokens"] == 0  # --spec off (default)
         assert isinstance(st["prompt_tokens"], int) and st["prompt_tokens"] > 0
         assert st["context_tokens"] >= st["prompt_tokens"]
         assert st["generated_tokens"] == 8 == len(res.tokens)

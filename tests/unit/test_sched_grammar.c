@@ -12,15 +12,17 @@
 #include "buf.h"
 #include "err.h"
 #include "sched.h"
+#include "spec.h"
 #include "testutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static ic_sched *make(void)
+static ic_sched *make_spec(int spec_mode)
 {
     ic_sched_opts so = ic_sched_opts_default();
+    so.spec_mode = spec_mode;
     so.max_sessions = 2;
     so.n_ctx_per_session = 512;
     ic_engine_opts eo = ic_engine_opts_default();
@@ -33,6 +35,8 @@ static ic_sched *make(void)
     assert_int_equal(ic_sched_create(e, &so, &s), 0);
     return s;
 }
+
+static ic_sched *make(void) { return make_spec(IC_SPEC_OFF); }
 
 static uint64_t open_session(ic_sched *s)
 {
@@ -176,12 +180,46 @@ static void test_lazy_grammar_copied(void **state)
     ic_sched_destroy(s);
 }
 
+/* Speculation with a grammar: every emitted token is sampled (and fed to
+ * the grammar) in order from the target's logits, so seeded output is the
+ * same with and without drafts, and follows the grammar. */
+static void test_grammar_with_speculation_same_text(void **state)
+{
+    (void)state;
+    ic_sched *sp[2] = { make_spec(IC_SPEC_OFF), make_spec(IC_SPEC_NGRAM) };
+    char text[2][10][256];
+    int drafted = 0;
+    for (int k = 0; k < 2; k++) {
+        uint64_t sid = open_session(sp[k]);
+        for (int i = 0; i < 10; i++) {
+            ic_grammar g = { .gbnf = "root ::= \"[\" (\"ab\" | \"c\")+ \"]\"" };
+            ic_gen_params p = params(700 + (uint32_t)i, 40);
+            p.grammar = &g;
+            ic_buf out = { 0 };
+            ic_event *ev = run(sp[k], sid, 1 + (uint64_t)i, i == 0 ? "Once upon a time" : "",
+                               &p, &out);
+            assert_int_equal(ev->type, IC_EVENT_END);
+            drafted += ev->stats.drafted_tokens;
+            ic_buf_append(&out, "", 1);
+            assert_int_equal(out.data[0], '[');
+            snprintf(text[k][i], sizeof text[k][i], "%s", out.data);
+            ic_event_free(ev);
+            ic_buf_free(&out);
+        }
+        ic_sched_destroy(sp[k]);
+    }
+    for (int i = 0; i < 10; i++)
+        assert_string_equal(text[0][i], text[1][i]);
+    assert_true(drafted > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grammar_forces_output),
         cmocka_unit_test(test_bad_grammar_refused),
         cmocka_unit_test(test_lazy_grammar_copied),
+        cmocka_unit_test(test_grammar_with_speculation_same_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
