@@ -44,6 +44,8 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .prompt_cache = -1,
         .web = true,
         .prompt_cache_per_client = false,
+        .session_store = NULL,
+        .session_ttl_s = 3600,
     };
 }
 
@@ -327,6 +329,8 @@ int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, 
         rc = make_throttle(g, opts, err, errlen);
     if (rc == 0 && opts->tokens_path)
         rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
+    if (rc == 0 && opts->session_store)
+        rc = ic_gw_durable_open(g, err, errlen);
     if (rc < 0) {
         ic_gateway_destroy(g);
         return rc;
@@ -339,6 +343,7 @@ void ic_gateway_destroy(ic_gateway *g)
 {
     if (!g)
         return;
+    ic_gw_durable_close(g);
     ic_gw_free_all(g);
     ic_auth_destroy(g->auth);
     ic_throttle_destroy(g->throttle);

@@ -68,6 +68,8 @@ typedef struct serve_args {
     int log_format;            /* enum ic_log_format */
     bool log_prompts;
     int session_idle_timeout_s;
+    const char *session_store; /* NULL: sessions are not durable */
+    int session_ttl_s;
     int max_preauth_per_ip;
     int max_preauth;
     int max_connections;       /* sockets; 0: from the fd limit */
@@ -240,6 +242,15 @@ static const ic_option serve_options[] = {
      .metavar = "S", .def = "0", .lo = 0, .hi = 86400,
      .help = "Close a session nobody used for S seconds (SESSION_CLOSED idle_timeout; 0 = "
              "never), so that one client cannot sit on every slot."},
+    {.name = "session-store", .type = IC_OPT_STRING, .offset = F(session_store),
+     .metavar = "DIR",
+     .help = "Durable sessions: keep each session's conversation in DIR (created 0700) after "
+             "every turn, so a client resumes it after a dropped connection or a restart "
+             "(RESUME_SESSION; docs/operations.md). Off: sessions end with their connection."},
+    {.name = "session-ttl", .type = IC_OPT_INT, .offset = F(session_ttl_s), .metavar = "S",
+     .def = "3600", .lo = 1, .hi = 30 * 86400,
+     .help = "With --session-store: a session whose connection dropped (or that is only in "
+             "the store) waits S seconds for RESUME_SESSION, then is deleted."},
     {.name = "max-connections", .type = IC_OPT_INT, .offset = F(max_connections),
      .metavar = "N", .def = "0", .def_help = "from the fd limit", .lo = 0, .hi = 1048576,
      .help = "Open sockets (HTTP and WebSocket) at once; more get 503 or close 1013."},
@@ -648,6 +659,8 @@ static int run(const serve_args *a)
     go.log_prompts = a->log_prompts;
     go.prompt_cache = a->prompt_cache;
     go.session_idle_timeout_s = a->session_idle_timeout_s;
+    go.session_store = a->session_store;
+    go.session_ttl_s = a->session_ttl_s;
     go.max_preauth_per_ip = a->max_preauth_per_ip;
     go.max_preauth = a->max_preauth;
     go.max_connections = 0; /* the server caps sockets (--max-connections) */

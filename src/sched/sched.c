@@ -494,9 +494,18 @@ static void open_session(ic_sched *s, req *r)
      * context, so no step ever allocates for it. */
     int cap = (int)s->opts.n_ctx_per_session + 1;
     ic_token *hist = ss ? malloc((size_t)cap * sizeof *hist) : NULL;
-    if (!hist || ic_convo_create(r->text, &ss->convo) < 0) {
-        ic_log_error("scheduler: could not open session %llu", (unsigned long long)r->session_id);
+    int rc = hist ? ic_convo_create(r->text, &ss->convo) : IC_ERR_NOMEM;
+    for (int i = 0; rc == 0 && i < r->n_turns; i++)
+        rc = ic_convo_restore_turn(ss->convo, r->turns[i].prompt, r->turns[i].raw,
+                                   r->turns[i].reply);
+    if (rc < 0) {
+        ic_log_error("scheduler: could not open session %llu: %s",
+                     (unsigned long long)r->session_id, ic_strerror(rc));
         free(hist);
+        if (ss) {
+            ic_convo_destroy(ss->convo);
+            ss->convo = NULL;
+        }
         atomic_fetch_add(&s->opens_done, 1);
         ic_event *ev = event_fill(r->reply, IC_EVENT_SESSION_CLOSED, r->session_id, 0);
         r->reply = NULL;
@@ -510,7 +519,7 @@ static void open_session(ic_sched *s, req *r)
     ss->hist = hist;
     ss->cap_hist = cap;
     ss->n_hist = ss->n_shared = 0;
-    ss->first_turn_done = false;
+    ss->first_turn_done = false; /* a restored one too: it may share its system prompt */
     ss->closed = r->reply; /* its SESSION_CLOSED */
     r->reply = NULL;
     atomic_fetch_add(&s->st_sessions, 1); /* before opens_done: see ic_sched_open_session */

@@ -206,6 +206,21 @@ void ic_sched_model_info(const ic_sched *s, ic_engine_info *out);
  * counters; abort and close from any thread. */
 int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id);
 
+/* A finished turn of a conversation, for ic_sched_open_session_turns. */
+typedef struct ic_turn {
+    const char *prompt;       /* as INFER gave it */
+    bool raw;
+    const char *reply;        /* the text of its TOKENs */
+} ic_turn;
+
+/* As ic_sched_open_session, with a conversation that already holds these
+ * turns (everything copied; a durable session restored from its store):
+ * its KV cache is empty, so the next INFER decodes the whole conversation.
+ * Turns that mix raw and chat close the session at once (SESSION_CLOSED
+ * shutdown, logged), as an open the scheduler cannot do. */
+int ic_sched_open_session_turns(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                                int n_turns, uint64_t *session_id);
+
 /* Starts a generation: prompt is the next user turn (chat-formatted) or,
  * with raw, text appended as is. Everything is copied. Returns 0 when
  * queued (then exactly one END follows, or one ERROR if the scheduler
