@@ -52,6 +52,10 @@ typedef struct gw_durable {
     int n_ctx_used;            /* tokens after the last END */
     int64_t updated_wall_ms;   /* the last END (CLOCK_REALTIME) */
     double parked_ms;          /* CLOCK_MONOTONIC: when its connection went; 0: held */
+    /* An END waiting for its turn's write (tag held_tag) to go to held_conn. */
+    uint64_t held_tag;
+    char *held_end;
+    uint64_t held_conn;
     gw_session *ss;            /* the live session, or NULL: only in the store */
 } gw_durable;
 
@@ -98,11 +102,28 @@ static void file_key(const gw_durable *d, char *key, size_t cap)
     snprintf(key, cap, "%s%s", d->sid, RECORD_SUFFIX);
 }
 
+/* Sends (send: to the connection it was for, if the session is still
+ * there) or drops the END that waits for a write. */
+static void release_end(ic_gateway *g, gw_durable *d, bool send)
+{
+    if (!d->held_tag)
+        return;
+    ic_idmap_del(&g->dur_waits, d->held_tag);
+    char *json = d->held_end;
+    d->held_tag = 0;
+    d->held_end = NULL;
+    if (send && d->ss && d->ss->conn_id == d->held_conn)
+        ic_gw_send_json(g, d->held_conn, json);
+    else
+        free(json);
+}
+
 /* Forgets a record, its file included. */
 static void record_forget(ic_gateway *g, gw_durable *d)
 {
     char key[40];
     file_key(d, key, sizeof key);
+    release_end(g, d, true);
     if (ic_store_delete(g->store, key) < 0)
         ic_log_error("session %s: could not queue its removal from the store", d->sid);
     if (d->ss)
@@ -294,15 +315,73 @@ fail:
     return NULL;
 }
 
-/* Queues the record's file. */
+/* Queues the record's file; the END that follows waits for it. */
 static void record_save(ic_gateway *g, gw_durable *d)
 {
     char key[40];
     file_key(d, key, sizeof key);
+    release_end(g, d, true); /* an earlier END goes first */
     char *text = record_json(d);
-    if (!text || ic_store_put(g->store, key, text, strlen(text)) < 0)
+    uint64_t tag = ++g->dur_next_tag;
+    if (!text || ic_idmap_put(&g->dur_waits, tag, d) < 0) {
+        free(text);
         ic_log_error("session %s: its conversation could not be queued for the store (out of "
                      "memory)", d->sid);
+        return;
+    }
+    if (ic_store_put(g->store, key, text, strlen(text), tag) < 0) {
+        ic_idmap_del(&g->dur_waits, tag);
+        ic_log_error("session %s: its conversation could not be queued for the store (out of "
+                     "memory)", d->sid);
+        return;
+    }
+    d->held_tag = tag;
+}
+
+/* A finished write, from the store's thread to the network thread. */
+typedef struct dur_done {
+    uint64_t tag;
+    int rc;
+} dur_done;
+
+/* The store's done callback (store thread). Out of memory here only
+ * delays that END until the session's next write or close. */
+static void on_written(void *ud, uint64_t tag, int rc)
+{
+    ic_gateway *g = ud;
+    dur_done *dd = malloc(sizeof *dd);
+    if (!dd)
+        return;
+    *dd = (dur_done){tag, rc};
+    if (ic_queue_push(g->dur_done, dd) < 0)
+        free(dd);
+    else if (g->srv)
+        ic_server_wake(g->srv);
+}
+
+bool ic_gw_durable_hold_end(ic_gateway *g, gw_session *ss, char *json)
+{
+    gw_durable *d = ss->dur;
+    if (!g->store || !d || !d->held_tag || d->held_end)
+        return false;
+    d->held_end = json;
+    d->held_conn = ss->conn_id;
+    return true;
+}
+
+void ic_gw_durable_drain(ic_gateway *g)
+{
+    if (!g->dur_done)
+        return;
+    for (dur_done *dd; (dd = ic_queue_pop(g->dur_done)); free(dd)) {
+        gw_durable *d = ic_idmap_get(&g->dur_waits, dd->tag);
+        if (!d || d->held_tag != dd->tag)
+            continue;
+        if (dd->rc < 0)
+            ic_log_error("session %s: its last turn is not in the store (see above); it "
+                         "resumes only while this server runs", d->sid);
+        release_end(g, d, true);
+    }
 }
 
 /* --- open and close ------------------------------------------------------ */
@@ -347,9 +426,12 @@ static void load_one(void *ud, const char *key, const char *data, size_t len)
 
 int ic_gw_durable_open(ic_gateway *g, char *err, size_t errlen)
 {
-    int rc = ic_store_open(g->opts.session_store, &g->store, err, errlen);
+    int rc = ic_queue_create(0, &g->dur_done);
+    if (rc == 0)
+        rc = ic_store_open(g->opts.session_store, &g->store, err, errlen);
     if (rc < 0)
         return rc;
+    ic_store_set_done(g->store, on_written, g);
     struct load_ctx lc = {.g = g};
     double t0 = ic_now_ms();
     rc = ic_store_load(g->store, RECORD_SUFFIX, load_one, &lc);
@@ -367,11 +449,17 @@ void ic_gw_durable_close(ic_gateway *g)
 {
     ic_store_close(g->store); /* writes what is queued */
     g->store = NULL;
+    ic_queue_destroy(g->dur_done, free);
+    g->dur_done = NULL;
     ic_idmap_iter it = IC_IDMAP_ITER_INIT;
     void *val;
-    while (ic_idmap_next(&g->durables, &it, NULL, &val))
-        record_free(val);
+    while (ic_idmap_next(&g->durables, &it, NULL, &val)) {
+        gw_durable *d = val;
+        free(d->held_end);
+        record_free(d);
+    }
     ic_idmap_free(&g->durables);
+    ic_idmap_free(&g->dur_waits);
 }
 
 int ic_gw_durable_attach(ic_gateway *g, gw_session *ss, const char *system, char token[65])
@@ -440,8 +528,10 @@ void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
     if (!d)
         return;
     if (ev->type == IC_EVENT_SESSION_CLOSED) {
-        /* Shut down (or the restore failed): resumable from the store
-         * after the restart. Closed by the client, or expired: gone. */
+        /* Its END goes before SESSION_CLOSED, written or not. Shut down
+         * (or the restore failed): resumable from the store after the
+         * restart. Closed by the client, or expired: gone. */
+        release_end(g, d, true);
         if (ev->close_reason == IC_CLOSE_SHUTDOWN) {
             if (d->parked_ms > 0)
                 g->n_dur_parked--;
@@ -544,16 +634,16 @@ static int take_live(ic_gateway *g, client_conn *c, gw_durable *d)
     if (strcmp(ss->client, c->count_key) != 0 &&
         ic_gw_session_recount(g, ss, c->count_key, c->max_sessions) < 0)
         return IC_ERR_CAPACITY;
-    if (ss->conn_id) {
-        /* Held elsewhere (a connection the server has not seen drop yet):
-         * it is told, and its generation ends unseen. */
+    /* Held elsewhere (a connection the server has not seen drop yet): it
+     * is told. A generation of the old connection (aborted when it was
+     * parked) ends unseen. */
+    if (ss->conn_id)
         ic_gw_send_json(g, ss->conn_id,
                         ic_proto_session_closed(ss->sid, "resumed_elsewhere", NULL));
-        if (ss->running) {
-            ss->muted = true;
-            if (!ss->abort_sent && ic_sched_abort(g->sched, ss->id) == 0)
-                ss->abort_sent = true;
-        }
+    if (ss->running) {
+        ss->muted = true;
+        if (!ss->abort_sent && ic_sched_abort(g->sched, ss->id) == 0)
+            ss->abort_sent = true;
     }
     if (d->parked_ms > 0)
         g->n_dur_parked--;

@@ -738,9 +738,11 @@ static void route_event(ic_gateway *g, ic_event *ev)
         ss->running = false;
         ss->last_used_ms = ic_now_ms();
         observe_end(g, ss, ev);
-        if (conn)
-            ic_gw_send_json(g, conn, ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats,
-                                                  &ss->infer_id));
+        if (conn) {
+            char *end = ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats, &ss->infer_id);
+            if (!end || !ic_gw_durable_hold_end(g, ss, end))
+                ic_gw_send_json(g, conn, end);
+        }
         break;
     case IC_EVENT_ERROR:
         if (!ss->running || ev->request_id != ss->request_id)

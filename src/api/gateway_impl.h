@@ -24,6 +24,7 @@
 #include "idmap.h"
 #include "metrics.h"
 #include "protocol.h"
+#include "queue.h"
 #include "store.h"
 #include "throttle.h"
 
@@ -140,6 +141,9 @@ struct ic_gateway {
      * durable record by the number of its session id. */
     ic_store *store;
     ic_idmap durables;
+    ic_queue *dur_done;        /* the store thread's finished writes (dur_done *) */
+    ic_idmap dur_waits;        /* write tag -> the record whose END waits for it */
+    uint64_t dur_next_tag;
     int n_dur_parked;          /* live sessions whose connection dropped */
     uint64_t dur_resumes;      /* SESSION_RESUMED sent */
     uint64_t dur_restores[2];  /* resumed from context cells / recomputed */
@@ -260,6 +264,14 @@ void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, const ic_event *ev);
 /* ss's connection went: a durable session is parked (its generation
  * aborted) and true returned; false for any other. */
 bool ic_gw_durable_park(ic_gateway *g, gw_session *ss);
+
+/* An END for ss's connection (json, taken over when true is returned)
+ * waits until the turn's record is on disk: a client that saw END can
+ * resume after a crash. */
+bool ic_gw_durable_hold_end(ic_gateway *g, gw_session *ss, char *json);
+
+/* Sends the ENDs whose records the store has written (from the wake-up). */
+void ic_gw_durable_drain(ic_gateway *g);
 
 /* True while ss is parked. */
 bool ic_gw_durable_parked(const gw_session *ss);

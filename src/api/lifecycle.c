@@ -246,6 +246,7 @@ static void h_wake(void *ud)
     /* read before the drain; a failed backend's scheduler never stops */
     bool done = g->stopping && (g->engine_dead || ic_sched_stopped(g->sched));
     ic_gw_drain_events(g);
+    ic_gw_durable_drain(g);
     if (done && !g->conns_closed)
         close_for_stop(g);
     if (g->conns_closed && ic_server_n_connections(g->srv) == 0)

@@ -35,6 +35,7 @@ typedef struct job {
     char key[KEY_MAX + 1];
     char *data;               /* PUT: owned */
     size_t len;
+    uint64_t tag;             /* PUT: for the done callback; 0 none */
 } job;
 
 struct ic_store {
@@ -48,6 +49,8 @@ struct ic_store {
     _Atomic uint64_t buckets[IC_STORE_WRITE_BUCKETS + 1];
     _Atomic uint64_t write_sum_us;
     _Atomic size_t pending;
+    ic_store_done_fn done;    /* set before the first put */
+    void *done_ud;
 };
 
 bool ic_store_key_ok(const char *key)
@@ -152,13 +155,17 @@ static void run_job(ic_store *s, const job *j)
 {
     if (j->type == JOB_PUT) {
         double t0 = ic_now_ms();
+        int rc = 0;
         if (put_file(s, j) < 0) {
+            rc = IC_ERR_IO;
             atomic_fetch_add(&s->write_errors, 1);
             ic_log_error("session store %s: could not write %s: %s", s->dir, j->key,
                          strerror(errno));
-            return;
+        } else {
+            observe_write(s, (ic_now_ms() - t0) / 1e3);
         }
-        observe_write(s, (ic_now_ms() - t0) / 1e3);
+        if (j->tag && s->done)
+            s->done(s->done_ud, j->tag, rc);
         return;
     }
     off_t old = size_of(s, j->key);
@@ -202,7 +209,8 @@ static void *store_main(void *arg)
 
 /* --- any thread ------------------------------------------------------ */
 
-static int queue_job(ic_store *s, enum job_type type, const char *key, char *data, size_t len)
+static int queue_job(ic_store *s, enum job_type type, const char *key, char *data, size_t len,
+                     uint64_t tag)
 {
     if (key && !ic_store_key_ok(key)) {
         free(data);
@@ -218,6 +226,7 @@ static int queue_job(ic_store *s, enum job_type type, const char *key, char *dat
         snprintf(j->key, sizeof j->key, "%s", key);
     j->data = data;
     j->len = len;
+    j->tag = tag;
     atomic_fetch_add(&s->pending, 1);
     int rc = ic_queue_push(s->jobs, j);
     if (rc < 0) {
@@ -228,14 +237,20 @@ static int queue_job(ic_store *s, enum job_type type, const char *key, char *dat
     return 0;
 }
 
-int ic_store_put(ic_store *s, const char *key, char *data, size_t len)
+void ic_store_set_done(ic_store *s, ic_store_done_fn fn, void *ud)
 {
-    return queue_job(s, JOB_PUT, key, data, len);
+    s->done = fn;
+    s->done_ud = ud;
+}
+
+int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t tag)
+{
+    return queue_job(s, JOB_PUT, key, data, len, tag);
 }
 
 int ic_store_delete(ic_store *s, const char *key)
 {
-    return queue_job(s, JOB_DELETE, key, NULL, 0);
+    return queue_job(s, JOB_DELETE, key, NULL, 0, 0);
 }
 
 size_t ic_store_pending(ic_store *s) { return atomic_load(&s->pending); }
@@ -295,7 +310,7 @@ void ic_store_close(ic_store *s)
 {
     if (!s)
         return;
-    if (s->started && queue_job(s, JOB_STOP, NULL, NULL, 0) == 0)
+    if (s->started && queue_job(s, JOB_STOP, NULL, NULL, 0, 0) == 0)
         pthread_join(s->thread, NULL);
     /* A failed STOP push (no memory) leaves a thread that never ends: the
      * process is exiting anyway, and freeing its state under it would be worse. */

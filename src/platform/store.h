@@ -54,9 +54,16 @@ const char *ic_store_dir(const ic_store *s);
 int ic_store_load(ic_store *s, const char *suffix,
                   void (*fn)(void *ud, const char *key, const char *data, size_t len), void *ud);
 
-/* Queues a write of key with data (malloc'd; taken over on every path).
- * Returns 0, IC_ERR_INVAL (a bad key) or IC_ERR_NOMEM. Any thread. */
-int ic_store_put(ic_store *s, const char *key, char *data, size_t len);
+/* Called on the store's thread after each write queued with a nonzero
+ * tag: rc 0 when the file is durable, else an ic_err. Must be cheap and
+ * thread-safe (push to a queue, wake a loop). Set before the first put. */
+typedef void (*ic_store_done_fn)(void *ud, uint64_t tag, int rc);
+void ic_store_set_done(ic_store *s, ic_store_done_fn fn, void *ud);
+
+/* Queues a write of key with data (malloc'd; taken over on every path);
+ * tag: for the done callback (0: none). Returns 0, IC_ERR_INVAL (a bad
+ * key) or IC_ERR_NOMEM. Any thread. */
+int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t tag);
 
 /* Queues the removal of key (absent: nothing happens). Any thread. */
 int ic_store_delete(ic_store *s, const char *key);

@@ -52,18 +52,10 @@ def record(store, sid):
         return json.load(f)
 
 
-def wait_turns(store, sid, n, timeout=10):
-    """Waits until the store's record of sid holds n turns (the store
-    thread writes it after the END has gone out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if len(record(store, sid)["turns"]) == n:
-                return
-        except FileNotFoundError:
-            pass
-        assert time.monotonic() < deadline, f"{sid}: not {n} turns in the store"
-        time.sleep(0.05)
+def stored_turns(store, sid):
+    """Turns in the store's record of sid: an END goes out only once its
+    turn is on disk, so this is checked at once, never waited for."""
+    return len(record(store, sid)["turns"])
 
 
 def durable(start_server, store, *extra):
@@ -221,7 +213,7 @@ def restart_case(start_server, tmp_path, stop):
         return want, sid, token, c
 
     want, sid, token, c = run(first(), timeout=90)
-    wait_turns(store, sid, 2)
+    assert stored_turns(store, sid) == 2
     stop(srv)
     again = durable(start_server, store)
     assert re.search(r"session store .*: 1 sessions resumable", again.log()), again.log()
@@ -234,7 +226,7 @@ def restart_case(start_server, tmp_path, stop):
         assert await turn(d, sid, TURNS[2]) == want[2]
         await d.close()
     run(second(), timeout=90)
-    wait_turns(store, sid, 3)
+    assert stored_turns(store, sid) == 3
 
 
 def kill9(srv):
@@ -263,7 +255,7 @@ def test_crash_mid_turn_leaves_the_previous_turn_only(start_server, tmp_path):
         r = await create(c)
         sid, token = r["session_id"], r["resume_token"]
         assert await turn(c, sid, TURNS[0]) == want[0]
-        wait_turns(store, sid, 1)
+        assert stored_turns(store, sid) == 1
         await c.start_infer(sid, " and then", **LONG)
         for _ in range(3):
             assert (await c.recv_type("TOKEN"))["session_id"] == sid
@@ -328,14 +320,12 @@ def test_close_session_deletes_it_from_the_store(start_server, tmp_path):
         r = await create(c)
         sid, token = r["session_id"], r["resume_token"]
         await turn(c, sid, TURNS[0])
-        deadline = time.monotonic() + 10
-        while not (store / f"{sid}.json").exists():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        assert stored_turns(store, sid) == 1
         r = await c.request({"type": "CLOSE_SESSION", "session_id": sid})
         assert r["type"] == "SESSION_CLOSED" and r["reason"] == "client", r
         e = await resume(c, sid, token)
         assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+        deadline = time.monotonic() + 10
         while (store / f"{sid}.json").exists():
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
