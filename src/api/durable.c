@@ -13,6 +13,7 @@
  * conversation text here is the one the scheduler's convo.c holds: the
  * prompts of INFERs that got an END and the text of their TOKENs.
  */
+#include "durable.h"
 #include "gateway_impl.h"
 #include "clock.h"
 #include "err.h"
@@ -26,7 +27,7 @@
 
 #define RECORD_FORMAT "inferencecenter-session"
 #define RECORD_VERSION 1
-#define RECORD_SUFFIX ".json"
+#define RECORD_SUFFIX IC_DURABLE_SUFFIX
 
 typedef struct dur_turn {
     char *prompt;
@@ -313,6 +314,25 @@ fail:
     json_decref(o);
     record_free(d);
     return NULL;
+}
+
+int ic_durable_record_info(const char *key, const char *data, size_t len, ic_durable_info *out,
+                           const char **why)
+{
+    memset(out, 0, sizeof *out);
+    gw_durable *d = record_parse(key, data, len, why);
+    if (!d)
+        return IC_ERR_PARSE;
+    snprintf(out->session_id, sizeof out->session_id, "%s", d->sid);
+    snprintf(out->client, sizeof out->client, "%s", d->client);
+    out->n_turns = d->n_turns;
+    out->n_ctx_used = d->n_ctx_used;
+    out->updated_ms = d->updated_wall_ms;
+    out->bytes = d->system ? strlen(d->system) : 0;
+    for (int i = 0; i < d->n_turns; i++)
+        out->bytes += strlen(d->turns[i].prompt) + strlen(d->turns[i].reply);
+    record_free(d);
+    return 0;
 }
 
 /* Queues the record's file; the END that follows waits for it. */
@@ -650,7 +670,7 @@ static int take_live(ic_gateway *g, client_conn *c, gw_durable *d)
     d->parked_ms = 0;
     ss->conn_id = c->id;
     ss->last_used_ms = ic_now_ms();
-    g->dur_restores[0]++;
+    g->dur_restores[IC_RESTORE_CELLS]++;
     return 0;
 }
 
@@ -677,7 +697,7 @@ static int restore(ic_gateway *g, client_conn *c, gw_durable *d, bool *at_limit)
     ss->dur = d;
     d->ss = ss;
     snprintf(ss->sid, sizeof ss->sid, "%s", d->sid);
-    g->dur_restores[1]++;
+    g->dur_restores[IC_RESTORE_RECOMPUTE]++;
     return 0;
 }
 
@@ -749,3 +769,28 @@ void ic_gw_durable_sweep(ic_gateway *g, double now_ms)
 }
 
 bool ic_gw_durable_sweep_needed(const ic_gateway *g) { return g->n_dur_parked > 0; }
+
+void ic_gw_durable_metrics(ic_gateway *g, ic_metrics_durable *out, uint64_t *buckets)
+{
+    memset(out, 0, sizeof *out);
+    if (!g->store)
+        return;
+    ic_store_stats st;
+    ic_store_get_stats(g->store, &st);
+    int live = 0;
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->durables, &it, NULL, &val))
+        live += ((gw_durable *)val)->ss != NULL;
+    out->parked = g->n_dur_parked;
+    out->stored = (int)ic_idmap_len(&g->durables) - live;
+    out->resumes = g->dur_resumes;
+    memcpy(out->restores, g->dur_restores, sizeof out->restores);
+    out->store_bytes = st.bytes;
+    out->write_errors = st.write_errors;
+    memcpy(buckets, st.write_buckets, sizeof st.write_buckets);
+    out->write_le = ic_store_write_bounds_s;
+    out->n_le = IC_STORE_WRITE_BUCKETS;
+    out->write_buckets = buckets;
+    out->write_sum_s = st.write_sum_s;
+}

@@ -146,7 +146,7 @@ struct ic_gateway {
     uint64_t dur_next_tag;
     int n_dur_parked;          /* live sessions whose connection dropped */
     uint64_t dur_resumes;      /* SESSION_RESUMED sent */
-    uint64_t dur_restores[2];  /* resumed from context cells / recomputed */
+    uint64_t dur_restores[IC_RESTORE_COUNT];
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
     const ic_chat *pending_chat;
@@ -278,6 +278,9 @@ bool ic_gw_durable_parked(const gw_session *ss);
 
 /* RESUME_SESSION on connection c. */
 void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m);
+
+/* Fills the durable sessions' metrics; buckets has room for the store's. */
+void ic_gw_durable_metrics(ic_gateway *g, ic_metrics_durable *out, uint64_t *buckets);
 
 /* Parked and stored sessions past --session-ttl go. now_ms: CLOCK_MONOTONIC. */
 void ic_gw_durable_sweep(ic_gateway *g, double now_ms);

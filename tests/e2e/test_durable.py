@@ -12,7 +12,7 @@ import signal
 import stat
 import time
 
-from conftest import GREEDY, LONG, connect, new_token, run
+from conftest import GREEDY, LONG, connect, http_get, new_token, run
 
 SYSTEM = "A story for children. "
 TURNS = ["Once upon a time", " One day", " The end came"]
@@ -58,6 +58,18 @@ def stored_turns(store, sid):
     return len(record(store, sid)["turns"])
 
 
+def scrape(srv):
+    """{sample: value} of GET /metrics, for the durable-session families."""
+    status, body = http_get(srv.port, "/metrics")
+    assert status == 200
+    out = {}
+    for line in body.decode().splitlines():
+        if line.startswith("inferencecenter_session"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def durable(start_server, store, *extra):
     return start_server(["--session-store", store, *extra])
 
@@ -90,12 +102,24 @@ def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_
         sid, token = r["session_id"], r["resume_token"]
         assert await turn(c, sid, TURNS[0]) == want[0]
         c.ws.transport.abort()            # the TCP connection drops, no close frame
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while scrape(srv)["inferencecenter_sessions_parked"] != 1:
+            assert time.monotonic() < deadline, scrape(srv)
+            await asyncio.sleep(0.05)
         d = await connect(srv)
         r = await resume(d, sid, token)
         assert r["type"] == "SESSION_RESUMED", r
         assert r["session_id"] == sid and r["n_ctx_used"] > 0, r
         assert await turn(d, sid, TURNS[1]) == want[1]
+        m = scrape(srv)
+        assert m["inferencecenter_sessions_parked"] == 0, m
+        assert m["inferencecenter_session_resumes_total"] == 1, m
+        assert m['inferencecenter_session_restores_total{from="cells"}'] == 1, m
+        # 3 turns were written (the unbroken session's 2 and this one's 1
+        # before the drop) and this turn: 4 writes, one file left.
+        assert m["inferencecenter_session_store_write_seconds_count"] == 4, m
+        assert m["inferencecenter_session_store_bytes"] == os.path.getsize(
+            tmp_path / "store" / f"{sid}.json"), m
         await d.close()
     run(body(), timeout=90)
 
@@ -217,12 +241,14 @@ def restart_case(start_server, tmp_path, stop):
     stop(srv)
     again = durable(start_server, store)
     assert re.search(r"session store .*: 1 sessions resumable", again.log()), again.log()
+    assert scrape(again)["inferencecenter_sessions_stored"] == 1
 
     async def second():
         d = await connect(again)
         r = await resume(d, sid, token)
         assert r["type"] == "SESSION_RESUMED", r
         assert r["n_ctx_used"] > 0, r
+        assert scrape(again)['inferencecenter_session_restores_total{from="recompute"}'] == 1
         assert await turn(d, sid, TURNS[2]) == want[2]
         await d.close()
     run(second(), timeout=90)
@@ -366,3 +392,48 @@ def test_without_a_store_nothing_changes(start_server):
         assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
         await d.close()
     run(body())
+
+
+def test_sessions_command_lists_and_purges(start_server, tmp_path):
+    import subprocess
+    from conftest import IC_BIN
+    store = tmp_path / "store"
+    srv = durable(start_server, store)
+
+    async def body():
+        c = await connect(srv)
+        out = []
+        for n in (1, 2):
+            r = await create(c)
+            for p in TURNS[:n]:
+                await turn(c, r["session_id"], p)
+            out.append(r["session_id"])
+        await c.close()
+        return out
+
+    sids = run(body(), timeout=90)
+    assert srv.terminate() == 0
+    (store / "s999.json").write_text("{")     # bad
+
+    def sessions(*args):
+        return subprocess.run([IC_BIN, "sessions", "--session-store", str(store), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    p = sessions()
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines()[1:]}
+    assert rows[sids[0]][2] == "1" and rows[sids[1]][2] == "2", p.stdout
+    assert "bad:" in " ".join(rows["s999.json"]), p.stdout
+    assert "2 sessions, 1 bad files" in p.stderr
+    p = sessions("--purge-bad")
+    assert p.returncode == 0 and p.stdout.strip() == "removed s999.json", p
+    p = sessions("--purge", sids[0])
+    assert p.returncode == 0 and not (store / f"{sids[0]}.json").exists(), p
+    p = sessions("--purge", sids[0])
+    assert p.returncode == 1 and "no session" in p.stderr, p
+    p = sessions("--purge-older-than", "3600")
+    assert p.returncode == 0 and (store / f"{sids[1]}.json").exists(), p
+    p = sessions("--purge-all")
+    assert p.returncode == 0 and not list(store.iterdir()), p
+    assert sessions("--bogus").returncode == 2
+    assert subprocess.run([IC_BIN, "sessions"], capture_output=True).returncode == 2
