@@ -58,6 +58,17 @@ typedef struct gw_durable {
     char *held_end;
     uint64_t held_conn;
     gw_session *ss;            /* the live session, or NULL: only in the store */
+    /* Parked sessions give their cells back: evicting while the scheduler
+     * closes ss, then (RAM tier) the KV state and its tokens, owned. */
+    bool evicting;
+    bool evict_after_end;      /* parked while generating: evict at its END */
+    uint8_t *kv;
+    size_t kv_len;
+    ic_token *hist;
+    int n_hist;
+    /* A RESUME_SESSION that came while evicting, answered when it is done. */
+    uint64_t resume_conn;
+    ic_msg_id resume_id;
 } gw_durable;
 
 static int64_t wall_now_ms(void)
@@ -90,6 +101,8 @@ static void record_free(gw_durable *d)
 {
     if (!d)
         return;
+    free(d->kv);
+    free(d->hist);
     turns_free(d);
     pend_clear(d);
     ic_buf_free(&d->pend_reply);
@@ -131,6 +144,7 @@ static void record_forget(ic_gateway *g, gw_durable *d)
         d->ss->dur = NULL;
     if (d->parked_ms > 0)
         g->n_dur_parked--;
+    g->dur_ram_bytes -= d->kv ? d->kv_len : 0;
     ic_idmap_del(&g->durables, d->num);
     record_free(d);
 }
@@ -406,11 +420,15 @@ void ic_gw_durable_drain(ic_gateway *g)
 
 /* --- open and close ------------------------------------------------------ */
 
+/* Parked (live or evicted): ttl after the drop; only in the store: ttl
+ * after its last END; held by a connection: never. */
 static bool expired(const ic_gateway *g, const gw_durable *d, double now_ms, int64_t wall_ms)
 {
     double ttl_ms = g->opts.session_ttl_s * 1000.0;
+    if (d->parked_ms > 0)
+        return now_ms - d->parked_ms >= ttl_ms;
     if (d->ss)
-        return d->parked_ms > 0 && now_ms - d->parked_ms >= ttl_ms;
+        return false;
     return wall_ms - d->updated_wall_ms >= (int64_t)ttl_ms;
 }
 
@@ -542,7 +560,10 @@ void ic_gw_durable_on_infer(gw_session *ss, const char *prompt, bool raw)
     d->pend_request = ss->request_id;
 }
 
-void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
+static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev);
+static void evict(ic_gateway *g, gw_durable *d);
+
+void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, ic_event *ev)
 {
     gw_durable *d = ss->dur;
     if (!d)
@@ -552,6 +573,10 @@ void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
          * (or the restore failed): resumable from the store after the
          * restart. Closed by the client, or expired: gone. */
         release_end(g, d, true);
+        if (ev->close_reason == IC_CLOSE_EVICTED) {
+            evicted(g, d, ev);
+            return;
+        }
         if (ev->close_reason == IC_CLOSE_SHUTDOWN) {
             if (d->parked_ms > 0)
                 g->n_dur_parked--;
@@ -584,6 +609,9 @@ void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
         d->n_ctx_used = ev->stats.context_tokens + ev->stats.generated_tokens;
         d->updated_wall_ms = wall_now_ms();
         record_save(g, d);
+        if (d->evict_after_end && ss->conn_id == 0)
+            evict(g, d);
+        d->evict_after_end = false;
         return;
     }
     pend_clear(d); /* ERROR: the turn was refused */
@@ -610,7 +638,51 @@ bool ic_gw_durable_park(ic_gateway *g, gw_session *ss)
     ic_log_for(IC_LOG_INFO, &(ic_log_ctx){.session = ss->sid}, "session parked: its "
                "connection went; resumable for %d s", g->opts.session_ttl_s);
     ic_gw_arm_tick(g, true);
+    if (ss->running)
+        d->evict_after_end = true;
+    else
+        evict(g, d);
     return true;
+}
+
+/* A parked session gives its cells back: the scheduler closes it with its
+ * KV state in the SESSION_CLOSED (evicted). */
+static void evict(ic_gateway *g, gw_durable *d)
+{
+    gw_session *ss = d->ss;
+    if (!ss || ss->closing || ic_sched_close_session(g->sched, ss->id, IC_CLOSE_EVICTED) < 0)
+        return;
+    ss->closing = true;
+    ss->close_reason = "evicted";
+    d->evicting = true;
+}
+
+static void finish_resume(ic_gateway *g, client_conn *c, gw_durable *d, const ic_msg_id *id);
+
+/* The evicted SESSION_CLOSED: the record is only here now, with its KV
+ * state while --session-ram has room for it. */
+static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev)
+{
+    d->ss->dur = NULL;
+    d->ss = NULL;
+    d->evicting = false;
+    pend_clear(d);
+    if (ev->kv && g->dur_ram_bytes + ev->kv_len <= g->opts.session_ram_bytes) {
+        d->kv = ev->kv;
+        d->kv_len = ev->kv_len;
+        d->hist = ev->hist;
+        d->n_hist = ev->n_hist;
+        ev->kv = NULL;
+        ev->hist = NULL;
+        g->dur_ram_bytes += d->kv_len;
+    }
+    ic_log_for(IC_LOG_DEBUG, &(ic_log_ctx){.session = d->sid}, "parked session evicted: %s",
+               d->kv ? "KV state in host memory" : "to be recomputed");
+    uint64_t conn = d->resume_conn;
+    d->resume_conn = 0;
+    client_conn *c = conn ? ic_idmap_get(&g->conns, conn) : NULL;
+    if (c && !c->closing)
+        finish_resume(g, c, d, &d->resume_id);
 }
 
 /* Equal strings, in a time that does not depend on where they differ. */
@@ -639,7 +711,7 @@ static gw_durable *check_pair(ic_gateway *g, const client_conn *c, const ic_msg 
         return NULL;
     if (g->auth && strcmp(d->client, c->client.name) != 0)
         return NULL;
-    if ((d->ss && d->ss->closing) || expired(g, d, ic_now_ms(), wall_now_ms()))
+    if ((d->ss && d->ss->closing && !d->evicting) || expired(g, d, ic_now_ms(), wall_now_ms()))
         return NULL;
     return d;
 }
@@ -683,11 +755,23 @@ static int restore(ic_gateway *g, client_conn *c, gw_durable *d, bool *at_limit)
     for (int i = 0; i < d->n_turns; i++)
         turns[i] = (ic_turn){d->turns[i].prompt, d->turns[i].raw, d->turns[i].reply};
     gw_session *ss;
+    ic_event kv = {.kv = d->kv, .kv_len = d->kv_len, .hist = d->hist, .n_hist = d->n_hist};
     int rc = ic_gw_session_open_turns(g, c->count_key, c->max_sessions, d->system, turns,
-                                      d->n_turns, &ss, at_limit);
+                                      d->n_turns, d->kv ? &kv : NULL, &ss, at_limit);
     free(turns);
     if (rc < 0)
         return rc;
+    g->dur_restores[d->kv ? IC_RESTORE_RAM : IC_RESTORE_RECOMPUTE]++;
+    g->dur_ram_bytes -= d->kv ? d->kv_len : 0;
+    free(d->kv);
+    free(d->hist);
+    d->kv = NULL;
+    d->hist = NULL;
+    d->kv_len = 0;
+    d->n_hist = 0;
+    if (d->parked_ms > 0)
+        g->n_dur_parked--;
+    d->parked_ms = 0;
     if (ic_req_params_copy(&ss->defaults, &d->defaults) < 0) {
         ic_sched_close_session(g->sched, ss->id, IC_CLOSE_SHUTDOWN);
         ss->closing = true;
@@ -697,7 +781,6 @@ static int restore(ic_gateway *g, client_conn *c, gw_durable *d, bool *at_limit)
     ss->dur = d;
     d->ss = ss;
     snprintf(ss->sid, sizeof ss->sid, "%s", d->sid);
-    g->dur_restores[IC_RESTORE_RECOMPUTE]++;
     return 0;
 }
 
@@ -709,6 +792,21 @@ void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m)
                          m->session_id, &m->id);
         return;
     }
+    if (d->evicting) {
+        /* Answered once the scheduler has handed its state over; an earlier
+         * waiter lost the race. */
+        if (d->resume_conn && d->resume_conn != c->id)
+            ic_gw_send_error(g, d->resume_conn, IC_CODE_SESSION_NOT_FOUND, "no such session",
+                             d->sid, &d->resume_id);
+        d->resume_conn = c->id;
+        d->resume_id = m->id;
+        return;
+    }
+    finish_resume(g, c, d, &m->id);
+}
+
+static void finish_resume(ic_gateway *g, client_conn *c, gw_durable *d, const ic_msg_id *id)
+{
     bool at_limit = false;
     int rc = d->ss ? take_live(g, c, d) : restore(g, c, d, &at_limit);
     if (rc < 0) {
@@ -722,7 +820,7 @@ void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m)
             snprintf(msg, sizeof msg, "%s", code == IC_CODE_CAPACITY
                                                 ? "the server holds its maximum number of sessions"
                                                 : ic_strerror(rc));
-        ic_gw_send_error(g, c->id, code, msg, m->session_id, &m->id);
+        ic_gw_send_error(g, c->id, code, msg, d->sid, id);
         return;
     }
     g->dur_resumes++;
@@ -735,7 +833,7 @@ void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m)
                "session resumed (%d turns, %d tokens)", d->n_turns, n_ctx);
     if (g->opts.session_idle_timeout_s > 0)
         ic_gw_arm_tick(g, true);
-    ic_gw_send_json(g, c->id, ic_proto_session_resumed(ss->sid, n_ctx, &m->id));
+    ic_gw_send_json(g, c->id, ic_proto_session_resumed(ss->sid, n_ctx, id));
 }
 
 /* --- the sweep -------------------------------------------------------------- */
@@ -749,11 +847,11 @@ void ic_gw_durable_sweep(ic_gateway *g, double now_ms)
     void *val;
     while (ic_idmap_next(&g->durables, &it, NULL, &val)) {
         gw_durable *d = val;
-        if (!expired(g, d, now_ms, wall))
+        if (d->evicting || !expired(g, d, now_ms, wall))
             continue;
         if (!d->ss) {
-            ic_log_info("session %s: stored for %d s without a resume: removed", d->sid,
-                        g->opts.session_ttl_s);
+            ic_log_info("session %s: %s for %d s without a resume: removed", d->sid,
+                        d->parked_ms > 0 ? "parked" : "stored", g->opts.session_ttl_s);
             record_forget(g, d); /* a delete during the walk is allowed */
             continue;
         }
@@ -780,8 +878,10 @@ void ic_gw_durable_metrics(ic_gateway *g, ic_metrics_durable *out, uint64_t *buc
     int live = 0;
     ic_idmap_iter it = IC_IDMAP_ITER_INIT;
     void *val;
-    while (ic_idmap_next(&g->durables, &it, NULL, &val))
-        live += ((gw_durable *)val)->ss != NULL;
+    while (ic_idmap_next(&g->durables, &it, NULL, &val)) {
+        const gw_durable *d = val;
+        live += d->ss != NULL || d->parked_ms > 0;
+    }
     out->parked = g->n_dur_parked;
     out->stored = (int)ic_idmap_len(&g->durables) - live;
     out->resumes = g->dur_resumes;

@@ -268,12 +268,12 @@ void ic_gw_finish_pending_auth(ic_gateway *g, client_conn *c)
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
                        gw_session **out, bool *at_limit)
 {
-    return ic_gw_session_open_turns(g, client_key, limit, system, NULL, 0, out, at_limit);
+    return ic_gw_session_open_turns(g, client_key, limit, system, NULL, 0, NULL, out, at_limit);
 }
 
 int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
                              const char *system, const ic_turn *turns, int n_turns,
-                             gw_session **out, bool *at_limit)
+                             const ic_event *kv, gw_session **out, bool *at_limit)
 {
     *out = NULL;
     *at_limit = false;
@@ -286,7 +286,9 @@ int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
     }
     gw_session *ss = calloc(1, sizeof *ss);
     uint64_t id = 0;
-    int rc = ss ? ic_sched_open_session_turns(g->sched, system, turns, n_turns, &id)
+    int rc = ss ? ic_sched_open_session_kv(g->sched, system, turns, n_turns,
+                                           kv ? kv->kv : NULL, kv ? kv->kv_len : 0,
+                                           kv ? kv->hist : NULL, kv ? kv->n_hist : 0, &id)
                 : IC_ERR_NOMEM;
     if (rc == 0 && ic_idmap_put(&g->sessions, id, ss) < 0) {
         ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);

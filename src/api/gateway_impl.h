@@ -144,7 +144,8 @@ struct ic_gateway {
     ic_queue *dur_done;        /* the store thread's finished writes (dur_done *) */
     ic_idmap dur_waits;        /* write tag -> the record whose END waits for it */
     uint64_t dur_next_tag;
-    int n_dur_parked;          /* live sessions whose connection dropped */
+    int n_dur_parked;          /* sessions whose connection dropped (evicted or not) */
+    size_t dur_ram_bytes;      /* parked sessions' KV state held in memory */
     uint64_t dur_resumes;      /* SESSION_RESUMED sent */
     uint64_t dur_restores[IC_RESTORE_COUNT];
     /* Set from other threads, read on the network thread. */
@@ -235,10 +236,11 @@ void ic_gw_arm_tick(ic_gateway *g, bool soon);
 void ic_gw_free_all(ic_gateway *g);
 
 /* As ic_gw_session_open, with a conversation already holding n_turns
- * (a durable session restored from its record). */
+ * (a durable session restored from its record) and, when kv is not NULL,
+ * the KV state and tokens of its evicted SESSION_CLOSED (borrowed). */
 int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
                              const char *system, const ic_turn *turns, int n_turns,
-                             gw_session **out, bool *at_limit);
+                             const ic_event *kv, gw_session **out, bool *at_limit);
 
 /* --- durable.c: durable sessions (--session-store) ----------------- */
 
@@ -259,7 +261,7 @@ gw_session *ic_gw_durable_find(ic_gateway *g, const client_conn *c, const char *
 
 /* The conversation's record follows the session's events. */
 void ic_gw_durable_on_infer(gw_session *ss, const char *prompt, bool raw);
-void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, const ic_event *ev);
+void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, ic_event *ev);
 
 /* ss's connection went: a durable session is parked (its generation
  * aborted) and true returned; false for any other. */

@@ -46,6 +46,7 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .prompt_cache_per_client = false,
         .session_store = NULL,
         .session_ttl_s = 3600,
+        .session_ram_bytes = (size_t)1024 << 20,
     };
 }
 

@@ -70,6 +70,7 @@ typedef struct serve_args {
     int session_idle_timeout_s;
     const char *session_store; /* NULL: sessions are not durable */
     int session_ttl_s;
+    int session_ram_mib;
     int max_preauth_per_ip;
     int max_preauth;
     int max_connections;       /* sockets; 0: from the fd limit */
@@ -251,6 +252,10 @@ static const ic_option serve_options[] = {
      .def = "3600", .lo = 1, .hi = 30 * 86400,
      .help = "With --session-store: a session whose connection dropped (or that is only in "
              "the store) waits S seconds for RESUME_SESSION, then is deleted."},
+    {.name = "session-ram", .type = IC_OPT_INT, .offset = F(session_ram_mib), .metavar = "MIB",
+     .def = "1024", .lo = 0, .hi = 1 << 20,
+     .help = "With --session-store: a parked session gives its context cells back; its KV "
+             "state waits in host memory, up to MIB in all (beyond: recomputed on resume)."},
     {.name = "max-connections", .type = IC_OPT_INT, .offset = F(max_connections),
      .metavar = "N", .def = "0", .def_help = "from the fd limit", .lo = 0, .hi = 1048576,
      .help = "Open sockets (HTTP and WebSocket) at once; more get 503 or close 1013."},
@@ -661,6 +666,7 @@ static int run(const serve_args *a)
     go.session_idle_timeout_s = a->session_idle_timeout_s;
     go.session_store = a->session_store;
     go.session_ttl_s = a->session_ttl_s;
+    go.session_ram_bytes = (size_t)a->session_ram_mib << 20;
     go.max_preauth_per_ip = a->max_preauth_per_ip;
     go.max_preauth = a->max_preauth;
     go.max_connections = 0; /* the server caps sockets (--max-connections) */

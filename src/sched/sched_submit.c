@@ -20,6 +20,8 @@ void ic_event_free(ic_event *ev)
     if (!ev)
         return;
     free(ev->text);
+    free(ev->kv);
+    free(ev->hist);
     free(ev);
 }
 
@@ -44,6 +46,8 @@ void ic_sched__req_free(void *p)
         free((char *)r->turns[i].reply);
     }
     free(r->turns);
+    free(r->kv);
+    free(r->hist);
     ic_event_free(r->reply);
     free(r);
 }
@@ -89,6 +93,28 @@ static int copy_turns(req *r, const ic_turn *turns, int n)
 int ic_sched_open_session_turns(ic_sched *s, const char *system_prompt, const ic_turn *turns,
                                 int n_turns, uint64_t *session_id)
 {
+    return ic_sched_open_session_kv(s, system_prompt, turns, n_turns, NULL, 0, NULL, 0,
+                                    session_id);
+}
+
+/* Copies a KV state and its tokens into r. */
+static int copy_kv(req *r, const uint8_t *kv, size_t len, const ic_token *hist, int n_hist)
+{
+    if (!kv || len == 0 || n_hist <= 0)
+        return 0;
+    if (!(r->kv = malloc(len)) || !(r->hist = malloc((size_t)n_hist * sizeof *hist)))
+        return IC_ERR_NOMEM;
+    memcpy(r->kv, kv, len);
+    memcpy(r->hist, hist, (size_t)n_hist * sizeof *hist);
+    r->kv_len = len;
+    r->n_hist = n_hist;
+    return 0;
+}
+
+int ic_sched_open_session_kv(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                             int n_turns, const uint8_t *kv, size_t kv_len,
+                             const ic_token *hist, int n_hist, uint64_t *session_id)
+{
     /* opens_done before st_sessions: an open the scheduler has counted as
      * done is in st_sessions too, so the sum never falls short. */
     uint64_t sent = atomic_load(&s->opens_sent);
@@ -99,7 +125,7 @@ int ic_sched_open_session_turns(ic_sched *s, const char *system_prompt, const ic
     req *r = calloc(1, sizeof *r);
     if (!r || !(r->reply = calloc(1, sizeof *r->reply)) ||
         (system_prompt && !(r->text = strdup(system_prompt))) ||
-        copy_turns(r, turns, n_turns) < 0) {
+        copy_turns(r, turns, n_turns) < 0 || copy_kv(r, kv, kv_len, hist, n_hist) < 0) {
         ic_sched__req_free(r);
         return IC_ERR_NOMEM;
     }

@@ -6,6 +6,8 @@ store resumes it too, recomputing its KV cache. In every case the next
 turn's greedy answer is the one the unbroken session gives."""
 import asyncio
 import json
+
+import pytest
 import os
 import re
 import signal
@@ -59,7 +61,7 @@ def stored_turns(store, sid):
 
 
 def scrape(srv):
-    """{sample: value} of GET /metrics, for the durable-session families."""
+    """{sample: value} of GET /metrics, for the session families."""
     status, body = http_get(srv.port, "/metrics")
     assert status == 200
     out = {}
@@ -92,8 +94,12 @@ def test_created_carries_a_token_and_the_store_is_private(start_server, tmp_path
     run(body())
 
 
-def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_path):
-    srv = durable(start_server, tmp_path / "store")
+@pytest.mark.parametrize("ram,source", [(1024, "ram"), (0, "recompute")])
+def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_path, ram,
+                                                              source):
+    """The parked session gives its cells back (KV state to host memory, or
+    with --session-ram 0 dropped and recomputed)."""
+    srv = durable(start_server, tmp_path / "store", "--session-ram", ram)
 
     async def body():
         want = await unbroken(srv, 2)
@@ -103,9 +109,10 @@ def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_
         assert await turn(c, sid, TURNS[0]) == want[0]
         c.ws.transport.abort()            # the TCP connection drops, no close frame
         deadline = time.monotonic() + 10
-        while scrape(srv)["inferencecenter_sessions_parked"] != 1:
+        while scrape(srv)["inferencecenter_sessions"] != 0:   # evicted: no slot held
             assert time.monotonic() < deadline, scrape(srv)
             await asyncio.sleep(0.05)
+        assert scrape(srv)["inferencecenter_sessions_parked"] == 1
         d = await connect(srv)
         r = await resume(d, sid, token)
         assert r["type"] == "SESSION_RESUMED", r
@@ -114,7 +121,7 @@ def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_
         m = scrape(srv)
         assert m["inferencecenter_sessions_parked"] == 0, m
         assert m["inferencecenter_session_resumes_total"] == 1, m
-        assert m['inferencecenter_session_restores_total{from="cells"}'] == 1, m
+        assert m[f'inferencecenter_session_restores_total{{from="{source}"}}'] == 1, m
         # 3 turns were written (the unbroken session's 2 and this one's 1
         # before the drop) and this turn: 4 writes, one file left.
         assert m["inferencecenter_session_store_write_seconds_count"] == 4, m
@@ -437,3 +444,35 @@ def test_sessions_command_lists_and_purges(start_server, tmp_path):
     assert p.returncode == 0 and not list(store.iterdir()), p
     assert sessions("--bogus").returncode == 2
     assert subprocess.run([IC_BIN, "sessions"], capture_output=True).returncode == 2
+
+
+def test_max_sessions_counts_only_active_sessions(start_server, tmp_path):
+    srv = durable(start_server, tmp_path / "store", "--max-sessions", 2)
+
+    async def body():
+        want = await unbroken(srv, 2)
+        a = await connect(srv)
+        parked = []
+        for _ in range(2):
+            r = await create(a)
+            assert await turn(a, r["session_id"], TURNS[0]) == want[0]
+            parked.append((r["session_id"], r["resume_token"]))
+        a.ws.transport.abort()
+        b = await connect(srv)
+        deadline = time.monotonic() + 10
+        while scrape(srv)["inferencecenter_sessions"] != 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        fresh = [(await create(b))["session_id"] for _ in range(2)]   # the slots are free
+        e = await resume(b, *parked[0])
+        # b holds the server's 2 (its own limit is the server's without tokens)
+        assert e["type"] == "ERROR" and e["code"] in ("session_limit", "capacity"), e
+        for sid in fresh:
+            assert (await b.request({"type": "CLOSE_SESSION", "session_id": sid}))[
+                "type"] == "SESSION_CLOSED"
+        for sid, token in parked:
+            r = await resume(b, sid, token)
+            assert r["type"] == "SESSION_RESUMED", r
+            assert await turn(b, sid, TURNS[1]) == want[1]
+        await b.close()
+    run(body(), timeout=90)

@@ -179,11 +179,16 @@ int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *sess
     return 0;
 }
 
-int ic_sched_open_session_turns(ic_sched *s, const char *system_prompt, const ic_turn *turns,
-                                int n_turns, uint64_t *session_id)
+int ic_sched_open_session_kv(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                             int n_turns, const uint8_t *kv, size_t kv_len,
+                             const ic_token *hist, int n_hist, uint64_t *session_id)
 {
     (void)turns;
     (void)n_turns;
+    (void)kv;
+    (void)kv_len;
+    (void)hist;
+    (void)n_hist;
     return ic_sched_open_session(s, system_prompt, session_id);
 }
 
