@@ -389,7 +389,7 @@ static void on_written(void *ud, uint64_t tag, int rc)
     *dd = (dur_done){tag, rc};
     if (ic_queue_push(g->dur_done, dd) < 0)
         free(dd);
-    else if (g->srv)
+    else if (g->srv && !atomic_load(&g->dur_quiet))
         ic_server_wake(g->srv);
 }
 
@@ -485,6 +485,7 @@ int ic_gw_durable_open(ic_gateway *g, char *err, size_t errlen)
 
 void ic_gw_durable_close(ic_gateway *g)
 {
+    atomic_store(&g->dur_quiet, true); /* the server is gone */
     ic_store_close(g->store); /* writes what is queued */
     g->store = NULL;
     ic_queue_destroy(g->dur_done, free);
@@ -663,6 +664,7 @@ static void finish_resume(ic_gateway *g, client_conn *c, gw_durable *d, const ic
  * state while --session-ram has room for it. */
 static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev)
 {
+    ic_gw_session_recount(g, d->ss, "", 0); /* a resume may count it again now */
     d->ss->dur = NULL;
     d->ss = NULL;
     d->evicting = false;

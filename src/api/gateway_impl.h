@@ -144,6 +144,7 @@ struct ic_gateway {
     ic_queue *dur_done;        /* the store thread's finished writes (dur_done *) */
     ic_idmap dur_waits;        /* write tag -> the record whose END waits for it */
     uint64_t dur_next_tag;
+    _Atomic bool dur_quiet;    /* at destroy: the store's last writes wake nobody */
     int n_dur_parked;          /* sessions whose connection dropped (evicted or not) */
     size_t dur_ram_bytes;      /* parked sessions' KV state held in memory */
     uint64_t dur_resumes;      /* SESSION_RESUMED sent */
