@@ -28,6 +28,8 @@
 #define RECORD_FORMAT "inferencecenter-session"
 #define RECORD_VERSION 1
 #define RECORD_SUFFIX IC_DURABLE_SUFFIX
+#define KV_SUFFIX ".kv"
+#define KV_MAGIC "ICKV1\n"
 
 typedef struct dur_turn {
     char *prompt;
@@ -66,7 +68,13 @@ typedef struct gw_durable {
     size_t kv_len;
     ic_token *hist;
     int n_hist;
-    /* A RESUME_SESSION that came while evicting, answered when it is done. */
+    /* Disk tier: the KV state in DIR/<sid>.kv (past --session-ram), read
+     * back (kv_read_tag) for a resume; kv_from_disk: kv came from there. */
+    bool kv_on_disk;
+    bool kv_from_disk;
+    uint64_t kv_read_tag;
+    /* A RESUME_SESSION that came while evicting (or reading the KV state
+     * from disk), answered when it is done. */
     uint64_t resume_conn;
     ic_msg_id resume_id;
 } gw_durable;
@@ -116,6 +124,87 @@ static void file_key(const gw_durable *d, char *key, size_t cap)
     snprintf(key, cap, "%s%s", d->sid, RECORD_SUFFIX);
 }
 
+static void kv_key(const gw_durable *d, char *key, size_t cap)
+{
+    snprintf(key, cap, "%s%s", d->sid, KV_SUFFIX);
+}
+
+/* What a KV state fits: the model file, the llama.cpp build, the context's
+ * shape. A state saved under another is dropped and recomputed. */
+static void fingerprint(ic_gateway *g, char *out, size_t cap)
+{
+    ic_engine_info in;
+    ic_sched_model_info(g->sched, &in);
+    snprintf(out, cap, "model=%s params=%llu bytes=%llu llama=%s ctx=%d k=%s v=%s", in.name,
+             (unsigned long long)in.n_params, (unsigned long long)in.file_bytes,
+             IC_LLAMA_COMMIT, g->n_ctx_per_session, ic_kv_type_name(in.type_k),
+             ic_kv_type_name(in.type_v));
+}
+
+static void drop_kv_file(ic_gateway *g, gw_durable *d)
+{
+    if (!d->kv_on_disk)
+        return;
+    char key[40];
+    kv_key(d, key, sizeof key);
+    ic_store_delete(g->store, key);
+    d->kv_on_disk = false;
+}
+
+/* The KV file: magic, fingerprint line, n_hist (uint32), the tokens, the
+ * state. Queued for the store; false when out of memory. */
+static bool kv_save(ic_gateway *g, gw_durable *d, const ic_event *ev)
+{
+    char fp[400];
+    fingerprint(g, fp, sizeof fp);
+    size_t head = strlen(KV_MAGIC) + strlen(fp) + 1;
+    size_t toks = (size_t)ev->n_hist * sizeof(ic_token);
+    size_t len = head + sizeof(uint32_t) + toks + ev->kv_len;
+    char *blob = malloc(len + 1);
+    if (!blob)
+        return false;
+    snprintf(blob, head + 1, "%s%s\n", KV_MAGIC, fp);
+    uint32_t n = (uint32_t)ev->n_hist;
+    memcpy(blob + head, &n, sizeof n);
+    memcpy(blob + head + sizeof n, ev->hist, toks);
+    memcpy(blob + head + sizeof n + toks, ev->kv, ev->kv_len);
+    char key[40];
+    kv_key(d, key, sizeof key);
+    if (ic_store_put(g->store, key, blob, len, 0) < 0)
+        return false;
+    d->kv_on_disk = true;
+    return true;
+}
+
+/* A KV file read back: into d->kv and d->hist, or why not. */
+static const char *kv_parse(ic_gateway *g, gw_durable *d, const char *data, size_t len)
+{
+    char fp[400];
+    fingerprint(g, fp, sizeof fp);
+    size_t magic = strlen(KV_MAGIC), head = magic + strlen(fp) + 1;
+    if (len < head + sizeof(uint32_t) || memcmp(data, KV_MAGIC, magic) != 0)
+        return "not a KV state file";
+    if (memcmp(data + magic, fp, strlen(fp)) != 0 || data[head - 1] != '\n')
+        return "saved for another model, llama.cpp build or context shape";
+    uint32_t n;
+    memcpy(&n, data + head, sizeof n);
+    size_t toks = (size_t)n * sizeof(ic_token);
+    if (n == 0 || n > (uint32_t)g->n_ctx_per_session || len <= head + sizeof n + toks)
+        return "truncated";
+    size_t kv_len = len - head - sizeof n - toks;
+    if (!(d->hist = malloc(toks)) || !(d->kv = malloc(kv_len))) {
+        free(d->hist);
+        d->hist = NULL;
+        return "out of memory";
+    }
+    memcpy(d->hist, data + head + sizeof n, toks);
+    memcpy(d->kv, data + head + sizeof n + toks, kv_len);
+    d->n_hist = (int)n;
+    d->kv_len = kv_len;
+    d->kv_from_disk = true;
+    return NULL;
+}
+
 /* Sends (send: to the connection it was for, if the session is still
  * there) or drops the END that waits for a write. */
 static void release_end(ic_gateway *g, gw_durable *d, bool send)
@@ -138,13 +227,16 @@ static void record_forget(ic_gateway *g, gw_durable *d)
     char key[40];
     file_key(d, key, sizeof key);
     release_end(g, d, true);
+    drop_kv_file(g, d);
+    if (d->kv_read_tag)
+        ic_idmap_del(&g->dur_waits, d->kv_read_tag);
     if (ic_store_delete(g->store, key) < 0)
         ic_log_error("session %s: could not queue its removal from the store", d->sid);
     if (d->ss)
         d->ss->dur = NULL;
     if (d->parked_ms > 0)
         g->n_dur_parked--;
-    g->dur_ram_bytes -= d->kv ? d->kv_len : 0;
+    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
     ic_idmap_del(&g->durables, d->num);
     record_free(d);
 }
@@ -376,6 +468,8 @@ static void record_save(ic_gateway *g, gw_durable *d)
 typedef struct dur_done {
     uint64_t tag;
     int rc;
+    char *data;                /* a read's file, owned; NULL for a write */
+    size_t len;
 } dur_done;
 
 /* The store's done callback (store thread). Out of memory here only
@@ -386,11 +480,47 @@ static void on_written(void *ud, uint64_t tag, int rc)
     dur_done *dd = malloc(sizeof *dd);
     if (!dd)
         return;
-    *dd = (dur_done){tag, rc};
+    *dd = (dur_done){tag, rc, NULL, 0};
     if (ic_queue_push(g->dur_done, dd) < 0)
         free(dd);
     else if (g->srv && !atomic_load(&g->dur_quiet))
         ic_server_wake(g->srv);
+}
+
+/* The store's read callback (store thread): as on_written, with the data. */
+static void on_read(void *ud, uint64_t tag, char *data, size_t len, int rc)
+{
+    ic_gateway *g = ud;
+    dur_done *dd = malloc(sizeof *dd);
+    if (!dd) {
+        free(data);
+        return;
+    }
+    *dd = (dur_done){tag, rc, data, len};
+    if (ic_queue_push(g->dur_done, dd) < 0) {
+        free(data);
+        free(dd);
+    } else if (g->srv && !atomic_load(&g->dur_quiet)) {
+        ic_server_wake(g->srv);
+    }
+}
+
+static void finish_resume(ic_gateway *g, client_conn *c, gw_durable *d, const ic_msg_id *id);
+
+/* A KV file read for a waiting resume: restore from it, or recompute. */
+static void kv_read_done(ic_gateway *g, gw_durable *d, dur_done *dd)
+{
+    d->kv_read_tag = 0;
+    const char *why = dd->data ? kv_parse(g, d, dd->data, dd->len) : "cannot read it";
+    if (why) {
+        ic_log_warn("session %s: KV state file dropped (%s): recomputing", d->sid, why);
+        drop_kv_file(g, d);
+    }
+    uint64_t conn = d->resume_conn;
+    d->resume_conn = 0;
+    client_conn *c = conn ? ic_idmap_get(&g->conns, conn) : NULL;
+    if (c && !c->closing)
+        finish_resume(g, c, d, &d->resume_id);
 }
 
 bool ic_gw_durable_hold_end(ic_gateway *g, gw_session *ss, char *json)
@@ -407,8 +537,13 @@ void ic_gw_durable_drain(ic_gateway *g)
 {
     if (!g->dur_done)
         return;
-    for (dur_done *dd; (dd = ic_queue_pop(g->dur_done)); free(dd)) {
+    for (dur_done *dd; (dd = ic_queue_pop(g->dur_done)); free(dd->data), free(dd)) {
         gw_durable *d = ic_idmap_get(&g->dur_waits, dd->tag);
+        if (d && d->kv_read_tag == dd->tag) {
+            ic_idmap_del(&g->dur_waits, dd->tag);
+            kv_read_done(g, d, dd);
+            continue;
+        }
         if (!d || d->held_tag != dd->tag)
             continue;
         if (dd->rc < 0)
@@ -454,6 +589,9 @@ static void load_one(void *ud, const char *key, const char *data, size_t len)
         lc->n_skipped++;
         return;
     }
+    char kk[40];
+    kv_key(d, kk, sizeof kk);
+    d->kv_on_disk = ic_store_exists(lc->g->store, kk); /* checked against the model on resume */
     if (expired(lc->g, d, ic_now_ms(), wall_now_ms())) {
         record_forget(lc->g, d);
         lc->n_expired++;
@@ -470,6 +608,7 @@ int ic_gw_durable_open(ic_gateway *g, char *err, size_t errlen)
     if (rc < 0)
         return rc;
     ic_store_set_done(g->store, on_written, g);
+    ic_store_set_read_done(g->store, on_read, g);
     struct load_ctx lc = {.g = g};
     double t0 = ic_now_ms();
     rc = ic_store_load(g->store, RECORD_SUFFIX, load_one, &lc);
@@ -488,6 +627,8 @@ void ic_gw_durable_close(ic_gateway *g)
     atomic_store(&g->dur_quiet, true); /* the server is gone */
     ic_store_close(g->store); /* writes what is queued */
     g->store = NULL;
+    for (dur_done *dd; g->dur_done && (dd = ic_queue_pop(g->dur_done)); free(dd))
+        free(dd->data);
     ic_queue_destroy(g->dur_done, free);
     g->dur_done = NULL;
     ic_idmap_iter it = IC_IDMAP_ITER_INIT;
@@ -658,8 +799,6 @@ static void evict(ic_gateway *g, gw_durable *d)
     d->evicting = true;
 }
 
-static void finish_resume(ic_gateway *g, client_conn *c, gw_durable *d, const ic_msg_id *id);
-
 /* The evicted SESSION_CLOSED: the record is only here now, with its KV
  * state while --session-ram has room for it. */
 static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev)
@@ -677,9 +816,13 @@ static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev)
         ev->kv = NULL;
         ev->hist = NULL;
         g->dur_ram_bytes += d->kv_len;
+    } else if (ev->kv && !kv_save(g, d, ev)) {
+        ic_log_warn("session %s: its KV state could not be queued for the store; it will be "
+                    "recomputed", d->sid);
     }
     ic_log_for(IC_LOG_DEBUG, &(ic_log_ctx){.session = d->sid}, "parked session evicted: %s",
-               d->kv ? "KV state in host memory" : "to be recomputed");
+               d->kv ? "KV state in host memory" : d->kv_on_disk ? "KV state to disk"
+                                                 : "to be recomputed");
     uint64_t conn = d->resume_conn;
     d->resume_conn = 0;
     client_conn *c = conn ? ic_idmap_get(&g->conns, conn) : NULL;
@@ -763,8 +906,11 @@ static int restore(ic_gateway *g, client_conn *c, gw_durable *d, bool *at_limit)
     free(turns);
     if (rc < 0)
         return rc;
-    g->dur_restores[d->kv ? IC_RESTORE_RAM : IC_RESTORE_RECOMPUTE]++;
-    g->dur_ram_bytes -= d->kv ? d->kv_len : 0;
+    g->dur_restores[!d->kv ? IC_RESTORE_RECOMPUTE
+                    : d->kv_from_disk ? IC_RESTORE_DISK : IC_RESTORE_RAM]++;
+    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
+    d->kv_from_disk = false;
+    drop_kv_file(g, d); /* the live session's cells are newer */
     free(d->kv);
     free(d->hist);
     d->kv = NULL;
@@ -794,9 +940,18 @@ void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m)
                          m->session_id, &m->id);
         return;
     }
-    if (d->evicting) {
-        /* Answered once the scheduler has handed its state over; an earlier
-         * waiter lost the race. */
+    if (!d->evicting && !d->ss && !d->kv && d->kv_on_disk && !d->kv_read_tag) {
+        uint64_t tag = ++g->dur_next_tag;
+        char key[40];
+        kv_key(d, key, sizeof key);
+        if (ic_idmap_put(&g->dur_waits, tag, d) == 0 && ic_store_read(g->store, key, tag) == 0)
+            d->kv_read_tag = tag;
+        else
+            ic_idmap_del(&g->dur_waits, tag); /* recomputed */
+    }
+    if (d->evicting || d->kv_read_tag) {
+        /* Answered once the scheduler has handed its state over, or its
+         * file is read; an earlier waiter lost the race. */
         if (d->resume_conn && d->resume_conn != c->id)
             ic_gw_send_error(g, d->resume_conn, IC_CODE_SESSION_NOT_FOUND, "no such session",
                              d->sid, &d->resume_id);
@@ -849,7 +1004,7 @@ void ic_gw_durable_sweep(ic_gateway *g, double now_ms)
     void *val;
     while (ic_idmap_next(&g->durables, &it, NULL, &val)) {
         gw_durable *d = val;
-        if (d->evicting || !expired(g, d, now_ms, wall))
+        if (d->evicting || d->kv_read_tag || !expired(g, d, now_ms, wall))
             continue;
         if (!d->ss) {
             ic_log_info("session %s: %s for %d s without a resume: removed", d->sid,

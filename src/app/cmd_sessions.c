@@ -198,6 +198,11 @@ int ic_cmd_sessions(int argc, char **argv)
         }
         printf("removed %s\n", e->d_name);
         n_purged++;
+        if (ok) { /* and its KV state, if it had one on disk */
+            char kv[64];
+            snprintf(kv, sizeof kv, "%s.kv", info.session_id);
+            unlinkat(dir_fd, kv, 0);
+        }
     }
     if (n_purged > 0)
         fsync(dir_fd); /* the removals are durable too */

@@ -27,7 +27,7 @@ const double ic_store_write_bounds_s[IC_STORE_WRITE_BUCKETS] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 };
 
-enum job_type { JOB_PUT, JOB_DELETE, JOB_STOP };
+enum job_type { JOB_PUT, JOB_DELETE, JOB_READ, JOB_STOP };
 
 /* One job; owned by the queue, then by the thread, which frees it. */
 typedef struct job {
@@ -51,6 +51,8 @@ struct ic_store {
     _Atomic size_t pending;
     ic_store_done_fn done;    /* set before the first put */
     void *done_ud;
+    ic_store_read_fn read_done; /* set before the first read */
+    void *read_ud;
 };
 
 bool ic_store_key_ok(const char *key)
@@ -151,6 +153,8 @@ static void observe_write(ic_store *s, double seconds)
     atomic_fetch_add(&s->writes, 1);
 }
 
+static char *read_file(int dir_fd, const char *name, size_t *len);
+
 static void run_job(ic_store *s, const job *j)
 {
     if (j->type == JOB_PUT) {
@@ -166,6 +170,15 @@ static void run_job(ic_store *s, const job *j)
         }
         if (j->tag && s->done)
             s->done(s->done_ud, j->tag, rc);
+        return;
+    }
+    if (j->type == JOB_READ) {
+        size_t len = 0;
+        char *data = read_file(s->dir_fd, j->key, &len);
+        if (s->read_done)
+            s->read_done(s->read_ud, j->tag, data, len, data ? 0 : IC_ERR_IO);
+        else
+            free(data);
         return;
     }
     off_t old = size_of(s, j->key);
@@ -248,6 +261,17 @@ int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t 
     return queue_job(s, JOB_PUT, key, data, len, tag);
 }
 
+void ic_store_set_read_done(ic_store *s, ic_store_read_fn fn, void *ud)
+{
+    s->read_done = fn;
+    s->read_ud = ud;
+}
+
+int ic_store_read(ic_store *s, const char *key, uint64_t tag)
+{
+    return queue_job(s, JOB_READ, key, NULL, 0, tag);
+}
+
 int ic_store_delete(ic_store *s, const char *key)
 {
     return queue_job(s, JOB_DELETE, key, NULL, 0, 0);
@@ -270,6 +294,12 @@ void ic_store_get_stats(const ic_store *s, ic_store_stats *out)
 }
 
 const char *ic_store_dir(const ic_store *s) { return s->dir; }
+
+bool ic_store_exists(ic_store *s, const char *key)
+{
+    struct stat st;
+    return ic_store_key_ok(key) && fstatat(s->dir_fd, key, &st, 0) == 0;
+}
 
 /* --- open, load, close ------------------------------------------------ */
 

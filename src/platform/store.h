@@ -65,6 +65,16 @@ void ic_store_set_done(ic_store *s, ic_store_done_fn fn, void *ud);
  * key) or IC_ERR_NOMEM. Any thread. */
 int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t tag);
 
+/* Called on the store's thread with a file read for ic_store_read: data
+ * (malloc'd, taken over by the callback; NULL with rc < 0 when it could
+ * not be read) of len bytes. */
+typedef void (*ic_store_read_fn)(void *ud, uint64_t tag, char *data, size_t len, int rc);
+void ic_store_set_read_done(ic_store *s, ic_store_read_fn fn, void *ud);
+
+/* Queues a read of key, answered through the read callback with tag.
+ * Returns 0, IC_ERR_INVAL or IC_ERR_NOMEM. Any thread. */
+int ic_store_read(ic_store *s, const char *key, uint64_t tag);
+
 /* Queues the removal of key (absent: nothing happens). Any thread. */
 int ic_store_delete(ic_store *s, const char *key);
 
@@ -78,6 +88,9 @@ int ic_store_random(void *buf, size_t n);
 
 /* SHA-256 of data as 64 lower-case hex digits. */
 void ic_store_sha256_hex(const void *data, size_t n, char hex[65]);
+
+/* True when the file key exists (the thread that loads). */
+bool ic_store_exists(ic_store *s, const char *key);
 
 /* True when key is a valid key. */
 bool ic_store_key_ok(const char *key);

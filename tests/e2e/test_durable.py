@@ -94,11 +94,11 @@ def test_created_carries_a_token_and_the_store_is_private(start_server, tmp_path
     run(body())
 
 
-@pytest.mark.parametrize("ram,source", [(1024, "ram"), (0, "recompute")])
+@pytest.mark.parametrize("ram,source", [(1024, "ram"), (0, "disk")])
 def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_path, ram,
                                                               source):
     """The parked session gives its cells back (KV state to host memory, or
-    with --session-ram 0 dropped and recomputed)."""
+    with --session-ram 0 to the store's disk)."""
     srv = durable(start_server, tmp_path / "store", "--session-ram", ram)
 
     async def body():
@@ -123,10 +123,13 @@ def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_
         assert m["inferencecenter_session_resumes_total"] == 1, m
         assert m[f'inferencecenter_session_restores_total{{from="{source}"}}'] == 1, m
         # 3 turns were written (the unbroken session's 2 and this one's 1
-        # before the drop) and this turn: 4 writes, one file left.
-        assert m["inferencecenter_session_store_write_seconds_count"] == 4, m
-        assert m["inferencecenter_session_store_bytes"] == os.path.getsize(
-            tmp_path / "store" / f"{sid}.json"), m
+        # before the drop) and this turn: 4 writes, one file left (a KV
+        # file goes once it is read back).
+        assert m["inferencecenter_session_store_write_seconds_count"] == 4 + (source == "disk"), m
+        deadline = time.monotonic() + 10
+        while sorted(os.listdir(tmp_path / "store")) != [f"{sid}.json"]:
+            assert time.monotonic() < deadline, os.listdir(tmp_path / "store")
+            await asyncio.sleep(0.05)
         await d.close()
     run(body(), timeout=90)
 
@@ -476,3 +479,60 @@ def test_max_sessions_counts_only_active_sessions(start_server, tmp_path):
             assert await turn(b, sid, TURNS[1]) == want[1]
         await b.close()
     run(body(), timeout=90)
+
+
+def test_kv_on_disk_survives_a_restart_unless_the_model_changed(start_server, tmp_path):
+    """--session-ram 0: a parked session's KV state goes to DIR/<id>.kv. A
+    server started again on the same model restores it from there and
+    answers as the unbroken session; one on another model file drops it
+    (its fingerprint differs) and recomputes the conversation, answering as
+    that model does for the same text."""
+    from conftest import TINY
+    other = TINY.replace("tiny-f32", "tiny-f16")
+    store = tmp_path / "store"
+
+    async def park(srv):
+        want = await unbroken(srv, 2)
+        c = await connect(srv)
+        r = await create(c)
+        reply0 = await turn(c, r["session_id"], TURNS[0])
+        assert reply0 == want[0]
+        c.ws.transport.abort()
+        deadline = time.monotonic() + 10
+        while not (store / f"{r['session_id']}.kv").exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        return r["session_id"], r["resume_token"], want[1], reply0
+
+    async def same_text(srv, reply0):
+        """The swapped model's answer to the stored conversation's text."""
+        c = await connect(srv)
+        sid = (await create(c))["session_id"]
+        text = await turn(c, sid, TURNS[0] + reply0 + TURNS[1])
+        await c.close()
+        return text
+
+    async def resume_turn(srv, sid, token):
+        d = await connect(srv)
+        assert (await resume(d, sid, token))["type"] == "SESSION_RESUMED"
+        text = await turn(d, sid, TURNS[1])
+        await d.close()
+        return text
+
+    for model, source in ((TINY, "disk"), (other, "recompute")):
+        srv = start_server(["--session-store", store, "--session-ram", 0], model=TINY)
+        sid, token, want, reply0 = run(park(srv), timeout=90)
+        assert srv.terminate() == 0
+        again = start_server(["--session-store", store, "--session-ram", 0], model=model)
+        if model != TINY:
+            want = run(same_text(again, reply0), timeout=90)
+        assert run(resume_turn(again, sid, token), timeout=90) == want
+        m = scrape(again)
+        assert m[f'inferencecenter_session_restores_total{{from="{source}"}}'] == 1, m
+        if source == "recompute":
+            assert "KV state file dropped (saved for another model" in again.log()
+        deadline = time.monotonic() + 10
+        while (store / f"{sid}.kv").exists():   # removed by the store thread
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert again.terminate() == 0
