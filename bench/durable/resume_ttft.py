@@ -10,8 +10,8 @@ Scenarios (each on a fresh session whose first turn fills the context):
   unbroken   the same connection's next turn (KV in the cells)
   cells      another connection resumes it while the first still holds it
   ram        the connection drops (no close frame); resume: KV state from host memory
-  recompute  the same with --session-ram 0: KV recomputed from the conversation
-  restart    kill -9, start again on the store, resume: recomputed
+  disk       the same with --session-ram 0: KV state written to DIR/<id>.kv, read back
+  restart    kill -9, start again on the store, resume: recomputed from the conversation
 Prints one line per scenario: the median END stats.ttft_ms and the client's
 time from RESUME_SESSION to the first TOKEN.
 """
@@ -89,7 +89,7 @@ def main():
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="durable-bench-"))
     words = "Once upon a time" + " the cat ran" * (a.tokens // 3 - 2)
-    results = {k: [] for k in ("unbroken", "cells", "ram", "recompute", "restart")}
+    results = {k: [] for k in ("unbroken", "cells", "ram", "disk", "restart")}
     n_ctx = 0
 
     def start(store, *extra, port=None):
@@ -131,7 +131,7 @@ def main():
             d = await connect(srv)
             t0 = time.monotonic()
             await resume(d, sid, token)
-            results["recompute"].append(await timed_turn(d, sid, t0))
+            results["disk"].append(await timed_turn(d, sid, t0))
             await d.request({"type": "CLOSE_SESSION", "session_id": sid})
             await d.close()
 
