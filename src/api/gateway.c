@@ -136,6 +136,8 @@ static void session_free(ic_gateway *g, gw_session *ss)
 /* A session of this connection named by the client, or NULL. */
 static gw_session *own_session(ic_gateway *g, client_conn *c, const char *sid)
 {
+    if (g->store) /* durable sessions are named by their record's number */
+        return ic_gw_durable_find(g, c, sid);
     uint64_t id;
     if (ic_proto_session_num(sid, &id) < 0)
         return NULL;
@@ -266,6 +268,13 @@ void ic_gw_finish_pending_auth(ic_gateway *g, client_conn *c)
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
                        gw_session **out, bool *at_limit)
 {
+    return ic_gw_session_open_turns(g, client_key, limit, system, NULL, 0, NULL, out, at_limit);
+}
+
+int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
+                             const char *system, const ic_turn *turns, int n_turns,
+                             const ic_event *kv, gw_session **out, bool *at_limit)
+{
     *out = NULL;
     *at_limit = false;
     client_count *cc = count_of(g, client_key, true);
@@ -277,7 +286,10 @@ int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const c
     }
     gw_session *ss = calloc(1, sizeof *ss);
     uint64_t id = 0;
-    int rc = ss ? ic_sched_open_session(g->sched, system, &id) : IC_ERR_NOMEM;
+    int rc = ss ? ic_sched_open_session_kv(g->sched, system, turns, n_turns,
+                                           kv ? kv->kv : NULL, kv ? kv->kv_len : 0,
+                                           kv ? kv->hist : NULL, kv ? kv->n_hist : 0, &id)
+                : IC_ERR_NOMEM;
     if (rc == 0 && ic_idmap_put(&g->sessions, id, ss) < 0) {
         ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);
         rc = IC_ERR_NOMEM;
@@ -335,11 +347,23 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->conn_id = c->id;
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
+    char token[65];
+    if (g->store && (rc = ic_gw_durable_attach(g, ss, m->system, token)) < 0) {
+        ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+        ss->closing = true;
+        ss->conn_id = 0;
+        ic_gw_send_error(g, c->id, IC_CODE_INTERNAL, ic_strerror(rc), NULL, &m->id);
+        return;
+    }
     if (g->opts.session_idle_timeout_s > 0)
         ic_gw_arm_tick(g, true);
     ic_log_ctx lc = session_ctx(ss, false);
     ic_log_for(IC_LOG_INFO, &lc, "session created%s", m->system ? " with a system prompt" : "");
-    ic_gw_send_json(g, c->id, ic_proto_session_created(ss->sid, g->n_ctx_per_session, &m->id));
+    ic_gw_send_json(g, c->id, g->store ? ic_proto_session_created_durable(
+                                             ss->sid, g->n_ctx_per_session, token, &m->id)
+                                       : ic_proto_session_created(ss->sid, g->n_ctx_per_session,
+                                                                  &m->id));
+    memset(token, 0, sizeof token);
 }
 
 int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
@@ -352,6 +376,7 @@ int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool
     ss->submitted_ms = ic_now_ms();
     ss->running = true;
     ss->abort_sent = false;
+    ss->muted = false;
     ss->lost_checks = 0;
     ss->request_id = rid;
     snprintf(ss->rid, sizeof ss->rid, "r%llu", (unsigned long long)rid);
@@ -402,6 +427,7 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
         return;
     }
     ss->infer_id = m->id;
+    ic_gw_durable_on_infer(ss, m->prompt, m->raw);
     ic_log_ctx lc = session_ctx(ss, true);
     ic_log_for(IC_LOG_DEBUG, &lc, "generation queued: %zu prompt bytes, max_tokens %d%s",
                strlen(m->prompt), gp.max_tokens, m->raw ? ", raw" : "");
@@ -526,7 +552,7 @@ static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
     }
     /* Nothing reaches a scheduler whose backend failed: it would never answer. */
     if (g->engine_dead && (m->type == IC_MSG_CREATE_SESSION || m->type == IC_MSG_INFER ||
-                           m->type == IC_MSG_CLOSE_SESSION)) {
+                           m->type == IC_MSG_CLOSE_SESSION || m->type == IC_MSG_RESUME_SESSION)) {
         ic_gw_send_error(g, c->id, IC_CODE_INTERNAL, IC_GW_ENGINE_DEAD_MSG, m->session_id,
                          &m->id);
         return;
@@ -539,6 +565,7 @@ static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
     case IC_MSG_ABORT: on_abort(g, c, m); break;
     case IC_MSG_METRICS: ic_gw_send_metrics(g, c, &m->id); break;
     case IC_MSG_SUBSCRIBE_METRICS: on_subscribe(g, c, m); break;
+    case IC_MSG_RESUME_SESSION: ic_gw_durable_resume(g, c, m); break;
     }
 }
 
@@ -671,7 +698,7 @@ void ic_gw_on_close(ic_gateway *g, uint64_t id)
     void *val;
     while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
         gw_session *ss = val;
-        if (ss->conn_id != id)
+        if (ss->conn_id != id || ic_gw_durable_park(g, ss))
             continue;
         ss->conn_id = 0;
         if (!ss->closing && g->sched && !g->stopping)
@@ -715,7 +742,8 @@ static void route_event(ic_gateway *g, ic_event *ev)
             session_free(g, ss);
         return;
     }
-    uint64_t conn = ss->conn_id;
+    ic_gw_durable_on_event(g, ss, ev); /* before SESSION_CLOSED frees ss */
+    uint64_t conn = ss->muted && ev->type != IC_EVENT_SESSION_CLOSED ? 0 : ss->conn_id;
     switch (ev->type) {
     case IC_EVENT_TOKEN:
         if (ev->index > 0)
@@ -730,9 +758,11 @@ static void route_event(ic_gateway *g, ic_event *ev)
         ss->running = false;
         ss->last_used_ms = ic_now_ms();
         observe_end(g, ss, ev);
-        if (conn)
-            ic_gw_send_json(g, conn, ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats,
-                                                  &ss->infer_id));
+        if (conn) {
+            char *end = ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats, &ss->infer_id);
+            if (!end || !ic_gw_durable_hold_end(g, ss, end))
+                ic_gw_send_json(g, conn, end);
+        }
         break;
     case IC_EVENT_ERROR:
         if (!ss->running || ev->request_id != ss->request_id)
@@ -835,8 +865,8 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
     void *val;
     while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {
         gw_session *ss = val;
-        if (ss->closing)
-            continue;
+        if (ss->closing || (ic_gw_durable_parked(ss) && !ss->running))
+            continue; /* a parked session waits for --session-ttl */
         if (ss->running && end_lost(g, ss, &st)) {
             ic_log_ctx lc = session_ctx(ss, true);
             ic_log_for(IC_LOG_ERROR, &lc, "generation ended without an END (out of memory)");
@@ -864,12 +894,15 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
                        g->opts.session_idle_timeout_s);
         }
     }
+    ic_gw_durable_sweep(g, now_ms);
 }
 
 /* Whether the sweep has work at its next tick. */
 static bool sweep_needed(const ic_gateway *g)
 {
     bool idle_timeout = g->opts.session_idle_timeout_s > 0;
+    if (ic_gw_durable_sweep_needed(g))
+        return true;
     ic_idmap_iter it = IC_IDMAP_ITER_INIT;
     void *val;
     while (ic_idmap_next(&g->sessions, &it, NULL, &val)) {

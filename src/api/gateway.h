@@ -57,6 +57,13 @@ typedef struct ic_gateway_opts {
      * HELLO's "node", what a proxy routes /ws?affinity=NAME on
      * (deploy/haproxy/). NULL or "": none. */
     const char *node_name;
+    /* Durable sessions (docs/protocol.md): the store's directory (NULL:
+     * off) and how long a dropped or stored session waits for RESUME. */
+    const char *session_store;
+    int session_ttl_s;
+    /* Parked sessions' KV state kept in host memory, in all; beyond it
+     * (or 0) they are recomputed from their conversation on resume. */
+    size_t session_ram_bytes;
 } ic_gateway_opts;
 
 /* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5

@@ -24,6 +24,8 @@
 #include "idmap.h"
 #include "metrics.h"
 #include "protocol.h"
+#include "queue.h"
+#include "store.h"
 #include "throttle.h"
 
 #include <stdatomic.h>
@@ -91,6 +93,11 @@ typedef struct gw_session {
     char *cache_text;
     size_t cache_len;
     char cache_owner[IC_CLIENT_NAME_MAX + 1];
+    /* Durable sessions (--session-store, durable.c): the record that
+     * outlives this one, or NULL. muted: a generation of a session moved
+     * to another connection, whose TOKENs and END go to nobody. */
+    struct gw_durable *dur;
+    bool muted;
 } gw_session;
 
 /* Sessions held per client name, across its connections. */
@@ -130,6 +137,18 @@ struct ic_gateway {
     char model_id[128];        /* the served model's name in the OpenAI API */
     int64_t model_created_s;   /* Unix time it was loaded */
     int tick_ms;               /* server timer 0's period while serving; 0: not armed */
+    /* Durable sessions (durable.c): the store (NULL: off) and every
+     * durable record by the number of its session id. */
+    ic_store *store;
+    ic_idmap durables;
+    ic_queue *dur_done;        /* the store thread's finished writes (dur_done *) */
+    ic_idmap dur_waits;        /* write tag -> the record whose END waits for it */
+    uint64_t dur_next_tag;
+    _Atomic bool dur_quiet;    /* at destroy: the store's last writes wake nobody */
+    int n_dur_parked;          /* sessions whose connection dropped (evicted or not) */
+    size_t dur_ram_bytes;      /* parked sessions' KV state held in memory */
+    uint64_t dur_resumes;      /* SESSION_RESUMED sent */
+    uint64_t dur_restores[IC_RESTORE_COUNT];
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
     const ic_chat *pending_chat;
@@ -216,6 +235,59 @@ void ic_gw_arm_tick(ic_gateway *g, bool soon);
 
 /* Frees every record (at destroy). */
 void ic_gw_free_all(ic_gateway *g);
+
+/* As ic_gw_session_open, with a conversation already holding n_turns
+ * (a durable session restored from its record) and, when kv is not NULL,
+ * the KV state and tokens of its evicted SESSION_CLOSED (borrowed). */
+int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
+                             const char *system, const ic_turn *turns, int n_turns,
+                             const ic_event *kv, gw_session **out, bool *at_limit);
+
+/* --- durable.c: durable sessions (--session-store) ----------------- */
+
+/* Opens the store and loads its records (at create; with opts.session_store).
+ * Returns 0 or an error with a one-line reason in err. */
+int ic_gw_durable_open(ic_gateway *g, char *err, size_t errlen);
+
+/* Writes what is queued and frees every record (at destroy). */
+void ic_gw_durable_close(ic_gateway *g);
+
+/* Makes ss (just opened for CREATE_SESSION) durable: an unguessable id in
+ * ss->sid and its resume token (64 hex digits) in token. Returns 0 or
+ * IC_ERR_NOMEM / IC_ERR_SYS. */
+int ic_gw_durable_attach(ic_gateway *g, gw_session *ss, const char *system, char token[65]);
+
+/* The live session sid names, held by connection c (not closing), or NULL. */
+gw_session *ic_gw_durable_find(ic_gateway *g, const client_conn *c, const char *sid);
+
+/* The conversation's record follows the session's events. */
+void ic_gw_durable_on_infer(gw_session *ss, const char *prompt, bool raw);
+void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, ic_event *ev);
+
+/* ss's connection went: a durable session is parked (its generation
+ * aborted) and true returned; false for any other. */
+bool ic_gw_durable_park(ic_gateway *g, gw_session *ss);
+
+/* An END for ss's connection (json, taken over when true is returned)
+ * waits until the turn's record is on disk: a client that saw END can
+ * resume after a crash. */
+bool ic_gw_durable_hold_end(ic_gateway *g, gw_session *ss, char *json);
+
+/* Sends the ENDs whose records the store has written (from the wake-up). */
+void ic_gw_durable_drain(ic_gateway *g);
+
+/* True while ss is parked. */
+bool ic_gw_durable_parked(const gw_session *ss);
+
+/* RESUME_SESSION on connection c. */
+void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m);
+
+/* Fills the durable sessions' metrics; buckets has room for the store's. */
+void ic_gw_durable_metrics(ic_gateway *g, ic_metrics_durable *out, uint64_t *buckets);
+
+/* Parked and stored sessions past --session-ttl go. now_ms: CLOCK_MONOTONIC. */
+void ic_gw_durable_sweep(ic_gateway *g, double now_ms);
+bool ic_gw_durable_sweep_needed(const ic_gateway *g);
 
 /* --- openai_http.c: the OpenAI API's requests ----------------------- */
 

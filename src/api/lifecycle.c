@@ -44,6 +44,9 @@ ic_gateway_opts ic_gateway_opts_default(void)
         .prompt_cache = -1,
         .web = true,
         .prompt_cache_per_client = false,
+        .session_store = NULL,
+        .session_ttl_s = 3600,
+        .session_ram_bytes = (size_t)1024 << 20,
     };
 }
 
@@ -245,6 +248,7 @@ static void h_wake(void *ud)
     /* read before the drain; a failed backend's scheduler never stops */
     bool done = g->stopping && (g->engine_dead || ic_sched_stopped(g->sched));
     ic_gw_drain_events(g);
+    ic_gw_durable_drain(g);
     if (done && !g->conns_closed)
         close_for_stop(g);
     if (g->conns_closed && ic_server_n_connections(g->srv) == 0)
@@ -328,6 +332,8 @@ int ic_gateway_create(const ic_gateway_opts *opts, ic_gateway **out, char *err, 
         rc = make_throttle(g, opts, err, errlen);
     if (rc == 0 && opts->tokens_path)
         rc = ic_auth_load(opts->tokens_path, &g->auth, err, errlen);
+    if (rc == 0 && opts->session_store)
+        rc = ic_gw_durable_open(g, err, errlen);
     if (rc < 0) {
         ic_gateway_destroy(g);
         return rc;
@@ -340,6 +346,7 @@ void ic_gateway_destroy(ic_gateway *g)
 {
     if (!g)
         return;
+    ic_gw_durable_close(g);
     ic_gw_free_all(g);
     ic_auth_destroy(g->auth);
     ic_throttle_destroy(g->throttle);

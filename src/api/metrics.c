@@ -491,6 +491,51 @@ static void render_hist(writer *w, const hist_spec *s, const hist *h)
     sample_u64(w, h->count);
 }
 
+static void render_durable(writer *w, const ic_metrics_durable *d)
+{
+    static const ic_metrics_durable none = {0};
+    static const char *const from[IC_RESTORE_COUNT] = {"cells", "ram", "disk", "recompute"};
+    if (!d)
+        d = &none;
+    single_i64(w, "inferencecenter_sessions_parked",
+               "Durable sessions whose connection dropped, waiting for a resume.", d->parked);
+    single_i64(w, "inferencecenter_sessions_stored",
+               "Durable sessions only in the store (since a restart), waiting for a resume.",
+               d->stored);
+    single_u64(w, "inferencecenter_session_resumes_total", "counter",
+               "RESUME_SESSION answered with SESSION_RESUMED.", d->resumes);
+    const char *rs = "inferencecenter_session_restores_total";
+    family(w, rs, "counter", "Resumed sessions by where their KV cache came from.");
+    for (int i = 0; i < IC_RESTORE_COUNT; i++) {
+        sample_begin(w, rs, "");
+        label(w, "from", from[i]);
+        sample_u64(w, d->restores[i]);
+    }
+    single_i64(w, "inferencecenter_session_store_bytes", "Bytes of the session store's files.",
+               d->store_bytes);
+    single_u64(w, "inferencecenter_session_store_write_errors_total", "counter",
+               "Session store writes and removals that failed.", d->write_errors);
+    const char *ws = "inferencecenter_session_store_write_seconds";
+    family(w, ws, "histogram", "Session store writes, temp file to directory fsync.");
+    uint64_t cum = 0;
+    for (int i = 0; i <= d->n_le; i++) {
+        cum += d->write_buckets ? d->write_buckets[i] : 0;
+        sample_begin(w, ws, "_bucket");
+        put(w, "{le=\"");
+        if (i < d->n_le)
+            put_double(w, d->write_le[i]);
+        else
+            put(w, "+Inf");
+        put(w, "\"");
+        w->n_labels = 1;
+        sample_u64(w, cum);
+    }
+    sample_begin(w, ws, "_sum");
+    sample_double(w, d->write_sum_s);
+    sample_begin(w, ws, "_count");
+    sample_u64(w, cum);
+}
+
 int ic_metrics_render(const ic_metrics *m, const ic_metrics_gauges *g, char **out, size_t *len)
 {
     static const ic_metrics_gauges none = {0};
@@ -502,6 +547,7 @@ int ic_metrics_render(const ic_metrics *m, const ic_metrics_gauges *g, char **ou
     render_hw(&w, g->hw);
     for (int h = 0; h < IC_HIST_COUNT; h++)
         render_hist(&w, &hist_specs[h], &m->hist[h]);
+    render_durable(&w, g->durable);
     size_t n = w.b.len;
     char *text = w.err ? NULL : ic_buf_take(&w.b);
     ic_buf_free(&w.b);

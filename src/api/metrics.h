@@ -71,6 +71,30 @@ void ic_metrics_http_request(ic_metrics *m, const char *route, int status);
 /* Counts one ERROR message sent to a client, by code (out of range: "internal"). */
 void ic_metrics_error(ic_metrics *m, enum ic_proto_code code);
 
+/* Durable sessions (--session-store) at scrape time. */
+enum ic_restore_from {
+    IC_RESTORE_CELLS,         /* still in the KV cache (a parked session) */
+    IC_RESTORE_RAM,           /* KV state from host memory */
+    IC_RESTORE_DISK,          /* KV state from the store */
+    IC_RESTORE_RECOMPUTE,     /* from the conversation */
+    IC_RESTORE_COUNT
+};
+
+typedef struct ic_metrics_durable {
+    int parked;                /* live sessions whose connection dropped */
+    int stored;                /* sessions only in the store (after a restart) */
+    uint64_t resumes;          /* SESSION_RESUMED sent */
+    uint64_t restores[IC_RESTORE_COUNT];
+    int64_t store_bytes;
+    uint64_t write_errors;
+    /* Store writes (temp file to directory fsync): n_le bucket bounds in
+     * seconds (borrowed) and n_le + 1 counts (not cumulative). */
+    const double *write_le;
+    int n_le;
+    const uint64_t *write_buckets;
+    double write_sum_s;
+} ic_metrics_durable;
+
 /* The values read at scrape time, all borrowed for the call. */
 typedef struct ic_metrics_gauges {
     const char *state;         /* "loading","ready","throttled","sleeping","stuck"; NULL: none */
@@ -89,6 +113,7 @@ typedef struct ic_metrics_gauges {
     const ic_hw_sample *hw;    /* NULL: no GPU or host samples rendered */
     const char *version;       /* NULL: "" */
     const char *llama_commit;  /* NULL: "" */
+    const ic_metrics_durable *durable; /* NULL: all zero */
 } ic_metrics_gauges;
 
 /* Renders every metric (each family with # HELP and # TYPE, families whose

@@ -304,6 +304,7 @@ enum msg_field {
     F_PARAMS = 1 << 5,       /* optional object */
     F_INTERVAL = 1 << 6,     /* required integer */
     F_CONSTRAINT = 1 << 7,   /* optional grammar (string) or json_schema (object) */
+    F_RESUME = 1 << 8,       /* required string */
 };
 
 static const struct msg_rule {
@@ -318,6 +319,7 @@ static const struct msg_rule {
     {"ABORT", IC_MSG_ABORT, F_SESSION},
     {"METRICS", IC_MSG_METRICS, 0},
     {"SUBSCRIBE_METRICS", IC_MSG_SUBSCRIBE_METRICS, F_INTERVAL},
+    {"RESUME_SESSION", IC_MSG_RESUME_SESSION, F_SESSION | F_RESUME},
 };
 
 static const struct string_rule {
@@ -331,6 +333,7 @@ static const struct string_rule {
     {F_PROMPT, "prompt", offsetof(ic_msg, prompt), true},
     {F_SYSTEM, "system", offsetof(ic_msg, system), false},
     {F_CONSTRAINT, "grammar", offsetof(ic_msg, grammar), false},
+    {F_RESUME, "resume_token", offsetof(ic_msg, resume_token), true},
 };
 
 static int parse_strings(const json_t *root, unsigned fields, ic_msg *m, ic_proto_error *err)
@@ -456,8 +459,9 @@ void ic_msg_free(ic_msg *msg)
     free(msg->prompt);
     free(msg->grammar);
     free(msg->json_schema);
+    free(msg->resume_token);
     msg->grammar = msg->json_schema = NULL;
-    msg->token = msg->session_id = msg->system = msg->prompt = NULL;
+    msg->token = msg->session_id = msg->system = msg->prompt = msg->resume_token = NULL;
     ic_req_params_free(&msg->params);
 }
 
@@ -714,6 +718,24 @@ char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_i
     json_t *m = msg_new("SESSION_CREATED", id);
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "n_ctx", json_integer(n_ctx));
+    return finish(m, rc);
+}
+
+char *ic_proto_session_created_durable(const char *session_id, int n_ctx,
+                                       const char *resume_token, const ic_msg_id *id)
+{
+    json_t *m = msg_new("SESSION_CREATED", id);
+    int rc = set(m, "session_id", jstr(session_id));
+    rc |= set(m, "n_ctx", json_integer(n_ctx));
+    rc |= set(m, "resume_token", jstr(resume_token));
+    return finish(m, rc);
+}
+
+char *ic_proto_session_resumed(const char *session_id, int n_ctx_used, const ic_msg_id *id)
+{
+    json_t *m = msg_new("SESSION_RESUMED", id);
+    int rc = set(m, "session_id", jstr(session_id));
+    rc |= set(m, "n_ctx_used", json_integer(n_ctx_used));
     return finish(m, rc);
 }
 

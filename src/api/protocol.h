@@ -26,6 +26,7 @@ enum ic_msg_type {
     IC_MSG_ABORT,
     IC_MSG_METRICS,
     IC_MSG_SUBSCRIBE_METRICS,
+    IC_MSG_RESUME_SESSION,     /* durable sessions (--session-store) */
 };
 
 /* Client-visible error codes, in the order of the protocol document. */
@@ -87,7 +88,8 @@ typedef struct ic_msg {
     enum ic_msg_type type;
     ic_msg_id id;
     char *token;               /* AUTH */
-    char *session_id;          /* CLOSE_SESSION, INFER, ABORT */
+    char *session_id;          /* CLOSE_SESSION, INFER, ABORT, RESUME_SESSION */
+    char *resume_token;        /* RESUME_SESSION */
     char *system;              /* CREATE_SESSION, NULL when absent */
     char *prompt;              /* INFER */
     bool raw;                  /* INFER */
@@ -167,6 +169,10 @@ char *ic_proto_auth_success_model(const char *client, int max_sessions, const ic
                                   const ic_msg_id *id);
 char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id);
 char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id);
+/* SESSION_CREATED of a durable session: with its resume_token. */
+char *ic_proto_session_created_durable(const char *session_id, int n_ctx,
+                                       const char *resume_token, const ic_msg_id *id);
+char *ic_proto_session_resumed(const char *session_id, int n_ctx_used, const ic_msg_id *id);
 char *ic_proto_session_closed(const char *session_id, const char *reason, const ic_msg_id *id);
 char *ic_proto_token(const char *session_id, const char *request_id, int index, const char *text,
                      size_t text_len, const ic_msg_id *id);

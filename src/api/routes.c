@@ -111,7 +111,11 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
     ic_gpu_monitor_sample(g->hw, &hw);
     if (g->sched)
         ic_sched_get_stats(g->sched, &st);
+    ic_metrics_durable md;
+    uint64_t write_buckets[IC_STORE_WRITE_BUCKETS + 1];
+    ic_gw_durable_metrics(g, &md, write_buckets);
     ic_metrics_gauges mg = {
+        .durable = &md,
         .state = ic_gw_server_state(g, &st, &hw),
         .sessions = st.sessions,
         .sessions_max = g->sched ? st.max_sessions : 0,

@@ -22,4 +22,8 @@ int ic_cmd_pull(int argc, char **argv);
 /* `inferencecenter list`: the models in the models directory. */
 int ic_cmd_list(int argc, char **argv);
 
+/* `inferencecenter sessions --session-store DIR`: list or purge the stored
+ * durable sessions. */
+int ic_cmd_sessions(int argc, char **argv);
+
 #endif

@@ -71,6 +71,9 @@ typedef struct serve_args {
     int log_format;            /* enum ic_log_format */
     bool log_prompts;
     int session_idle_timeout_s;
+    const char *session_store; /* NULL: sessions are not durable */
+    int session_ttl_s;
+    int session_ram_mib;
     int max_preauth_per_ip;
     int max_preauth;
     int max_connections;       /* sockets; 0: from the fd limit */
@@ -253,6 +256,19 @@ static const ic_option serve_options[] = {
      .metavar = "S", .def = "0", .lo = 0, .hi = 86400,
      .help = "Close a session nobody used for S seconds (SESSION_CLOSED idle_timeout; 0 = "
              "never), so that one client cannot sit on every slot."},
+    {.name = "session-store", .type = IC_OPT_STRING, .offset = F(session_store),
+     .metavar = "DIR",
+     .help = "Durable sessions: keep each session's conversation in DIR (created 0700) after "
+             "every turn, so a client resumes it after a dropped connection or a restart "
+             "(RESUME_SESSION; docs/operations.md). Off: sessions end with their connection."},
+    {.name = "session-ttl", .type = IC_OPT_INT, .offset = F(session_ttl_s), .metavar = "S",
+     .def = "3600", .lo = 1, .hi = 30 * 86400,
+     .help = "With --session-store: a session whose connection dropped (or that is only in "
+             "the store) waits S seconds for RESUME_SESSION, then is deleted."},
+    {.name = "session-ram", .type = IC_OPT_INT, .offset = F(session_ram_mib), .metavar = "MIB",
+     .def = "1024", .lo = 0, .hi = 1 << 20,
+     .help = "With --session-store: a parked session gives its context cells back; its KV "
+             "state waits in host memory, up to MIB in all (beyond: recomputed on resume)."},
     {.name = "max-connections", .type = IC_OPT_INT, .offset = F(max_connections),
      .metavar = "N", .def = "0", .def_help = "from the fd limit", .lo = 0, .hi = 1048576,
      .help = "Open sockets (HTTP and WebSocket) at once; more get 503 or close 1013."},
@@ -663,6 +679,9 @@ static int run(const serve_args *a)
     go.log_prompts = a->log_prompts;
     go.prompt_cache = a->prompt_cache;
     go.session_idle_timeout_s = a->session_idle_timeout_s;
+    go.session_store = a->session_store;
+    go.session_ttl_s = a->session_ttl_s;
+    go.session_ram_bytes = (size_t)a->session_ram_mib << 20;
     go.max_preauth_per_ip = a->max_preauth_per_ip;
     go.max_preauth = a->max_preauth;
     go.max_connections = 0; /* the server caps sockets (--max-connections) */

@@ -18,6 +18,7 @@ static const char usage[] =
     "  token      manage API tokens (token add NAME --tokens FILE)\n"
     "  pull       download a GGUF model (URL or hf:OWNER/REPO/FILE.gguf)\n"
     "  list       the models in the models directory\n"
+    "  sessions   list or purge the durable sessions of a --session-store\n"
     "\n"
     "  inferencecenter <command> --help   options of a command\n"
     "  inferencecenter --version          version and llama.cpp commit\n";
@@ -47,6 +48,8 @@ int main(int argc, char **argv)
         return ic_cmd_pull(argc - 1, argv + 1);
     if (strcmp(cmd, "list") == 0)
         return ic_cmd_list(argc - 1, argv + 1);
+    if (strcmp(cmd, "sessions") == 0)
+        return ic_cmd_sessions(argc - 1, argv + 1);
     fprintf(stderr, "inferencecenter: unknown command '%s'\n\n%s", cmd, usage);
     return 2;
 }

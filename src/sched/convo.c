@@ -165,6 +165,18 @@ int ic_convo_end_turn(ic_convo *c, const char *reply, size_t len)
     return push_msg(c, "assistant", reply, len);
 }
 
+int ic_convo_restore_turn(ic_convo *c, const char *prompt, bool raw, const char *reply)
+{
+    const char *why;
+    if (c->turn_open)
+        ic_convo_cancel_turn(c);
+    int rc = open_turn(c, prompt, raw, &why);
+    if (rc < 0)
+        return rc;
+    c->turn_open = true;
+    return ic_convo_end_turn(c, reply, strlen(reply));
+}
+
 void ic_convo_cancel_turn(ic_convo *c)
 {
     if (!c->turn_open)

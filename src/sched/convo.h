@@ -46,6 +46,12 @@ size_t ic_convo_bytes(const ic_convo *c);
 /* Ends the turn begun last with the reply text the client received. */
 int ic_convo_end_turn(ic_convo *c, const char *reply, size_t len);
 
+/* Adds a finished turn without tokenizing anything: prompt (raw or chat,
+ * as ic_convo_begin_turn takes it) and the reply it got. For a session
+ * restored from the durable store (its KV cache is recomputed by the next
+ * turn). Returns 0, IC_ERR_INVAL (raw and chat mixed) or IC_ERR_NOMEM. */
+int ic_convo_restore_turn(ic_convo *c, const char *prompt, bool raw, const char *reply);
+
 /* Forgets the turn begun last (it was refused). */
 void ic_convo_cancel_turn(ic_convo *c);
 

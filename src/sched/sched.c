@@ -578,6 +578,28 @@ static bool step(ic_sched *s)
 
 static void publish_stats(ic_sched *s);
 
+/* Puts an evicted session's KV state back into its new sequence (asleep:
+ * into saved_kv, which the wake-up restores). What does not fit is
+ * recomputed by the next turn. */
+static void restore_kv(ic_sched *s, session *ss, req *r)
+{
+    if (r->n_hist >= ss->cap_hist)
+        return;
+    if (s->sleeping) {
+        ss->saved_kv = r->kv;
+        ss->saved_kv_len = r->kv_len;
+        r->kv = NULL;
+    } else if (ic_engine_seq_state_restore(s->engine, ss->seq, r->kv, r->kv_len) < 0) {
+        ic_log_warn("session %llu: its KV state does not fit; recomputing it",
+                    (unsigned long long)ss->id);
+        ic_engine_seq_rm(s->engine, ss->seq, -1, -1);
+        return;
+    }
+    memcpy(ss->hist, r->hist, (size_t)r->n_hist * sizeof *ss->hist);
+    ss->n_hist = r->n_hist;
+    ss->first_turn_done = true;
+}
+
 static void open_session(ic_sched *s, req *r)
 {
     session *ss = NULL;
@@ -589,9 +611,18 @@ static void open_session(ic_sched *s, req *r)
      * context, so no step ever allocates for it. */
     int cap = (int)s->opts.n_ctx_per_session + 1;
     ic_token *hist = ss ? malloc((size_t)cap * sizeof *hist) : NULL;
-    if (!hist || ic_convo_create(r->text, &ss->convo) < 0) {
-        ic_log_error("scheduler: could not open session %llu", (unsigned long long)r->session_id);
+    int rc = hist ? ic_convo_create(r->text, &ss->convo) : IC_ERR_NOMEM;
+    for (int i = 0; rc == 0 && i < r->n_turns; i++)
+        rc = ic_convo_restore_turn(ss->convo, r->turns[i].prompt, r->turns[i].raw,
+                                   r->turns[i].reply);
+    if (rc < 0) {
+        ic_log_error("scheduler: could not open session %llu: %s",
+                     (unsigned long long)r->session_id, ic_strerror(rc));
         free(hist);
+        if (ss) {
+            ic_convo_destroy(ss->convo);
+            ss->convo = NULL;
+        }
         atomic_fetch_add(&s->opens_done, 1);
         ic_event *ev = event_fill(r->reply, IC_EVENT_SESSION_CLOSED, r->session_id, 0);
         r->reply = NULL;
@@ -605,19 +636,47 @@ static void open_session(ic_sched *s, req *r)
     ss->hist = hist;
     ss->cap_hist = cap;
     ss->n_hist = ss->n_shared = 0;
-    ss->first_turn_done = false;
+    ss->first_turn_done = false; /* a restored one too: it may share its system prompt */
     ss->closed = r->reply; /* its SESSION_CLOSED */
     r->reply = NULL;
+    if (r->kv)
+        restore_kv(s, ss, r);
     atomic_fetch_add(&s->st_sessions, 1); /* before opens_done: see ic_sched_open_session */
     atomic_fetch_add(&s->opens_done, 1);
     atomic_store(&s->pub[ss->seq].id, ss->id);
     publish_session(s, ss);
 }
 
+/* An evicted session's KV state and tokens go into its SESSION_CLOSED
+ * (asleep: the state saved for the sleep). Out of memory: none, and the
+ * session is recomputed where it opens again. */
+static void evict_kv(ic_sched *s, session *ss, ic_event *ev)
+{
+    if (ss->n_hist == 0)
+        return;
+    if (s->sleeping) {
+        ev->kv = ss->saved_kv;
+        ev->kv_len = ss->saved_kv_len;
+        ss->saved_kv = NULL;
+    } else if (ic_engine_seq_state_save(s->engine, ss->seq, &ev->kv, &ev->kv_len) < 0) {
+        ev->kv = NULL;
+    }
+    if (ev->kv && !(ev->hist = malloc((size_t)ss->n_hist * sizeof *ev->hist))) {
+        free(ev->kv);
+        ev->kv = NULL;
+    }
+    if (!ev->kv)
+        return;
+    memcpy(ev->hist, ss->hist, (size_t)ss->n_hist * sizeof *ev->hist);
+    ev->n_hist = ss->n_hist;
+}
+
 static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
 {
     if (ss->gen)
         finish(s, ss, why == IC_CLOSE_SHUTDOWN ? IC_END_SHUTDOWN : IC_END_ABORT);
+    if (why == IC_CLOSE_EVICTED && ss->closed)
+        evict_kv(s, ss, ss->closed);
     if (s->engine)
         ic_engine_seq_rm(s->engine, ss->seq, -1, -1);
     ic_convo_destroy(ss->convo);

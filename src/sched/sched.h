@@ -36,6 +36,10 @@ enum ic_close_reason {
     IC_CLOSE_CLIENT,
     IC_CLOSE_DISCONNECT,
     IC_CLOSE_SHUTDOWN,
+    /* Asked for to free the slot of a session that lives on elsewhere (a
+     * parked durable session): SESSION_CLOSED carries its KV state and
+     * token history, to open it again with ic_sched_open_session_turns. */
+    IC_CLOSE_EVICTED,
 };
 
 /* What the scheduler as a whole is doing. */
@@ -111,6 +115,13 @@ typedef struct ic_event {
     enum ic_close_reason close_reason; /* SESSION_CLOSED */
     ic_gen_stats stats;       /* END */
     int err;                  /* ERROR: an ic_err */
+    /* SESSION_CLOSED evicted: the sequence's KV state (ic_engine_seq_state_save)
+     * and the n_hist tokens it holds; owned, NULL when it could not be
+     * kept (the session is then recomputed from its conversation). */
+    uint8_t *kv;
+    size_t kv_len;
+    ic_token *hist;
+    int n_hist;
     char message[192];        /* ERROR: for the client */
 } ic_event;
 
@@ -219,6 +230,29 @@ void ic_sched_model_info(const ic_sched *s, ic_engine_info *out);
  * submitter: the gateway's network thread), which owns the admission
  * counters; abort and close from any thread. */
 int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id);
+
+/* A finished turn of a conversation, for ic_sched_open_session_turns. */
+typedef struct ic_turn {
+    const char *prompt;       /* as INFER gave it */
+    bool raw;
+    const char *reply;        /* the text of its TOKENs */
+} ic_turn;
+
+/* As ic_sched_open_session, with a conversation that already holds these
+ * turns (everything copied; a durable session restored from its store):
+ * its KV cache is empty, so the next INFER decodes the whole conversation.
+ * Turns that mix raw and chat close the session at once (SESSION_CLOSED
+ * shutdown, logged), as an open the scheduler cannot do. */
+int ic_sched_open_session_turns(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                                int n_turns, uint64_t *session_id);
+
+/* As ic_sched_open_session_turns, with the KV state and token history an
+ * evicted SESSION_CLOSED carried (copied): the session's cells are put
+ * back (kv NULL, or a state that does not fit: recomputed by the next
+ * turn, logged). */
+int ic_sched_open_session_kv(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                             int n_turns, const uint8_t *kv, size_t kv_len,
+                             const ic_token *hist, int n_hist, uint64_t *session_id);
 
 /* Starts a generation: prompt is the next user turn (chat-formatted) or,
  * with raw, text appended as is. Everything is copied. Returns 0 when

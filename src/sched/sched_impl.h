@@ -44,6 +44,12 @@ typedef struct req {
     ic_grammar_trigger *triggers;
     ic_logit_bias *logit_bias;   /* params.sample.logit_bias points here */
     enum ic_close_reason close_reason;
+    ic_turn *turns;           /* OPEN: a restored conversation (strings owned) */
+    int n_turns;
+    uint8_t *kv;              /* OPEN: its KV state, owned, or NULL */
+    size_t kv_len;
+    ic_token *hist;           /* OPEN: the tokens of that state, owned */
+    int n_hist;
     double t_submit_ms;
     /* The answer, allocated by the submitter so that running out of memory
      * on the scheduler thread can never lose it: INFER's END or ERROR,

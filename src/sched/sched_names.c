@@ -16,7 +16,7 @@ const char *ic_end_reason_name(enum ic_end_reason r)
 
 const char *ic_close_reason_name(enum ic_close_reason r)
 {
-    static const char *const names[] = {"client", "disconnect", "shutdown"};
+    static const char *const names[] = {"client", "disconnect", "shutdown", "evicted"};
     return (unsigned)r < sizeof names / sizeof *names ? names[r] : "client";
 }
 

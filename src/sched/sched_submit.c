@@ -20,6 +20,8 @@ void ic_event_free(ic_event *ev)
     if (!ev)
         return;
     free(ev->text);
+    free(ev->kv);
+    free(ev->hist);
     free(ev);
 }
 
@@ -39,6 +41,13 @@ void ic_sched__req_free(void *p)
     }
     free(r->triggers);
     free(r->logit_bias);
+    for (int i = 0; r->turns && i < r->n_turns; i++) {
+        free((char *)r->turns[i].prompt);
+        free((char *)r->turns[i].reply);
+    }
+    free(r->turns);
+    free(r->kv);
+    free(r->hist);
     ic_event_free(r->reply);
     free(r);
 }
@@ -61,6 +70,51 @@ static int submit(ic_sched *s, req *r)
 
 int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *session_id)
 {
+    return ic_sched_open_session_turns(s, system_prompt, NULL, 0, session_id);
+}
+
+/* Copies turns into r. */
+static int copy_turns(req *r, const ic_turn *turns, int n)
+{
+    if (n <= 0)
+        return 0;
+    if (!(r->turns = calloc((size_t)n, sizeof *r->turns)))
+        return IC_ERR_NOMEM;
+    for (int i = 0; i < n; i++) {
+        r->n_turns = i + 1; /* so req_free frees what is set */
+        r->turns[i].raw = turns[i].raw;
+        if (!(r->turns[i].prompt = strdup(turns[i].prompt ? turns[i].prompt : "")) ||
+            !(r->turns[i].reply = strdup(turns[i].reply ? turns[i].reply : "")))
+            return IC_ERR_NOMEM;
+    }
+    return 0;
+}
+
+int ic_sched_open_session_turns(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                                int n_turns, uint64_t *session_id)
+{
+    return ic_sched_open_session_kv(s, system_prompt, turns, n_turns, NULL, 0, NULL, 0,
+                                    session_id);
+}
+
+/* Copies a KV state and its tokens into r. */
+static int copy_kv(req *r, const uint8_t *kv, size_t len, const ic_token *hist, int n_hist)
+{
+    if (!kv || len == 0 || n_hist <= 0)
+        return 0;
+    if (!(r->kv = malloc(len)) || !(r->hist = malloc((size_t)n_hist * sizeof *hist)))
+        return IC_ERR_NOMEM;
+    memcpy(r->kv, kv, len);
+    memcpy(r->hist, hist, (size_t)n_hist * sizeof *hist);
+    r->kv_len = len;
+    r->n_hist = n_hist;
+    return 0;
+}
+
+int ic_sched_open_session_kv(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                             int n_turns, const uint8_t *kv, size_t kv_len,
+                             const ic_token *hist, int n_hist, uint64_t *session_id)
+{
     /* opens_done before st_sessions: an open the scheduler has counted as
      * done is in st_sessions too, so the sum never falls short. */
     uint64_t sent = atomic_load(&s->opens_sent);
@@ -70,7 +124,8 @@ int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *sess
         return IC_ERR_CAPACITY;
     req *r = calloc(1, sizeof *r);
     if (!r || !(r->reply = calloc(1, sizeof *r->reply)) ||
-        (system_prompt && !(r->text = strdup(system_prompt)))) {
+        (system_prompt && !(r->text = strdup(system_prompt))) ||
+        copy_turns(r, turns, n_turns) < 0 || copy_kv(r, kv, kv_len, hist, n_hist) < 0) {
         ic_sched__req_free(r);
         return IC_ERR_NOMEM;
     }

@@ -33,6 +33,8 @@ COUNTERS = {
     "inferencecenter_generations_total", "inferencecenter_prompt_tokens_total",
     "inferencecenter_generated_tokens_total", "inferencecenter_auth_failures_total",
     "inferencecenter_errors_total", "inferencecenter_scheduler_steps_total",
+    "inferencecenter_session_resumes_total", "inferencecenter_session_restores_total",
+    "inferencecenter_session_store_write_errors_total",
 }
 GAUGES = {
     "inferencecenter_sessions", "inferencecenter_sessions_max",
@@ -46,10 +48,13 @@ GAUGES = {
     "inferencecenter_gpu_power_watts",
     "inferencecenter_cpu_usage_ratio", "inferencecenter_ram_used_bytes",
     "inferencecenter_ram_total_bytes",
+    "inferencecenter_sessions_parked", "inferencecenter_sessions_stored",
+    "inferencecenter_session_store_bytes",
 }
 HISTOGRAMS = {
     "inferencecenter_queue_time_seconds", "inferencecenter_time_to_first_token_seconds",
     "inferencecenter_inter_token_latency_seconds", "inferencecenter_request_duration_seconds",
+    "inferencecenter_session_store_write_seconds",
 }
 METRICS = (COUNTERS | GAUGES
            | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
@@ -57,14 +62,18 @@ METRICS = (COUNTERS | GAUGES
 
 # Metrics the dashboard must show (the panels the operators asked for).
 DASHBOARD_MUST_SHOW = (COUNTERS - {"inferencecenter_auth_failures_total",
-                                   "inferencecenter_scheduler_steps_total"}) | {
+                                   "inferencecenter_scheduler_steps_total",
+                                   # durable sessions: off by default, no panel yet
+                                   "inferencecenter_session_resumes_total",
+                                   "inferencecenter_session_restores_total",
+                                   "inferencecenter_session_store_write_errors_total"}) | {
     "inferencecenter_sessions", "inferencecenter_sessions_max",
     "inferencecenter_generations_running", "inferencecenter_queue_depth",
     "inferencecenter_kv_cells_used", "inferencecenter_kv_cells_capacity",
     "inferencecenter_state", "inferencecenter_gpu_temperature_celsius",
     "inferencecenter_gpu_memory_used_bytes", "inferencecenter_gpu_memory_total_bytes",
     "inferencecenter_gpu_power_watts", "inferencecenter_gpu_utilization_ratio",
-} | {h + "_bucket" for h in HISTOGRAMS}
+} | {h + "_bucket" for h in HISTOGRAMS - {"inferencecenter_session_store_write_seconds"}}
 
 ALERTS = {"InferenceCenterDown", "GPUHot", "VRAMNearlyFull", "QueueGrowing",
           "HighErrorRate", "SchedulerStalled", "Throttled"}

@@ -30,17 +30,12 @@ from pathlib import Path
 import pytest
 import websockets
 
-from conftest import (IC_BIN, ROOT, Closed, RawWS, Server, free_port, http_get, run)
+from conftest import (ROOT, Closed, RawWS, Server, free_port, http_get, run)
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 NODES = ("r1", "r2", "r3")
 REPLICA_ARGS = ("--max-sessions", "16", "--ctx-size", "256", "--trusted-proxy", "127.0.0.1")
-
-
-def _serve_help():
-    return subprocess.run([IC_BIN, "serve", "--help"], capture_output=True, text=True,
-                          timeout=30).stdout
 
 
 class HAProxy:
@@ -298,15 +293,8 @@ def test_openai_api_sticks_to_one_replica_per_key(cluster):
     assert all(len(s) == 1 for s in users.values()), users
 
 
-# ---------------------------------------------------------------------------
-# LEAD: this case needs h-durable's durable sessions (issue 17:
-# --session-store, resume_token in SESSION_CREATED, RESUME_SESSION ->
-# SESSION_RESUMED). After merging h-durable it must RUN: delete the skipif
-# below so that a server without --session-store fails instead of skipping.
-# ---------------------------------------------------------------------------
-@pytest.mark.skipif("--session-store" not in _serve_help(),
-                    reason="LEAD: enable after merging h-durable (issue 17): the server has "
-                           "no --session-store yet")
+# Durable sessions (issue 17: --session-store, resume_token, RESUME_SESSION):
+# a server without them fails here, it does not skip.
 def test_durable_session_resumes_on_its_own_replica(start_server, tmp_path):
     stores = {n: tmp_path / f"store-{n}" for n in NODES}
     replicas = {n: start_server(args=("--node-name", n, "--session-store", str(stores[n]),

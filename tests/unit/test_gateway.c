@@ -179,6 +179,19 @@ int ic_sched_open_session(ic_sched *s, const char *system_prompt, uint64_t *sess
     return 0;
 }
 
+int ic_sched_open_session_kv(ic_sched *s, const char *system_prompt, const ic_turn *turns,
+                             int n_turns, const uint8_t *kv, size_t kv_len,
+                             const ic_token *hist, int n_hist, uint64_t *session_id)
+{
+    (void)turns;
+    (void)n_turns;
+    (void)kv;
+    (void)kv_len;
+    (void)hist;
+    (void)n_hist;
+    return ic_sched_open_session(s, system_prompt, session_id);
+}
+
 int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
                    bool raw, const ic_gen_params *params)
 {

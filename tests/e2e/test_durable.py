@@ -1,0 +1,538 @@
+"""Durable sessions (serve --session-store, issue 17; docs/protocol.md):
+a session whose connection drops is parked and resumed with its
+resume_token; its conversation is in the store after every END, so a
+server killed (-9) or stopped (SIGTERM) and started again on the same
+store resumes it too, recomputing its KV cache. In every case the next
+turn's greedy answer is the one the unbroken session gives."""
+import asyncio
+import json
+
+import pytest
+import os
+import re
+import signal
+import stat
+import time
+
+from conftest import GREEDY, LONG, connect, http_get, new_token, run
+
+SYSTEM = "A story for children. "
+TURNS = ["Once upon a time", " One day", " The end came"]
+STEP = {"max_tokens": 8, "ignore_eos": True}   # temperature 0 from the session's params
+
+
+async def create(c):
+    r = await c.request({"type": "CREATE_SESSION", "system": SYSTEM, "params": GREEDY})
+    assert r["type"] == "SESSION_CREATED", r
+    return r
+
+
+async def turn(c, sid, prompt):
+    res = await c.infer(sid, prompt, raw=True, **STEP)
+    assert res.error is None, res.error
+    assert res.end["reason"] == "length", res.end
+    return res.text
+
+
+async def unbroken(srv, n=len(TURNS)):
+    """The answers of an unbroken session to TURNS[:n]."""
+    c = await connect(srv)
+    sid = (await create(c))["session_id"]
+    out = [await turn(c, sid, p) for p in TURNS[:n]]
+    r = await c.request({"type": "CLOSE_SESSION", "session_id": sid})
+    assert r["type"] == "SESSION_CLOSED", r
+    await c.close()
+    return out
+
+
+async def resume(c, sid, token):
+    return await c.request({"type": "RESUME_SESSION", "session_id": sid, "resume_token": token})
+
+
+def record(store, sid):
+    with open(store / f"{sid}.json") as f:
+        return json.load(f)
+
+
+def stored_turns(store, sid):
+    """Turns in the store's record of sid: an END goes out only once its
+    turn is on disk, so this is checked at once, never waited for."""
+    return len(record(store, sid)["turns"])
+
+
+def scrape(srv):
+    """{sample: value} of GET /metrics, for the session families."""
+    status, body = http_get(srv.port, "/metrics")
+    assert status == 200
+    out = {}
+    for line in body.decode().splitlines():
+        if line.startswith("inferencecenter_session"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def durable(start_server, store, *extra):
+    return start_server(["--session-store", store, *extra])
+
+
+def test_created_carries_a_token_and_the_store_is_private(start_server, tmp_path):
+    store = tmp_path / "store"
+    srv = durable(start_server, store)
+    assert stat.S_IMODE(os.stat(store).st_mode) == 0o700
+
+    async def body():
+        c = await connect(srv)
+        a, b = await create(c), await create(c)
+        for r in (a, b):
+            assert re.fullmatch(r"[0-9a-f]{64}", r["resume_token"]), r
+            assert re.fullmatch(r"s[1-9][0-9]*", r["session_id"]), r
+        assert a["resume_token"] != b["resume_token"]
+        # Not a counter: ids say nothing about each other or about a restart.
+        assert {a["session_id"], b["session_id"]}.isdisjoint({"s1", "s2", "s3"})
+        await c.close()
+    run(body())
+
+
+@pytest.mark.parametrize("ram,source", [(1024, "ram"), (0, "disk")])
+def test_drop_without_close_frame_then_resume_equals_unbroken(start_server, tmp_path, ram,
+                                                              source):
+    """The parked session gives its cells back (KV state to host memory, or
+    with --session-ram 0 to the store's disk)."""
+    srv = durable(start_server, tmp_path / "store", "--session-ram", ram)
+
+    async def body():
+        want = await unbroken(srv, 2)
+        c = await connect(srv)
+        r = await create(c)
+        sid, token = r["session_id"], r["resume_token"]
+        assert await turn(c, sid, TURNS[0]) == want[0]
+        c.ws.transport.abort()            # the TCP connection drops, no close frame
+        deadline = time.monotonic() + 10
+        while scrape(srv)["inferencecenter_sessions"] != 0:   # evicted: no slot held
+            assert time.monotonic() < deadline, scrape(srv)
+            await asyncio.sleep(0.05)
+        assert scrape(srv)["inferencecenter_sessions_parked"] == 1
+        d = await connect(srv)
+        r = await resume(d, sid, token)
+        assert r["type"] == "SESSION_RESUMED", r
+        assert r["session_id"] == sid and r["n_ctx_used"] > 0, r
+        assert await turn(d, sid, TURNS[1]) == want[1]
+        m = scrape(srv)
+        assert m["inferencecenter_sessions_parked"] == 0, m
+        assert m["inferencecenter_session_resumes_total"] == 1, m
+        assert m[f'inferencecenter_session_restores_total{{from="{source}"}}'] == 1, m
+        # 3 turns were written (the unbroken session's 2 and this one's 1
+        # before the drop) and this turn: 4 writes, one file left (a KV
+        # file goes once it is read back).
+        assert m["inferencecenter_session_store_write_seconds_count"] == 4 + (source == "disk"), m
+        deadline = time.monotonic() + 10
+        while sorted(os.listdir(tmp_path / "store")) != [f"{sid}.json"]:
+            assert time.monotonic() < deadline, os.listdir(tmp_path / "store")
+            await asyncio.sleep(0.05)
+        await d.close()
+    run(body(), timeout=90)
+
+
+def test_a_running_generation_of_a_dropped_connection_is_aborted(start_server, tmp_path):
+    srv = durable(start_server, tmp_path / "store")
+
+    async def body():
+        c = await connect(srv)
+        r = await create(c)
+        sid, token = r["session_id"], r["resume_token"]
+        await c.start_infer(sid, TURNS[0], **LONG)
+        assert (await c.recv_type("TOKEN"))["session_id"] == sid
+        c.ws.transport.abort()
+        d = await connect(srv)
+        deadline = time.monotonic() + 20
+        while True:   # parked once the server saw the drop; idle once aborted
+            r = await resume(d, sid, token)
+            assert r["type"] == "SESSION_RESUMED", r
+            m = await d.metrics()
+            st = {s["session_id"]: s["state"] for s in m["sessions"]}
+            if st.get(sid) == "idle":
+                break
+            assert time.monotonic() < deadline, m
+            await asyncio.sleep(0.1)
+        res = await d.infer(sid, " and", raw=True, **STEP)
+        assert res.error is None and res.end["reason"] == "length", res.messages
+        await d.close()
+    run(body(), timeout=90)
+
+
+def test_wrong_unknown_and_malformed_pairs_are_all_session_not_found(start_server, tmp_path):
+    srv = durable(start_server, tmp_path / "store")
+
+    async def body():
+        c = await connect(srv)
+        r = await create(c)
+        sid, token = r["session_id"], r["resume_token"]
+        bad = [(sid, "0" * 64), (sid, token[:-1]), ("s12345", token), ("x", token),
+               (sid, "")]
+        answers = []
+        for s, t in bad:
+            e = await resume(c, s, t)
+            assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+            answers.append(e["message"])
+        assert len(set(answers)) == 1, answers
+        r = await c.request({"type": "RESUME_SESSION", "session_id": sid})
+        assert r["type"] == "ERROR" and r["code"] == "bad_request", r
+        await c.close()
+    run(body())
+
+
+def test_resuming_a_held_session_moves_it(start_server, tmp_path):
+    srv = durable(start_server, tmp_path / "store")
+
+    async def body():
+        want = await unbroken(srv, 2)
+        a = await connect(srv)
+        r = await create(a)
+        sid, token = r["session_id"], r["resume_token"]
+        assert await turn(a, sid, TURNS[0]) == want[0]
+        b = await connect(srv)
+        r = await resume(b, sid, token)
+        assert r["type"] == "SESSION_RESUMED", r
+        m = await a.recv()
+        assert m == {"type": "SESSION_CLOSED", "session_id": sid,
+                     "reason": "resumed_elsewhere"}, m
+        e = await a.request({"type": "INFER", "session_id": sid, "prompt": "x", "raw": True})
+        assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+        assert await turn(b, sid, TURNS[1]) == want[1]
+        await a.close()
+        await b.close()
+    run(body(), timeout=90)
+
+
+def test_another_clients_token_is_session_not_found(start_server, tmp_path):
+    tokens = tmp_path / "tokens"
+    alice, bob = new_token(tokens, "alice"), new_token(tokens, "bob")
+    srv = start_server(["--tokens", tokens, "--session-store", tmp_path / "store"])
+    srv.secrets += [alice, bob]
+
+    async def body():
+        a = await connect(srv, token=alice)
+        r = await create(a)
+        sid, rtok = r["session_id"], r["resume_token"]
+        srv.secrets.append(rtok)
+        a.ws.transport.abort()
+        b = await connect(srv, token=bob)
+        e = await resume(b, sid, rtok)
+        assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+        pre = await connect(srv)           # not authenticated
+        e = await resume(pre, sid, rtok)
+        assert e["type"] == "ERROR" and e["code"] == "unauthenticated", e
+        a2 = await connect(srv, token=alice)
+        r = await resume(a2, sid, rtok)
+        assert r["type"] == "SESSION_RESUMED", r
+        for c in (b, pre, a2):
+            await c.close()
+    run(body())
+
+
+def restart_case(start_server, tmp_path, stop):
+    """Turns 1 and 2, the server goes (stop), a new one on the same store:
+    RESUME, turn 3 equals the unbroken session's."""
+    store = tmp_path / "store"
+    srv = durable(start_server, store)
+
+    async def first():
+        want = await unbroken(srv)
+        c = await connect(srv)
+        r = await create(c)
+        sid, token = r["session_id"], r["resume_token"]
+        for i in range(2):
+            assert await turn(c, sid, TURNS[i]) == want[i]
+        return want, sid, token, c
+
+    want, sid, token, c = run(first(), timeout=90)
+    assert stored_turns(store, sid) == 2
+    stop(srv)
+    again = durable(start_server, store)
+    assert re.search(r"session store .*: 1 sessions resumable", again.log()), again.log()
+    assert scrape(again)["inferencecenter_sessions_stored"] == 1
+
+    async def second():
+        d = await connect(again)
+        r = await resume(d, sid, token)
+        assert r["type"] == "SESSION_RESUMED", r
+        assert r["n_ctx_used"] > 0, r
+        assert scrape(again)['inferencecenter_session_restores_total{from="recompute"}'] == 1
+        assert await turn(d, sid, TURNS[2]) == want[2]
+        await d.close()
+    run(second(), timeout=90)
+    assert stored_turns(store, sid) == 3
+
+
+def kill9(srv):
+    srv.proc.kill()
+    srv.expect_exit = -signal.SIGKILL
+    srv.wait_exit()
+
+
+def test_kill_9_after_turn_2_then_restart_resumes(start_server, tmp_path):
+    restart_case(start_server, tmp_path, kill9)
+
+
+def test_sigterm_after_turn_2_then_restart_resumes(start_server, tmp_path):
+    def term(srv):
+        assert srv.terminate() == 0
+    restart_case(start_server, tmp_path, term)
+
+
+def test_crash_mid_turn_leaves_the_previous_turn_only(start_server, tmp_path):
+    store = tmp_path / "store"
+    srv = durable(start_server, store)
+
+    async def first():
+        want = await unbroken(srv, 2)
+        c = await connect(srv)
+        r = await create(c)
+        sid, token = r["session_id"], r["resume_token"]
+        assert await turn(c, sid, TURNS[0]) == want[0]
+        assert stored_turns(store, sid) == 1
+        await c.start_infer(sid, " and then", **LONG)
+        for _ in range(3):
+            assert (await c.recv_type("TOKEN"))["session_id"] == sid
+        kill9(srv)          # while the turn runs and its connection is open
+        return want, sid, token
+
+    want, sid, token = run(first(), timeout=90)
+    rec = record(store, sid)
+    assert [t["prompt"] for t in rec["turns"]] == [TURNS[0]], rec
+    again = durable(start_server, store)
+
+    async def second():
+        d = await connect(again)
+        assert (await resume(d, sid, token))["type"] == "SESSION_RESUMED"
+        assert await turn(d, sid, TURNS[1]) == want[1]   # as if " and then" never came
+        await d.close()
+    run(second(), timeout=90)
+
+
+def test_truncated_and_corrupt_files_are_skipped(start_server, tmp_path):
+    store = tmp_path / "store"
+    srv = durable(start_server, store)
+
+    async def first():
+        c = await connect(srv)
+        out = []
+        for _ in range(3):
+            r = await create(c)
+            await turn(c, r["session_id"], TURNS[0])
+            out.append((r["session_id"], r["resume_token"]))
+        return out
+
+    pairs = run(first(), timeout=90)
+    assert srv.terminate() == 0
+    p0 = store / f"{pairs[0][0]}.json"
+    p0.write_bytes(p0.read_bytes()[:40])                      # truncated
+    p1 = store / f"{pairs[1][0]}.json"
+    p1.write_text(json.dumps({"format": "inferencecenter-session", "version": 1}))
+    again = durable(start_server, store)
+    log = again.log()
+    assert log.count(f"{pairs[0][0]}.json skipped") == 1, log
+    assert log.count(f"{pairs[1][0]}.json skipped") == 1, log
+    assert "1 sessions resumable, 2 skipped" in log, log
+
+    async def second():
+        d = await connect(again)
+        for sid, token in pairs[:2]:
+            e = await resume(d, sid, token)
+            assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+        r = await resume(d, *pairs[2])
+        assert r["type"] == "SESSION_RESUMED", r
+        await d.close()
+    run(second())
+
+
+def test_close_session_deletes_it_from_the_store(start_server, tmp_path):
+    store = tmp_path / "store"
+    srv = durable(start_server, store)
+
+    async def body():
+        c = await connect(srv)
+        r = await create(c)
+        sid, token = r["session_id"], r["resume_token"]
+        await turn(c, sid, TURNS[0])
+        assert stored_turns(store, sid) == 1
+        r = await c.request({"type": "CLOSE_SESSION", "session_id": sid})
+        assert r["type"] == "SESSION_CLOSED" and r["reason"] == "client", r
+        e = await resume(c, sid, token)
+        assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+        deadline = time.monotonic() + 10
+        while (store / f"{sid}.json").exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await c.close()
+    run(body())
+
+
+def test_parked_session_expires_after_the_ttl(start_server, tmp_path):
+    store = tmp_path / "store"
+    srv = durable(start_server, store, "--session-ttl", 1)
+
+    async def body():
+        c = await connect(srv)
+        r = await create(c)
+        sid, token = r["session_id"], r["resume_token"]
+        await turn(c, sid, TURNS[0])
+        c.ws.transport.abort()
+        await asyncio.sleep(3.5)
+        d = await connect(srv)
+        e = await resume(d, sid, token)
+        assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+        assert not (store / f"{sid}.json").exists()
+        await d.close()
+    run(body())
+
+
+def test_without_a_store_nothing_changes(start_server):
+    srv = start_server()
+
+    async def body():
+        c = await connect(srv)
+        r = await c.request({"type": "CREATE_SESSION"})
+        assert r["type"] == "SESSION_CREATED" and "resume_token" not in r, r
+        assert r["session_id"] == "s1", r
+        c.ws.transport.abort()
+        d = await connect(srv)
+        e = await resume(d, r["session_id"], "0" * 64)
+        assert e["type"] == "ERROR" and e["code"] == "session_not_found", e
+        await d.close()
+    run(body())
+
+
+def test_sessions_command_lists_and_purges(start_server, tmp_path):
+    import subprocess
+    from conftest import IC_BIN
+    store = tmp_path / "store"
+    srv = durable(start_server, store)
+
+    async def body():
+        c = await connect(srv)
+        out = []
+        for n in (1, 2):
+            r = await create(c)
+            for p in TURNS[:n]:
+                await turn(c, r["session_id"], p)
+            out.append(r["session_id"])
+        await c.close()
+        return out
+
+    sids = run(body(), timeout=90)
+    assert srv.terminate() == 0
+    (store / "s999.json").write_text("{")     # bad
+
+    def sessions(*args):
+        return subprocess.run([IC_BIN, "sessions", "--session-store", str(store), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    p = sessions()
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines()[1:]}
+    assert rows[sids[0]][2] == "1" and rows[sids[1]][2] == "2", p.stdout
+    assert "bad:" in " ".join(rows["s999.json"]), p.stdout
+    assert "2 sessions, 1 bad files" in p.stderr
+    p = sessions("--purge-bad")
+    assert p.returncode == 0 and p.stdout.strip() == "removed s999.json", p
+    p = sessions("--purge", sids[0])
+    assert p.returncode == 0 and not (store / f"{sids[0]}.json").exists(), p
+    p = sessions("--purge", sids[0])
+    assert p.returncode == 1 and "no session" in p.stderr, p
+    p = sessions("--purge-older-than", "3600")
+    assert p.returncode == 0 and (store / f"{sids[1]}.json").exists(), p
+    p = sessions("--purge-all")
+    assert p.returncode == 0 and not list(store.iterdir()), p
+    assert sessions("--bogus").returncode == 2
+    assert subprocess.run([IC_BIN, "sessions"], capture_output=True).returncode == 2
+
+
+def test_max_sessions_counts_only_active_sessions(start_server, tmp_path):
+    srv = durable(start_server, tmp_path / "store", "--max-sessions", 2)
+
+    async def body():
+        want = await unbroken(srv, 2)
+        a = await connect(srv)
+        parked = []
+        for _ in range(2):
+            r = await create(a)
+            assert await turn(a, r["session_id"], TURNS[0]) == want[0]
+            parked.append((r["session_id"], r["resume_token"]))
+        a.ws.transport.abort()
+        b = await connect(srv)
+        deadline = time.monotonic() + 10
+        while scrape(srv)["inferencecenter_sessions"] != 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        fresh = [(await create(b))["session_id"] for _ in range(2)]   # the slots are free
+        e = await resume(b, *parked[0])
+        # b holds the server's 2 (its own limit is the server's without tokens)
+        assert e["type"] == "ERROR" and e["code"] in ("session_limit", "capacity"), e
+        for sid in fresh:
+            assert (await b.request({"type": "CLOSE_SESSION", "session_id": sid}))[
+                "type"] == "SESSION_CLOSED"
+        for sid, token in parked:
+            r = await resume(b, sid, token)
+            assert r["type"] == "SESSION_RESUMED", r
+            assert await turn(b, sid, TURNS[1]) == want[1]
+        await b.close()
+    run(body(), timeout=90)
+
+
+def test_kv_on_disk_survives_a_restart_unless_the_model_changed(start_server, tmp_path):
+    """--session-ram 0: a parked session's KV state goes to DIR/<id>.kv. A
+    server started again on the same model restores it from there and
+    answers as the unbroken session; one on another model file drops it
+    (its fingerprint differs) and recomputes the conversation, answering as
+    that model does for the same text."""
+    from conftest import TINY
+    other = TINY.replace("tiny-f32", "tiny-f16")
+    store = tmp_path / "store"
+
+    async def park(srv):
+        want = await unbroken(srv, 2)
+        c = await connect(srv)
+        r = await create(c)
+        reply0 = await turn(c, r["session_id"], TURNS[0])
+        assert reply0 == want[0]
+        c.ws.transport.abort()
+        deadline = time.monotonic() + 10
+        while not (store / f"{r['session_id']}.kv").exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        return r["session_id"], r["resume_token"], want[1], reply0
+
+    async def same_text(srv, reply0):
+        """The swapped model's answer to the stored conversation's text."""
+        c = await connect(srv)
+        sid = (await create(c))["session_id"]
+        text = await turn(c, sid, TURNS[0] + reply0 + TURNS[1])
+        await c.close()
+        return text
+
+    async def resume_turn(srv, sid, token):
+        d = await connect(srv)
+        assert (await resume(d, sid, token))["type"] == "SESSION_RESUMED"
+        text = await turn(d, sid, TURNS[1])
+        await d.close()
+        return text
+
+    for model, source in ((TINY, "disk"), (other, "recompute")):
+        srv = start_server(["--session-store", store, "--session-ram", 0], model=TINY)
+        sid, token, want, reply0 = run(park(srv), timeout=90)
+        assert srv.terminate() == 0
+        again = start_server(["--session-store", store, "--session-ram", 0], model=model)
+        if model != TINY:
+            want = run(same_text(again, reply0), timeout=90)
+        assert run(resume_turn(again, sid, token), timeout=90) == want
+        m = scrape(again)
+        assert m[f'inferencecenter_session_restores_total{{from="{source}"}}'] == 1, m
+        if source == "recompute":
+            assert "KV state file dropped (saved for another model" in again.log()
+        deadline = time.monotonic() + 10
+        while (store / f"{sid}.kv").exists():   # removed by the store thread
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert again.terminate() == 0
