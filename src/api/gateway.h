@@ -86,6 +86,18 @@ void ic_gateway_set_server(ic_gateway *g, ic_server *srv);
 void ic_gateway_attach(ic_gateway *g, ic_sched *sched, const struct ic_chat *chat,
                        const char *model_id);
 
+/* One served model, for ic_gateway_attach_models. */
+typedef struct ic_gateway_model {
+    ic_sched *sched;               /* borrowed, as in ic_gateway_attach */
+    const struct ic_chat *chat;    /* borrowed; NULL: no chat API for it */
+    const char *name;              /* copied */
+} ic_gateway_model;
+
+/* As ic_gateway_attach, for several models (at most IC_MODELS_MAX, api/
+ * models.h): the first is the default. Model i's scheduler must have been
+ * created with session_id_base ic_models_session_base(i). Any thread. */
+void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int n);
+
 /* Loading failed: the server stops. Any thread. */
 void ic_gateway_load_failed(ic_gateway *g);
 

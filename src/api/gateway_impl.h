@@ -23,6 +23,7 @@
 #include "gpu.h"
 #include "idmap.h"
 #include "metrics.h"
+#include "models.h"
 #include "protocol.h"
 #include "throttle.h"
 
@@ -113,7 +114,9 @@ struct ic_gateway {
     int n_counts, cap_counts;
     int n_preauth;             /* connections not (yet) authenticated */
     uint64_t next_request;
-    ic_sched *sched;           /* NULL while loading */
+    ic_sched *sched;           /* the default model's (models.m[0]); NULL while loading */
+    ic_models models;          /* every served model; a session's is read off its ID */
+    const char *model_names[IC_MODELS_MAX]; /* into models, for HELLO */
     bool stopping;
     bool conns_closed;         /* the stop's second half: every connection was told 1001 */
     bool failed;
@@ -132,8 +135,7 @@ struct ic_gateway {
     int tick_ms;               /* server timer 0's period while serving; 0: not armed */
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
-    const ic_chat *pending_chat;
-    char pending_model_id[128];
+    ic_models pending_models;  /* written before attach_pending is published */
     _Atomic bool load_failed;
     _Atomic bool stop_requested;
     _Atomic bool reload_requested;
@@ -141,6 +143,12 @@ struct ic_gateway {
     _Atomic bool engine_failed;         /* published after engine_failed_why */
     char engine_failed_why[256];
 };
+
+/* The scheduler of a session's model (NULL: that model is not loaded). */
+static inline ic_sched *ic_gw_sched(const ic_gateway *g, uint64_t session_id)
+{
+    return ic_models_sched_of(&g->models, session_id);
+}
 
 /* What clients are told after the backend failed. */
 #define IC_GW_ENGINE_DEAD_MSG "the model's backend failed (an RPC server was lost); this " \
@@ -188,6 +196,9 @@ void ic_gw_on_close(ic_gateway *g, uint64_t id);
  * server's), IC_ERR_OVERLOADED or IC_ERR_NOMEM. */
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
                        gw_session **out, bool *at_limit);
+/* As ic_gw_session_open, on the model of index model (models.h). */
+int ic_gw_session_open_on(ic_gateway *g, int model, const char *client_key, int limit,
+                          const char *system, gw_session **out, bool *at_limit);
 
 /* Submits a generation for ss and marks it running (request id, lost-END
  * watch reset, the sweep armed). Returns 0 or ic_sched_infer's error. */

@@ -57,7 +57,7 @@ static void check_watchdog(ic_gateway *g)
     if (!g->sched || g->opts.watchdog_timeout_s <= 0)
         return;
     ic_sched_stats st;
-    ic_sched_get_stats(g->sched, &st);
+    ic_models_stats(&g->models, &st);
     double quiet_s = ic_now_s() - st.last_progress_ms / 1e3; /* both CLOCK_MONOTONIC */
     bool stalled = st.generating + st.queued > 0 && st.state != IC_SCHED_WAKING &&
                    quiet_s >= g->opts.watchdog_timeout_s;
@@ -133,7 +133,7 @@ static void begin_stop(ic_gateway *g)
     g->stopping = true;
     ic_log_info("shutting down: ending generations and closing %d connections",
                 ic_server_n_connections(g->srv));
-    ic_sched_request_stop(g->sched);
+    ic_models_request_stop(&g->models);
     g->tick_ms = 0;
     ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
     if (!g->sched)
@@ -196,9 +196,12 @@ static void reload_tls(ic_gateway *g)
 
 static void attach(ic_gateway *g, ic_sched *s)
 {
+    g->models = g->pending_models;
+    for (int i = 0; i < g->models.n; i++)
+        g->model_names[i] = g->models.m[i].name;
     g->sched = s;
-    g->chat = g->pending_chat;
-    snprintf(g->model_id, sizeof g->model_id, "%s", g->pending_model_id);
+    g->chat = g->models.m[0].chat;
+    snprintf(g->model_id, sizeof g->model_id, "%s", g->models.m[0].name);
     g->model_created_s = (int64_t)time(NULL);
     ic_sched_opts so;
     ic_sched_get_opts(s, &so);
@@ -211,6 +214,8 @@ static void attach(ic_gateway *g, ic_sched *s)
     ic_gw_arm_tick(g, false);
     ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
                 so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
+    for (int i = 1; i < g->models.n; i++)
+        ic_log_info("also serving model %s", g->models.m[i].name);
 }
 
 /* The backend failed (ic_gateway_engine_failed): say so and end what runs. */
@@ -243,7 +248,7 @@ static void h_wake(void *ud)
     if (atomic_load(&g->stop_requested) && !g->stopping)
         begin_stop(g);
     /* read before the drain; a failed backend's scheduler never stops */
-    bool done = g->stopping && (g->engine_dead || ic_sched_stopped(g->sched));
+    bool done = g->stopping && (g->engine_dead || ic_models_stopped(&g->models));
     ic_gw_drain_events(g);
     if (done && !g->conns_closed)
         close_for_stop(g);
@@ -369,9 +374,21 @@ void ic_gateway_wake(void *ud)
 void ic_gateway_attach(ic_gateway *g, ic_sched *sched, const struct ic_chat *chat,
                        const char *model_id)
 {
-    g->pending_chat = chat;
-    snprintf(g->pending_model_id, sizeof g->pending_model_id, "%s", model_id ? model_id : "");
-    atomic_store(&g->attach_pending, sched); /* publishes the two fields above */
+    ic_gateway_model m = {.sched = sched, .chat = chat, .name = model_id};
+    ic_gateway_attach_models(g, &m, 1);
+}
+
+void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int n)
+{
+    ic_models *pm = &g->pending_models;
+    pm->n = n < IC_MODELS_MAX ? n : IC_MODELS_MAX;
+    for (int i = 0; i < pm->n; i++) {
+        pm->m[i] = (ic_model_entry){.sched = models[i].sched, .chat = models[i].chat,
+                                    .created_s = (int64_t)time(NULL)};
+        snprintf(pm->m[i].name, sizeof pm->m[i].name, "%s",
+                 models[i].name ? models[i].name : "");
+    }
+    atomic_store(&g->attach_pending, pm->m[0].sched); /* publishes pending_models */
     ic_gateway_wake(g);
 }
 

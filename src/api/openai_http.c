@@ -36,6 +36,7 @@ typedef struct oai_req {
     ic_buf text;               /* the answer so far */
     char *prompt;              /* the whole prompt text (for the prompt cache) */
     char client[IC_CLIENT_NAME_MAX + 1]; /* its count key */
+    int model;                 /* its model's index (api/models.h) */
 } oai_req;
 
 void ic_gw_oai_free(oai_req *o)
@@ -90,7 +91,7 @@ static bool evict_one(ic_gateway *g)
     gw_session *ss = ic_idmap_get(&g->sessions, id);
     if (ss && !ss->closing) {
         ss->closing = true;
-        ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);
+        ic_sched_close_session(ic_gw_sched(g, id), id, IC_CLOSE_CLIENT);
     }
     return true;
 }
@@ -144,7 +145,7 @@ static bool park(ic_gateway *g, gw_session *ss, oai_req *o)
 /* The parked session whose text is the longest prefix of prompt (and the
  * client's own, with per-client isolation), taken out of the cache; NULL
  * when none fits. */
-static gw_session *take_cached(ic_gateway *g, const char *prompt, const char *client)
+static gw_session *take_cached(ic_gateway *g, int model, const char *prompt, const char *client)
 {
     size_t plen = strlen(prompt);
     int best = -1;
@@ -155,6 +156,8 @@ static gw_session *take_cached(ic_gateway *g, const char *prompt, const char *cl
             memcmp(ss->cache_text, prompt, ss->cache_len) != 0)
             continue;
         if (g->opts.prompt_cache_per_client && strcmp(ss->cache_owner, client) != 0)
+            continue;
+        if (ic_models_index_of(ss->id) != model)
             continue;
         best = i;
         best_len = ss->cache_len;
@@ -231,7 +234,8 @@ static bool unavailable(const ic_gateway *g, ic_oai_error *err)
 }
 
 /* The chat messages as the chat layer takes them (pointers into r). */
-static int render_chat(ic_gateway *g, const ic_oai_request *r, char **prompt, ic_oai_error *err)
+static int render_chat(ic_gateway *g, int model, const ic_oai_request *r, char **prompt,
+                       ic_oai_error *err)
 {
     static const char *const roles[] = {"system", "user", "assistant", "tool"};
     ic_chat_message *msgs = calloc((size_t)r->n_messages, sizeof *msgs);
@@ -248,7 +252,7 @@ static int render_chat(ic_gateway *g, const ic_oai_request *r, char **prompt, ic
     ic_chat_render_opts ro = ic_chat_render_opts_default();
     ic_chat_prompt *cp = NULL;
     char why[256] = "";
-    int rc = ic_chat_render(g->chat, msgs, (size_t)r->n_messages, &ro, &cp, why, sizeof why);
+    int rc = ic_chat_render(g->models.m[model].chat, msgs, (size_t)r->n_messages, &ro, &cp, why, sizeof why);
     free(msgs);
     if (rc < 0) {
         ic_oai_error_set(err, 400, "invalid_messages", "messages",
@@ -279,10 +283,11 @@ static bool unsupported(const ic_oai_request *r, ic_oai_error *err)
 }
 
 /* A logit bias on a token the model does not have. */
-static bool bad_logit_bias(const ic_gateway *g, const ic_oai_request *r, ic_oai_error *err)
+static bool bad_logit_bias(const ic_gateway *g, int model, const ic_oai_request *r,
+                           ic_oai_error *err)
 {
     ic_engine_info info;
-    ic_sched_model_info(g->sched, &info);
+    ic_sched_model_info(g->models.m[model].sched, &info);
     for (int i = 0; i < r->n_logit_bias; i++) {
         if (r->logit_bias[i].token >= info.n_vocab) {
             ic_oai_error_set(err, 400, "invalid_value", "logit_bias",
@@ -296,7 +301,8 @@ static bool bad_logit_bias(const ic_gateway *g, const ic_oai_request *r, ic_oai_
 
 static void fill_response(const ic_gateway *g, const oai_req *o, ic_oai_response *r)
 {
-    *r = (ic_oai_response){.endpoint = o->endpoint, .id = o->id, .model = g->model_id,
+    *r = (ic_oai_response){.endpoint = o->endpoint, .id = o->id,
+                           .model = g->models.m[o->model].name,
                            .created = o->created_s};
 }
 
@@ -415,7 +421,7 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
         bool answered = o->http_id != 0;
         answer(g, o, finish, &u, finish ? NULL : &err);
         if (!(finish && answered && park(g, ss, o)) && !ss->closing) {
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+            ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT);
             ss->closing = true;
         }
         ic_gw_oai_free(o);
@@ -434,7 +440,7 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
                          ev->message);
         answer(g, o, NULL, NULL, &err);
         if (!ss->closing) {
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+            ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT);
             ss->closing = true;
         }
         ic_gw_oai_free(o);
@@ -469,6 +475,7 @@ typedef struct oai_job {
     char *prompt;              /* owned */
     ic_client_cfg cfg;
     char key[IC_CLIENT_NAME_MAX + 1];
+    int model;                 /* index (api/models.h) */
 } oai_job;
 
 static void job_free(oai_job *j)
@@ -507,7 +514,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     int limit = j->cfg.max_sessions > 0 ? j->cfg.max_sessions : ic_gw_default_max_sessions(g);
     bool at_limit = false;
     size_t reused = 0;
-    gw_session *ss = take_cached(g, j->prompt, j->key);
+    gw_session *ss = take_cached(g, j->model, j->prompt, j->key);
     int rc;
     if (ss) {
         reused = ss->cache_len;
@@ -519,7 +526,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
             ss = NULL;
         }
     } else {
-        rc = ic_gw_session_open(g, j->key, limit, NULL, &ss, &at_limit);
+        rc = ic_gw_session_open_on(g, j->model, j->key, limit, NULL, &ss, &at_limit);
         /* Out of sessions: close the least recently used cache entry and
          * wait for its slot rather than refuse. */
         if (rc == IC_ERR_CAPACITY && !at_limit && evict_one(g))
@@ -542,7 +549,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
                          rc == IC_ERR_OVERLOADED ? "too much work is waiting; retry later"
                                                  : ic_strerror(rc));
         ss->closing = true;
-        ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+        ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT);
         free(o);
         return rc;
     }
@@ -551,6 +558,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     j->prompt = NULL;
     snprintf(o->client, sizeof o->client, "%s", j->key);
     o->endpoint = j->ep;
+    o->model = j->model;
     o->stream = j->r.stream;
     o->include_usage = j->r.include_usage;
     o->created_s = (int64_t)time(NULL);
@@ -627,20 +635,20 @@ static void start(ic_gateway *g, enum ic_oai_endpoint ep, const ic_http_request 
     ic_oai_request *r = &j->r;
     if (rc < 0) {
         /* refused above */
-    } else if (r->model && strcmp(r->model, g->model_id) != 0) {
+    } else if ((j->model = ic_models_find(&g->models, r->model)) < 0) {
         ic_oai_error_set(&err, 404, "model_not_found", "model",
-                         "the model '%.64s' does not exist (this server serves '%.64s')",
-                         r->model, g->model_id);
+                         "the model '%.64s' does not exist (GET /v1/models lists those served)",
+                         r->model);
         rc = IC_ERR_NOT_FOUND;
-    } else if (bad_logit_bias(g, r, &err)) {
+    } else if (bad_logit_bias(g, j->model, r, &err)) {
         rc = IC_ERR_INVAL;
     } else if (unsupported(r, &err)) {
         rc = IC_ERR_INVAL;
-    } else if (ep == IC_OAI_CHAT && !g->chat) {
+    } else if (ep == IC_OAI_CHAT && !g->models.m[j->model].chat) {
         ic_oai_error_set(&err, 400, NULL, NULL, "this model has no chat template");
         rc = IC_ERR_INVAL;
     } else if (ep == IC_OAI_CHAT) {
-        rc = render_chat(g, r, &j->prompt, &err);
+        rc = render_chat(g, j->model, r, &j->prompt, &err);
     } else if (!(j->prompt = strdup(r->prompt))) {
         ic_oai_error_set(&err, 500, NULL, NULL, "out of memory");
         rc = IC_ERR_NOMEM;
@@ -682,15 +690,20 @@ void ic_gw_oai_models(ic_gateway *g, const ic_http_request *req, ic_http_respons
         error_response(resp, &err);
         return;
     }
-    ic_oai_model m = {.id = g->model_id, .created = g->model_created_s, .loaded = g->sched};
+    ic_oai_model list[IC_MODELS_MAX];
+    for (int i = 0; i < g->models.n; i++)
+        list[i] = (ic_oai_model){.id = g->models.m[i].name, .created = g->models.m[i].created_s,
+                                 .loaded = g->models.m[i].sched != NULL};
     const char *want = strncmp(req->path, "/v1/models/", 11) == 0 ? req->path + 11 : NULL;
-    if (want && (!g->sched || strcmp(want, g->model_id) != 0)) {
+    int found = want ? ic_models_find(&g->models, want) : 0;
+    if (want && (!*want || found < 0)) {
         ic_oai_error_set(&err, 404, "model_not_found", "model",
                          "the model '%.64s' does not exist", want);
         error_response(resp, &err);
         return;
     }
-    json_body(resp, 200, ic_oai_models_body(&m, g->sched ? 1 : 0, want != NULL));
+    json_body(resp, 200, want ? ic_oai_models_body(&list[found], 1, true)
+                              : ic_oai_models_body(list, g->models.n, false));
 }
 
 /* The client went away: close the session, which ends its generation
@@ -714,7 +727,7 @@ void ic_gw_oai_gone(ic_gateway *g, uint64_t http_id)
         ss->oai->http_id = 0;
         if (!ss->closing) {
             ss->closing = true;
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_DISCONNECT);
+            ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_DISCONNECT);
         }
         return;
     }

@@ -301,6 +301,7 @@ enum msg_field {
     F_RAW = 1 << 4,          /* optional boolean */
     F_PARAMS = 1 << 5,       /* optional object */
     F_INTERVAL = 1 << 6,     /* required integer */
+    F_MODEL = 1 << 7,        /* optional string */
 };
 
 static const struct msg_rule {
@@ -309,7 +310,7 @@ static const struct msg_rule {
     unsigned fields;
 } k_msg_rules[] = {
     {"AUTH", IC_MSG_AUTH, F_TOKEN},
-    {"CREATE_SESSION", IC_MSG_CREATE_SESSION, F_SYSTEM | F_PARAMS},
+    {"CREATE_SESSION", IC_MSG_CREATE_SESSION, F_SYSTEM | F_PARAMS | F_MODEL},
     {"CLOSE_SESSION", IC_MSG_CLOSE_SESSION, F_SESSION},
     {"INFER", IC_MSG_INFER, F_SESSION | F_PROMPT | F_RAW | F_PARAMS},
     {"ABORT", IC_MSG_ABORT, F_SESSION},
@@ -327,6 +328,7 @@ static const struct string_rule {
     {F_SESSION, "session_id", offsetof(ic_msg, session_id), true},
     {F_PROMPT, "prompt", offsetof(ic_msg, prompt), true},
     {F_SYSTEM, "system", offsetof(ic_msg, system), false},
+    {F_MODEL, "model", offsetof(ic_msg, model), false},
 };
 
 static int parse_strings(const json_t *root, unsigned fields, ic_msg *m, ic_proto_error *err)
@@ -433,7 +435,8 @@ void ic_msg_free(ic_msg *msg)
     free(msg->session_id);
     free(msg->system);
     free(msg->prompt);
-    msg->token = msg->session_id = msg->system = msg->prompt = NULL;
+    free(msg->model);
+    msg->token = msg->session_id = msg->system = msg->prompt = msg->model = NULL;
     ic_req_params_free(&msg->params);
 }
 
@@ -537,7 +540,7 @@ const char *ic_proto_code_name(enum ic_proto_code code)
     static const char *const names[] = {
         "bad_json", "bad_request", "unknown_type", "unauthenticated", "session_not_found",
         "session_limit", "capacity", "busy", "not_running", "prompt_too_long",
-        "message_too_large", "overloaded", "internal",
+        "message_too_large", "overloaded", "internal", "model_not_found",
     };
     return (unsigned)code < sizeof names / sizeof *names ? names[code] : "internal";
 }
@@ -655,6 +658,12 @@ char *ic_proto_hello(const ic_hello *h)
         json_t *model = hello_model(h, &mrc);
         rc |= mrc | set(m, "model", model);
     }
+    if (h->n_models > 0) {
+        json_t *names = json_array();
+        for (int i = 0; i < h->n_models; i++)
+            rc |= names ? json_array_append_new(names, jstr(h->models[i])) : -1;
+        rc |= set(m, "models", names);
+    }
     rc |= set(m, "limits", limits);
     return finish(m, rc);
 }
@@ -686,9 +695,17 @@ char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id)
 
 char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id)
 {
+    return ic_proto_session_created_model(session_id, n_ctx, NULL, id);
+}
+
+char *ic_proto_session_created_model(const char *session_id, int n_ctx, const char *model,
+                                     const ic_msg_id *id)
+{
     json_t *m = msg_new("SESSION_CREATED", id);
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "n_ctx", json_integer(n_ctx));
+    if (model)
+        rc |= set(m, "model", jstr(model));
     return finish(m, rc);
 }
 

@@ -43,6 +43,7 @@ enum ic_proto_code {
     IC_CODE_MESSAGE_TOO_LARGE,
     IC_CODE_OVERLOADED,
     IC_CODE_INTERNAL,
+    IC_CODE_MODEL_NOT_FOUND,
 };
 
 /* The client's "id", echoed in every reply to its message. */
@@ -87,6 +88,7 @@ typedef struct ic_msg {
     char *token;               /* AUTH */
     char *session_id;          /* CLOSE_SESSION, INFER, ABORT */
     char *system;              /* CREATE_SESSION, NULL when absent */
+    char *model;               /* CREATE_SESSION, NULL when absent (the default model) */
     char *prompt;              /* INFER */
     bool raw;                  /* INFER */
     ic_req_params params;      /* CREATE_SESSION, INFER */
@@ -152,6 +154,8 @@ typedef struct ic_hello {
     const char *cache_type_v;
     const char *flash_attn;    /* "auto", "on", "off"; NULL: not shown */
     const char *node;          /* the replica's --node-name; NULL or "": no "node" member */
+    const char *const *models; /* [n_models] every model's name, the default first; */
+    int n_models;              /* 0: no "models" member */
 } ic_hello;
 
 /* model_name NULL: no "model" member (before AUTH on a server with tokens). */
@@ -163,6 +167,9 @@ char *ic_proto_auth_success_model(const char *client, int max_sessions, const ic
                                   const ic_msg_id *id);
 char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id);
 char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id);
+/* As ic_proto_session_created, with "model": the session's model (NULL: none). */
+char *ic_proto_session_created_model(const char *session_id, int n_ctx, const char *model,
+                                     const ic_msg_id *id);
 char *ic_proto_session_closed(const char *session_id, const char *reason, const ic_msg_id *id);
 char *ic_proto_token(const char *session_id, const char *request_id, int index, const char *text,
                      size_t text_len, const ic_msg_id *id);

@@ -46,7 +46,7 @@ static void health(ic_gateway *g, const ic_http_request *req, ic_http_response *
     (void)req;
     ic_sched_stats st = {0};
     if (g->sched)
-        ic_sched_get_stats(g->sched, &st);
+        ic_models_stats(&g->models, &st);
     const char *state = g->stopping ? "stopping" : ic_gw_server_state(g, &st, NULL);
     bool ok = g->sched && !g->stopping && !g->stalled && !g->engine_dead;
     json_response(resp, ok ? 200 : 503, ic_proto_http_health(ok ? "ok" : state, state));
@@ -71,7 +71,7 @@ static void agent_words(ic_gateway *g, char *out, size_t cap)
     ic_sched_stats st = {0};
     ic_hw_sample hw;
     ic_gpu_monitor_sample(g->hw, &hw);
-    ic_sched_get_stats(g->sched, &st);
+    ic_models_stats(&g->models, &st);
     int held = st.sessions - g->n_parked;
     double load = (double)(held > 0 ? held : 0) + st.queued;
     load /= st.max_sessions > 0 ? st.max_sessions : 1;
@@ -110,7 +110,7 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
     ic_hw_sample hw;
     ic_gpu_monitor_sample(g->hw, &hw);
     if (g->sched)
-        ic_sched_get_stats(g->sched, &st);
+        ic_models_stats(&g->models, &st);
     ic_metrics_gauges mg = {
         .state = ic_gw_server_state(g, &st, &hw),
         .sessions = st.sessions,

@@ -19,6 +19,8 @@
 #include "gpu.h"
 #include "host.h"
 #include "log.h"
+#include "model_list.h"
+#include "models.h"
 #include "notify.h"
 #include "options.h"
 #include "plan.h"
@@ -42,7 +44,10 @@
 
 typedef struct serve_args {
     const char *config;
-    const char *model;
+    const char *model;         /* the default model: the first of list */
+    ic_opt_list models;        /* --model, repeatable */
+    const char *models_dir;
+    ic_model_list list;        /* what is served (check_args fills it) */
     const char *host;
     int port;
     const char *tokens;
@@ -95,9 +100,10 @@ typedef struct serve_args {
 typedef struct loader {
     const serve_args *args;
     ic_gateway *gw;
-    ic_sched *sched;
-    ic_gpu_monitor *thermal;   /* the scheduler thread's monitor */
-    ic_chat *chat;             /* the model's chat templates (the gateway borrows them) */
+    int n;                     /* models loaded, each with its scheduler and templates */
+    ic_sched *sched[IC_MODEL_LIST_MAX];
+    ic_gpu_monitor *thermal;   /* the scheduler threads' monitor */
+    ic_chat *chat[IC_MODEL_LIST_MAX]; /* the models' chat templates (the gateway borrows them) */
 } loader;
 
 static const char usage_head[] =
@@ -155,8 +161,12 @@ static const char *const isolation_choices[] = {"shared", "client", NULL};
 
 /* Every `serve` option: one row each (options.h). */
 static const ic_option serve_options[] = {
-    {.name = "model", .short_name = 'm', .type = IC_OPT_STRING, .offset = F(model),
-     .metavar = "PATH", .def_help = "the built-in default model", .help = "GGUF model."},
+    {.name = "model", .short_name = 'm', .type = IC_OPT_LIST, .offset = F(models),
+     .metavar = "PATH", .def_help = "the built-in default model",
+     .help = "GGUF model; repeat it to serve several (the first is the default), each named "
+             "by its file name without .gguf."},
+    {.name = "models-dir", .type = IC_OPT_STRING, .offset = F(models_dir), .metavar = "DIR",
+     .help = "Serve every *.gguf file in DIR too (after the --model files, sorted by name)."},
     {.name = "config", .type = IC_OPT_STRING, .offset = F(config), .metavar = "FILE",
      .flags = IC_OPT_NO_CONFIG,
      .help = "Read options from FILE: `key = value` lines, keys are the long option names; "
@@ -344,6 +354,7 @@ static int load_args(int argc, char **argv, serve_args *a)
         rc = parse_args(argc, argv, a);
     if (rc != 0 || !a->config)
         return rc;
+    bool flag_models = a->models.n > 0;
     const char *path = a->config;
     if (defaults(a) < 0)
         return IC_ERR_INVAL;
@@ -352,6 +363,8 @@ static int load_args(int argc, char **argv, serve_args *a)
         fprintf(stderr, "inferencecenter serve: %s\n", err);
         return IC_ERR_INVAL;
     }
+    if (flag_models) /* --model on the command line replaces the file's, as other flags do */
+        a->models.n = 0;
     rc = parse_args(argc, argv, a);
     a->config = path;
     return rc;
@@ -392,12 +405,13 @@ static const char *default_model(char *buf, size_t cap)
 /* The memory plan: GPU layers for auto, and the sessions whose KV cache
  * fits (so->max_sessions may go down). A model the planner cannot read is
  * left to the engine, whose error says what is wrong with it. */
-static void plan_memory(const serve_args *a, ic_sched_opts *so, ic_engine_opts *eo)
+static void plan_memory(const serve_args *a, const char *path, ic_sched_opts *so,
+                        ic_engine_opts *eo)
 {
     eo->n_gpu_layers = a->gpu_layers == GPU_LAYERS_AUTO ? 0 : a->gpu_layers;
     ic_model_shape shape;
     char err[256];
-    if (ic_plan_read_shape(a->model, &shape, err, sizeof err) < 0)
+    if (ic_plan_read_shape(path, &shape, err, sizeof err) < 0)
         return;
     ic_plan_input in = ic_plan_input_default();
     ic_engine_device devs[IC_PLAN_MAX_DEVICES];
@@ -459,7 +473,7 @@ static int load_engine(const serve_args *a, ic_engine_opts *eo, ic_engine **e)
         bool retry = a->gpu_layers == GPU_LAYERS_AUTO && eo->n_gpu_layers > 0 &&
                      (rc == IC_ERR_MODEL || rc == IC_ERR_CONTEXT || rc == IC_ERR_NOMEM);
         if (!retry) {
-            ic_log_error("cannot load model %s: %s", a->model, why);
+            ic_log_error("cannot load model %s: %s", eo->model_path, why);
             return rc;
         }
         int fewer = ic_plan_fewer_layers(eo->n_gpu_layers);
@@ -482,6 +496,42 @@ static void rpc_lost(void *ud, const char *why)
         _exit(1);
     }
     ic_gateway_engine_failed(ud, why);
+}
+
+/* Loads one model and starts its scheduler (ld->sched[ld->n], with its
+ * chat templates); so may lose sessions to the memory plan. */
+static int load_one(loader *ld, const ic_model_spec *m, ic_sched_opts *so)
+{
+    const serve_args *a = ld->args;
+    ic_engine_opts eo = ic_engine_opts_default();
+    eo.model_path = m->path;
+    eo.n_threads = a->threads;
+    eo.n_batch_tokens = (uint32_t)a->batch;
+    eo.progress = true;
+    eo.type_k = (ic_kv_type)a->cache_type_k;
+    eo.type_v = (ic_kv_type)a->cache_type_v;
+    eo.flash_attn = a->flash_attn;
+    plan_memory(a, m->path, so, &eo);
+    ic_sched_engine_opts(so, &eo);
+    ic_log_info("loading model %s", m->path);
+    ic_engine *e = NULL;
+    if (load_engine(a, &eo, &e) < 0)
+        return -1;
+    char why[256] = "";
+    ic_chat *chat = NULL;
+    if (ic_chat_create(e, NULL, &chat, why, sizeof why) < 0)
+        ic_log_warn("the chat template of %s cannot be used (%s): the OpenAI chat API is off "
+                    "for it", m->name, why);
+    ic_sched *sched = NULL;
+    int rc = ic_sched_create(e, so, &sched);
+    if (rc < 0) {
+        ic_log_error("cannot start the scheduler: %s", ic_strerror(rc));
+        ic_chat_destroy(chat);
+        return -1;
+    }
+    ld->sched[ld->n] = sched;
+    ld->chat[ld->n++] = chat;
+    return 0;
 }
 
 static void *load_model(void *arg)
@@ -508,43 +558,25 @@ static void *load_model(void *arg)
     }
     so.heartbeat_interval_ms = ic_notify_watchdog_interval_ms();
     so.heartbeat = so.heartbeat_interval_ms > 0 ? watchdog_beat : NULL;
-    ic_engine_opts eo = ic_engine_opts_default();
-    eo.model_path = a->model;
-    eo.n_threads = a->threads;
-    eo.n_batch_tokens = (uint32_t)a->batch;
-    eo.progress = true;
-    eo.type_k = (ic_kv_type)a->cache_type_k;
-    eo.type_v = (ic_kv_type)a->cache_type_v;
-    eo.flash_attn = a->flash_attn;
-    plan_memory(a, &so, &eo);
-    ic_sched_engine_opts(&so, &eo);
-    ic_log_info("loading model %s", a->model);
-    ic_engine *e = NULL;
-    if (load_engine(a, &eo, &e) < 0) {
-        ic_gateway_load_failed(ld->gw);
-        return NULL;
+    ic_gateway_model served[IC_MODEL_LIST_MAX];
+    for (int i = 0; i < a->list.n; i++) {
+        ic_sched_opts mso = so;
+        mso.session_id_base = ic_models_session_base(i);
+        if (load_one(ld, &a->list.m[i], &mso) < 0) {
+            ic_gateway_load_failed(ld->gw);
+            return NULL;
+        }
+        served[i] = (ic_gateway_model){.sched = ld->sched[i], .chat = ld->chat[i],
+                                       .name = a->list.m[i].name};
+        if (i == 0)
+            so.max_sessions = mso.max_sessions; /* HELLO's: the default model's */
     }
-    char why[256] = "";
-    if (ic_chat_create(e, NULL, &ld->chat, why, sizeof why) < 0)
-        ic_log_warn("the model's chat template cannot be used (%s): the OpenAI chat API "
-                    "is off", why);
-    int rc = ic_sched_create(e, &so, &ld->sched);
-    if (rc < 0) {
-        ic_log_error("cannot start the scheduler: %s", ic_strerror(rc));
-        ic_gateway_load_failed(ld->gw);
-        return NULL;
-    }
-    char id[128];
-    const char *base = strrchr(a->model, '/');
-    snprintf(id, sizeof id, "%s", base ? base + 1 : a->model);
-    size_t n = strlen(id);
-    if (n > 5 && strcmp(id + n - 5, ".gguf") == 0)
-        id[n - 5] = '\0';
-    ic_gateway_attach(ld->gw, ld->sched, ld->chat, id);
+    ic_gateway_attach_models(ld->gw, served, ld->n);
     if (ic_rpc_n_servers() > 0) /* a lost RPC server now fails the model, not the process */
         ic_rpc_set_fatal_handler(rpc_lost, ld->gw);
     char status[160];
-    snprintf(status, sizeof status, "serving %s, %d sessions", a->model, so.max_sessions);
+    snprintf(status, sizeof status, "serving %s%s, %d sessions", a->model,
+             ld->n > 1 ? " and more" : "", so.max_sessions);
     ic_notify_ready(status);
     return NULL;
 }
@@ -731,12 +763,15 @@ static int run(const serve_args *a)
         ic_log_error("stopped with a failed backend: exiting without stopping the scheduler");
         _exit(1);
     }
-    ic_sched_stop(ld.sched);
+    for (int i = 0; i < ld.n; i++)
+        ic_sched_stop(ld.sched[i]);
     ic_server_destroy(srv);
     bool failed = ic_gateway_failed(gw);
-    ic_sched_destroy(ld.sched);
+    for (int i = 0; i < ld.n; i++) {
+        ic_sched_destroy(ld.sched[i]);
+        ic_chat_destroy(ld.chat[i]);
+    }
     ic_gpu_monitor_destroy(ld.thermal);
-    ic_chat_destroy(ld.chat);
     ic_gateway_destroy(gw);
     ic_log_info("stopped");
     return failed ? 1 : 0;
@@ -851,15 +886,27 @@ static int check_args(serve_args *a, char *defpath, size_t cap)
      * server's total, or half of it when tokens are required). */
     if (a->batch < 2 * a->max_sessions)
         a->batch = 2 * a->max_sessions;
-    if (!a->model) {
+    char err[512];
+    for (int i = 0; i < a->models.n; i++)
+        if (ic_model_list_add(&a->list, a->models.v[i], err, sizeof err) < 0)
+            goto bad_list;
+    if (a->models_dir && ic_model_list_scan(&a->list, a->models_dir, err, sizeof err) < 0)
+        goto bad_list;
+    if (a->list.n == 0) {
         a->model = default_model(defpath, cap);
         if (access(a->model, R_OK) != 0) {
             fprintf(stderr, "inferencecenter serve: no --model given and the built-in default "
                             "model %s is missing; scripts/quickstart makes it\n", a->model);
             return 2;
         }
+        if (ic_model_list_add(&a->list, a->model, err, sizeof err) < 0)
+            goto bad_list;
     }
+    a->model = a->list.m[0].path;
     return 0;
+bad_list:
+    fprintf(stderr, "inferencecenter serve: %s\n", err);
+    return 2;
 }
 
 int ic_cmd_serve(int argc, char **argv)

@@ -705,7 +705,7 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     s->engine_opts.progress = false;
     s->engine_opts.load_tick = ic_sched__reload_tick;
     s->engine_opts.load_tick_ud = s;
-    atomic_init(&s->next_session_id, 1);
+    atomic_init(&s->next_session_id, opts->session_id_base + 1);
     atomic_init(&s->st_temp_milli, -1000);
     s->tps_window_start_ms = s->last_work_ms = ic_now_ms();
     atomic_init(&s->st_progress_us, (int64_t)(s->last_work_ms * 1000.0));

@@ -140,6 +140,9 @@ typedef struct ic_sched_opts {
      * to host memory and the model and context are freed; the next INFER
      * reloads them (0 = never). */
     int idle_unload_s;
+    /* Session IDs start after this (several schedulers in one server keep
+     * them apart: api/models.h); 0 for a server with one model. */
+    uint64_t session_id_base;
     /* Called from the scheduler loop at most every heartbeat_interval_ms
      * (and at least that often, idle included, when set): a hung decode
      * stops it (the systemd watchdog). NULL: none. */

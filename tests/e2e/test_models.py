@@ -1,0 +1,141 @@
+"""Several models on one server (issue 16): --models-dir and a repeated
+--model, HELLO's list, CREATE_SESSION's and the OpenAI API's "model", and
+answers equal to those of a server that serves the model alone."""
+import json
+import os
+import urllib.error
+import urllib.request
+
+from conftest import (GREEDY, IC_TEST_MODELS, MODEL, TINY, Server, connect, http_get, run)
+
+SPM = str(IC_TEST_MODELS / "vocab-gpt-2.gguf")  # another vocabulary and weights
+PROMPT = "Once upon a time"
+
+
+def models_dir(tmp_path):
+    """A directory of two models (links named a-tiny and b-gpt2)."""
+    d = tmp_path / "models"
+    d.mkdir()
+    os.symlink(TINY, d / "a-tiny.gguf")
+    os.symlink(SPM if os.path.exists(SPM) else TINY, d / "b-gpt2.gguf")
+    (d / "notes.txt").write_text("not a model")
+    return d
+
+
+def post(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+async def answers(server, models):
+    """{model: greedy raw text} from sessions on each model (None: the default),
+    all generating at once."""
+    import asyncio
+    clients = [await connect(server) for _ in models]
+    sids = []
+    for c, m in zip(clients, models):
+        r = await c.request({"type": "CREATE_SESSION", **({"model": m} if m else {})})
+        assert r["type"] == "SESSION_CREATED", r
+        sids.append((r["session_id"], r.get("model")))
+    for c, (sid, _) in zip(clients, sids):
+        await c.start_infer(sid, PROMPT, max_tokens=16, **GREEDY)
+    results = await asyncio.gather(*(c.collect(sid) for c, (sid, _) in zip(clients, sids)))
+    out = {}
+    for m, (sid, named), res in zip(models, sids, results):
+        assert res.end is not None, res.error
+        out[m] = (named, res.text)
+    for c in clients:
+        await c.close()
+    return out
+
+
+def alone(tmp_path, path):
+    """The greedy answer of a server that serves path alone."""
+    s = Server(tmp_path, model=path)
+    try:
+        s.wait_ready()
+        return run(answers(s, [None]))[None][1]
+    finally:
+        assert s.terminate() == 0
+        s.close_files()
+
+
+def test_models_dir_lists_selects_and_answers_as_alone(start_server, tmp_path):
+    d = models_dir(tmp_path)
+    srv = start_server(args=["--models-dir", d])
+    default = os.path.basename(MODEL)[:-5]
+
+    async def body():
+        c = await connect(srv)
+        assert c.hello["models"] == [default, "a-tiny", "b-gpt2"]
+        r = await c.request({"type": "CREATE_SESSION", "model": "nope", "id": 7})
+        assert r["type"] == "ERROR" and r["code"] == "model_not_found", r
+        assert "nope" in r["message"] and r["id"] == 7
+        await c.close()
+        return await answers(srv, [None, "a-tiny", "b-gpt2", default])
+
+    got = run(body(), timeout=120)
+    assert got[None][0] == default and got["a-tiny"][0] == "a-tiny"
+    assert got[None][1] == got[default][1]
+    # the models differ, so a session answered by the wrong one would show
+    assert len({got[m][1] for m in (default, "a-tiny", "b-gpt2")}) == 3, got
+    status, models = http_get(srv.port, "/v1/models")
+    assert status == 200
+    listed = json.loads(models)["data"]
+    assert [m["id"] for m in listed] == [default, "a-tiny", "b-gpt2"]
+    assert all(m["loaded"] is True for m in listed)
+    status, one = http_get(srv.port, "/v1/models/b-gpt2")
+    assert status == 200 and json.loads(one)["id"] == "b-gpt2"
+    assert http_get(srv.port, "/v1/models/nope")[0] == 404
+    # OpenAI "model" selects the same way; unknown: 404 naming it
+    completions = {}
+    for m in ("a-tiny", default):
+        st, r = post(srv.port, "/v1/completions",
+                     {"model": m, "prompt": PROMPT, "max_tokens": 16, "temperature": 0})
+        assert st == 200 and r["model"] == m, r
+        completions[m] = r["choices"][0]["text"]
+    st, r = post(srv.port, "/v1/completions", {"model": "nope", "prompt": "x", "max_tokens": 2})
+    assert st == 404 and "nope" in r["error"]["message"], r
+    srv.terminate()
+    # each model answers as a server serving it alone does
+    for name, path in ((default, MODEL), ("a-tiny", TINY),
+                       ("b-gpt2", str(d / "b-gpt2.gguf"))):
+        want = alone(tmp_path, path)
+        assert got[name][1] == want, name
+        if name in completions:
+            assert completions[name] == want, name
+
+
+def test_repeated_model_and_duplicate_names(start_server, tmp_path):
+    srv = start_server(args=["--model", TINY])
+
+    async def body():
+        c = await connect(srv)
+        assert c.hello["models"] == [os.path.basename(MODEL)[:-5], "tiny-f32"]
+        r = await c.request({"type": "CREATE_SESSION", "model": "tiny-f32"})
+        assert r["type"] == "SESSION_CREATED" and r["model"] == "tiny-f32", r
+        res = await c.infer(r["session_id"], PROMPT, max_tokens=4, **GREEDY)
+        assert res.end["reason"] in ("length", "eos")
+        await c.close()
+
+    run(body())
+    dup = Server(tmp_path, model=TINY, args=["--model", TINY])
+    rc = dup.wait_exit()
+    assert rc == 2 and "two models are named 'tiny-f32'" in dup.log()
+    dup.close_files()
+
+
+def test_single_model_hello_unchanged_but_lists_it(server):
+    async def body():
+        c = await connect(server)
+        assert c.hello["models"] == [os.path.basename(MODEL)[:-5]]
+        r = await c.request({"type": "CREATE_SESSION"})
+        assert r["type"] == "SESSION_CREATED" and r["session_id"] == "s1", r
+        await c.close()
+
+    run(body())
