@@ -57,6 +57,9 @@ typedef struct ic_gateway_opts {
      * HELLO's "node", what a proxy routes /ws?affinity=NAME on
      * (deploy/haproxy/). NULL or "": none. */
     const char *node_name;
+    /* Several models (api/models.h): at most this many awake at once, the
+     * least recently used idle one sleeping for another; 0: no limit. */
+    int max_loaded_models;
 } ic_gateway_opts;
 
 /* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5

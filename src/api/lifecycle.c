@@ -384,7 +384,7 @@ void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int
     pm->n = n < IC_MODELS_MAX ? n : IC_MODELS_MAX;
     for (int i = 0; i < pm->n; i++) {
         pm->m[i] = (ic_model_entry){.sched = models[i].sched, .chat = models[i].chat,
-                                    .created_s = (int64_t)time(NULL)};
+                                    .created_s = (int64_t)time(NULL), .resident = true};
         snprintf(pm->m[i].name, sizeof pm->m[i].name, "%s",
                  models[i].name ? models[i].name : "");
     }

@@ -1,6 +1,8 @@
 /* models.c - the served models (see models.h). Network thread. */
 #include "models.h"
 
+#include "log.h"
+
 #include <string.h>
 
 /* Model i's sessions are numbered from i << 40 + 1: a trillion sessions
@@ -66,6 +68,53 @@ int ic_models_stats(const ic_models *ms, ic_sched_stats *out)
     }
     out->last_progress_ms = busy_oldest_ms > 0 ? busy_oldest_ms : newest_ms;
     return n;
+}
+
+/* Awake: not sleeping, and not asked to (the request may still wait). */
+static bool awake(const ic_model_entry *e, ic_sched_stats *st)
+{
+    ic_sched_get_stats(e->sched, st);
+    return e->resident && st->state != IC_SCHED_SLEEPING;
+}
+
+int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms)
+{
+    if (model < 0 || model >= ms->n || !ms->m[model].sched)
+        return 0;
+    ic_model_entry *want = &ms->m[model];
+    ic_sched_stats st;
+    bool was_awake = awake(want, &st);
+    want->resident = true;
+    want->last_used_ms = now_ms;
+    if (was_awake || max_loaded <= 0)
+        return 0;
+    int n_awake = 0;
+    for (int i = 0; i < ms->n; i++)
+        n_awake += i != model && ms->m[i].sched && awake(&ms->m[i], &st);
+    int slept = 0;
+    while (n_awake >= max_loaded) {
+        int lru = -1;
+        for (int i = 0; i < ms->n; i++) {
+            ic_model_entry *e = &ms->m[i];
+            if (i == model || !e->sched || !awake(e, &st) || st.generating + st.queued > 0)
+                continue;
+            if (lru < 0 || e->last_used_ms < ms->m[lru].last_used_ms)
+                lru = i;
+        }
+        if (lru < 0) {
+            ic_log_warn("model %s loads while %d models are busy (--max-loaded-models %d)",
+                        want->name, n_awake, max_loaded);
+            break;
+        }
+        if (ic_sched_sleep(ms->m[lru].sched) < 0)
+            break;
+        ic_log_info("model %s sleeps to make room for %s", ms->m[lru].name, want->name);
+        ms->m[lru].resident = false;
+        ms->m[lru].swaps++;
+        n_awake--;
+        slept++;
+    }
+    return slept;
 }
 
 void ic_models_request_stop(const ic_models *ms)

@@ -30,6 +30,11 @@ typedef struct ic_model_entry {
     ic_sched *sched;               /* borrowed; NULL: not loaded */
     const struct ic_chat *chat;    /* borrowed; NULL: no chat template */
     int64_t created_s;             /* Unix time it was attached */
+    /* Residency (ic_models_make_room): false once it was asked to sleep
+     * for another model, until its next INFER. */
+    bool resident;
+    double last_used_ms;           /* CLOCK_MONOTONIC: its last INFER */
+    uint64_t swaps;                /* times it was put to sleep for another model */
 } ic_model_entry;
 
 typedef struct ic_models {
@@ -56,6 +61,15 @@ int ic_models_find(const ic_models *ms, const char *name);
  * or LOADING-like WAKING when any model is waking; last progress: the
  * oldest of those with work). Returns the number of loaded models. */
 int ic_models_stats(const ic_models *ms, ic_sched_stats *out);
+
+/* Before an INFER on model: when that model sleeps and max_loaded models
+ * (> 0) are awake already, the least recently used awake models with no
+ * generation running or waiting are asked to sleep (ic_sched_sleep; their
+ * sessions' KV goes to host memory) until there is room. When every
+ * awake model is busy the model loads anyway (over the budget, logged).
+ * Marks model used at now_ms. Returns how many models were asked to
+ * sleep. */
+int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms);
 
 /* Asks every loaded scheduler to stop (ic_sched_request_stop). */
 void ic_models_request_stop(const ic_models *ms);

@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #define GPU_LAYERS_AUTO (-2)
@@ -86,6 +87,7 @@ typedef struct serve_args {
     int auth_global_failures;
     float auth_max_delay_s;
     int prompt_cache;          /* -1: half of --max-sessions */
+    int max_loaded_models;     /* 0: as the memory plan says */
     int prompt_cache_isolation; /* 0 shared, 1 client */
     const char *node_name;     /* NULL: none */
     const char *tls_cert;      /* both or neither: TLS on the port */
@@ -101,6 +103,7 @@ typedef struct loader {
     const serve_args *args;
     ic_gateway *gw;
     int n;                     /* models loaded, each with its scheduler and templates */
+    int max_loaded;            /* awake at once; 0: all (set before the thread starts) */
     ic_sched *sched[IC_MODEL_LIST_MAX];
     ic_gpu_monitor *thermal;   /* the scheduler threads' monitor */
     ic_chat *chat[IC_MODEL_LIST_MAX]; /* the models' chat templates (the gateway borrows them) */
@@ -167,6 +170,12 @@ static const ic_option serve_options[] = {
              "by its file name without .gguf."},
     {.name = "models-dir", .type = IC_OPT_STRING, .offset = F(models_dir), .metavar = "DIR",
      .help = "Serve every *.gguf file in DIR too (after the --model files, sorted by name)."},
+    {.name = "max-loaded-models", .type = IC_OPT_INT, .offset = F(max_loaded_models),
+     .metavar = "N", .def = "0", .lo = 0, .hi = IC_MODEL_LIST_MAX,
+     .def_help = "as many as the memory plan fits",
+     .help = "With several models, at most N awake at once: a request for a sleeping one first "
+             "puts the least recently used idle one to sleep (its sessions' KV kept in host "
+             "memory)."},
     {.name = "config", .type = IC_OPT_STRING, .offset = F(config), .metavar = "FILE",
      .flags = IC_OPT_NO_CONFIG,
      .help = "Read options from FILE: `key = value` lines, keys are the long option names; "
@@ -402,17 +411,16 @@ static const char *default_model(char *buf, size_t cap)
     return buf;
 }
 
-/* The memory plan: GPU layers for auto, and the sessions whose KV cache
- * fits (so->max_sessions may go down). A model the planner cannot read is
- * left to the engine, whose error says what is wrong with it. */
-static void plan_memory(const serve_args *a, const char *path, ic_sched_opts *so,
-                        ic_engine_opts *eo)
+/* The plan for path as memory is now; free_* (may be NULL) get the GPUs'
+ * free VRAM less the margins, and the host's available RAM. Returns 0, or
+ * -1 when the planner cannot read the model. */
+static int plan_of(const serve_args *a, const char *path, const ic_sched_opts *so,
+                   const ic_engine_opts *eo, ic_plan *p, int64_t *free_vram, int64_t *free_ram)
 {
-    eo->n_gpu_layers = a->gpu_layers == GPU_LAYERS_AUTO ? 0 : a->gpu_layers;
     ic_model_shape shape;
     char err[256];
     if (ic_plan_read_shape(path, &shape, err, sizeof err) < 0)
-        return;
+        return -1;
     ic_plan_input in = ic_plan_input_default();
     ic_engine_device devs[IC_PLAN_MAX_DEVICES];
     in.n_devices = ic_engine_supports_gpu() ? ic_engine_gpu_devices(devs, IC_PLAN_MAX_DEVICES) : 0;
@@ -430,9 +438,28 @@ static void plan_memory(const serve_args *a, const char *path, ic_sched_opts *so
     in.kv_unified = so->kv_unified;
     in.type_k = eo->type_k;
     in.type_v = eo->type_v;
-    ic_plan p;
-    ic_plan_compute(&shape, &in, &p);
+    ic_plan_compute(&shape, &in, p);
     ic_plan_shape_free(&shape);
+    int64_t vram = 0;
+    for (int i = 0; i < in.n_devices; i++)
+        vram += in.device_free_bytes[i] > in.margin_bytes ? in.device_free_bytes[i] - in.margin_bytes : 0;
+    if (free_vram)
+        *free_vram = vram;
+    if (free_ram)
+        *free_ram = in.host_available_bytes;
+    return 0;
+}
+
+/* The memory plan: GPU layers for auto, and the sessions whose KV cache
+ * fits (so->max_sessions may go down). A model the planner cannot read is
+ * left to the engine, whose error says what is wrong with it. */
+static void plan_memory(const serve_args *a, const char *path, ic_sched_opts *so,
+                        ic_engine_opts *eo)
+{
+    eo->n_gpu_layers = a->gpu_layers == GPU_LAYERS_AUTO ? 0 : a->gpu_layers;
+    ic_plan p;
+    if (plan_of(a, path, so, eo, &p, NULL, NULL) < 0)
+        return;
     if (a->gpu_layers == GPU_LAYERS_AUTO) {
         eo->n_gpu_layers = p.n_gpu_layers;
         ic_log_info("%s", p.summary);
@@ -498,6 +525,66 @@ static void rpc_lost(void *ud, const char *why)
     ic_gateway_engine_failed(ud, why);
 }
 
+static int cmp_desc(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return a < b ? 1 : a > b ? -1 : 0;
+}
+
+/* How many models may be awake at once: --max-loaded-models, or (0) the
+ * most whose plans (weights, KV, compute; each as if alone) fit the free
+ * VRAM and available RAM together, counting the largest first, so that any
+ * that many fit. At least 1. */
+static int max_loaded(const serve_args *a)
+{
+    const ic_model_list *l = &a->list;
+    ic_sched_opts sov = ic_sched_opts_default(), *so = &sov;
+    so->max_sessions = a->max_sessions;
+    so->n_ctx_per_session = (uint32_t)a->ctx_size;
+    so->kv_unified = a->kv_unified;
+    so->prefix_slots = a->prefix_cache;
+    ic_engine_opts eov = ic_engine_opts_default(), *eo = &eov;
+    eo->type_k = (ic_kv_type)a->cache_type_k;
+    eo->type_v = (ic_kv_type)a->cache_type_v;
+    if (a->max_loaded_models > 0 || l->n == 1)
+        return a->max_loaded_models > 0 && a->max_loaded_models < l->n ? a->max_loaded_models
+                                                                         : l->n;
+    int64_t vram[IC_MODEL_LIST_MAX], ram[IC_MODEL_LIST_MAX], free_vram = 0, free_ram = 0;
+    for (int i = 0; i < l->n; i++) {
+        ic_plan p;
+        if (plan_of(a, l->m[i].path, so, eo, &p, &free_vram, &free_ram) < 0)
+            return l->n; /* the engine will say what is wrong with it */
+        vram[i] = p.vram_bytes;
+        ram[i] = p.ram_bytes;
+    }
+    qsort(vram, (size_t)l->n, sizeof *vram, cmp_desc);
+    qsort(ram, (size_t)l->n, sizeof *ram, cmp_desc);
+    int k = 0;
+    for (int64_t v = 0, r = 0; k < l->n; k++) {
+        v += vram[k];
+        r += ram[k];
+        if ((v > 0 && v > free_vram) || (free_ram > 0 && r > free_ram))
+            break;
+    }
+    k = k < 1 ? 1 : k;
+    ic_log_info("memory holds %d of the %d models at once (the others sleep until asked for: "
+                "--max-loaded-models)", k, l->n);
+    return k;
+}
+
+/* Waits (up to a minute) until s has gone to sleep. Loader thread. */
+static void wait_asleep(ic_sched *s)
+{
+    for (int i = 0; i < 6000; i++) {
+        ic_sched_stats st;
+        ic_sched_get_stats(s, &st);
+        if (st.state == IC_SCHED_SLEEPING)
+            return;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Loads one model and starts its scheduler (ld->sched[ld->n], with its
  * chat templates); so may lose sessions to the memory plan. */
 static int load_one(loader *ld, const ic_model_spec *m, ic_sched_opts *so)
@@ -559,7 +646,12 @@ static void *load_model(void *arg)
     so.heartbeat_interval_ms = ic_notify_watchdog_interval_ms();
     so.heartbeat = so.heartbeat_interval_ms > 0 ? watchdog_beat : NULL;
     ic_gateway_model served[IC_MODEL_LIST_MAX];
+    int k = ld->max_loaded > 0 ? ld->max_loaded : a->list.n;
     for (int i = 0; i < a->list.n; i++) {
+        /* Beyond k: the last one loaded sleeps before the next loads (each
+         * is loaded once, so a bad file fails at start, not at a swap). */
+        if (i >= k && ic_sched_sleep(ld->sched[i - 1]) == 0)
+            wait_asleep(ld->sched[i - 1]);
         ic_sched_opts mso = so;
         mso.session_id_base = ic_models_session_base(i);
         if (load_one(ld, &a->list.m[i], &mso) < 0) {
@@ -690,6 +782,8 @@ static int run(const serve_args *a)
     go.auth_max_delay_s = (double)a->auth_max_delay_s;
     go.prompt_cache_per_client = a->prompt_cache_isolation == 1;
     go.node_name = a->node_name;
+    int k = max_loaded(a);
+    go.max_loaded_models = k < a->list.n ? k : 0;
     char url[300];
     bool tls = a->tls_cert != NULL;
     snprintf(url, sizeof url, "%s://%s:%d/ws", tls ? "wss" : "ws", a->host, a->port);
@@ -734,7 +828,7 @@ static int run(const serve_args *a)
                 tls ? "https" : "http", a->host, a->port,
                 a->tokens ? ", API tokens required" : ", no authentication");
     pthread_t sig_tid, load_tid;
-    loader ld = {.args = a, .gw = gw};
+    loader ld = {.args = a, .gw = gw, .max_loaded = go.max_loaded_models};
     if (pthread_create(&sig_tid, NULL, signal_thread, gw) != 0) {
         ic_log_error("cannot start the signal thread");
         ic_server_destroy(srv);

@@ -564,6 +564,10 @@ static void handle_request(ic_sched *s, req *r)
         if ((ss = find_session(s, r->session_id)))
             close_session(s, ss, r->close_reason);
         break;
+    case REQ_SLEEP:
+        if (!s->sleeping && s->n_active == 0 && s->engine)
+            ic_sched__sleep(s, "asked to make room for another model");
+        break;
     }
     ic_sched__req_free(r);
 }
@@ -617,7 +621,7 @@ static void *sched_main(void *arg)
             s->last_work_ms = ic_now_ms();
         else if (s->opts.idle_unload_s > 0 && !s->sleeping && !atomic_load(&s->stop) &&
                  ic_now_ms() - s->last_work_ms >= s->opts.idle_unload_s * 1000.0)
-            ic_sched__sleep(s);
+            ic_sched__sleep(s, NULL);
         publish_stats(s);
         flush_events(s);
         if (s->wake_pending && s->opts.wake) {

@@ -229,6 +229,13 @@ int ic_sched_abort(ic_sched *s, uint64_t session_id);
  * SESSION_CLOSED with reason. Any thread. Returns 0 or IC_ERR_NOMEM. */
 int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason);
 
+/* Puts the model to sleep now, as idle sleep does (sessions' KV state to
+ * host memory, model and context freed; the next INFER reloads them),
+ * unless a generation runs or waits: then nothing happens. For a server
+ * that holds only some of its models at once (api/models.h). Any thread.
+ * Returns 0 or IC_ERR_NOMEM. */
+int ic_sched_sleep(ic_sched *s);
+
 /* Pops the next event, waiting up to timeout_ms (0 = not at all, -1 =
  * forever). Returns NULL if there is none. One consumer thread. */
 ic_event *ic_sched_poll_event(ic_sched *s, int timeout_ms);

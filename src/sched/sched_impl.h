@@ -26,7 +26,7 @@
 #include <stdint.h>
 #include <time.h>
 
-enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE };
+enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE, REQ_SLEEP };
 
 /* A request from another thread; owned by the queue, then by the
  * scheduler thread, which frees it. */
@@ -182,7 +182,7 @@ void ic_sched__thermal_check(ic_sched *s);
 
 /* Idle sleep: saves every session's KV state to host memory and frees the
  * engine. */
-void ic_sched__sleep(ic_sched *s);
+void ic_sched__sleep(ic_sched *s, const char *why);
 
 /* Reloads the engine and restores the sessions' KV state. Returns 0 or the
  * engine's error (then it stays asleep). */

@@ -187,6 +187,11 @@ int ic_sched_abort(ic_sched *s, uint64_t session_id)
     return simple_request(s, REQ_ABORT, session_id, IC_CLOSE_CLIENT);
 }
 
+int ic_sched_sleep(ic_sched *s)
+{
+    return simple_request(s, REQ_SLEEP, 0, IC_CLOSE_CLIENT);
+}
+
 int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason)
 {
     return simple_request(s, REQ_CLOSE, session_id, reason);

@@ -139,3 +139,78 @@ def test_single_model_hello_unchanged_but_lists_it(server):
         await c.close()
 
     run(body())
+
+
+async def two_turns(server, model):
+    """A session's two greedy raw turns (the second continues the first)."""
+    c = await connect(server)
+    sid = await c.create_session(**({"model": model} if model else {}))
+    a = await c.infer(sid, PROMPT, max_tokens=8, **GREEDY)
+    b = await c.infer(sid, " and then", max_tokens=8, **GREEDY)
+    await c.close()
+    return a.text, b.text
+
+
+def test_residency_one_model_at_a_time_keeps_sessions(start_server, tmp_path):
+    """--max-loaded-models 1: a request for the sleeping model puts the other
+    to sleep; a session whose model slept between its turns continues as it
+    would on a server that never swapped."""
+    srv = start_server(args=["--model", TINY, "--max-loaded-models", "1"])
+    default = os.path.basename(MODEL)[:-5]
+
+    async def body():
+        a = await connect(srv)
+        b = await connect(srv)
+        sa = await a.create_session()
+        sb = await b.create_session(model="tiny-f32")
+        a1 = await a.infer(sa, PROMPT, max_tokens=8, **GREEDY)
+        b1 = await b.infer(sb, PROMPT, max_tokens=8, **GREEDY)   # the default sleeps
+        a2 = await a.infer(sa, " and then", max_tokens=8, **GREEDY)  # tiny sleeps
+        b2 = await b.infer(sb, " and then", max_tokens=8, **GREEDY)
+        for r in (a1, b1, a2, b2):
+            assert r.end is not None and r.reason == "length", r.error
+        await a.close()
+        await b.close()
+        return (a1.text, a2.text), (b1.text, b2.text)
+
+    got_a, got_b = run(body(), timeout=120)
+    log = srv.log()
+    assert f"model {default} sleeps to make room for tiny-f32" in log, log
+    assert f"model tiny-f32 sleeps to make room for {default}" in log, log
+    srv.terminate()
+    for path, got in ((MODEL, got_a), (TINY, got_b)):
+        s = Server(tmp_path, model=path)
+        try:
+            s.wait_ready()
+            assert run(two_turns(s, None)) == got, path
+        finally:
+            assert s.terminate() == 0
+            s.close_files()
+
+
+def test_swaps_under_load_lose_no_session(start_server):
+    """Clients on two models take turns for several rounds while the server
+    holds one model at a time: every generation ends normally and every
+    session stays usable."""
+    import asyncio
+    srv = start_server(args=["--model", TINY, "--max-loaded-models", "1"])
+
+    async def worker(model, rounds):
+        c = await connect(srv)
+        sid = await c.create_session(**({"model": model} if model else {}))
+        texts = []
+        for i in range(rounds):
+            r = await c.infer(sid, f" turn {i}", max_tokens=4, **GREEDY)
+            assert r.end is not None and r.reason == "length", (model, i, r.error)
+            texts.append(r.text)
+            await asyncio.sleep(0.01 * (i % 3))
+        m = await c.metrics()
+        await c.close()
+        return texts, m
+
+    async def body():
+        return await asyncio.gather(*(worker(m, 6) for m in (None, "tiny-f32", None, "tiny-f32")))
+
+    results = run(body(), timeout=180)
+    assert len(results) == 4 and all(len(t) == 6 for t, _ in results)
+    assert "sleeps to make room" in srv.log()
