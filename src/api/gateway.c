@@ -543,6 +543,8 @@ static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
     case IC_MSG_ABORT: on_abort(g, c, m); break;
     case IC_MSG_METRICS: ic_gw_send_metrics(g, c, &m->id); break;
     case IC_MSG_SUBSCRIBE_METRICS: on_subscribe(g, c, m); break;
+    case IC_MSG_MODEL_LOAD:
+    case IC_MSG_MODEL_UNLOAD: ic_gw_on_model_admin(g, c, m); break;
     }
 }
 

@@ -243,6 +243,13 @@ void ic_gw_oai_free_waiting(ic_gateway *g);
  * (the cache entry each waits for will never close). */
 void ic_gw_oai_fail_waiting(ic_gateway *g);
 
+/* --- admin.c: an admin's model operations --------------------------- */
+
+/* MODEL_LOAD / MODEL_UNLOAD from c (forbidden unless its token is admin). */
+void ic_gw_on_model_admin(ic_gateway *g, client_conn *c, const ic_msg *m);
+/* POST /admin/models/NAME/load|unload with an admin's bearer token. */
+void ic_gw_http_model_admin(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
+
 /* --- routes.c: HTTP ----------------------------------------------- */
 
 void ic_gw_on_http(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);

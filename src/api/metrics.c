@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_REASONS (IC_END_ERROR + 1)
+#define N_REASONS (IC_END_MODEL_UNLOADED + 1)
 #define N_CODES (IC_CODE_INTERNAL + 1)
 #define MAX_BOUNDS 16
 

@@ -117,6 +117,12 @@ int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms)
     return slept;
 }
 
+bool ic_models_loaded(const ic_models *ms, int i)
+{
+    ic_sched_stats st;
+    return i >= 0 && i < ms->n && ms->m[i].sched && awake(&ms->m[i], &st);
+}
+
 void ic_models_request_stop(const ic_models *ms)
 {
     for (int i = 0; i < ms->n; i++)

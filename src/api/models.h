@@ -71,6 +71,9 @@ int ic_models_stats(const ic_models *ms, ic_sched_stats *out);
  * sleep. */
 int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms);
 
+/* True when model i is loaded and awake (not sleeping, not asked to). */
+bool ic_models_loaded(const ic_models *ms, int i);
+
 /* Asks every loaded scheduler to stop (ic_sched_request_stop). */
 void ic_models_request_stop(const ic_models *ms);
 

@@ -414,7 +414,8 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
         ic_metrics_prompt_cache_hit(g->metrics, u.cached_tokens);
         const char *finish = ic_oai_finish_reason(ev->reason, false);
         if (!finish) {
-            int status = ev->reason == IC_END_SHUTDOWN ? 503 : 500;
+            bool retry = ev->reason == IC_END_SHUTDOWN || ev->reason == IC_END_MODEL_UNLOADED;
+            int status = retry ? 503 : 500;
             ic_oai_error_set(&err, status, ic_end_reason_name(ev->reason), NULL,
                              "the generation ended: %s", ic_end_reason_name(ev->reason));
         }
@@ -693,7 +694,7 @@ void ic_gw_oai_models(ic_gateway *g, const ic_http_request *req, ic_http_respons
     ic_oai_model list[IC_MODELS_MAX];
     for (int i = 0; i < g->models.n; i++)
         list[i] = (ic_oai_model){.id = g->models.m[i].name, .created = g->models.m[i].created_s,
-                                 .loaded = g->models.m[i].sched != NULL};
+                                 .loaded = ic_models_loaded(&g->models, i)};
     const char *want = strncmp(req->path, "/v1/models/", 11) == 0 ? req->path + 11 : NULL;
     int found = want ? ic_models_find(&g->models, want) : 0;
     if (want && (!*want || found < 0)) {

@@ -316,6 +316,8 @@ static const struct msg_rule {
     {"ABORT", IC_MSG_ABORT, F_SESSION},
     {"METRICS", IC_MSG_METRICS, 0},
     {"SUBSCRIBE_METRICS", IC_MSG_SUBSCRIBE_METRICS, F_INTERVAL},
+    {"MODEL_LOAD", IC_MSG_MODEL_LOAD, F_MODEL},
+    {"MODEL_UNLOAD", IC_MSG_MODEL_UNLOAD, F_MODEL},
 };
 
 static const struct string_rule {
@@ -540,7 +542,7 @@ const char *ic_proto_code_name(enum ic_proto_code code)
     static const char *const names[] = {
         "bad_json", "bad_request", "unknown_type", "unauthenticated", "session_not_found",
         "session_limit", "capacity", "busy", "not_running", "prompt_too_long",
-        "message_too_large", "overloaded", "internal", "model_not_found",
+        "message_too_large", "overloaded", "internal", "model_not_found", "forbidden",
     };
     return (unsigned)code < sizeof names / sizeof *names ? names[code] : "internal";
 }
@@ -691,6 +693,14 @@ char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id)
 {
     json_t *m = msg_new("AUTH_FAILED", id);
     return finish(m, set(m, "reason", jstr(reason)));
+}
+
+char *ic_proto_model_status(const char *model, bool loaded, const ic_msg_id *id)
+{
+    json_t *m = msg_new("MODEL_STATUS", id);
+    int rc = set(m, "model", jstr(model));
+    rc |= set(m, "loaded", json_boolean(loaded));
+    return finish(m, rc);
 }
 
 char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id)

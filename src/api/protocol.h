@@ -26,6 +26,8 @@ enum ic_msg_type {
     IC_MSG_ABORT,
     IC_MSG_METRICS,
     IC_MSG_SUBSCRIBE_METRICS,
+    IC_MSG_MODEL_LOAD,         /* admin: load (or reload) a model */
+    IC_MSG_MODEL_UNLOAD,       /* admin: unload a model */
 };
 
 /* Client-visible error codes, in the order of the protocol document. */
@@ -44,6 +46,7 @@ enum ic_proto_code {
     IC_CODE_OVERLOADED,
     IC_CODE_INTERNAL,
     IC_CODE_MODEL_NOT_FOUND,
+    IC_CODE_FORBIDDEN,
 };
 
 /* The client's "id", echoed in every reply to its message. */
@@ -88,7 +91,8 @@ typedef struct ic_msg {
     char *token;               /* AUTH */
     char *session_id;          /* CLOSE_SESSION, INFER, ABORT */
     char *system;              /* CREATE_SESSION, NULL when absent */
-    char *model;               /* CREATE_SESSION, NULL when absent (the default model) */
+    char *model;               /* CREATE_SESSION, NULL when absent (the default model);
+                                  MODEL_LOAD, MODEL_UNLOAD (required) */
     char *prompt;              /* INFER */
     bool raw;                  /* INFER */
     ic_req_params params;      /* CREATE_SESSION, INFER */
@@ -167,6 +171,11 @@ char *ic_proto_auth_success_model(const char *client, int max_sessions, const ic
                                   const ic_msg_id *id);
 char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id);
 char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id);
+/* MODEL_STATUS: the answer to MODEL_LOAD / MODEL_UNLOAD (and the body of
+ * POST /admin/models/NAME/load|unload): the model and whether it will be
+ * loaded once the scheduler has done it. */
+char *ic_proto_model_status(const char *model, bool loaded, const ic_msg_id *id);
+
 /* As ic_proto_session_created, with "model": the session's model (NULL: none). */
 char *ic_proto_session_created_model(const char *session_id, int n_ctx, const char *model,
                                      const ic_msg_id *id);

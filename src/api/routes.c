@@ -161,6 +161,8 @@ static const route k_routes[] = {
     {"POST", "POST", "/v1/completions", ROUTE_PUBLIC, ic_gw_oai_completions},
     {"GET", "GET, HEAD", "/v1/models", ROUTE_PUBLIC, ic_gw_oai_models},
     {"GET", "GET, HEAD", "/v1/models/*", ROUTE_PUBLIC, ic_gw_oai_models},
+    /* admin.c checks for an admin's token itself */
+    {"POST", "POST", "/admin/models/*", ROUTE_PUBLIC, ic_gw_http_model_admin},
 };
 
 /* The bearer token of an Authorization header, or NULL. */

@@ -544,6 +544,32 @@ static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
     }
 }
 
+/* An admin's unload (running generations end model_unloaded, then the
+ * model sleeps) or load: a sleeping model wakes; an awake one is unloaded
+ * and loaded again from its file, which may have changed, so its
+ * sessions' KV is not restored but recomputed from their conversations. */
+static void unload_or_reload(ic_sched *s, bool load)
+{
+    if (!s->sleeping) {
+        for (int i = 0; i < s->opts.max_sessions; i++)
+            if (s->sessions[i].id && s->sessions[i].gen)
+                finish(s, &s->sessions[i], IC_END_MODEL_UNLOADED);
+        if (s->engine)
+            ic_sched__sleep(s, load ? "reloading" : "unloaded by an admin");
+        if (load) {
+            for (int i = 0; i < s->opts.max_sessions; i++) {
+                session *ss = &s->sessions[i];
+                free(ss->saved_kv);
+                ss->saved_kv = NULL;
+                ss->saved_kv_len = 0;
+                ss->n_hist = 0;
+            }
+        }
+    }
+    if (load && s->sleeping && ic_sched__wake(s) < 0)
+        ic_log_error("the model could not be loaded: it stays unloaded until the next request");
+}
+
 static void handle_request(ic_sched *s, req *r)
 {
     session *ss;
@@ -567,6 +593,10 @@ static void handle_request(ic_sched *s, req *r)
     case REQ_SLEEP:
         if (!s->sleeping && s->n_active == 0 && s->engine)
             ic_sched__sleep(s, "asked to make room for another model");
+        break;
+    case REQ_UNLOAD:
+    case REQ_LOAD:
+        unload_or_reload(s, r->type == REQ_LOAD);
         break;
     }
     ic_sched__req_free(r);

@@ -29,6 +29,7 @@ enum ic_end_reason {
     IC_END_CONTEXT_FULL,
     IC_END_SHUTDOWN,
     IC_END_ERROR,
+    IC_END_MODEL_UNLOADED,   /* an admin unloaded or reloaded the model (ic_sched_unload) */
 };
 
 /* Why a session went away. */
@@ -235,6 +236,18 @@ int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reaso
  * that holds only some of its models at once (api/models.h). Any thread.
  * Returns 0 or IC_ERR_NOMEM. */
 int ic_sched_sleep(ic_sched *s);
+
+/* An admin's unload: running generations end with IC_END_MODEL_UNLOADED,
+ * then the model sleeps as with ic_sched_sleep (its sessions stay, their
+ * KV in host memory; the next INFER loads it again). Any thread. Returns 0
+ * or IC_ERR_NOMEM. */
+int ic_sched_unload(ic_sched *s);
+
+/* An admin's load: a sleeping model loads now (its sessions' KV restored);
+ * a loaded one is reloaded from its file, which may have changed (running
+ * generations end IC_END_MODEL_UNLOADED; sessions recompute their KV from
+ * their conversations). Any thread. Returns 0 or IC_ERR_NOMEM. */
+int ic_sched_load(ic_sched *s);
 
 /* Pops the next event, waiting up to timeout_ms (0 = not at all, -1 =
  * forever). Returns NULL if there is none. One consumer thread. */

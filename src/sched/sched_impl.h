@@ -26,7 +26,7 @@
 #include <stdint.h>
 #include <time.h>
 
-enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE, REQ_SLEEP };
+enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE, REQ_SLEEP, REQ_UNLOAD, REQ_LOAD };
 
 /* A request from another thread; owned by the queue, then by the
  * scheduler thread, which frees it. */

@@ -192,6 +192,16 @@ int ic_sched_sleep(ic_sched *s)
     return simple_request(s, REQ_SLEEP, 0, IC_CLOSE_CLIENT);
 }
 
+int ic_sched_unload(ic_sched *s)
+{
+    return simple_request(s, REQ_UNLOAD, 0, IC_CLOSE_CLIENT);
+}
+
+int ic_sched_load(ic_sched *s)
+{
+    return simple_request(s, REQ_LOAD, 0, IC_CLOSE_CLIENT);
+}
+
 int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason)
 {
     return simple_request(s, REQ_CLOSE, session_id, reason);

@@ -214,3 +214,104 @@ def test_swaps_under_load_lose_no_session(start_server):
     results = run(body(), timeout=180)
     assert len(results) == 4 and all(len(t) == 6 for t, _ in results)
     assert "sleeps to make room" in srv.log()
+
+
+def admin_post(port, name, action, token=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/models/{name}/{action}",
+                                 data=b"", method="POST",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def loaded(port, token=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+    return {m["id"]: m["loaded"] for m in json.loads(body)["data"]}
+
+
+def wait_loaded(port, name, want, token=None, timeout=20):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if loaded(port, token)[name] == want:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} loaded != {want}: {loaded(port, token)}")
+
+
+def test_admin_unload_and_load(start_server, tmp_path):
+    from conftest import LONG, new_token
+    tokens = tmp_path / "tokens"
+    admin = new_token(tokens, "root", "--admin")
+    user = new_token(tokens, "alice")
+    assert "admin=true" in tokens.read_text().splitlines()[0]
+    srv = start_server(args=["--model", TINY, "--tokens", tokens])
+    srv.secrets += [admin, user]
+    default = os.path.basename(MODEL)[:-5]
+
+    async def body():
+        u = await connect(srv, token=user)
+        r = await u.request({"type": "MODEL_UNLOAD", "model": "tiny-f32", "id": 1})
+        assert r["type"] == "ERROR" and r["code"] == "forbidden" and r["id"] == 1, r
+        # alice's generations: one on each model; the admin unloads tiny
+        s_tiny = await u.create_session(model="tiny-f32")
+        s_def = await u.create_session()
+        await u.start_infer(s_tiny, PROMPT, **LONG)
+        await u.start_infer(s_def, PROMPT, max_tokens=24, **GREEDY)
+        first = await u.recv_type("TOKEN")
+        a = await connect(srv, token=admin)
+        r = await a.request({"type": "MODEL_UNLOAD", "model": "nope"})
+        assert r["type"] == "ERROR" and r["code"] == "model_not_found", r
+        r = await a.request({"type": "MODEL_UNLOAD", "model": "tiny-f32", "id": "u"})
+        assert r == {"type": "MODEL_STATUS", "id": "u", "model": "tiny-f32", "loaded": False}, r
+        ends = {}
+        while len(ends) < 2:
+            m = await u.recv_type("TOKEN", "END", timeout=60)
+            if m["type"] == "END":
+                ends[m["session_id"]] = m["reason"]
+        assert ends == {s_tiny: "model_unloaded", s_def: "length"}, ends
+        wait_loaded(srv.port, "tiny-f32", False, user)
+        assert loaded(srv.port, user)[default] is True
+        # the session is kept: its next INFER loads the model again
+        res = await u.infer(s_tiny, " again", max_tokens=4, **GREEDY)
+        assert res.reason == "length", res.error
+        assert loaded(srv.port, user)["tiny-f32"] is True
+        # unload over HTTP, then load: the model wakes without a request
+        assert admin_post(srv.port, "tiny-f32", "unload", admin) == (
+            200, {"type": "MODEL_STATUS", "model": "tiny-f32", "loaded": False})
+        wait_loaded(srv.port, "tiny-f32", False, user)
+        await a.close()
+        await u.close()
+        return first
+
+    run(body(), timeout=120)
+    assert admin_post(srv.port, "tiny-f32", "load", user)[0] == 403
+    assert admin_post(srv.port, "tiny-f32", "load")[0] == 401
+    assert admin_post(srv.port, "nope", "load", admin)[0] == 404
+    assert admin_post(srv.port, "tiny-f32", "explode", admin)[0] == 404
+    st, r = admin_post(srv.port, "tiny-f32", "load", admin)
+    assert st == 200 and r["loaded"] is True
+    wait_loaded(srv.port, "tiny-f32", True, user)
+    # a reload of a loaded model (the file may have changed) keeps it loaded
+    assert admin_post(srv.port, "tiny-f32", "load", admin)[0] == 200
+    wait_loaded(srv.port, "tiny-f32", True, user)
+    assert "unloaded by an admin" in srv.log()
+
+
+def test_admin_on_open_server_is_forbidden(start_server):
+    srv = start_server(args=["--model", TINY])
+
+    async def body():
+        c = await connect(srv)
+        r = await c.request({"type": "MODEL_LOAD", "model": "tiny-f32"})
+        assert r["type"] == "ERROR" and r["code"] == "forbidden", r
+        await c.close()
+
+    run(body())
+    assert admin_post(srv.port, "tiny-f32", "load")[0] == 403

@@ -206,6 +206,18 @@ int ic_sched_sleep(ic_sched *s)
     return 0;
 }
 
+int ic_sched_unload(ic_sched *s)
+{
+    (void)s;
+    return 0;
+}
+
+int ic_sched_load(ic_sched *s)
+{
+    (void)s;
+    return 0;
+}
+
 int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason)
 {
     s->n_close++;
