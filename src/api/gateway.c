@@ -796,6 +796,7 @@ void ic_gw_drain_events(ic_gateway *g)
             ic_event_free(ev);
         }
     }
+    ic_models_update_metrics(&g->models); /* a load just done is counted */
 }
 
 /* --- the sweep ------------------------------------------------------- */

@@ -101,6 +101,12 @@ typedef struct ic_gateway_model {
  * created with session_id_base ic_models_session_base(i). Any thread. */
 void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int n);
 
+/* One more model (SIGHUP found a new file in --models-dir), after
+ * ic_gateway_attach_models: its scheduler was created with session_id_base
+ * ic_models_session_base(its index: the number of models before it). One
+ * thread at a time. */
+void ic_gateway_add_model(ic_gateway *g, const ic_gateway_model *model);
+
 /* Loading failed: the server stops. Any thread. */
 void ic_gateway_load_failed(ic_gateway *g);
 

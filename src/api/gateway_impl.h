@@ -135,7 +135,8 @@ struct ic_gateway {
     int tick_ms;               /* server timer 0's period while serving; 0: not armed */
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
-    ic_models pending_models;  /* written before attach_pending is published */
+    ic_models pending_models;  /* written before attach_pending / n_published is published */
+    _Atomic int n_published;   /* entries of pending_models ready (ic_gateway_add_model) */
     _Atomic bool load_failed;
     _Atomic bool stop_requested;
     _Atomic bool reload_requested;

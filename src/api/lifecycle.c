@@ -229,6 +229,8 @@ static void engine_died(ic_gateway *g)
     ic_gw_oai_fail_waiting(g);
 }
 
+static void take_added_models(ic_gateway *g);
+
 static void h_wake(void *ud)
 {
     ic_gateway *g = ud;
@@ -237,6 +239,8 @@ static void h_wake(void *ud)
     ic_sched *s = atomic_exchange(&g->attach_pending, NULL);
     if (s && !g->stopping)
         attach(g, s);
+    if (g->sched && !g->stopping)
+        take_added_models(g);
     if (atomic_exchange(&g->reload_requested, false)) {
         reload_tokens(g);
         reload_tls(g);
@@ -388,8 +392,34 @@ void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int
         snprintf(pm->m[i].name, sizeof pm->m[i].name, "%s",
                  models[i].name ? models[i].name : "");
     }
+    atomic_store(&g->n_published, pm->n);
     atomic_store(&g->attach_pending, pm->m[0].sched); /* publishes pending_models */
     ic_gateway_wake(g);
+}
+
+void ic_gateway_add_model(ic_gateway *g, const ic_gateway_model *model)
+{
+    int n = atomic_load(&g->n_published);
+    if (n >= IC_MODELS_MAX)
+        return;
+    ic_model_entry *e = &g->pending_models.m[n];
+    *e = (ic_model_entry){.sched = model->sched, .chat = model->chat,
+                          .created_s = (int64_t)time(NULL), .resident = true};
+    snprintf(e->name, sizeof e->name, "%s", model->name ? model->name : "");
+    atomic_store(&g->n_published, n + 1); /* publishes the entry */
+    ic_gateway_wake(g);
+}
+
+/* Models added after the first attach (SIGHUP's rescan) join the list. */
+static void take_added_models(ic_gateway *g)
+{
+    int n = atomic_load(&g->n_published);
+    for (int i = g->models.n; i < n; i++) {
+        g->models.m[i] = g->pending_models.m[i];
+        g->model_names[i] = g->models.m[i].name;
+        g->models.n = i + 1;
+        ic_log_info("now also serving model %s", g->models.m[i].name);
+    }
 }
 
 void ic_gateway_load_failed(ic_gateway *g)

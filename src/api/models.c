@@ -110,11 +110,27 @@ int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms)
             break;
         ic_log_info("model %s sleeps to make room for %s", ms->m[lru].name, want->name);
         ms->m[lru].resident = false;
-        ms->m[lru].swaps++;
+        ms->m[lru].metrics.swaps++;
         n_awake--;
         slept++;
     }
     return slept;
+}
+
+void ic_models_update_metrics(ic_models *ms)
+{
+    for (int i = 0; i < ms->n; i++) {
+        ic_model_entry *e = &ms->m[i];
+        ic_sched_stats st;
+        e->metrics.name = e->name;
+        e->metrics.loaded = e->sched && awake(e, &st);
+        if (!e->sched)
+            continue;
+        if (st.wakes != e->wakes_seen) { /* only the last one's time is known */
+            e->wakes_seen = st.wakes;
+            ic_metrics_model_load(&e->metrics, st.last_wake_ms / 1e3);
+        }
+    }
 }
 
 bool ic_models_loaded(const ic_models *ms, int i)

@@ -14,6 +14,7 @@
 #ifndef IC_MODELS_H
 #define IC_MODELS_H
 
+#include "metrics.h"
 #include "sched.h"
 
 #include <stdbool.h>
@@ -34,7 +35,8 @@ typedef struct ic_model_entry {
      * for another model, until its next INFER. */
     bool resident;
     double last_used_ms;           /* CLOCK_MONOTONIC: its last INFER */
-    uint64_t swaps;                /* times it was put to sleep for another model */
+    ic_metrics_model metrics;      /* its Prometheus numbers (swaps, load times) */
+    uint64_t wakes_seen;           /* its scheduler's wakes counted into metrics */
 } ic_model_entry;
 
 typedef struct ic_models {
@@ -70,6 +72,10 @@ int ic_models_stats(const ic_models *ms, ic_sched_stats *out);
  * Marks model used at now_ms. Returns how many models were asked to
  * sleep. */
 int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms);
+
+/* Counts the loads the schedulers finished since the last call into each
+ * model's metrics, and refreshes their loaded gauges and names. */
+void ic_models_update_metrics(ic_models *ms);
 
 /* True when model i is loaded and awake (not sleeping, not asked to). */
 bool ic_models_loaded(const ic_models *ms, int i);

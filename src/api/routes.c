@@ -111,7 +111,13 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
     ic_gpu_monitor_sample(g->hw, &hw);
     if (g->sched)
         ic_models_stats(&g->models, &st);
+    ic_metrics_model per_model[IC_MODELS_MAX];
+    ic_models_update_metrics(&g->models);
+    for (int i = 0; i < g->models.n; i++)
+        per_model[i] = g->models.m[i].metrics;
     ic_metrics_gauges mg = {
+        .models = per_model,
+        .n_models = g->models.n,
         .state = ic_gw_server_state(g, &st, &hw),
         .sessions = st.sessions,
         .sessions_max = g->sched ? st.max_sessions : 0,

@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #define GPU_LAYERS_AUTO (-2)
+_Static_assert(GPU_LAYERS_AUTO == IC_MODEL_GPU_LAYERS_AUTO, "models.ini's auto");
 
 typedef struct serve_args {
     const char *config;
@@ -104,6 +105,14 @@ typedef struct loader {
     ic_gateway *gw;
     int n;                     /* models loaded, each with its scheduler and templates */
     int max_loaded;            /* awake at once; 0: all (set before the thread starts) */
+    /* SIGHUP's rescan of --models-dir (one at a time, after the first
+     * load): list is what is served, so is the schedulers' options. */
+    ic_model_list list;
+    ic_sched_opts so;
+    atomic_bool loaded_all;    /* the loader thread is done (successfully) */
+    atomic_bool rescanning;
+    bool rescan_started;       /* rescan_tid is to be joined (signal thread, then main) */
+    pthread_t rescan_tid;
     ic_sched *sched[IC_MODEL_LIST_MAX];
     ic_gpu_monitor *thermal;   /* the scheduler threads' monitor */
     ic_chat *chat[IC_MODEL_LIST_MAX]; /* the models' chat templates (the gateway borrows them) */
@@ -169,7 +178,9 @@ static const ic_option serve_options[] = {
      .help = "GGUF model; repeat it to serve several (the first is the default), each named "
              "by its file name without .gguf."},
     {.name = "models-dir", .type = IC_OPT_STRING, .offset = F(models_dir), .metavar = "DIR",
-     .help = "Serve every *.gguf file in DIR too (after the --model files, sorted by name)."},
+     .help = "Serve every *.gguf file in DIR too (after the --model files, sorted by name); "
+             "DIR/models.ini names aliases with their own ctx-size and gpu-layers; SIGHUP "
+             "rescans."},
     {.name = "max-loaded-models", .type = IC_OPT_INT, .offset = F(max_loaded_models),
      .metavar = "N", .def = "0", .lo = 0, .hi = IC_MODEL_LIST_MAX,
      .def_help = "as many as the memory plan fits",
@@ -453,14 +464,14 @@ static int plan_of(const serve_args *a, const char *path, const ic_sched_opts *s
 /* The memory plan: GPU layers for auto, and the sessions whose KV cache
  * fits (so->max_sessions may go down). A model the planner cannot read is
  * left to the engine, whose error says what is wrong with it. */
-static void plan_memory(const serve_args *a, const char *path, ic_sched_opts *so,
-                        ic_engine_opts *eo)
+static void plan_memory(const serve_args *a, const char *path, int gpu_layers,
+                        ic_sched_opts *so, ic_engine_opts *eo)
 {
-    eo->n_gpu_layers = a->gpu_layers == GPU_LAYERS_AUTO ? 0 : a->gpu_layers;
+    eo->n_gpu_layers = gpu_layers == GPU_LAYERS_AUTO ? 0 : gpu_layers;
     ic_plan p;
     if (plan_of(a, path, so, eo, &p, NULL, NULL) < 0)
         return;
-    if (a->gpu_layers == GPU_LAYERS_AUTO) {
+    if (gpu_layers == GPU_LAYERS_AUTO) {
         eo->n_gpu_layers = p.n_gpu_layers;
         ic_log_info("%s", p.summary);
     }
@@ -490,14 +501,14 @@ static void watchdog_beat(void *ud)
 
 /* Loads the model, retrying with fewer GPU layers when an automatic split
  * still runs out of memory. */
-static int load_engine(const serve_args *a, ic_engine_opts *eo, ic_engine **e)
+static int load_engine(int gpu_layers, ic_engine_opts *eo, ic_engine **e)
 {
     for (;;) {
         const char *why = NULL;
         int rc = ic_engine_create(eo, e, &why);
         if (rc == 0)
             return 0;
-        bool retry = a->gpu_layers == GPU_LAYERS_AUTO && eo->n_gpu_layers > 0 &&
+        bool retry = gpu_layers == GPU_LAYERS_AUTO && eo->n_gpu_layers > 0 &&
                      (rc == IC_ERR_MODEL || rc == IC_ERR_CONTEXT || rc == IC_ERR_NOMEM);
         if (!retry) {
             ic_log_error("cannot load model %s: %s", eo->model_path, why);
@@ -598,11 +609,14 @@ static int load_one(loader *ld, const ic_model_spec *m, ic_sched_opts *so)
     eo.type_k = (ic_kv_type)a->cache_type_k;
     eo.type_v = (ic_kv_type)a->cache_type_v;
     eo.flash_attn = a->flash_attn;
-    plan_memory(a, m->path, so, &eo);
+    if (m->ctx_size > 0) /* models.ini */
+        so->n_ctx_per_session = (uint32_t)m->ctx_size;
+    int gpu_layers = m->gpu_layers != IC_MODEL_GPU_LAYERS_SERVER ? m->gpu_layers : a->gpu_layers;
+    plan_memory(a, m->path, gpu_layers, so, &eo);
     ic_sched_engine_opts(so, &eo);
-    ic_log_info("loading model %s", m->path);
+    ic_log_info("loading model %s as %s", m->path, m->name);
     ic_engine *e = NULL;
-    if (load_engine(a, &eo, &e) < 0)
+    if (load_engine(gpu_layers, &eo, &e) < 0)
         return -1;
     char why[256] = "";
     ic_chat *chat = NULL;
@@ -663,7 +677,10 @@ static void *load_model(void *arg)
         if (i == 0)
             so.max_sessions = mso.max_sessions; /* HELLO's: the default model's */
     }
+    ld->so = so;
+    ld->list = a->list;
     ic_gateway_attach_models(ld->gw, served, ld->n);
+    atomic_store(&ld->loaded_all, true);
     if (ic_rpc_n_servers() > 0) /* a lost RPC server now fails the model, not the process */
         ic_rpc_set_fatal_handler(rpc_lost, ld->gw);
     char status[160];
@@ -685,9 +702,66 @@ static void server_signals(sigset_t *set)
     sigaddset(set, SIGUSR1);
 }
 
+/* SIGHUP: loads the files new in --models-dir since the last look (one
+ * that is gone stays served until a restart). Its own thread: a load takes
+ * long, and the signal thread must stay free for SIGTERM. */
+static void *rescan(void *arg)
+{
+    loader *ld = arg;
+    const serve_args *a = ld->args;
+    ic_model_list now = {0};
+    char err[512];
+    if (ic_model_list_scan(&now, a->models_dir, err, sizeof err) < 0 && now.n == 0)
+        ic_log_warn("SIGHUP: %s", err);
+    int added = 0;
+    for (int i = 0; i < now.n; i++) {
+        bool known = false;
+        for (int j = 0; j < ld->list.n; j++)
+            known |= strcmp(ld->list.m[j].name, now.m[i].name) == 0;
+        if (known)
+            continue;
+        if (ic_model_list_add(&ld->list, now.m[i].path, err, sizeof err) < 0) {
+            ic_log_warn("SIGHUP: %s", err);
+            break;
+        }
+        ic_sched_opts so = ld->so;
+        so.session_id_base = ic_models_session_base(ld->n);
+        int index = ld->n;
+        if (load_one(ld, &now.m[i], &so) < 0) {
+            ld->list.n--; /* not served: a later SIGHUP tries again */
+            continue;
+        }
+        if (ld->max_loaded > 0) /* it waits asleep, as the others beyond the budget */
+            ic_sched_sleep(ld->sched[index]);
+        ic_gateway_model m = {.sched = ld->sched[index], .chat = ld->chat[index],
+                              .name = now.m[i].name};
+        ic_gateway_add_model(ld->gw, &m);
+        added++;
+    }
+    ic_log_info("SIGHUP: --models-dir rescanned, %d new models", added);
+    atomic_store(&ld->rescanning, false);
+    return NULL;
+}
+
+static void start_rescan(loader *ld)
+{
+    if (!ld->args->models_dir)
+        return;
+    if (!atomic_load(&ld->loaded_all) || atomic_exchange(&ld->rescanning, true)) {
+        ic_log_info("SIGHUP: models are still loading; --models-dir not rescanned");
+        return;
+    }
+    if (ld->rescan_started)
+        pthread_join(ld->rescan_tid, NULL);
+    ld->rescan_started = pthread_create(&ld->rescan_tid, NULL, rescan, ld) == 0;
+    if (!ld->rescan_started)
+        atomic_store(&ld->rescanning, false);
+}
+
 static void *signal_thread(void *arg)
 {
-    ic_gateway *gw = arg;
+    loader *ld = arg;
+    ic_gateway *gw = ld->gw;
     sigset_t set;
     server_signals(&set);
     int stops = 0;
@@ -699,6 +773,7 @@ static void *signal_thread(void *arg)
             return NULL;
         if (sig == SIGHUP) {
             ic_gateway_request_reload(gw);
+            start_rescan(ld);
             continue;
         }
         if (++stops > 1) {
@@ -829,7 +904,7 @@ static int run(const serve_args *a)
                 a->tokens ? ", API tokens required" : ", no authentication");
     pthread_t sig_tid, load_tid;
     loader ld = {.args = a, .gw = gw, .max_loaded = go.max_loaded_models};
-    if (pthread_create(&sig_tid, NULL, signal_thread, gw) != 0) {
+    if (pthread_create(&sig_tid, NULL, signal_thread, &ld) != 0) {
         ic_log_error("cannot start the signal thread");
         ic_server_destroy(srv);
         ic_gateway_destroy(gw);
@@ -851,6 +926,8 @@ static int run(const serve_args *a)
     pthread_join(sig_tid, NULL);
     teardown_signals();
     pthread_join(load_tid, NULL);
+    if (ld.rescan_started) /* the signal thread, which started it, is gone */
+        pthread_join(ld.rescan_tid, NULL);
     if (ic_gateway_engine_dead(gw)) {
         /* The scheduler's thread waits on a backend thread that will never
          * answer: it cannot be stopped or its engine freed. */

@@ -166,6 +166,8 @@ typedef struct ic_sched_stats {
     double last_progress_ms;  /* CLOCK_MONOTONIC ms of the loop's last turn */
     double gpu_temp_c;        /* last reading of the thermal guard; < 0 none */
     uint64_t sleeps;          /* times the model was unloaded for idleness */
+    uint64_t wakes;           /* times it was loaded again after a sleep */
+    double last_wake_ms;      /* how long the last of those loads took (KV restore included) */
 } ic_sched_stats;
 
 /* max_sessions 8, 2048 tokens each, 64 queued, 2 prefixes, 256-token

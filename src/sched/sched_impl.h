@@ -131,6 +131,8 @@ struct ic_sched {
     _Atomic int64_t st_progress_us; /* CLOCK_MONOTONIC us of the loop's last turn */
     _Atomic int64_t st_temp_milli;  /* thermal guard's last reading x 1000; < 0 none */
     _Atomic uint64_t st_sleeps;
+    _Atomic uint64_t st_wakes;
+    _Atomic int64_t st_last_wake_us; /* how long the last wake took */
 
     /* --- scheduler thread only --- */
     ic_engine *engine;

@@ -115,6 +115,8 @@ int ic_sched__wake(ic_sched *s)
         ss->saved_kv_len = 0;
     }
     s->sleeping = false;
+    atomic_store(&s->st_last_wake_us, (int64_t)((ic_now_ms() - t0) * 1000.0));
+    atomic_fetch_add(&s->st_wakes, 1); /* after the time: a reader of wakes sees it */
     publish_state(s, false);
     ic_log_info("woke up in %.0f ms: model %s reloaded, %d sessions restored",
                 ic_now_ms() - t0, s->model_path, n);

@@ -231,6 +231,8 @@ void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
     out->last_progress_ms = (double)atomic_load(&m->st_progress_us) / 1000.0;
     out->gpu_temp_c = (double)atomic_load(&m->st_temp_milli) / 1000.0;
     out->sleeps = atomic_load(&m->st_sleeps);
+    out->wakes = atomic_load(&m->st_wakes);
+    out->last_wake_ms = (double)atomic_load(&m->st_last_wake_us) / 1e3;
 }
 
 int ic_sched_session_info(const ic_sched *s, uint64_t session_id,

@@ -177,6 +177,17 @@ def test_residency_one_model_at_a_time_keeps_sessions(start_server, tmp_path):
     log = srv.log()
     assert f"model {default} sleeps to make room for tiny-f32" in log, log
     assert f"model tiny-f32 sleeps to make room for {default}" in log, log
+    from test_prometheus import promtool_check, samples, scrape
+    text = scrape(srv.port)
+    promtool_check(text)
+    m = samples(text)
+    assert m[f'inferencecenter_model_loaded{{model="{default}"}}'] == 0  # b2 came last
+    assert m['inferencecenter_model_loaded{model="tiny-f32"}'] == 1
+    for name in (default, "tiny-f32"):
+        assert m[f'inferencecenter_model_swaps_total{{model="{name}"}}'] >= 1
+        assert m[f'inferencecenter_model_load_seconds_count{{model="{name}"}}'] >= 1
+        assert m[f'inferencecenter_model_load_seconds_bucket{{model="{name}",le="+Inf"}}'] == \
+            m[f'inferencecenter_model_load_seconds_count{{model="{name}"}}']
     srv.terminate()
     for path, got in ((MODEL, got_a), (TINY, got_b)):
         s = Server(tmp_path, model=path)
@@ -315,3 +326,80 @@ def test_admin_on_open_server_is_forbidden(start_server):
 
     run(body())
     assert admin_post(srv.port, "tiny-f32", "load")[0] == 403
+
+
+def test_sighup_rescans_models_dir(start_server, tmp_path):
+    import asyncio
+    import signal
+    import time
+    d = tmp_path / "models"
+    d.mkdir()
+    os.symlink(TINY, d / "a-tiny.gguf")
+    srv = start_server(args=["--models-dir", d])
+    default = os.path.basename(MODEL)[:-5]
+
+    async def body():
+        c = await connect(srv)
+        assert c.hello["models"] == [default, "a-tiny"]
+        sid = await c.create_session(model="a-tiny")
+        assert (await c.infer(sid, PROMPT, max_tokens=4, **GREEDY)).reason == "length"
+        os.symlink(SPM if os.path.exists(SPM) else TINY, d / "b-gpt2.gguf")
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "now also serving model b-gpt2" not in srv.log():
+            assert time.monotonic() < deadline, srv.log()
+            await asyncio.sleep(0.05)
+        n = await connect(srv)
+        assert n.hello["models"] == [default, "a-tiny", "b-gpt2"]
+        r = await n.request({"type": "CREATE_SESSION", "model": "b-gpt2"})
+        assert r["type"] == "SESSION_CREATED" and r["model"] == "b-gpt2", r
+        assert (await n.infer(r["session_id"], PROMPT, max_tokens=4, **GREEDY)).reason == "length"
+        # the session opened before the rescan is untouched
+        assert (await c.infer(sid, " more", max_tokens=4, **GREEDY)).reason == "length"
+        await n.close()
+        await c.close()
+
+    run(body(), timeout=90)
+    assert [m["id"] for m in json.loads(http_get(srv.port, "/v1/models")[1])["data"]] == \
+        [default, "a-tiny", "b-gpt2"]
+
+
+def test_models_ini_aliases_with_their_own_ctx(start_server, tmp_path):
+    d = models_dir(tmp_path)
+    q8 = str(IC_TEST_MODELS / "tiny-q8_0.gguf")
+    (d / "models.ini").write_text(
+        "# aliases\n[chat]\npath = b-gpt2.gguf\nctx-size = 512\n\n"
+        f"[small]\npath = {q8}\nctx-size = 256\ngpu-layers = 0\n")
+    srv = start_server(args=["--models-dir", d])
+    default = os.path.basename(MODEL)[:-5]
+
+    async def body():
+        c = await connect(srv)
+        assert c.hello["models"] == [default, "a-tiny", "chat", "small"]
+        ctx = {}
+        for m in ("chat", "small", "a-tiny"):
+            r = await c.request({"type": "CREATE_SESSION", "model": m})
+            assert r["type"] == "SESSION_CREATED" and r["model"] == m, r
+            ctx[m] = r["n_ctx"]
+            assert (await c.infer(r["session_id"], PROMPT, max_tokens=4, **GREEDY)).reason == \
+                "length"
+        r = await c.request({"type": "CREATE_SESSION", "model": "b-gpt2"})
+        assert r["code"] == "model_not_found", r   # served as 'chat' only
+        await c.close()
+        return ctx
+
+    assert run(body(), timeout=90) == {"chat": 512, "small": 256, "a-tiny": 2048}
+
+
+def test_models_ini_errors_name_the_line(tmp_path):
+    d = models_dir(tmp_path)
+    for text, want in (("[chat]\nctx-size = 512\n", "models.ini:2: [chat]: path = FILE comes first"),
+                       ("[chat]\npath = b-gpt2.gguf\nctx-size = big\n", "models.ini:3: [chat]: invalid"),
+                       ("path = x.gguf\n", "models.ini:1: 'path' outside a [MODEL] section"),
+                       ("[a b]\npath = x.gguf\n", "models.ini:2: [a b]: a model name")):
+        (d / "models.ini").write_text(text)
+        s = Server(tmp_path, args=["--models-dir", d])
+        rc = s.wait_exit()
+        log = s.log()
+        s.close_files()
+        assert rc == 2 and want in log, (text, log)
