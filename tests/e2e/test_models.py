@@ -403,3 +403,16 @@ def test_models_ini_errors_name_the_line(tmp_path):
         log = s.log()
         s.close_files()
         assert rc == 2 and want in log, (text, log)
+
+
+def test_model_flag_replaces_the_config_files_models(start_server, tmp_path):
+    conf = tmp_path / "ic.conf"
+    conf.write_text(f"model = {TINY}\nmodel = {SPM}\n")
+    srv = start_server(args=["--config", conf])   # the fixture adds --model MODEL
+
+    async def body():
+        c = await connect(srv)
+        assert c.hello["models"] == [os.path.basename(MODEL)[:-5]]
+        await c.close()
+
+    run(body())
