@@ -286,7 +286,9 @@ int ic_gw_session_open_on(ic_gateway *g, int model, const char *client_key, int 
     }
     gw_session *ss = calloc(1, sizeof *ss);
     uint64_t id = 0;
-    int rc = !sched ? IC_ERR_NOT_FOUND : ss ? ic_sched_open_session(sched, system, &id) : IC_ERR_NOMEM;
+    int rc = !sched ? IC_ERR_NOT_FOUND
+             : ss   ? ic_sched_open_session(sched, system, &id)
+                    : IC_ERR_NOMEM;
     if (rc == 0 && ic_idmap_put(&g->sessions, id, ss) < 0) {
         ic_sched_close_session(sched, id, IC_CLOSE_CLIENT);
         rc = IC_ERR_NOMEM;
@@ -460,7 +462,8 @@ static void fill_sessions(ic_gateway *g, client_conn *c, ic_metrics_session *out
             continue;
         ic_metrics_session *ms = &out[(*n)++];
         snprintf(ms->session_id, sizeof ms->session_id, "%s", ss->sid);
-        if (ic_sched_session_info(ic_gw_sched(g, ss->id), ss->id, &ms->state, &ms->n_ctx_used) < 0) {
+        ic_sched *s = ic_gw_sched(g, ss->id);
+        if (ic_sched_session_info(s, ss->id, &ms->state, &ms->n_ctx_used) < 0) {
             ms->state = IC_SESSION_IDLE;
             ms->n_ctx_used = 0;
         }
@@ -847,7 +850,8 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
         gw_session *ss = val;
         if (ss->closing)
             continue;
-        if (ss->running && ic_gw_sched(g, ss->id) && end_lost(g, ss, &st[ic_models_index_of(ss->id)])) {
+        const ic_sched_stats *mst = &st[ic_models_index_of(ss->id)]; /* its model's */
+        if (ss->running && ic_gw_sched(g, ss->id) && end_lost(g, ss, mst)) {
             ic_log_ctx lc = session_ctx(ss, true);
             ic_log_for(IC_LOG_ERROR, &lc, "generation ended without an END (out of memory)");
             if (ss->on_event) { /* an HTTP request: its handler answers and closes it */

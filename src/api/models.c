@@ -60,7 +60,8 @@ int ic_models_stats(const ic_models *ms, ic_sched_stats *out)
                 out->state = IC_SCHED_READY; /* the server sleeps only when all do */
         }
         /* the watchdog must see a stuck model even while another one turns */
-        if (st.generating + st.queued > 0 && (busy_oldest_ms == 0 || st.last_progress_ms < busy_oldest_ms))
+        bool busy = st.generating + st.queued > 0;
+        if (busy && (busy_oldest_ms == 0 || st.last_progress_ms < busy_oldest_ms))
             busy_oldest_ms = st.last_progress_ms;
         if (st.last_progress_ms > newest_ms)
             newest_ms = st.last_progress_ms;

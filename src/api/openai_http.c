@@ -252,7 +252,8 @@ static int render_chat(ic_gateway *g, int model, const ic_oai_request *r, char *
     ic_chat_render_opts ro = ic_chat_render_opts_default();
     ic_chat_prompt *cp = NULL;
     char why[256] = "";
-    int rc = ic_chat_render(g->models.m[model].chat, msgs, (size_t)r->n_messages, &ro, &cp, why, sizeof why);
+    int rc = ic_chat_render(g->models.m[model].chat, msgs, (size_t)r->n_messages, &ro, &cp, why,
+                            sizeof why);
     free(msgs);
     if (rc < 0) {
         ic_oai_error_set(err, 400, "invalid_messages", "messages",

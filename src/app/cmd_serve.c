@@ -453,7 +453,8 @@ static int plan_of(const serve_args *a, const char *path, const ic_sched_opts *s
     ic_plan_shape_free(&shape);
     int64_t vram = 0;
     for (int i = 0; i < in.n_devices; i++)
-        vram += in.device_free_bytes[i] > in.margin_bytes ? in.device_free_bytes[i] - in.margin_bytes : 0;
+        if (in.device_free_bytes[i] > in.margin_bytes)
+            vram += in.device_free_bytes[i] - in.margin_bytes;
     if (free_vram)
         *free_vram = vram;
     if (free_ram)

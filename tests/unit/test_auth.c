@@ -189,8 +189,8 @@ static void admin_option(void **state)
     assert_int_equal(ic_auth_check(a, "gamma-token", &cfg), 0);
     assert_false(cfg.admin);
     ic_auth_destroy(a);
-    expect_parse_error(f->path, "root " H_ALPHA " admin=yes\n", strlen("root " H_ALPHA " admin=yes\n"),
-                       1, "admin must be true or false");
+    expect_parse_error(f->path, "root " H_ALPHA " admin=yes\n",
+                       strlen("root " H_ALPHA " admin=yes\n"), 1, "admin must be true or false");
     expect_parse_error(f->path, "root " H_ALPHA " admin=true admin=true\n",
                        strlen("root " H_ALPHA " admin=true admin=true\n"), 1, "admin given twice");
     /* token add --admin writes admin=true, and the token it prints is an admin's */
