@@ -611,8 +611,10 @@ void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr, const char *for
     c->max_sessions = ic_gw_default_max_sessions(g);
     ic_engine_info info;
     ic_hello h = make_hello(g, &info);
-    if (g->auth)
+    if (g->auth) {
         h.model_name = NULL; /* said in AUTH_SUCCESS, to clients with a token */
+        h.n_models = 0;
+    }
     ic_gw_send_json(g, id, ic_proto_hello(&h));
     if (!c->authed)
         ic_server_set_timer(g->srv, id, g->opts.auth_timeout_s * 1000);

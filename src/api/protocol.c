@@ -635,6 +635,16 @@ static json_t *hello_model(const ic_hello *h, int *rc)
     return model;
 }
 
+/* HELLO's and AUTH_SUCCESS's "models": the names. */
+static int set_models(json_t *m, const ic_hello *h)
+{
+    json_t *names = json_array();
+    int rc = 0;
+    for (int i = 0; i < h->n_models; i++)
+        rc |= names ? json_array_append_new(names, jstr(h->models[i])) : -1;
+    return rc | set(m, "models", names);
+}
+
 char *ic_proto_hello(const ic_hello *h)
 {
     json_t *m = msg_new("HELLO", NULL);
@@ -660,12 +670,8 @@ char *ic_proto_hello(const ic_hello *h)
         json_t *model = hello_model(h, &mrc);
         rc |= mrc | set(m, "model", model);
     }
-    if (h->n_models > 0) {
-        json_t *names = json_array();
-        for (int i = 0; i < h->n_models; i++)
-            rc |= names ? json_array_append_new(names, jstr(h->models[i])) : -1;
-        rc |= set(m, "models", names);
-    }
+    if (h->n_models > 0)
+        rc |= set_models(m, h);
     rc |= set(m, "limits", limits);
     return finish(m, rc);
 }
@@ -685,6 +691,8 @@ char *ic_proto_auth_success_model(const char *client, int max_sessions, const ic
         int mrc = 0;
         json_t *mj = hello_model(model, &mrc);
         rc |= mrc | set(m, "model", mj);
+        if (model->n_models > 0)
+            rc |= set_models(m, model);
     }
     return finish(m, rc);
 }

@@ -268,6 +268,7 @@ def test_admin_unload_and_load(start_server, tmp_path):
 
     async def body():
         u = await connect(srv, token=user)
+        assert "models" not in u.hello and u.auth["models"] == [default, "tiny-f32"]
         r = await u.request({"type": "MODEL_UNLOAD", "model": "tiny-f32", "id": 1})
         assert r["type"] == "ERROR" and r["code"] == "forbidden" and r["id"] == 1, r
         # alice's generations: one on each model; the admin unloads tiny
