@@ -22,8 +22,9 @@
  *   - NAME is 1 to 64 characters of A-Z a-z 0-9 . _ -;
  *   - the hash is "sha256:" (lowercase) and exactly 64 hex digits; upper-
  *     or lowercase digits are both accepted, as they decode to the same bytes;
- *   - options max_sessions=1..4096 and priority=high|normal|low, each at most
- *     once; a client without priority= gets normal;
+ *   - options max_sessions=1..4096, priority=high|normal|low and
+ *     admin=true|false, each at most once; a client without priority= gets
+ *     normal, without admin= is no admin;
  *   - one name may appear on several lines (two tokens while rotating keys);
  *     one hash may not, and neither may the hash of the empty token;
  *   - a file with no clients is an error: with auth on, it would lock
@@ -240,9 +241,23 @@ static int parse_option(const char *f, int fieldno, unsigned *seen, ic_client_cf
         }
         return 0;
     }
+    if (strncmp(f, "admin=", 6) == 0) {
+        if (*seen & 4u) {
+            set_err(why, whylen, "admin given twice");
+            return IC_ERR_PARSE;
+        }
+        *seen |= 4u;
+        if (strcmp(f + 6, "true") != 0 && strcmp(f + 6, "false") != 0) {
+            set_err(why, whylen, "admin must be true or false");
+            return IC_ERR_PARSE;
+        }
+        cfg->admin = f[6] == 't';
+        return 0;
+    }
     /* The field itself is not quoted: it might be a pasted token. */
     set_err(why, whylen,
-            "field %d is not an option (expected max_sessions=N or priority=high|normal|low)",
+            "field %d is not an option (expected max_sessions=N, priority=high|normal|low or "
+            "admin=true|false)",
             fieldno);
     return IC_ERR_PARSE;
 }
@@ -577,6 +592,14 @@ int ic_auth_add_token(const char *path, const char *name, int max_sessions,
                       enum ic_priority priority, char *token_out, size_t cap, char *err,
                       size_t errlen)
 {
+    return ic_auth_add_token_admin(path, name, max_sessions, priority, false, token_out, cap,
+                                   err, errlen);
+}
+
+int ic_auth_add_token_admin(const char *path, const char *name, int max_sessions,
+                            enum ic_priority priority, bool admin, char *token_out, size_t cap,
+                            char *err, size_t errlen)
+{
     set_err(err, errlen, "%s", "");
     if (!path || !path[0] || !token_out) {
         set_err(err, errlen, "no tokens file or no token buffer");
@@ -603,8 +626,8 @@ int ic_auth_add_token(const char *path, const char *name, int max_sessions,
         char ms[32] = "";
         if (max_sessions > 0)
             snprintf(ms, sizeof ms, " max_sessions=%d", max_sessions);
-        snprintf(line + 1, sizeof line - 1, "%s %s%s%s priority=%s\n", name, HASH_PREFIX,
-                 hash_hex, ms, ic_priority_name(priority));
+        snprintf(line + 1, sizeof line - 1, "%s %s%s%s priority=%s%s\n", name, HASH_PREFIX,
+                 hash_hex, ms, ic_priority_name(priority), admin ? " admin=true" : "");
         rc = append_line(path, line + 1, err, errlen);
     }
     if (rc == 0)

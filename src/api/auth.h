@@ -23,6 +23,7 @@ typedef struct ic_client_cfg {
     char name[IC_CLIENT_NAME_MAX + 1];
     int max_sessions;           /* 0 = the server's per-client default */
     enum ic_priority priority;  /* highest priority its requests may use */
+    bool admin;                 /* admin=true: may load and unload models */
 } ic_client_cfg;
 
 /* Loads a tokens file. Returns 0 and *out, or IC_ERR_IO / IC_ERR_PARSE
@@ -47,6 +48,10 @@ int ic_auth_check(const ic_auth *a, const char *token, ic_client_cfg *out);
 int ic_auth_add_token(const char *path, const char *name, int max_sessions,
                       enum ic_priority priority, char *token_out, size_t cap, char *err,
                       size_t errlen);
+/* As ic_auth_add_token; admin adds admin=true to the line. */
+int ic_auth_add_token_admin(const char *path, const char *name, int max_sessions,
+                            enum ic_priority priority, bool admin, char *token_out, size_t cap,
+                            char *err, size_t errlen);
 
 /* Compares a presented secret with the expected one (e.g. --metrics-token
  * against a bearer token) in time that depends on neither's content nor

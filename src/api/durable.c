@@ -901,7 +901,7 @@ static int restore(ic_gateway *g, client_conn *c, gw_durable *d, bool *at_limit)
         turns[i] = (ic_turn){d->turns[i].prompt, d->turns[i].raw, d->turns[i].reply};
     gw_session *ss;
     ic_event kv = {.kv = d->kv, .kv_len = d->kv_len, .hist = d->hist, .n_hist = d->n_hist};
-    int rc = ic_gw_session_open_turns(g, c->count_key, c->max_sessions, d->system, turns,
+    int rc = ic_gw_session_open_turns(g, 0, c->count_key, c->max_sessions, d->system, turns,
                                       d->n_turns, d->kv ? &kv : NULL, &ss, at_limit);
     free(turns);
     if (rc < 0)

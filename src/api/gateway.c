@@ -164,6 +164,8 @@ static ic_hello make_hello(ic_gateway *g, ic_engine_info *info)
         .cache_type_v = ic_kv_type_name(info->type_v),
         .flash_attn = ic_flash_attn_name(info->flash_attn),
         .node = g->opts.node_name,
+        .models = g->model_names,
+        .n_models = g->models.n,
     };
 }
 
@@ -268,13 +270,22 @@ void ic_gw_finish_pending_auth(ic_gateway *g, client_conn *c)
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
                        gw_session **out, bool *at_limit)
 {
-    return ic_gw_session_open_turns(g, client_key, limit, system, NULL, 0, NULL, out, at_limit);
+    return ic_gw_session_open_turns(g, 0, client_key, limit, system, NULL, 0, NULL, out,
+                                    at_limit);
 }
 
-int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
+int ic_gw_session_open_on(ic_gateway *g, int model, const char *client_key, int limit,
+                          const char *system, gw_session **out, bool *at_limit)
+{
+    return ic_gw_session_open_turns(g, model, client_key, limit, system, NULL, 0, NULL, out,
+                                    at_limit);
+}
+
+int ic_gw_session_open_turns(ic_gateway *g, int model, const char *client_key, int limit,
                              const char *system, const ic_turn *turns, int n_turns,
                              const ic_event *kv, gw_session **out, bool *at_limit)
 {
+    ic_sched *sched = model >= 0 && model < g->models.n ? g->models.m[model].sched : NULL;
     *out = NULL;
     *at_limit = false;
     client_count *cc = count_of(g, client_key, true);
@@ -286,12 +297,13 @@ int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
     }
     gw_session *ss = calloc(1, sizeof *ss);
     uint64_t id = 0;
-    int rc = ss ? ic_sched_open_session_kv(g->sched, system, turns, n_turns,
-                                           kv ? kv->kv : NULL, kv ? kv->kv_len : 0,
-                                           kv ? kv->hist : NULL, kv ? kv->n_hist : 0, &id)
-                : IC_ERR_NOMEM;
+    int rc = !sched ? IC_ERR_NOT_FOUND
+             : ss   ? ic_sched_open_session_kv(sched, system, turns, n_turns,
+                                               kv ? kv->kv : NULL, kv ? kv->kv_len : 0,
+                                               kv ? kv->hist : NULL, kv ? kv->n_hist : 0, &id)
+                    : IC_ERR_NOMEM;
     if (rc == 0 && ic_idmap_put(&g->sessions, id, ss) < 0) {
-        ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);
+        ic_sched_close_session(sched, id, IC_CLOSE_CLIENT);
         rc = IC_ERR_NOMEM;
     }
     if (rc < 0) {
@@ -329,8 +341,16 @@ int ic_gw_session_recount(ic_gateway *g, gw_session *ss, const char *client_key,
 static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
 {
     gw_session *ss;
-    bool at_limit;
-    int rc = ic_gw_session_open(g, c->count_key, c->max_sessions, m->system, &ss, &at_limit);
+    bool at_limit = false;
+    int model = ic_models_find(&g->models, m->model);
+    if (model < 0) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "no model named '%.64s' on this server", m->model);
+        ic_gw_send_error(g, c->id, IC_CODE_MODEL_NOT_FOUND, msg, NULL, &m->id);
+        return;
+    }
+    int rc = ic_gw_session_open_on(g, model, c->count_key, c->max_sessions, m->system, &ss,
+                                   &at_limit);
     if (rc < 0) {
         char msg[128];
         enum ic_proto_code code = at_limit ? IC_CODE_SESSION_LIMIT : ic_proto_code_from_err(rc);
@@ -348,7 +368,9 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
     char token[65];
-    if (g->store && (rc = ic_gw_durable_attach(g, ss, m->system, token)) < 0) {
+    /* Durable sessions are the first model's only: a record names no model,
+     * and its KV fingerprint is that model's (docs/protocol.md). */
+    if (g->store && model == 0 && (rc = ic_gw_durable_attach(g, ss, m->system, token)) < 0) {
         ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
         ss->closing = true;
         ss->conn_id = 0;
@@ -359,10 +381,11 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
         ic_gw_arm_tick(g, true);
     ic_log_ctx lc = session_ctx(ss, false);
     ic_log_for(IC_LOG_INFO, &lc, "session created%s", m->system ? " with a system prompt" : "");
-    ic_gw_send_json(g, c->id, g->store ? ic_proto_session_created_durable(
-                                             ss->sid, g->n_ctx_per_session, token, &m->id)
-                                       : ic_proto_session_created(ss->sid, g->n_ctx_per_session,
-                                                                  &m->id));
+    ic_sched_opts so;
+    ic_sched_get_opts(ic_gw_sched(g, ss->id), &so);
+    ic_gw_send_json(g, c->id, ic_proto_session_created_model(
+                                  ss->sid, (int)so.n_ctx_per_session, g->models.m[model].name,
+                                  ss->dur ? token : NULL, &m->id));
     memset(token, 0, sizeof token);
 }
 
@@ -370,7 +393,9 @@ int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool
                          const ic_gen_params *gp)
 {
     uint64_t rid = ++g->next_request;
-    int rc = ic_sched_infer(g->sched, ss->id, rid, prompt, raw, gp);
+    ic_models_make_room(&g->models, ic_models_index_of(ss->id), g->opts.max_loaded_models,
+                        ic_now_ms());
+    int rc = ic_sched_infer(ic_gw_sched(g, ss->id), ss->id, rid, prompt, raw, gp);
     if (rc < 0)
         return rc;
     ss->submitted_ms = ic_now_ms();
@@ -450,7 +475,7 @@ static void on_abort(ic_gateway *g, client_conn *c, const ic_msg *m)
         return;
     }
     /* The reply is the generation's END with reason "abort". */
-    if (!ss->abort_sent && ic_sched_abort(g->sched, ss->id) == 0)
+    if (!ss->abort_sent && ic_sched_abort(ic_gw_sched(g, ss->id), ss->id) == 0)
         ss->abort_sent = true;
 }
 
@@ -462,7 +487,7 @@ static void on_close_session(ic_gateway *g, client_conn *c, const ic_msg *m)
                          &m->id);
         return;
     }
-    if (ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT) < 0) {
+    if (ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT) < 0) {
         ic_gw_send_error(g, c->id, IC_CODE_INTERNAL, "could not close the session", ss->sid,
                          &m->id);
         return;
@@ -482,7 +507,8 @@ static void fill_sessions(ic_gateway *g, client_conn *c, ic_metrics_session *out
             continue;
         ic_metrics_session *ms = &out[(*n)++];
         snprintf(ms->session_id, sizeof ms->session_id, "%s", ss->sid);
-        if (ic_sched_session_info(g->sched, ss->id, &ms->state, &ms->n_ctx_used) < 0) {
+        ic_sched *s = ic_gw_sched(g, ss->id);
+        if (ic_sched_session_info(s, ss->id, &ms->state, &ms->n_ctx_used) < 0) {
             ms->state = IC_SESSION_IDLE;
             ms->n_ctx_used = 0;
         }
@@ -527,7 +553,7 @@ void ic_gw_send_metrics(ic_gateway *g, client_conn *c, const ic_msg_id *id)
         .ram_total_bytes = hw.ram_total_bytes,
         .sessions = list,
     };
-    ic_sched_get_stats(g->sched, &mm.engine);
+    ic_models_stats(&g->models, &mm.engine);
     mm.state = ic_gw_server_state(g, &mm.engine, &hw);
     fill_sessions(g, c, list, &mm.n_sessions, MAX_LISTED);
     ic_gw_send_json(g, c->id, ic_proto_metrics(&mm, id));
@@ -566,6 +592,8 @@ static void dispatch(ic_gateway *g, client_conn *c, ic_msg *m)
     case IC_MSG_METRICS: ic_gw_send_metrics(g, c, &m->id); break;
     case IC_MSG_SUBSCRIBE_METRICS: on_subscribe(g, c, m); break;
     case IC_MSG_RESUME_SESSION: ic_gw_durable_resume(g, c, m); break;
+    case IC_MSG_MODEL_LOAD:
+    case IC_MSG_MODEL_UNLOAD: ic_gw_on_model_admin(g, c, m); break;
     }
 }
 
@@ -629,8 +657,10 @@ void ic_gw_on_open(ic_gateway *g, uint64_t id, const char *addr, const char *for
     c->max_sessions = ic_gw_default_max_sessions(g);
     ic_engine_info info;
     ic_hello h = make_hello(g, &info);
-    if (g->auth)
+    if (g->auth) {
         h.model_name = NULL; /* said in AUTH_SUCCESS, to clients with a token */
+        h.n_models = 0;
+    }
     ic_gw_send_json(g, id, ic_proto_hello(&h));
     if (!c->authed)
         ic_server_set_timer(g->srv, id, g->opts.auth_timeout_s * 1000);
@@ -702,7 +732,7 @@ void ic_gw_on_close(ic_gateway *g, uint64_t id)
             continue;
         ss->conn_id = 0;
         if (!ss->closing && g->sched && !g->stopping)
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_DISCONNECT);
+            ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_DISCONNECT);
         ss->closing = true;
     }
     count_release(g, count_of(g, c->count_key, false));
@@ -813,12 +843,14 @@ void ic_gw_fail_running(ic_gateway *g)
 
 void ic_gw_drain_events(ic_gateway *g)
 {
-    if (!g->sched)
-        return;
-    for (ic_event *ev; (ev = ic_sched_poll_event(g->sched, 0));) {
-        route_event(g, ev);
-        ic_event_free(ev);
+    for (int i = 0; i < g->models.n; i++) {
+        ic_sched *s = g->models.m[i].sched;
+        for (ic_event *ev; s && (ev = ic_sched_poll_event(s, 0));) {
+            route_event(g, ev);
+            ic_event_free(ev);
+        }
     }
+    ic_models_update_metrics(&g->models); /* a load just done is counted */
 }
 
 /* --- the sweep ------------------------------------------------------- */
@@ -834,7 +866,7 @@ static bool end_lost(ic_gateway *g, gw_session *ss, const ic_sched_stats *st)
 {
     enum ic_session_state state;
     int n_ctx;
-    if (ic_sched_session_info(g->sched, ss->id, &state, &n_ctx) < 0 ||
+    if (ic_sched_session_info(ic_gw_sched(g, ss->id), ss->id, &state, &n_ctx) < 0 ||
         state != IC_SESSION_IDLE || st->state == IC_SCHED_SLEEPING ||
         st->state == IC_SCHED_WAKING) {
         ss->lost_checks = 0;
@@ -858,8 +890,10 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
     if (!g->sched || g->stopping)
         return;
     ic_gw_drain_events(g); /* an END already queued is not lost */
-    ic_sched_stats st;
-    ic_sched_get_stats(g->sched, &st);
+    ic_sched_stats st[IC_MODELS_MAX];
+    for (int i = 0; i < g->models.n; i++)
+        if (g->models.m[i].sched)
+            ic_sched_get_stats(g->models.m[i].sched, &st[i]);
     double idle_ms = g->opts.session_idle_timeout_s * 1000.0;
     ic_idmap_iter it = IC_IDMAP_ITER_INIT;
     void *val;
@@ -867,7 +901,8 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
         gw_session *ss = val;
         if (ss->closing || (ic_gw_durable_parked(ss) && !ss->running))
             continue; /* a parked session waits for --session-ttl */
-        if (ss->running && end_lost(g, ss, &st)) {
+        const ic_sched_stats *mst = &st[ic_models_index_of(ss->id)]; /* its model's */
+        if (ss->running && ic_gw_sched(g, ss->id) && end_lost(g, ss, mst)) {
             ic_log_ctx lc = session_ctx(ss, true);
             ic_log_for(IC_LOG_ERROR, &lc, "generation ended without an END (out of memory)");
             if (ss->on_event) { /* an HTTP request: its handler answers and closes it */
@@ -885,7 +920,7 @@ void ic_gw_sweep_sessions(ic_gateway *g, double now_ms)
                                  "the generation ended but its result was lost (out of memory)",
                                  ss->sid, &ss->infer_id);
         } else if (!ss->running && idle_ms > 0 && now_ms - ss->last_used_ms >= idle_ms &&
-                   ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT) == 0) {
+                   ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT) == 0) {
             ss->closing = true;
             ss->close_reason = "idle_timeout";
             ss->close_id = (ic_msg_id){0};

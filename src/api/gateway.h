@@ -64,6 +64,9 @@ typedef struct ic_gateway_opts {
     /* Parked sessions' KV state kept in host memory, in all; beyond it
      * (or 0) they are recomputed from their conversation on resume. */
     size_t session_ram_bytes;
+    /* Several models (api/models.h): at most this many awake at once, the
+     * least recently used idle one sleeping for another; 0: no limit. */
+    int max_loaded_models;
 } ic_gateway_opts;
 
 /* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5
@@ -92,6 +95,24 @@ void ic_gateway_set_server(ic_gateway *g, ic_server *srv);
  * request's "model" must name). Any thread. */
 void ic_gateway_attach(ic_gateway *g, ic_sched *sched, const struct ic_chat *chat,
                        const char *model_id);
+
+/* One served model, for ic_gateway_attach_models. */
+typedef struct ic_gateway_model {
+    ic_sched *sched;               /* borrowed, as in ic_gateway_attach */
+    const struct ic_chat *chat;    /* borrowed; NULL: no chat API for it */
+    const char *name;              /* copied */
+} ic_gateway_model;
+
+/* As ic_gateway_attach, for several models (at most IC_MODELS_MAX, api/
+ * models.h): the first is the default. Model i's scheduler must have been
+ * created with session_id_base ic_models_session_base(i). Any thread. */
+void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int n);
+
+/* One more model (SIGHUP found a new file in --models-dir), after
+ * ic_gateway_attach_models: its scheduler was created with session_id_base
+ * ic_models_session_base(its index: the number of models before it). One
+ * thread at a time. */
+void ic_gateway_add_model(ic_gateway *g, const ic_gateway_model *model);
 
 /* Loading failed: the server stops. Any thread. */
 void ic_gateway_load_failed(ic_gateway *g);

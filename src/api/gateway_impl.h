@@ -23,6 +23,7 @@
 #include "gpu.h"
 #include "idmap.h"
 #include "metrics.h"
+#include "models.h"
 #include "protocol.h"
 #include "queue.h"
 #include "store.h"
@@ -120,7 +121,9 @@ struct ic_gateway {
     int n_counts, cap_counts;
     int n_preauth;             /* connections not (yet) authenticated */
     uint64_t next_request;
-    ic_sched *sched;           /* NULL while loading */
+    ic_sched *sched;           /* the default model's (models.m[0]); NULL while loading */
+    ic_models models;          /* every served model; a session's is read off its ID */
+    const char *model_names[IC_MODELS_MAX]; /* into models, for HELLO */
     bool stopping;
     bool conns_closed;         /* the stop's second half: every connection was told 1001 */
     bool failed;
@@ -151,8 +154,8 @@ struct ic_gateway {
     uint64_t dur_restores[IC_RESTORE_COUNT];
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
-    const ic_chat *pending_chat;
-    char pending_model_id[128];
+    ic_models pending_models;  /* written before attach_pending / n_published is published */
+    _Atomic int n_published;   /* entries of pending_models ready (ic_gateway_add_model) */
     _Atomic bool load_failed;
     _Atomic bool stop_requested;
     _Atomic bool reload_requested;
@@ -160,6 +163,12 @@ struct ic_gateway {
     _Atomic bool engine_failed;         /* published after engine_failed_why */
     char engine_failed_why[256];
 };
+
+/* The scheduler of a session's model (NULL: that model is not loaded). */
+static inline ic_sched *ic_gw_sched(const ic_gateway *g, uint64_t session_id)
+{
+    return ic_models_sched_of(&g->models, session_id);
+}
 
 /* What clients are told after the backend failed. */
 #define IC_GW_ENGINE_DEAD_MSG "the model's backend failed (an RPC server was lost); this " \
@@ -207,6 +216,9 @@ void ic_gw_on_close(ic_gateway *g, uint64_t id);
  * server's), IC_ERR_OVERLOADED or IC_ERR_NOMEM. */
 int ic_gw_session_open(ic_gateway *g, const char *client_key, int limit, const char *system,
                        gw_session **out, bool *at_limit);
+/* As ic_gw_session_open, on the model of index model (models.h). */
+int ic_gw_session_open_on(ic_gateway *g, int model, const char *client_key, int limit,
+                          const char *system, gw_session **out, bool *at_limit);
 
 /* Submits a generation for ss and marks it running (request id, lost-END
  * watch reset, the sweep armed). Returns 0 or ic_sched_infer's error. */
@@ -239,7 +251,7 @@ void ic_gw_free_all(ic_gateway *g);
 /* As ic_gw_session_open, with a conversation already holding n_turns
  * (a durable session restored from its record) and, when kv is not NULL,
  * the KV state and tokens of its evicted SESSION_CLOSED (borrowed). */
-int ic_gw_session_open_turns(ic_gateway *g, const char *client_key, int limit,
+int ic_gw_session_open_turns(ic_gateway *g, int model, const char *client_key, int limit,
                              const char *system, const ic_turn *turns, int n_turns,
                              const ic_event *kv, gw_session **out, bool *at_limit);
 
@@ -303,6 +315,13 @@ void ic_gw_oai_free_waiting(ic_gateway *g);
 /* The backend failed: answers every waiting request 503 backend_failed
  * (the cache entry each waits for will never close). */
 void ic_gw_oai_fail_waiting(ic_gateway *g);
+
+/* --- admin.c: an admin's model operations --------------------------- */
+
+/* MODEL_LOAD / MODEL_UNLOAD from c (forbidden unless its token is admin). */
+void ic_gw_on_model_admin(ic_gateway *g, client_conn *c, const ic_msg *m);
+/* POST /admin/models/NAME/load|unload with an admin's bearer token. */
+void ic_gw_http_model_admin(ic_gateway *g, const ic_http_request *req, ic_http_response *resp);
 
 /* --- routes.c: HTTP ----------------------------------------------- */
 

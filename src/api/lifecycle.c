@@ -60,7 +60,7 @@ static void check_watchdog(ic_gateway *g)
     if (!g->sched || g->opts.watchdog_timeout_s <= 0)
         return;
     ic_sched_stats st;
-    ic_sched_get_stats(g->sched, &st);
+    ic_models_stats(&g->models, &st);
     double quiet_s = ic_now_s() - st.last_progress_ms / 1e3; /* both CLOCK_MONOTONIC */
     bool stalled = st.generating + st.queued > 0 && st.state != IC_SCHED_WAKING &&
                    quiet_s >= g->opts.watchdog_timeout_s;
@@ -136,7 +136,7 @@ static void begin_stop(ic_gateway *g)
     g->stopping = true;
     ic_log_info("shutting down: ending generations and closing %d connections",
                 ic_server_n_connections(g->srv));
-    ic_sched_request_stop(g->sched);
+    ic_models_request_stop(&g->models);
     g->tick_ms = 0;
     ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
     if (!g->sched)
@@ -199,9 +199,12 @@ static void reload_tls(ic_gateway *g)
 
 static void attach(ic_gateway *g, ic_sched *s)
 {
+    g->models = g->pending_models;
+    for (int i = 0; i < g->models.n; i++)
+        g->model_names[i] = g->models.m[i].name;
     g->sched = s;
-    g->chat = g->pending_chat;
-    snprintf(g->model_id, sizeof g->model_id, "%s", g->pending_model_id);
+    g->chat = g->models.m[0].chat;
+    snprintf(g->model_id, sizeof g->model_id, "%s", g->models.m[0].name);
     g->model_created_s = (int64_t)time(NULL);
     ic_sched_opts so;
     ic_sched_get_opts(s, &so);
@@ -214,6 +217,8 @@ static void attach(ic_gateway *g, ic_sched *s)
     ic_gw_arm_tick(g, false);
     ic_log_info("ready: model %s, %d sessions of %u tokens, listening on %s", info.name,
                 so.max_sessions, so.n_ctx_per_session, g->opts.listen_url);
+    for (int i = 1; i < g->models.n; i++)
+        ic_log_info("also serving model %s", g->models.m[i].name);
 }
 
 /* The backend failed (ic_gateway_engine_failed): say so and end what runs. */
@@ -227,6 +232,8 @@ static void engine_died(ic_gateway *g)
     ic_gw_oai_fail_waiting(g);
 }
 
+static void take_added_models(ic_gateway *g);
+
 static void h_wake(void *ud)
 {
     ic_gateway *g = ud;
@@ -235,6 +242,8 @@ static void h_wake(void *ud)
     ic_sched *s = atomic_exchange(&g->attach_pending, NULL);
     if (s && !g->stopping)
         attach(g, s);
+    if (g->sched && !g->stopping)
+        take_added_models(g);
     if (atomic_exchange(&g->reload_requested, false)) {
         reload_tokens(g);
         reload_tls(g);
@@ -246,7 +255,7 @@ static void h_wake(void *ud)
     if (atomic_load(&g->stop_requested) && !g->stopping)
         begin_stop(g);
     /* read before the drain; a failed backend's scheduler never stops */
-    bool done = g->stopping && (g->engine_dead || ic_sched_stopped(g->sched));
+    bool done = g->stopping && (g->engine_dead || ic_models_stopped(&g->models));
     ic_gw_drain_events(g);
     ic_gw_durable_drain(g);
     if (done && !g->conns_closed)
@@ -376,10 +385,48 @@ void ic_gateway_wake(void *ud)
 void ic_gateway_attach(ic_gateway *g, ic_sched *sched, const struct ic_chat *chat,
                        const char *model_id)
 {
-    g->pending_chat = chat;
-    snprintf(g->pending_model_id, sizeof g->pending_model_id, "%s", model_id ? model_id : "");
-    atomic_store(&g->attach_pending, sched); /* publishes the two fields above */
+    ic_gateway_model m = {.sched = sched, .chat = chat, .name = model_id};
+    ic_gateway_attach_models(g, &m, 1);
+}
+
+void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int n)
+{
+    ic_models *pm = &g->pending_models;
+    pm->n = n < IC_MODELS_MAX ? n : IC_MODELS_MAX;
+    for (int i = 0; i < pm->n; i++) {
+        pm->m[i] = (ic_model_entry){.sched = models[i].sched, .chat = models[i].chat,
+                                    .created_s = (int64_t)time(NULL), .resident = true};
+        snprintf(pm->m[i].name, sizeof pm->m[i].name, "%s",
+                 models[i].name ? models[i].name : "");
+    }
+    atomic_store(&g->n_published, pm->n);
+    atomic_store(&g->attach_pending, pm->m[0].sched); /* publishes pending_models */
     ic_gateway_wake(g);
+}
+
+void ic_gateway_add_model(ic_gateway *g, const ic_gateway_model *model)
+{
+    int n = atomic_load(&g->n_published);
+    if (n >= IC_MODELS_MAX)
+        return;
+    ic_model_entry *e = &g->pending_models.m[n];
+    *e = (ic_model_entry){.sched = model->sched, .chat = model->chat,
+                          .created_s = (int64_t)time(NULL), .resident = true};
+    snprintf(e->name, sizeof e->name, "%s", model->name ? model->name : "");
+    atomic_store(&g->n_published, n + 1); /* publishes the entry */
+    ic_gateway_wake(g);
+}
+
+/* Models added after the first attach (SIGHUP's rescan) join the list. */
+static void take_added_models(ic_gateway *g)
+{
+    int n = atomic_load(&g->n_published);
+    for (int i = g->models.n; i < n; i++) {
+        g->models.m[i] = g->pending_models.m[i];
+        g->model_names[i] = g->models.m[i].name;
+        g->models.n = i + 1;
+        ic_log_info("now also serving model %s", g->models.m[i].name);
+    }
 }
 
 void ic_gateway_load_failed(ic_gateway *g)

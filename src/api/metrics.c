@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_REASONS (IC_END_ERROR + 1)
+#define N_REASONS (IC_END_MODEL_UNLOADED + 1)
 #define N_CODES (IC_CODE_INTERNAL + 1)
 #define MAX_BOUNDS 16
 
@@ -536,6 +536,61 @@ static void render_durable(writer *w, const ic_metrics_durable *d)
     sample_u64(w, cum);
 }
 
+static const double load_le[IC_METRICS_LOAD_BOUNDS] = {0.05, 0.1, 0.25, 0.5, 1,
+                                                        2.5,  5,   10,   30,  60};
+
+void ic_metrics_model_load(ic_metrics_model *mm, double seconds)
+{
+    int i = 0;
+    while (i < IC_METRICS_LOAD_BOUNDS && seconds > load_le[i])
+        i++;
+    mm->load_bucket[i]++;
+    mm->load_sum_s += seconds;
+    mm->load_count++;
+}
+
+static void render_models(writer *w, const ic_metrics_gauges *g)
+{
+    const char *ld = "inferencecenter_model_loaded", *sw = "inferencecenter_model_swaps_total",
+               *lt = "inferencecenter_model_load_seconds";
+    family(w, ld, "gauge", "1 while the model is loaded (awake), by model.");
+    for (int i = 0; i < g->n_models; i++) {
+        sample_begin(w, ld, "");
+        label(w, "model", g->models[i].name);
+        sample_u64(w, g->models[i].loaded);
+    }
+    family(w, sw, "counter", "Times the model was put to sleep to make room for another.");
+    for (int i = 0; i < g->n_models; i++) {
+        sample_begin(w, sw, "");
+        label(w, "model", g->models[i].name);
+        sample_u64(w, g->models[i].swaps);
+    }
+    family(w, lt, "histogram", "Time to load a model again after a sleep or unload, KV "
+                               "restore included.");
+    for (int i = 0; i < g->n_models; i++) {
+        const ic_metrics_model *mm = &g->models[i];
+        uint64_t cum = 0;
+        for (int b = 0; b <= IC_METRICS_LOAD_BOUNDS; b++) {
+            cum += mm->load_bucket[b];
+            sample_begin(w, lt, "_bucket");
+            label(w, "model", mm->name);
+            put(w, ",le=\"");
+            if (b < IC_METRICS_LOAD_BOUNDS)
+                put_double(w, load_le[b]);
+            else
+                put(w, "+Inf");
+            put(w, "\"");
+            sample_u64(w, cum);
+        }
+        sample_begin(w, lt, "_sum");
+        label(w, "model", mm->name);
+        sample_double(w, mm->load_sum_s);
+        sample_begin(w, lt, "_count");
+        label(w, "model", mm->name);
+        sample_u64(w, mm->load_count);
+    }
+}
+
 int ic_metrics_render(const ic_metrics *m, const ic_metrics_gauges *g, char **out, size_t *len)
 {
     static const ic_metrics_gauges none = {0};
@@ -545,6 +600,7 @@ int ic_metrics_render(const ic_metrics *m, const ic_metrics_gauges *g, char **ou
     render_counters(&w, m, g);
     render_gauges(&w, g);
     render_hw(&w, g->hw);
+    render_models(&w, g);
     for (int h = 0; h < IC_HIST_COUNT; h++)
         render_hist(&w, &hist_specs[h], &m->hist[h]);
     render_durable(&w, g->durable);

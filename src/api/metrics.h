@@ -96,6 +96,20 @@ typedef struct ic_metrics_durable {
 } ic_metrics_durable;
 
 /* The values read at scrape time, all borrowed for the call. */
+/* One model's numbers (api/models.h keeps one per model). Network thread. */
+#define IC_METRICS_LOAD_BOUNDS 10  /* seconds: 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60, then +Inf */
+typedef struct ic_metrics_model {
+    const char *name;
+    bool loaded;
+    uint64_t swaps;            /* put to sleep for another model */
+    uint64_t load_bucket[IC_METRICS_LOAD_BOUNDS + 1]; /* per bucket, not cumulative */
+    double load_sum_s;
+    uint64_t load_count;
+} ic_metrics_model;
+
+/* Counts one load (a wake after sleep, an admin's load) of seconds. */
+void ic_metrics_model_load(ic_metrics_model *mm, double seconds);
+
 typedef struct ic_metrics_gauges {
     const char *state;         /* "loading","ready","throttled","sleeping","stuck"; NULL: none */
     int sessions;              /* open sessions */
@@ -114,6 +128,8 @@ typedef struct ic_metrics_gauges {
     const char *version;       /* NULL: "" */
     const char *llama_commit;  /* NULL: "" */
     const ic_metrics_durable *durable; /* NULL: all zero */
+    const ic_metrics_model *models; /* [n_models]; per-model families (none: 0) */
+    int n_models;
 } ic_metrics_gauges;
 
 /* Renders every metric (each family with # HELP and # TYPE, families whose

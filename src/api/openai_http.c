@@ -45,6 +45,7 @@ typedef struct oai_req {
     int n_calls;               /* tool calls seen (streamed: announced) so far */
     size_t *sent_args;         /* n_calls: argument bytes streamed of each */
     char **call_ids;           /* n_calls: the ids given to them */
+    int model;                 /* its model's index (api/models.h) */
 } oai_req;
 
 void ic_gw_oai_free(oai_req *o)
@@ -104,7 +105,7 @@ static bool evict_one(ic_gateway *g)
     gw_session *ss = ic_idmap_get(&g->sessions, id);
     if (ss && !ss->closing) {
         ss->closing = true;
-        ic_sched_close_session(g->sched, id, IC_CLOSE_CLIENT);
+        ic_sched_close_session(ic_gw_sched(g, id), id, IC_CLOSE_CLIENT);
     }
     return true;
 }
@@ -158,7 +159,7 @@ static bool park(ic_gateway *g, gw_session *ss, oai_req *o)
 /* The parked session whose text is the longest prefix of prompt (and the
  * client's own, with per-client isolation), taken out of the cache; NULL
  * when none fits. */
-static gw_session *take_cached(ic_gateway *g, const char *prompt, const char *client)
+static gw_session *take_cached(ic_gateway *g, int model, const char *prompt, const char *client)
 {
     size_t plen = strlen(prompt);
     int best = -1;
@@ -169,6 +170,8 @@ static gw_session *take_cached(ic_gateway *g, const char *prompt, const char *cl
             memcmp(ss->cache_text, prompt, ss->cache_len) != 0)
             continue;
         if (g->opts.prompt_cache_per_client && strcmp(ss->cache_owner, client) != 0)
+            continue;
+        if (ic_models_index_of(ss->id) != model)
             continue;
         best = i;
         best_len = ss->cache_len;
@@ -284,9 +287,9 @@ static int response_schema(const ic_oai_request *r, const char **schema, ic_oai_
     return rc;
 }
 
-/* Renders r's messages with the model's template, its tools and its
+/* Renders r's messages with model's template, its tools and its
  * response_format. Returns 0 and *out (owned by the caller), or fills err. */
-static int render_chat(ic_gateway *g, const ic_oai_request *r, ic_chat_prompt **out,
+static int render_chat(ic_gateway *g, int model, const ic_oai_request *r, ic_chat_prompt **out,
                        ic_oai_error *err)
 {
     static const char *const roles[] = {"system", "user", "assistant", "tool"};
@@ -335,7 +338,8 @@ static int render_chat(ic_gateway *g, const ic_oai_request *r, ic_chat_prompt **
     ro.parallel_tool_calls = r->parallel_tool_calls;
     ro.json_schema = schema;
     char why[256] = "";
-    rc = ic_chat_render(g->chat, msgs, (size_t)r->n_messages, &ro, out, why, sizeof why);
+    rc = ic_chat_render(g->models.m[model].chat, msgs, (size_t)r->n_messages, &ro, out, why,
+                        sizeof why);
     free(msgs);
     free(calls);
     if (rc == IC_ERR_NOMEM)
@@ -360,10 +364,11 @@ static bool unsupported(const ic_oai_request *r, ic_oai_error *err)
 }
 
 /* A logit bias on a token the model does not have. */
-static bool bad_logit_bias(const ic_gateway *g, const ic_oai_request *r, ic_oai_error *err)
+static bool bad_logit_bias(const ic_gateway *g, int model, const ic_oai_request *r,
+                           ic_oai_error *err)
 {
     ic_engine_info info;
-    ic_sched_model_info(g->sched, &info);
+    ic_sched_model_info(g->models.m[model].sched, &info);
     for (int i = 0; i < r->n_logit_bias; i++) {
         if (r->logit_bias[i].token >= info.n_vocab) {
             ic_oai_error_set(err, 400, "invalid_value", "logit_bias",
@@ -377,7 +382,8 @@ static bool bad_logit_bias(const ic_gateway *g, const ic_oai_request *r, ic_oai_
 
 static void fill_response(const ic_gateway *g, const oai_req *o, ic_oai_response *r)
 {
-    *r = (ic_oai_response){.endpoint = o->endpoint, .id = o->id, .model = g->model_id,
+    *r = (ic_oai_response){.endpoint = o->endpoint, .id = o->id,
+                           .model = g->models.m[o->model].name,
                            .created = o->created_s};
 }
 
@@ -638,14 +644,15 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
         ic_metrics_prompt_cache_hit(g->metrics, u.cached_tokens);
         const char *finish = ic_oai_finish_reason(ev->reason, false);
         if (!finish) {
-            int status = ev->reason == IC_END_SHUTDOWN ? 503 : 500;
+            bool retry = ev->reason == IC_END_SHUTDOWN || ev->reason == IC_END_MODEL_UNLOADED;
+            int status = retry ? 503 : 500;
             ic_oai_error_set(&err, status, ic_end_reason_name(ev->reason), NULL,
                              "the generation ended: %s", ic_end_reason_name(ev->reason));
         }
         bool answered = o->http_id != 0;
         answer(g, o, finish, &u, finish ? NULL : &err);
         if (!(finish && answered && park(g, ss, o)) && !ss->closing) {
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+            ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT);
             ss->closing = true;
         }
         ic_gw_oai_free(o);
@@ -664,7 +671,7 @@ static void on_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
                          ev->message);
         answer(g, o, NULL, NULL, &err);
         if (!ss->closing) {
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+            ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT);
             ss->closing = true;
         }
         ic_gw_oai_free(o);
@@ -700,6 +707,7 @@ typedef struct oai_job {
     ic_chat_prompt *chat;      /* chat: the rendered prompt, owned */
     ic_client_cfg cfg;
     char key[IC_CLIENT_NAME_MAX + 1];
+    int model;                 /* index (api/models.h) */
 } oai_job;
 
 static void job_free(oai_job *j)
@@ -739,7 +747,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     int limit = j->cfg.max_sessions > 0 ? j->cfg.max_sessions : ic_gw_default_max_sessions(g);
     bool at_limit = false;
     size_t reused = 0;
-    gw_session *ss = take_cached(g, j->prompt, j->key);
+    gw_session *ss = take_cached(g, j->model, j->prompt, j->key);
     int rc;
     if (ss) {
         reused = ss->cache_len;
@@ -751,7 +759,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
             ss = NULL;
         }
     } else {
-        rc = ic_gw_session_open(g, j->key, limit, NULL, &ss, &at_limit);
+        rc = ic_gw_session_open_on(g, j->model, j->key, limit, NULL, &ss, &at_limit);
         /* Out of sessions: close the least recently used cache entry and
          * wait for its slot rather than refuse. */
         if (rc == IC_ERR_CAPACITY && !at_limit && evict_one(g))
@@ -782,7 +790,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
                          rc == IC_ERR_OVERLOADED ? "too much work is waiting; retry later"
                                                  : ic_strerror(rc));
         ss->closing = true;
-        ic_sched_close_session(g->sched, ss->id, IC_CLOSE_CLIENT);
+        ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_CLIENT);
         free(o);
         return rc;
     }
@@ -794,6 +802,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     o->parse = o->chat && (j->r.tools_json || o->chat->thinking || j->r.format != IC_OAI_FORMAT_TEXT);
     snprintf(o->client, sizeof o->client, "%s", j->key);
     o->endpoint = j->ep;
+    o->model = j->model;
     o->stream = j->r.stream;
     o->include_usage = j->r.include_usage;
     o->created_s = (int64_t)time(NULL);
@@ -870,20 +879,20 @@ static void start(ic_gateway *g, enum ic_oai_endpoint ep, const ic_http_request 
     ic_oai_request *r = &j->r;
     if (rc < 0) {
         /* refused above */
-    } else if (r->model && strcmp(r->model, g->model_id) != 0) {
+    } else if ((j->model = ic_models_find(&g->models, r->model)) < 0) {
         ic_oai_error_set(&err, 404, "model_not_found", "model",
-                         "the model '%.64s' does not exist (this server serves '%.64s')",
-                         r->model, g->model_id);
+                         "the model '%.64s' does not exist (GET /v1/models lists those served)",
+                         r->model);
         rc = IC_ERR_NOT_FOUND;
-    } else if (bad_logit_bias(g, r, &err)) {
+    } else if (bad_logit_bias(g, j->model, r, &err)) {
         rc = IC_ERR_INVAL;
     } else if (unsupported(r, &err)) {
         rc = IC_ERR_INVAL;
-    } else if (ep == IC_OAI_CHAT && !g->chat) {
+    } else if (ep == IC_OAI_CHAT && !g->models.m[j->model].chat) {
         ic_oai_error_set(&err, 400, NULL, NULL, "this model has no chat template");
         rc = IC_ERR_INVAL;
     } else if (ep == IC_OAI_CHAT) {
-        rc = render_chat(g, r, &j->chat, &err);
+        rc = render_chat(g, j->model, r, &j->chat, &err);
         if (rc == 0 && !(j->prompt = strdup(j->chat->prompt)))
             rc = nomem_err(&err);
     } else if (!(j->prompt = strdup(r->prompt))) {
@@ -927,15 +936,20 @@ void ic_gw_oai_models(ic_gateway *g, const ic_http_request *req, ic_http_respons
         error_response(resp, &err);
         return;
     }
-    ic_oai_model m = {.id = g->model_id, .created = g->model_created_s, .loaded = g->sched};
+    ic_oai_model list[IC_MODELS_MAX];
+    for (int i = 0; i < g->models.n; i++)
+        list[i] = (ic_oai_model){.id = g->models.m[i].name, .created = g->models.m[i].created_s,
+                                 .loaded = ic_models_loaded(&g->models, i)};
     const char *want = strncmp(req->path, "/v1/models/", 11) == 0 ? req->path + 11 : NULL;
-    if (want && (!g->sched || strcmp(want, g->model_id) != 0)) {
+    int found = want ? ic_models_find(&g->models, want) : 0;
+    if (want && (!*want || found < 0)) {
         ic_oai_error_set(&err, 404, "model_not_found", "model",
                          "the model '%.64s' does not exist", want);
         error_response(resp, &err);
         return;
     }
-    json_body(resp, 200, ic_oai_models_body(&m, g->sched ? 1 : 0, want != NULL));
+    json_body(resp, 200, want ? ic_oai_models_body(&list[found], 1, true)
+                              : ic_oai_models_body(list, g->models.n, false));
 }
 
 /* The client went away: close the session, which ends its generation
@@ -959,7 +973,7 @@ void ic_gw_oai_gone(ic_gateway *g, uint64_t http_id)
         ss->oai->http_id = 0;
         if (!ss->closing) {
             ss->closing = true;
-            ic_sched_close_session(g->sched, ss->id, IC_CLOSE_DISCONNECT);
+            ic_sched_close_session(ic_gw_sched(g, ss->id), ss->id, IC_CLOSE_DISCONNECT);
         }
         return;
     }

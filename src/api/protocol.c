@@ -305,6 +305,7 @@ enum msg_field {
     F_INTERVAL = 1 << 6,     /* required integer */
     F_CONSTRAINT = 1 << 7,   /* optional grammar (string) or json_schema (object) */
     F_RESUME = 1 << 8,       /* required string */
+    F_MODEL = 1 << 9,        /* optional string */
 };
 
 static const struct msg_rule {
@@ -313,13 +314,15 @@ static const struct msg_rule {
     unsigned fields;
 } k_msg_rules[] = {
     {"AUTH", IC_MSG_AUTH, F_TOKEN},
-    {"CREATE_SESSION", IC_MSG_CREATE_SESSION, F_SYSTEM | F_PARAMS},
+    {"CREATE_SESSION", IC_MSG_CREATE_SESSION, F_SYSTEM | F_PARAMS | F_MODEL},
     {"CLOSE_SESSION", IC_MSG_CLOSE_SESSION, F_SESSION},
     {"INFER", IC_MSG_INFER, F_SESSION | F_PROMPT | F_RAW | F_PARAMS | F_CONSTRAINT},
     {"ABORT", IC_MSG_ABORT, F_SESSION},
     {"METRICS", IC_MSG_METRICS, 0},
     {"SUBSCRIBE_METRICS", IC_MSG_SUBSCRIBE_METRICS, F_INTERVAL},
     {"RESUME_SESSION", IC_MSG_RESUME_SESSION, F_SESSION | F_RESUME},
+    {"MODEL_LOAD", IC_MSG_MODEL_LOAD, F_MODEL},
+    {"MODEL_UNLOAD", IC_MSG_MODEL_UNLOAD, F_MODEL},
 };
 
 static const struct string_rule {
@@ -334,6 +337,7 @@ static const struct string_rule {
     {F_SYSTEM, "system", offsetof(ic_msg, system), false},
     {F_CONSTRAINT, "grammar", offsetof(ic_msg, grammar), false},
     {F_RESUME, "resume_token", offsetof(ic_msg, resume_token), true},
+    {F_MODEL, "model", offsetof(ic_msg, model), false},
 };
 
 static int parse_strings(const json_t *root, unsigned fields, ic_msg *m, ic_proto_error *err)
@@ -460,8 +464,10 @@ void ic_msg_free(ic_msg *msg)
     free(msg->grammar);
     free(msg->json_schema);
     free(msg->resume_token);
+    free(msg->model);
     msg->grammar = msg->json_schema = NULL;
     msg->token = msg->session_id = msg->system = msg->prompt = msg->resume_token = NULL;
+    msg->model = NULL;
     ic_req_params_free(&msg->params);
 }
 
@@ -566,7 +572,7 @@ const char *ic_proto_code_name(enum ic_proto_code code)
     static const char *const names[] = {
         "bad_json", "bad_request", "unknown_type", "unauthenticated", "session_not_found",
         "session_limit", "capacity", "busy", "not_running", "prompt_too_long",
-        "message_too_large", "overloaded", "internal",
+        "message_too_large", "overloaded", "internal", "model_not_found", "forbidden",
     };
     return (unsigned)code < sizeof names / sizeof *names ? names[code] : "internal";
 }
@@ -659,6 +665,16 @@ static json_t *hello_model(const ic_hello *h, int *rc)
     return model;
 }
 
+/* HELLO's and AUTH_SUCCESS's "models": the names. */
+static int set_models(json_t *m, const ic_hello *h)
+{
+    json_t *names = json_array();
+    int rc = 0;
+    for (int i = 0; i < h->n_models; i++)
+        rc |= names ? json_array_append_new(names, jstr(h->models[i])) : -1;
+    return rc | set(m, "models", names);
+}
+
 char *ic_proto_hello(const ic_hello *h)
 {
     json_t *m = msg_new("HELLO", NULL);
@@ -684,6 +700,8 @@ char *ic_proto_hello(const ic_hello *h)
         json_t *model = hello_model(h, &mrc);
         rc |= mrc | set(m, "model", model);
     }
+    if (h->n_models > 0)
+        rc |= set_models(m, h);
     rc |= set(m, "limits", limits);
     return finish(m, rc);
 }
@@ -703,6 +721,8 @@ char *ic_proto_auth_success_model(const char *client, int max_sessions, const ic
         int mrc = 0;
         json_t *mj = hello_model(model, &mrc);
         rc |= mrc | set(m, "model", mj);
+        if (model->n_models > 0)
+            rc |= set_models(m, model);
     }
     return finish(m, rc);
 }
@@ -713,22 +733,36 @@ char *ic_proto_auth_failed(const char *reason, const ic_msg_id *id)
     return finish(m, set(m, "reason", jstr(reason)));
 }
 
+char *ic_proto_model_status(const char *model, bool loaded, const ic_msg_id *id)
+{
+    json_t *m = msg_new("MODEL_STATUS", id);
+    int rc = set(m, "model", jstr(model));
+    rc |= set(m, "loaded", json_boolean(loaded));
+    return finish(m, rc);
+}
+
 char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_id *id)
+{
+    return ic_proto_session_created_model(session_id, n_ctx, NULL, NULL, id);
+}
+
+char *ic_proto_session_created_model(const char *session_id, int n_ctx, const char *model,
+                                     const char *resume_token, const ic_msg_id *id)
 {
     json_t *m = msg_new("SESSION_CREATED", id);
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "n_ctx", json_integer(n_ctx));
+    if (model)
+        rc |= set(m, "model", jstr(model));
+    if (resume_token)
+        rc |= set(m, "resume_token", jstr(resume_token));
     return finish(m, rc);
 }
 
 char *ic_proto_session_created_durable(const char *session_id, int n_ctx,
                                        const char *resume_token, const ic_msg_id *id)
 {
-    json_t *m = msg_new("SESSION_CREATED", id);
-    int rc = set(m, "session_id", jstr(session_id));
-    rc |= set(m, "n_ctx", json_integer(n_ctx));
-    rc |= set(m, "resume_token", jstr(resume_token));
-    return finish(m, rc);
+    return ic_proto_session_created_model(session_id, n_ctx, NULL, resume_token, id);
 }
 
 char *ic_proto_session_resumed(const char *session_id, int n_ctx_used, const ic_msg_id *id)

@@ -27,6 +27,8 @@ enum ic_msg_type {
     IC_MSG_METRICS,
     IC_MSG_SUBSCRIBE_METRICS,
     IC_MSG_RESUME_SESSION,     /* durable sessions (--session-store) */
+    IC_MSG_MODEL_LOAD,         /* admin: load (or reload) a model */
+    IC_MSG_MODEL_UNLOAD,       /* admin: unload a model */
 };
 
 /* Client-visible error codes, in the order of the protocol document. */
@@ -44,6 +46,8 @@ enum ic_proto_code {
     IC_CODE_MESSAGE_TOO_LARGE,
     IC_CODE_OVERLOADED,
     IC_CODE_INTERNAL,
+    IC_CODE_MODEL_NOT_FOUND,
+    IC_CODE_FORBIDDEN,
 };
 
 /* The client's "id", echoed in every reply to its message. */
@@ -91,6 +95,8 @@ typedef struct ic_msg {
     char *session_id;          /* CLOSE_SESSION, INFER, ABORT, RESUME_SESSION */
     char *resume_token;        /* RESUME_SESSION */
     char *system;              /* CREATE_SESSION, NULL when absent */
+    char *model;               /* CREATE_SESSION, NULL when absent (the default model);
+                                  MODEL_LOAD, MODEL_UNLOAD (required) */
     char *prompt;              /* INFER */
     bool raw;                  /* INFER */
     char *grammar;             /* INFER: GBNF text constraining the answer, or NULL */
@@ -158,6 +164,8 @@ typedef struct ic_hello {
     const char *cache_type_v;
     const char *flash_attn;    /* "auto", "on", "off"; NULL: not shown */
     const char *node;          /* the replica's --node-name; NULL or "": no "node" member */
+    const char *const *models; /* [n_models] every model's name, the default first; */
+    int n_models;              /* 0: no "models" member */
 } ic_hello;
 
 /* model_name NULL: no "model" member (before AUTH on a server with tokens). */
@@ -173,6 +181,15 @@ char *ic_proto_session_created(const char *session_id, int n_ctx, const ic_msg_i
 char *ic_proto_session_created_durable(const char *session_id, int n_ctx,
                                        const char *resume_token, const ic_msg_id *id);
 char *ic_proto_session_resumed(const char *session_id, int n_ctx_used, const ic_msg_id *id);
+/* MODEL_STATUS: the answer to MODEL_LOAD / MODEL_UNLOAD (and the body of
+ * POST /admin/models/NAME/load|unload): the model and whether it will be
+ * loaded once the scheduler has done it. */
+char *ic_proto_model_status(const char *model, bool loaded, const ic_msg_id *id);
+
+/* As ic_proto_session_created, with "model": the session's model, and a
+ * durable session's "resume_token" (each NULL: none). */
+char *ic_proto_session_created_model(const char *session_id, int n_ctx, const char *model,
+                                     const char *resume_token, const ic_msg_id *id);
 char *ic_proto_session_closed(const char *session_id, const char *reason, const ic_msg_id *id);
 char *ic_proto_token(const char *session_id, const char *request_id, int index, const char *text,
                      size_t text_len, const ic_msg_id *id);

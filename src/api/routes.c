@@ -46,7 +46,7 @@ static void health(ic_gateway *g, const ic_http_request *req, ic_http_response *
     (void)req;
     ic_sched_stats st = {0};
     if (g->sched)
-        ic_sched_get_stats(g->sched, &st);
+        ic_models_stats(&g->models, &st);
     const char *state = g->stopping ? "stopping" : ic_gw_server_state(g, &st, NULL);
     bool ok = g->sched && !g->stopping && !g->stalled && !g->engine_dead;
     json_response(resp, ok ? 200 : 503, ic_proto_http_health(ok ? "ok" : state, state));
@@ -71,7 +71,7 @@ static void agent_words(ic_gateway *g, char *out, size_t cap)
     ic_sched_stats st = {0};
     ic_hw_sample hw;
     ic_gpu_monitor_sample(g->hw, &hw);
-    ic_sched_get_stats(g->sched, &st);
+    ic_models_stats(&g->models, &st);
     int held = st.sessions - g->n_parked;
     double load = (double)(held > 0 ? held : 0) + st.queued;
     load /= st.max_sessions > 0 ? st.max_sessions : 1;
@@ -110,12 +110,18 @@ static void metrics(ic_gateway *g, const ic_http_request *req, ic_http_response 
     ic_hw_sample hw;
     ic_gpu_monitor_sample(g->hw, &hw);
     if (g->sched)
-        ic_sched_get_stats(g->sched, &st);
+        ic_models_stats(&g->models, &st);
+    ic_metrics_model per_model[IC_MODELS_MAX];
+    ic_models_update_metrics(&g->models);
+    for (int i = 0; i < g->models.n; i++)
+        per_model[i] = g->models.m[i].metrics;
     ic_metrics_durable md;
     uint64_t write_buckets[IC_STORE_WRITE_BUCKETS + 1];
     ic_gw_durable_metrics(g, &md, write_buckets);
     ic_metrics_gauges mg = {
         .durable = &md,
+        .models = per_model,
+        .n_models = g->models.n,
         .state = ic_gw_server_state(g, &st, &hw),
         .sessions = st.sessions,
         .sessions_max = g->sched ? st.max_sessions : 0,
@@ -167,6 +173,8 @@ static const route k_routes[] = {
     {"POST", "POST", "/v1/completions", ROUTE_PUBLIC, ic_gw_oai_completions},
     {"GET", "GET, HEAD", "/v1/models", ROUTE_PUBLIC, ic_gw_oai_models},
     {"GET", "GET, HEAD", "/v1/models/*", ROUTE_PUBLIC, ic_gw_oai_models},
+    /* admin.c checks for an admin's token itself */
+    {"POST", "POST", "/admin/models/*", ROUTE_PUBLIC, ic_gw_http_model_admin},
 };
 
 /* The bearer token of an Authorization header, or NULL. */

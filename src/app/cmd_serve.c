@@ -19,6 +19,8 @@
 #include "gpu.h"
 #include "host.h"
 #include "log.h"
+#include "model_list.h"
+#include "models.h"
 #include "notify.h"
 #include "options.h"
 #include "plan.h"
@@ -37,13 +39,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #define GPU_LAYERS_AUTO (-2)
+_Static_assert(GPU_LAYERS_AUTO == IC_MODEL_GPU_LAYERS_AUTO, "models.ini's auto");
 
 typedef struct serve_args {
     const char *config;
-    const char *model;
+    const char *model;         /* the default model: the first of list */
+    ic_opt_list models;        /* --model, repeatable */
+    const char *models_dir;
+    ic_model_list list;        /* what is served (check_args fills it) */
     const char *host;
     int port;
     const char *tokens;
@@ -87,6 +94,7 @@ typedef struct serve_args {
     int auth_global_failures;
     float auth_max_delay_s;
     int prompt_cache;          /* -1: half of --max-sessions */
+    int max_loaded_models;     /* 0: as the memory plan says */
     int prompt_cache_isolation; /* 0 shared, 1 client */
     const char *node_name;     /* NULL: none */
     const char *tls_cert;      /* both or neither: TLS on the port */
@@ -101,9 +109,19 @@ typedef struct serve_args {
 typedef struct loader {
     const serve_args *args;
     ic_gateway *gw;
-    ic_sched *sched;
-    ic_gpu_monitor *thermal;   /* the scheduler thread's monitor */
-    ic_chat *chat;             /* the model's chat templates (the gateway borrows them) */
+    int n;                     /* models loaded, each with its scheduler and templates */
+    int max_loaded;            /* awake at once; 0: all (set before the thread starts) */
+    /* SIGHUP's rescan of --models-dir (one at a time, after the first
+     * load): list is what is served, so is the schedulers' options. */
+    ic_model_list list;
+    ic_sched_opts so;
+    atomic_bool loaded_all;    /* the loader thread is done (successfully) */
+    atomic_bool rescanning;
+    bool rescan_started;       /* rescan_tid is to be joined (signal thread, then main) */
+    pthread_t rescan_tid;
+    ic_sched *sched[IC_MODEL_LIST_MAX];
+    ic_gpu_monitor *thermal;   /* the scheduler threads' monitor */
+    ic_chat *chat[IC_MODEL_LIST_MAX]; /* the models' chat templates (the gateway borrows them) */
 } loader;
 
 static const char usage_head[] =
@@ -162,8 +180,20 @@ static const char *const spec_choices[] = {"off", "ngram", NULL}; /* enum ic_spe
 
 /* Every `serve` option: one row each (options.h). */
 static const ic_option serve_options[] = {
-    {.name = "model", .short_name = 'm', .type = IC_OPT_STRING, .offset = F(model),
-     .metavar = "PATH", .def_help = "the built-in default model", .help = "GGUF model."},
+    {.name = "model", .short_name = 'm', .type = IC_OPT_LIST, .offset = F(models),
+     .metavar = "PATH", .def_help = "the built-in default model",
+     .help = "GGUF model; repeat it to serve several (the first is the default), each named "
+             "by its file name without .gguf."},
+    {.name = "models-dir", .type = IC_OPT_STRING, .offset = F(models_dir), .metavar = "DIR",
+     .help = "Serve every *.gguf file in DIR too (after the --model files, sorted by name); "
+             "DIR/models.ini names aliases with their own ctx-size and gpu-layers; SIGHUP "
+             "rescans."},
+    {.name = "max-loaded-models", .type = IC_OPT_INT, .offset = F(max_loaded_models),
+     .metavar = "N", .def = "0", .lo = 0, .hi = IC_MODEL_LIST_MAX,
+     .def_help = "as many as the memory plan fits",
+     .help = "With several models, at most N awake at once: a request for a sleeping one first "
+             "puts the least recently used idle one to sleep (its sessions' KV kept in host "
+             "memory)."},
     {.name = "config", .type = IC_OPT_STRING, .offset = F(config), .metavar = "FILE",
      .flags = IC_OPT_NO_CONFIG,
      .help = "Read options from FILE: `key = value` lines, keys are the long option names; "
@@ -373,6 +403,7 @@ static int load_args(int argc, char **argv, serve_args *a)
         rc = parse_args(argc, argv, a);
     if (rc != 0 || !a->config)
         return rc;
+    bool flag_models = a->models.n > 0;
     const char *path = a->config;
     if (defaults(a) < 0)
         return IC_ERR_INVAL;
@@ -381,6 +412,8 @@ static int load_args(int argc, char **argv, serve_args *a)
         fprintf(stderr, "inferencecenter serve: %s\n", err);
         return IC_ERR_INVAL;
     }
+    if (flag_models) /* --model on the command line replaces the file's, as other flags do */
+        a->models.n = 0;
     rc = parse_args(argc, argv, a);
     a->config = path;
     return rc;
@@ -418,16 +451,16 @@ static const char *default_model(char *buf, size_t cap)
     return buf;
 }
 
-/* The memory plan: GPU layers for auto, and the sessions whose KV cache
- * fits (so->max_sessions may go down). A model the planner cannot read is
- * left to the engine, whose error says what is wrong with it. */
-static void plan_memory(const serve_args *a, ic_sched_opts *so, ic_engine_opts *eo)
+/* The plan for path as memory is now; free_* (may be NULL) get the GPUs'
+ * free VRAM less the margins, and the host's available RAM. Returns 0, or
+ * -1 when the planner cannot read the model. */
+static int plan_of(const serve_args *a, const char *path, const ic_sched_opts *so,
+                   const ic_engine_opts *eo, ic_plan *p, int64_t *free_vram, int64_t *free_ram)
 {
-    eo->n_gpu_layers = a->gpu_layers == GPU_LAYERS_AUTO ? 0 : a->gpu_layers;
     ic_model_shape shape;
     char err[256];
-    if (ic_plan_read_shape(a->model, &shape, err, sizeof err) < 0)
-        return;
+    if (ic_plan_read_shape(path, &shape, err, sizeof err) < 0)
+        return -1;
     ic_plan_input in = ic_plan_input_default();
     ic_engine_device devs[IC_PLAN_MAX_DEVICES];
     in.n_devices = ic_engine_supports_gpu() ? ic_engine_gpu_devices(devs, IC_PLAN_MAX_DEVICES) : 0;
@@ -445,10 +478,30 @@ static void plan_memory(const serve_args *a, ic_sched_opts *so, ic_engine_opts *
     in.kv_unified = so->kv_unified;
     in.type_k = eo->type_k;
     in.type_v = eo->type_v;
-    ic_plan p;
-    ic_plan_compute(&shape, &in, &p);
+    ic_plan_compute(&shape, &in, p);
     ic_plan_shape_free(&shape);
-    if (a->gpu_layers == GPU_LAYERS_AUTO) {
+    int64_t vram = 0;
+    for (int i = 0; i < in.n_devices; i++)
+        if (in.device_free_bytes[i] > in.margin_bytes)
+            vram += in.device_free_bytes[i] - in.margin_bytes;
+    if (free_vram)
+        *free_vram = vram;
+    if (free_ram)
+        *free_ram = in.host_available_bytes;
+    return 0;
+}
+
+/* The memory plan: GPU layers for auto, and the sessions whose KV cache
+ * fits (so->max_sessions may go down). A model the planner cannot read is
+ * left to the engine, whose error says what is wrong with it. */
+static void plan_memory(const serve_args *a, const char *path, int gpu_layers,
+                        ic_sched_opts *so, ic_engine_opts *eo)
+{
+    eo->n_gpu_layers = gpu_layers == GPU_LAYERS_AUTO ? 0 : gpu_layers;
+    ic_plan p;
+    if (plan_of(a, path, so, eo, &p, NULL, NULL) < 0)
+        return;
+    if (gpu_layers == GPU_LAYERS_AUTO) {
         eo->n_gpu_layers = p.n_gpu_layers;
         ic_log_info("%s", p.summary);
     }
@@ -478,17 +531,17 @@ static void watchdog_beat(void *ud)
 
 /* Loads the model, retrying with fewer GPU layers when an automatic split
  * still runs out of memory. */
-static int load_engine(const serve_args *a, ic_engine_opts *eo, ic_engine **e)
+static int load_engine(int gpu_layers, ic_engine_opts *eo, ic_engine **e)
 {
     for (;;) {
         const char *why = NULL;
         int rc = ic_engine_create(eo, e, &why);
         if (rc == 0)
             return 0;
-        bool retry = a->gpu_layers == GPU_LAYERS_AUTO && eo->n_gpu_layers > 0 &&
+        bool retry = gpu_layers == GPU_LAYERS_AUTO && eo->n_gpu_layers > 0 &&
                      (rc == IC_ERR_MODEL || rc == IC_ERR_CONTEXT || rc == IC_ERR_NOMEM);
         if (!retry) {
-            ic_log_error("cannot load model %s: %s", a->model, why);
+            ic_log_error("cannot load model %s: %s", eo->model_path, why);
             return rc;
         }
         int fewer = ic_plan_fewer_layers(eo->n_gpu_layers);
@@ -511,6 +564,105 @@ static void rpc_lost(void *ud, const char *why)
         _exit(1);
     }
     ic_gateway_engine_failed(ud, why);
+}
+
+static int cmp_desc(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return a < b ? 1 : a > b ? -1 : 0;
+}
+
+/* How many models may be awake at once: --max-loaded-models, or (0) the
+ * most whose plans (weights, KV, compute; each as if alone) fit the free
+ * VRAM and available RAM together, counting the largest first, so that any
+ * that many fit. At least 1. */
+static int max_loaded(const serve_args *a)
+{
+    const ic_model_list *l = &a->list;
+    ic_sched_opts sov = ic_sched_opts_default(), *so = &sov;
+    so->max_sessions = a->max_sessions;
+    so->n_ctx_per_session = (uint32_t)a->ctx_size;
+    so->kv_unified = a->kv_unified;
+    so->prefix_slots = a->prefix_cache;
+    ic_engine_opts eov = ic_engine_opts_default(), *eo = &eov;
+    eo->type_k = (ic_kv_type)a->cache_type_k;
+    eo->type_v = (ic_kv_type)a->cache_type_v;
+    if (a->max_loaded_models > 0 || l->n == 1)
+        return a->max_loaded_models > 0 && a->max_loaded_models < l->n ? a->max_loaded_models
+                                                                         : l->n;
+    int64_t vram[IC_MODEL_LIST_MAX], ram[IC_MODEL_LIST_MAX], free_vram = 0, free_ram = 0;
+    for (int i = 0; i < l->n; i++) {
+        ic_plan p;
+        if (plan_of(a, l->m[i].path, so, eo, &p, &free_vram, &free_ram) < 0)
+            return l->n; /* the engine will say what is wrong with it */
+        vram[i] = p.vram_bytes;
+        ram[i] = p.ram_bytes;
+    }
+    qsort(vram, (size_t)l->n, sizeof *vram, cmp_desc);
+    qsort(ram, (size_t)l->n, sizeof *ram, cmp_desc);
+    int k = 0;
+    for (int64_t v = 0, r = 0; k < l->n; k++) {
+        v += vram[k];
+        r += ram[k];
+        if ((v > 0 && v > free_vram) || (free_ram > 0 && r > free_ram))
+            break;
+    }
+    k = k < 1 ? 1 : k;
+    ic_log_info("memory holds %d of the %d models at once (the others sleep until asked for: "
+                "--max-loaded-models)", k, l->n);
+    return k;
+}
+
+/* Waits (up to a minute) until s has gone to sleep. Loader thread. */
+static void wait_asleep(ic_sched *s)
+{
+    for (int i = 0; i < 6000; i++) {
+        ic_sched_stats st;
+        ic_sched_get_stats(s, &st);
+        if (st.state == IC_SCHED_SLEEPING)
+            return;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Loads one model and starts its scheduler (ld->sched[ld->n], with its
+ * chat templates); so may lose sessions to the memory plan. */
+static int load_one(loader *ld, const ic_model_spec *m, ic_sched_opts *so)
+{
+    const serve_args *a = ld->args;
+    ic_engine_opts eo = ic_engine_opts_default();
+    eo.model_path = m->path;
+    eo.n_threads = a->threads;
+    eo.n_batch_tokens = (uint32_t)a->batch;
+    eo.progress = true;
+    eo.type_k = (ic_kv_type)a->cache_type_k;
+    eo.type_v = (ic_kv_type)a->cache_type_v;
+    eo.flash_attn = a->flash_attn;
+    if (m->ctx_size > 0) /* models.ini */
+        so->n_ctx_per_session = (uint32_t)m->ctx_size;
+    int gpu_layers = m->gpu_layers != IC_MODEL_GPU_LAYERS_SERVER ? m->gpu_layers : a->gpu_layers;
+    plan_memory(a, m->path, gpu_layers, so, &eo);
+    ic_sched_engine_opts(so, &eo);
+    ic_log_info("loading model %s as %s", m->path, m->name);
+    ic_engine *e = NULL;
+    if (load_engine(gpu_layers, &eo, &e) < 0)
+        return -1;
+    char why[256] = "";
+    ic_chat *chat = NULL;
+    if (ic_chat_create(e, NULL, &chat, why, sizeof why) < 0)
+        ic_log_warn("the chat template of %s cannot be used (%s): the OpenAI chat API is off "
+                    "for it", m->name, why);
+    ic_sched *sched = NULL;
+    int rc = ic_sched_create(e, so, &sched);
+    if (rc < 0) {
+        ic_log_error("cannot start the scheduler: %s", ic_strerror(rc));
+        ic_chat_destroy(chat);
+        return -1;
+    }
+    ld->sched[ld->n] = sched;
+    ld->chat[ld->n++] = chat;
+    return 0;
 }
 
 static void *load_model(void *arg)
@@ -539,43 +691,33 @@ static void *load_model(void *arg)
     }
     so.heartbeat_interval_ms = ic_notify_watchdog_interval_ms();
     so.heartbeat = so.heartbeat_interval_ms > 0 ? watchdog_beat : NULL;
-    ic_engine_opts eo = ic_engine_opts_default();
-    eo.model_path = a->model;
-    eo.n_threads = a->threads;
-    eo.n_batch_tokens = (uint32_t)a->batch;
-    eo.progress = true;
-    eo.type_k = (ic_kv_type)a->cache_type_k;
-    eo.type_v = (ic_kv_type)a->cache_type_v;
-    eo.flash_attn = a->flash_attn;
-    plan_memory(a, &so, &eo);
-    ic_sched_engine_opts(&so, &eo);
-    ic_log_info("loading model %s", a->model);
-    ic_engine *e = NULL;
-    if (load_engine(a, &eo, &e) < 0) {
-        ic_gateway_load_failed(ld->gw);
-        return NULL;
+    ic_gateway_model served[IC_MODEL_LIST_MAX];
+    int k = ld->max_loaded > 0 ? ld->max_loaded : a->list.n;
+    for (int i = 0; i < a->list.n; i++) {
+        /* Beyond k: the last one loaded sleeps before the next loads (each
+         * is loaded once, so a bad file fails at start, not at a swap). */
+        if (i >= k && ic_sched_sleep(ld->sched[i - 1]) == 0)
+            wait_asleep(ld->sched[i - 1]);
+        ic_sched_opts mso = so;
+        mso.session_id_base = ic_models_session_base(i);
+        if (load_one(ld, &a->list.m[i], &mso) < 0) {
+            ic_gateway_load_failed(ld->gw);
+            return NULL;
+        }
+        served[i] = (ic_gateway_model){.sched = ld->sched[i], .chat = ld->chat[i],
+                                       .name = a->list.m[i].name};
+        if (i == 0)
+            so.max_sessions = mso.max_sessions; /* HELLO's: the default model's */
     }
-    char why[256] = "";
-    if (ic_chat_create(e, NULL, &ld->chat, why, sizeof why) < 0)
-        ic_log_warn("the model's chat template cannot be used (%s): the OpenAI chat API "
-                    "is off", why);
-    int rc = ic_sched_create(e, &so, &ld->sched);
-    if (rc < 0) {
-        ic_log_error("cannot start the scheduler: %s", ic_strerror(rc));
-        ic_gateway_load_failed(ld->gw);
-        return NULL;
-    }
-    char id[128];
-    const char *base = strrchr(a->model, '/');
-    snprintf(id, sizeof id, "%s", base ? base + 1 : a->model);
-    size_t n = strlen(id);
-    if (n > 5 && strcmp(id + n - 5, ".gguf") == 0)
-        id[n - 5] = '\0';
-    ic_gateway_attach(ld->gw, ld->sched, ld->chat, id);
+    ld->so = so;
+    ld->list = a->list;
+    ic_gateway_attach_models(ld->gw, served, ld->n);
+    atomic_store(&ld->loaded_all, true);
     if (ic_rpc_n_servers() > 0) /* a lost RPC server now fails the model, not the process */
         ic_rpc_set_fatal_handler(rpc_lost, ld->gw);
     char status[160];
-    snprintf(status, sizeof status, "serving %s, %d sessions", a->model, so.max_sessions);
+    snprintf(status, sizeof status, "serving %s%s, %d sessions", a->model,
+             ld->n > 1 ? " and more" : "", so.max_sessions);
     ic_notify_ready(status);
     return NULL;
 }
@@ -592,9 +734,66 @@ static void server_signals(sigset_t *set)
     sigaddset(set, SIGUSR1);
 }
 
+/* SIGHUP: loads the files new in --models-dir since the last look (one
+ * that is gone stays served until a restart). Its own thread: a load takes
+ * long, and the signal thread must stay free for SIGTERM. */
+static void *rescan(void *arg)
+{
+    loader *ld = arg;
+    const serve_args *a = ld->args;
+    ic_model_list now = {0};
+    char err[512];
+    if (ic_model_list_scan(&now, a->models_dir, err, sizeof err) < 0 && now.n == 0)
+        ic_log_warn("SIGHUP: %s", err);
+    int added = 0;
+    for (int i = 0; i < now.n; i++) {
+        bool known = false;
+        for (int j = 0; j < ld->list.n; j++)
+            known |= strcmp(ld->list.m[j].name, now.m[i].name) == 0;
+        if (known)
+            continue;
+        if (ic_model_list_add(&ld->list, now.m[i].path, err, sizeof err) < 0) {
+            ic_log_warn("SIGHUP: %s", err);
+            break;
+        }
+        ic_sched_opts so = ld->so;
+        so.session_id_base = ic_models_session_base(ld->n);
+        int index = ld->n;
+        if (load_one(ld, &now.m[i], &so) < 0) {
+            ld->list.n--; /* not served: a later SIGHUP tries again */
+            continue;
+        }
+        if (ld->max_loaded > 0) /* it waits asleep, as the others beyond the budget */
+            ic_sched_sleep(ld->sched[index]);
+        ic_gateway_model m = {.sched = ld->sched[index], .chat = ld->chat[index],
+                              .name = now.m[i].name};
+        ic_gateway_add_model(ld->gw, &m);
+        added++;
+    }
+    ic_log_info("SIGHUP: --models-dir rescanned, %d new models", added);
+    atomic_store(&ld->rescanning, false);
+    return NULL;
+}
+
+static void start_rescan(loader *ld)
+{
+    if (!ld->args->models_dir)
+        return;
+    if (!atomic_load(&ld->loaded_all) || atomic_exchange(&ld->rescanning, true)) {
+        ic_log_info("SIGHUP: models are still loading; --models-dir not rescanned");
+        return;
+    }
+    if (ld->rescan_started)
+        pthread_join(ld->rescan_tid, NULL);
+    ld->rescan_started = pthread_create(&ld->rescan_tid, NULL, rescan, ld) == 0;
+    if (!ld->rescan_started)
+        atomic_store(&ld->rescanning, false);
+}
+
 static void *signal_thread(void *arg)
 {
-    ic_gateway *gw = arg;
+    loader *ld = arg;
+    ic_gateway *gw = ld->gw;
     sigset_t set;
     server_signals(&set);
     int stops = 0;
@@ -606,6 +805,7 @@ static void *signal_thread(void *arg)
             return NULL;
         if (sig == SIGHUP) {
             ic_gateway_request_reload(gw);
+            start_rescan(ld);
             continue;
         }
         if (++stops > 1) {
@@ -692,6 +892,8 @@ static int run(const serve_args *a)
     go.auth_max_delay_s = (double)a->auth_max_delay_s;
     go.prompt_cache_per_client = a->prompt_cache_isolation == 1;
     go.node_name = a->node_name;
+    int k = max_loaded(a);
+    go.max_loaded_models = k < a->list.n ? k : 0;
     char url[300];
     bool tls = a->tls_cert != NULL;
     snprintf(url, sizeof url, "%s://%s:%d/ws", tls ? "wss" : "ws", a->host, a->port);
@@ -736,8 +938,8 @@ static int run(const serve_args *a)
                 tls ? "https" : "http", a->host, a->port,
                 a->tokens ? ", API tokens required" : ", no authentication");
     pthread_t sig_tid, load_tid;
-    loader ld = {.args = a, .gw = gw};
-    if (pthread_create(&sig_tid, NULL, signal_thread, gw) != 0) {
+    loader ld = {.args = a, .gw = gw, .max_loaded = go.max_loaded_models};
+    if (pthread_create(&sig_tid, NULL, signal_thread, &ld) != 0) {
         ic_log_error("cannot start the signal thread");
         ic_server_destroy(srv);
         ic_gateway_destroy(gw);
@@ -759,18 +961,23 @@ static int run(const serve_args *a)
     pthread_join(sig_tid, NULL);
     teardown_signals();
     pthread_join(load_tid, NULL);
+    if (ld.rescan_started) /* the signal thread, which started it, is gone */
+        pthread_join(ld.rescan_tid, NULL);
     if (ic_gateway_engine_dead(gw)) {
         /* The scheduler's thread waits on a backend thread that will never
          * answer: it cannot be stopped or its engine freed. */
         ic_log_error("stopped with a failed backend: exiting without stopping the scheduler");
         _exit(1);
     }
-    ic_sched_stop(ld.sched);
+    for (int i = 0; i < ld.n; i++)
+        ic_sched_stop(ld.sched[i]);
     ic_server_destroy(srv);
     bool failed = ic_gateway_failed(gw);
-    ic_sched_destroy(ld.sched);
+    for (int i = 0; i < ld.n; i++) {
+        ic_sched_destroy(ld.sched[i]);
+        ic_chat_destroy(ld.chat[i]);
+    }
     ic_gpu_monitor_destroy(ld.thermal);
-    ic_chat_destroy(ld.chat);
     ic_gateway_destroy(gw);
     ic_log_info("stopped");
     return failed ? 1 : 0;
@@ -885,15 +1092,27 @@ static int check_args(serve_args *a, char *defpath, size_t cap)
      * server's total, or half of it when tokens are required). */
     if (a->batch < 2 * a->max_sessions)
         a->batch = 2 * a->max_sessions;
-    if (!a->model) {
+    char err[512];
+    for (int i = 0; i < a->models.n; i++)
+        if (ic_model_list_add(&a->list, a->models.v[i], err, sizeof err) < 0)
+            goto bad_list;
+    if (a->models_dir && ic_model_list_scan(&a->list, a->models_dir, err, sizeof err) < 0)
+        goto bad_list;
+    if (a->list.n == 0) {
         a->model = default_model(defpath, cap);
         if (access(a->model, R_OK) != 0) {
             fprintf(stderr, "inferencecenter serve: no --model given and the built-in default "
                             "model %s is missing; scripts/quickstart makes it\n", a->model);
             return 2;
         }
+        if (ic_model_list_add(&a->list, a->model, err, sizeof err) < 0)
+            goto bad_list;
     }
+    a->model = a->list.m[0].path;
     return 0;
+bad_list:
+    fprintf(stderr, "inferencecenter serve: %s\n", err);
+    return 2;
 }
 
 int ic_cmd_serve(int argc, char **argv)

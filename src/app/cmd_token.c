@@ -20,6 +20,7 @@ typedef struct token_args {
     const char *tokens; /* tokens file */
     int max_sessions;   /* 0 = the server's per-client default */
     enum ic_priority priority;
+    bool admin;         /* admin=true: may load and unload models */
 } token_args;
 
 static const char usage[] =
@@ -36,16 +37,19 @@ static const char usage[] =
     "                       (default or 0: the server's per-client limit)\n"
     "  --priority P         highest priority its requests may use: high, normal\n"
     "                       or low (default normal)\n"
+    "  --admin              the client may load and unload models (MODEL_LOAD,\n"
+    "                       MODEL_UNLOAD, POST /admin/models/NAME/load|unload)\n"
     "  -h, --help           this help\n";
 
 /* Returns 0, 1 after --help, or IC_ERR_INVAL after printing why. */
 static int parse_add_args(int argc, char **argv, token_args *a)
 {
-    enum { O_TOKENS = 256, O_MAX_SESSIONS, O_PRIORITY };
+    enum { O_TOKENS = 256, O_MAX_SESSIONS, O_PRIORITY, O_ADMIN };
     static const struct option opts[] = {
         {"tokens", required_argument, 0, O_TOKENS},
         {"max-sessions", required_argument, 0, O_MAX_SESSIONS},
         {"priority", required_argument, 0, O_PRIORITY},
+        {"admin", no_argument, 0, O_ADMIN},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -57,6 +61,7 @@ static int parse_add_args(int argc, char **argv, token_args *a)
         case O_TOKENS: a->tokens = optarg; break;
         case O_MAX_SESSIONS: rc = ic_cli_parse_int(optarg, 0, INT_MAX, &a->max_sessions); break;
         case O_PRIORITY: rc = ic_priority_parse(optarg, &a->priority); break;
+        case O_ADMIN: a->admin = true; break;
         case 'h': fputs(usage, stdout); return 1;
         default:
             fprintf(stderr, "inferencecenter token: unknown option or missing value: '%s'\n",
@@ -91,8 +96,8 @@ static int token_add(int argc, char **argv)
     if (rc != 0)
         return rc > 0 ? 0 : 2;
     char token[80], err[512];
-    rc = ic_auth_add_token(a.tokens, a.name, a.max_sessions, a.priority, token, sizeof token, err,
-                           sizeof err);
+    rc = ic_auth_add_token_admin(a.tokens, a.name, a.max_sessions, a.priority, a.admin, token,
+                                 sizeof token, err, sizeof err);
     if (rc < 0) {
         fprintf(stderr, "inferencecenter token: %s\n", err[0] ? err : ic_strerror(rc));
         return rc == IC_ERR_INVAL ? 2 : 1;

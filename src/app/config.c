@@ -17,6 +17,7 @@ typedef struct reader {
     FILE *f;
     int line;                 /* lines read so far = the current line's number */
     ic_config_apply_fn apply;
+    ic_config_section_fn apply_section; /* set: sections are allowed */
     void *ud;
     bool failed;              /* the first error is kept; later keys are ignored */
     int err_line;
@@ -49,7 +50,10 @@ static int on_key(void *user, const char *section, const char *name, const char 
     if (r->failed)
         return 1;
     int rc = 0;
-    if (section && *section) {
+    if (r->apply_section) {
+        rc = r->apply_section(r->ud, section ? section : "", name, value ? value : "", r->why,
+                              sizeof r->why);
+    } else if (section && *section) {
         snprintf(r->why, sizeof r->why, "sections are not supported ([%s]); write keys alone",
                  section);
         rc = IC_ERR_PARSE;
@@ -64,10 +68,25 @@ static int on_key(void *user, const char *section, const char *name, const char 
     return 1;
 }
 
+static int load(const char *path, reader *rd, char *err, size_t errlen);
+
 int ic_config_load(const char *path, ic_config_apply_fn apply, void *ud, char *err,
                    size_t errlen)
 {
     reader r = {.apply = apply, .ud = ud};
+    return load(path, &r, err, errlen);
+}
+
+int ic_config_load_sections(const char *path, ic_config_section_fn apply, void *ud, char *err,
+                            size_t errlen)
+{
+    reader r = {.apply_section = apply, .ud = ud};
+    return load(path, &r, err, errlen);
+}
+
+static int load(const char *path, reader *rd, char *err, size_t errlen)
+{
+    reader r = *rd;
     r.f = fopen(path, "r");
     if (!r.f) {
         snprintf(err, errlen, "%s: cannot read the config file", path);

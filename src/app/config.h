@@ -23,4 +23,11 @@ typedef int (*ic_config_apply_fn)(void *ud, const char *key, const char *value, 
 int ic_config_load(const char *path, ic_config_apply_fn apply, void *ud, char *err,
                    size_t errlen);
 
+/* As ic_config_load for a file of [sections] (models.ini): apply gets each
+ * key with its section's name ("" before the first section). */
+typedef int (*ic_config_section_fn)(void *ud, const char *section, const char *key,
+                                    const char *value, char *why, size_t whylen);
+int ic_config_load_sections(const char *path, ic_config_section_fn apply, void *ud, char *err,
+                            size_t errlen);
+
 #endif

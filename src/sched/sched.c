@@ -698,6 +698,32 @@ static void close_session(ic_sched *s, session *ss, enum ic_close_reason why)
     }
 }
 
+/* An admin's unload (running generations end model_unloaded, then the
+ * model sleeps) or load: a sleeping model wakes; an awake one is unloaded
+ * and loaded again from its file, which may have changed, so its
+ * sessions' KV is not restored but recomputed from their conversations. */
+static void unload_or_reload(ic_sched *s, bool load)
+{
+    if (!s->sleeping) {
+        for (int i = 0; i < s->opts.max_sessions; i++)
+            if (s->sessions[i].id && s->sessions[i].gen)
+                finish(s, &s->sessions[i], IC_END_MODEL_UNLOADED);
+        if (s->engine)
+            ic_sched__sleep(s, load ? "reloading" : "unloaded by an admin");
+        if (load) {
+            for (int i = 0; i < s->opts.max_sessions; i++) {
+                session *ss = &s->sessions[i];
+                free(ss->saved_kv);
+                ss->saved_kv = NULL;
+                ss->saved_kv_len = 0;
+                ss->n_hist = 0;
+            }
+        }
+    }
+    if (load && s->sleeping && ic_sched__wake(s) < 0)
+        ic_log_error("the model could not be loaded: it stays unloaded until the next request");
+}
+
 static void handle_request(ic_sched *s, req *r)
 {
     session *ss;
@@ -717,6 +743,14 @@ static void handle_request(ic_sched *s, req *r)
     case REQ_CLOSE:
         if ((ss = find_session(s, r->session_id)))
             close_session(s, ss, r->close_reason);
+        break;
+    case REQ_SLEEP:
+        if (!s->sleeping && s->n_active == 0 && s->engine)
+            ic_sched__sleep(s, "asked to make room for another model");
+        break;
+    case REQ_UNLOAD:
+    case REQ_LOAD:
+        unload_or_reload(s, r->type == REQ_LOAD);
         break;
     }
     ic_sched__req_free(r);
@@ -771,7 +805,7 @@ static void *sched_main(void *arg)
             s->last_work_ms = ic_now_ms();
         else if (s->opts.idle_unload_s > 0 && !s->sleeping && !atomic_load(&s->stop) &&
                  ic_now_ms() - s->last_work_ms >= s->opts.idle_unload_s * 1000.0)
-            ic_sched__sleep(s);
+            ic_sched__sleep(s, NULL);
         publish_stats(s);
         flush_events(s);
         if (s->wake_pending && s->opts.wake) {
@@ -859,7 +893,7 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     s->engine_opts.progress = false;
     s->engine_opts.load_tick = ic_sched__reload_tick;
     s->engine_opts.load_tick_ud = s;
-    atomic_init(&s->next_session_id, 1);
+    atomic_init(&s->next_session_id, opts->session_id_base + 1);
     atomic_init(&s->st_temp_milli, -1000);
     s->tps_window_start_ms = s->last_work_ms = ic_now_ms();
     atomic_init(&s->st_progress_us, (int64_t)(s->last_work_ms * 1000.0));

@@ -29,6 +29,7 @@ enum ic_end_reason {
     IC_END_CONTEXT_FULL,
     IC_END_SHUTDOWN,
     IC_END_ERROR,
+    IC_END_MODEL_UNLOADED,   /* an admin unloaded or reloaded the model (ic_sched_unload) */
 };
 
 /* Why a session went away. */
@@ -156,6 +157,9 @@ typedef struct ic_sched_opts {
      * to host memory and the model and context are freed; the next INFER
      * reloads them (0 = never). */
     int idle_unload_s;
+    /* Session IDs start after this (several schedulers in one server keep
+     * them apart: api/models.h); 0 for a server with one model. */
+    uint64_t session_id_base;
     /* Called from the scheduler loop at most every heartbeat_interval_ms
      * (and at least that often, idle included, when set): a hung decode
      * stops it (the systemd watchdog). NULL: none. */
@@ -186,6 +190,8 @@ typedef struct ic_sched_stats {
     uint64_t sleeps;          /* times the model was unloaded for idleness */
     uint64_t spec_drafted_tokens;  /* draft tokens verified since start */
     uint64_t spec_accepted_tokens; /* of them, accepted */
+    uint64_t wakes;           /* times it was loaded again after a sleep */
+    double last_wake_ms;      /* how long the last of those loads took (KV restore included) */
 } ic_sched_stats;
 
 /* max_sessions 8, 2048 tokens each, 64 queued, 2 prefixes, 256-token
@@ -273,6 +279,25 @@ int ic_sched_abort(ic_sched *s, uint64_t session_id);
 /* Ends any generation (END abort), frees the KV cache, then emits
  * SESSION_CLOSED with reason. Any thread. Returns 0 or IC_ERR_NOMEM. */
 int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason);
+
+/* Puts the model to sleep now, as idle sleep does (sessions' KV state to
+ * host memory, model and context freed; the next INFER reloads them),
+ * unless a generation runs or waits: then nothing happens. For a server
+ * that holds only some of its models at once (api/models.h). Any thread.
+ * Returns 0 or IC_ERR_NOMEM. */
+int ic_sched_sleep(ic_sched *s);
+
+/* An admin's unload: running generations end with IC_END_MODEL_UNLOADED,
+ * then the model sleeps as with ic_sched_sleep (its sessions stay, their
+ * KV in host memory; the next INFER loads it again). Any thread. Returns 0
+ * or IC_ERR_NOMEM. */
+int ic_sched_unload(ic_sched *s);
+
+/* An admin's load: a sleeping model loads now (its sessions' KV restored);
+ * a loaded one is reloaded from its file, which may have changed (running
+ * generations end IC_END_MODEL_UNLOADED; sessions recompute their KV from
+ * their conversations). Any thread. Returns 0 or IC_ERR_NOMEM. */
+int ic_sched_load(ic_sched *s);
 
 /* Pops the next event, waiting up to timeout_ms (0 = not at all, -1 =
  * forever). Returns NULL if there is none. One consumer thread. */

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <time.h>
 
-enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE };
+enum req_type { REQ_OPEN, REQ_INFER, REQ_ABORT, REQ_CLOSE, REQ_SLEEP, REQ_UNLOAD, REQ_LOAD };
 
 /* A request from another thread; owned by the queue, then by the
  * scheduler thread, which frees it. */
@@ -145,6 +145,8 @@ struct ic_sched {
     _Atomic int64_t st_temp_milli;  /* thermal guard's last reading x 1000; < 0 none */
     _Atomic uint64_t st_sleeps;
     _Atomic uint64_t st_spec_drafted, st_spec_accepted; /* writer: scheduler */
+    _Atomic uint64_t st_wakes;
+    _Atomic int64_t st_last_wake_us; /* how long the last wake took */
 
     /* --- scheduler thread only --- */
     ic_engine *engine;
@@ -197,7 +199,7 @@ void ic_sched__thermal_check(ic_sched *s);
 
 /* Idle sleep: saves every session's KV state to host memory and frees the
  * engine. */
-void ic_sched__sleep(ic_sched *s);
+void ic_sched__sleep(ic_sched *s, const char *why);
 
 /* Reloads the engine and restores the sessions' KV state. Returns 0 or the
  * engine's error (then it stays asleep). */

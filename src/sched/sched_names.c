@@ -10,7 +10,8 @@
 const char *ic_end_reason_name(enum ic_end_reason r)
 {
     static const char *const names[] = {"eos",          "length",   "stop_string", "abort",
-                                        "context_full", "shutdown", "error"};
+                                        "context_full", "shutdown", "error",
+                                        "model_unloaded"};
     return (unsigned)r < sizeof names / sizeof *names ? names[r] : "error";
 }
 

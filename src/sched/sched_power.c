@@ -13,6 +13,7 @@
 #include "sched_impl.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 static void publish_state(ic_sched *s, bool waking)
@@ -51,7 +52,7 @@ void ic_sched__thermal_check(ic_sched *s)
 /* Idle for idle_unload_s: every session's KV state goes to host memory,
  * the model and context are freed (VRAM back to the system). A session
  * whose state cannot be kept recomputes it from its conversation. */
-void ic_sched__sleep(ic_sched *s)
+void ic_sched__sleep(ic_sched *s, const char *why)
 {
     ic_prefix_drop_ready(s->prefixes, s->engine);
     size_t bytes = 0;
@@ -73,8 +74,10 @@ void ic_sched__sleep(ic_sched *s)
     s->sleeping = true;
     atomic_fetch_add(&s->st_sleeps, 1);
     publish_state(s, false);
-    ic_log_info("idle for %d s: model unloaded; %d sessions' KV state (%.1f MiB) kept in host "
-                "memory", s->opts.idle_unload_s, n, (double)bytes / (1 << 20));
+    char idle[64];
+    snprintf(idle, sizeof idle, "idle for %d s", s->opts.idle_unload_s);
+    ic_log_info("%s: model %s unloaded; %d sessions' KV state (%.1f MiB) kept in host memory",
+                why ? why : idle, s->model_path, n, (double)bytes / (1 << 20));
 }
 
 /* The reload's progress keeps the heartbeat going: a big model can take
@@ -112,9 +115,11 @@ int ic_sched__wake(ic_sched *s)
         ss->saved_kv_len = 0;
     }
     s->sleeping = false;
+    atomic_store(&s->st_last_wake_us, (int64_t)((ic_now_ms() - t0) * 1000.0));
+    atomic_fetch_add(&s->st_wakes, 1); /* after the time: a reader of wakes sees it */
     publish_state(s, false);
-    ic_log_info("woke up in %.0f ms: model reloaded, %d sessions restored",
-                ic_now_ms() - t0, n);
+    ic_log_info("woke up in %.0f ms: model %s reloaded, %d sessions restored",
+                ic_now_ms() - t0, s->model_path, n);
     return 0;
 }
 

@@ -242,6 +242,21 @@ int ic_sched_abort(ic_sched *s, uint64_t session_id)
     return simple_request(s, REQ_ABORT, session_id, IC_CLOSE_CLIENT);
 }
 
+int ic_sched_sleep(ic_sched *s)
+{
+    return simple_request(s, REQ_SLEEP, 0, IC_CLOSE_CLIENT);
+}
+
+int ic_sched_unload(ic_sched *s)
+{
+    return simple_request(s, REQ_UNLOAD, 0, IC_CLOSE_CLIENT);
+}
+
+int ic_sched_load(ic_sched *s)
+{
+    return simple_request(s, REQ_LOAD, 0, IC_CLOSE_CLIENT);
+}
+
 int ic_sched_close_session(ic_sched *s, uint64_t session_id, enum ic_close_reason reason)
 {
     return simple_request(s, REQ_CLOSE, session_id, reason);
@@ -273,6 +288,8 @@ void ic_sched_get_stats(const ic_sched *s, ic_sched_stats *out)
     out->sleeps = atomic_load(&m->st_sleeps);
     out->spec_drafted_tokens = atomic_load(&m->st_spec_drafted);
     out->spec_accepted_tokens = atomic_load(&m->st_spec_accepted);
+    out->wakes = atomic_load(&m->st_wakes);
+    out->last_wake_ms = (double)atomic_load(&m->st_last_wake_us) / 1e3;
 }
 
 int ic_sched_session_info(const ic_sched *s, uint64_t session_id,

@@ -96,6 +96,7 @@ def test_auth_success(start_server, tmp_path):
         r = await c.request({"type": "AUTH", "token": toks["alice"], "id": "a"})
         model = r.pop("model")   # HELLO names no model before AUTH (issue 11)
         assert model["name"] and model["n_ctx_train"] > 0
+        assert len(r.pop("models")) == 1   # nor the served models' names (issue 16)
         # With tokens required, a client without its own limit gets half of
         # the server's 8 sessions, so that one client cannot hold every slot.
         assert r == {"type": "AUTH_SUCCESS", "id": "a", "client": "alice", "max_sessions": 4}

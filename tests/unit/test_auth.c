@@ -173,6 +173,41 @@ static void expect_parse_error(const char *path, const char *text, size_t len, i
         fail_msg("err '%s' does not start with '%s'", err, prefix);
 }
 
+static void admin_option(void **state)
+{
+    fixture *f = *state;
+    write_text(f->path, "root " H_ALPHA " admin=true\n"
+                        "bob " H_BETA " admin=false priority=high\n"
+                        "carol " H_GAMMA_UPPER "\n");
+    ic_auth *a = load_ok(f->path);
+    ic_client_cfg cfg;
+    assert_int_equal(ic_auth_check(a, "alpha-token", &cfg), 0);
+    assert_true(cfg.admin);
+    assert_int_equal(ic_auth_check(a, "beta-token", &cfg), 0);
+    assert_false(cfg.admin);
+    assert_int_equal(cfg.priority, IC_PRIORITY_HIGH);
+    assert_int_equal(ic_auth_check(a, "gamma-token", &cfg), 0);
+    assert_false(cfg.admin);
+    ic_auth_destroy(a);
+    expect_parse_error(f->path, "root " H_ALPHA " admin=yes\n",
+                       strlen("root " H_ALPHA " admin=yes\n"), 1, "admin must be true or false");
+    expect_parse_error(f->path, "root " H_ALPHA " admin=true admin=true\n",
+                       strlen("root " H_ALPHA " admin=true admin=true\n"), 1, "admin given twice");
+    /* token add --admin writes admin=true, and the token it prints is an admin's */
+    remove(f->path);
+    char tok[80], err[256];
+    assert_int_equal(ic_auth_add_token_admin(f->path, "root", 0, IC_PRIORITY_NORMAL, true, tok,
+                                             sizeof tok, err, sizeof err),
+                     0);
+    char text[512];
+    read_text(f->path, text, sizeof text);
+    assert_non_null(strstr(text, " admin=true\n"));
+    a = load_ok(f->path);
+    assert_int_equal(ic_auth_check(a, tok, &cfg), 0);
+    assert_true(cfg.admin);
+    ic_auth_destroy(a);
+}
+
 static void malformed_lines_give_line_numbers(void **state)
 {
     fixture *f = *state;
@@ -506,6 +541,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(loads_comments_blanks_and_options, setup, teardown),
         cmocka_unit_test_setup_teardown(loads_crlf_line_endings, setup, teardown),
+        cmocka_unit_test_setup_teardown(admin_option, setup, teardown),
         cmocka_unit_test_setup_teardown(one_name_may_have_two_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(malformed_lines_give_line_numbers, setup, teardown),
         cmocka_unit_test_setup_teardown(errors_never_quote_the_field, setup, teardown),

@@ -794,6 +794,64 @@ static void small_messages_round_trip_with_ids(void **state)
     json_decref(j);
 }
 
+/* Several models: CREATE_SESSION's and the admin messages' "model", HELLO's
+ * list, SESSION_CREATED's and MODEL_STATUS's members. */
+static void models_in_messages(void **state)
+{
+    (void)state;
+    ic_msg m;
+    ic_proto_error e;
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\",\"model\":\"tiny\"}", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_CREATE_SESSION);
+    assert_string_equal(m.model, "tiny");
+    ic_msg_free(&m);
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\"}", &m, &e), 0);
+    assert_null(m.model);
+    ic_msg_free(&m);
+    assert_int_equal(parse("{\"type\":\"MODEL_UNLOAD\",\"model\":\"a\",\"id\":3}", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_MODEL_UNLOAD);
+    assert_string_equal(m.model, "a");
+    ic_msg_free(&m);
+    assert_int_equal(parse("{\"type\":\"MODEL_LOAD\",\"model\":\"b\"}", &m, &e), 0);
+    assert_int_equal(m.type, IC_MSG_MODEL_LOAD);
+    ic_msg_free(&m);
+    refused("{\"type\":\"CREATE_SESSION\",\"model\":7}", IC_CODE_BAD_REQUEST,
+            "field 'model' must be a string");
+    refused("{\"type\":\"MODEL_LOAD\",\"model\":null}", IC_CODE_BAD_REQUEST, "'model'");
+    assert_string_equal(ic_proto_code_name(IC_CODE_MODEL_NOT_FOUND), "model_not_found");
+    assert_string_equal(ic_proto_code_name(IC_CODE_FORBIDDEN), "forbidden");
+    assert_string_equal(ic_end_reason_name(IC_END_MODEL_UNLOADED), "model_unloaded");
+
+    const char *names[] = {"first", "se\"cond"};
+    ic_hello h = {.version = "0.1.0", .model_name = "x", .models = names, .n_models = 2};
+    json_t *j = load(ic_proto_hello(&h), "HELLO");
+    const json_t *list = json_object_get(j, "models");
+    assert_int_equal(json_array_size(list), 2);
+    assert_string_equal(json_string_value(json_array_get(list, 1)), "se\"cond");
+    json_decref(j);
+    h.n_models = 0;
+    j = load(ic_proto_hello(&h), "HELLO");
+    assert_null(json_object_get(j, "models"));
+    json_decref(j);
+
+    ic_msg_id id = {.present = true, .is_int = true, .i = 4};
+    j = load(ic_proto_session_created_model("s1", 512, "tiny", NULL, &id), "SESSION_CREATED");
+    assert_string_equal(get_s(j, "model"), "tiny");
+    assert_int_equal(get_i(j, "n_ctx"), 512);
+    assert_int_equal(get_i(j, "id"), 4);
+    assert_null(json_object_get(j, "resume_token"));
+    json_decref(j);
+    j = load(ic_proto_session_created_model("s7", 512, "tiny", "ab12", NULL), "SESSION_CREATED");
+    assert_string_equal(get_s(j, "model"), "tiny");
+    assert_string_equal(get_s(j, "resume_token"), "ab12");
+    json_decref(j);
+    j = load(ic_proto_model_status("tiny", false, NULL), "MODEL_STATUS");
+    assert_string_equal(get_s(j, "model"), "tiny");
+    assert_true(json_is_false(json_object_get(j, "loaded")));
+    assert_int_equal(json_object_size(j), 3);
+    json_decref(j);
+}
+
 static void token_text_keeps_nul_bytes(void **state)
 {
     (void)state;
@@ -971,6 +1029,7 @@ int main(void)
         cmocka_unit_test(hello_without_model_and_auth_success_with_it),
         cmocka_unit_test(http_bodies_are_escaped_json),
         cmocka_unit_test(small_messages_round_trip_with_ids),
+        cmocka_unit_test(models_in_messages),
         cmocka_unit_test(token_text_keeps_nul_bytes),
         cmocka_unit_test(end_has_reason_and_finite_stats),
         cmocka_unit_test(error_builder),

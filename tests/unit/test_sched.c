@@ -573,14 +573,15 @@ static void wait_state(enum ic_sched_state want)
 }
 
 /* Two turns in two sessions (one on a shared system prompt), optionally
- * letting the scheduler sleep before the second turn; texts into out. */
+ * letting the scheduler sleep before the second turn (idle_unload_s -1:
+ * asked to with ic_sched_sleep, as for another model); texts into out. */
 static void two_turns(int idle_unload_s, bool unified, char out[4][512])
 {
     ic_sched_opts so = ic_sched_opts_default();
     so.max_sessions = 2;
     so.n_ctx_per_session = 256;
     so.kv_unified = unified;
-    so.idle_unload_s = idle_unload_s;
+    so.idle_unload_s = idle_unload_s > 0 ? idle_unload_s : 0;
     ic_sched_destroy(W->s);
     memset(W->r, 0, sizeof W->r);
     W->s = make_sched_with(&so);
@@ -589,6 +590,8 @@ static void two_turns(int idle_unload_s, bool unified, char out[4][512])
     infer(b, 2, " time", greedy(12));
     wait_done(1);
     wait_done(2);
+    if (idle_unload_s < 0)
+        assert_int_equal(ic_sched_sleep(W->s), 0);
     if (idle_unload_s)
         wait_state(IC_SCHED_SLEEPING);
     infer(a, 3, " The", greedy(12));
@@ -614,6 +617,9 @@ static void idle_sleep_restores_every_session(void **state)
         char awake[4][512], slept[4][512];
         two_turns(0, unified, awake);
         two_turns(1, unified, slept);
+        for (int i = 0; i < 4; i++)
+            assert_string_equal(slept[i], awake[i]);
+        two_turns(-1, unified, slept);
         for (int i = 0; i < 4; i++)
             assert_string_equal(slept[i], awake[i]);
     }
