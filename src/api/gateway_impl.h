@@ -72,6 +72,7 @@ typedef struct gw_session {
     bool running;              /* an INFER awaits its END or ERROR */
     bool abort_sent;
     bool closing;
+    bool evicted;              /* a prompt-cache entry closed to free its slot */
     const char *close_reason;  /* static; overrides the scheduler's (idle_timeout) */
     double last_used_ms;       /* CLOCK_MONOTONIC: created, last INFER/ABORT, last END */
     double submitted_ms;       /* CLOCK_MONOTONIC: the running INFER's submission */
@@ -137,6 +138,7 @@ struct ic_gateway {
     uint64_t *parked;          /* prompt-cache sessions, least recently used first */
     struct oai_job *oai_waiting; /* OpenAI requests waiting for a closing entry's slot */
     int n_parked, cap_parked;
+    int n_evicting;            /* evicted entries whose SESSION_CLOSED is still to come */
     char model_id[128];        /* the served model's name in the OpenAI API */
     int64_t model_created_s;   /* Unix time it was loaded */
     int tick_ms;               /* server timer 0's period while serving; 0: not armed */

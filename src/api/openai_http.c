@@ -105,6 +105,8 @@ static bool evict_one(ic_gateway *g)
     gw_session *ss = ic_idmap_get(&g->sessions, id);
     if (ss && !ss->closing) {
         ss->closing = true;
+        ss->evicted = true;
+        g->n_evicting++;
         ic_sched_close_session(ic_gw_sched(g, id), id, IC_CLOSE_CLIENT);
     }
     return true;
@@ -118,6 +120,10 @@ static void parked_event(ic_gateway *g, gw_session *ss, const ic_event *ev)
 {
     if (ev->type != IC_EVENT_SESSION_CLOSED)
         return;
+    if (ss->evicted) {
+        ss->evicted = false;
+        g->n_evicting--;
+    }
     unpark(g, ss->id);
     resume_waiting(g);
 }
@@ -761,8 +767,10 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     } else {
         rc = ic_gw_session_open_on(g, j->model, j->key, limit, NULL, &ss, &at_limit);
         /* Out of sessions: close the least recently used cache entry and
-         * wait for its slot rather than refuse. */
-        if (rc == IC_ERR_CAPACITY && !at_limit && evict_one(g))
+         * wait for its slot rather than refuse; with none left to close,
+         * wait while an entry closed earlier is still giving its slot
+         * back (8 clients on 8 sessions got 429 there). */
+        if (rc == IC_ERR_CAPACITY && !at_limit && (evict_one(g) || g->n_evicting > 0))
             return IC_ERR_BUSY;
     }
     if (rc < 0) {

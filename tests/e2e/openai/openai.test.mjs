@@ -276,3 +276,20 @@ test('prompt cache entries give way: a full server closes one and serves, not 42
   assert.equal(r.choices[0].finish_reason, 'length');
   ac.abort();
 });
+
+test('closed-loop clients on every session never get 429 while cache entries close', async () => {
+  // 8 conversations on 8 sessions with 4 cache entries: each turn evicts
+  // an entry another request may also need; a request that finds no entry
+  // left to close waits for one still closing instead of a 429.
+  const s = await startServer(['--max-sessions', '8', '--prompt-cache', '4']);
+  const c = client(s);
+  const convo = async (k) => {
+    let prompt = `Story ${k}: once upon a time`;
+    for (let turn = 0; turn < 10; turn++) {
+      const r = await c.completions.create({ prompt, max_tokens: 3, ignore_eos: true, ...GREEDY });
+      assert.equal(r.choices[0].finish_reason, 'length');
+      prompt += r.choices[0].text + ' and then';
+    }
+  };
+  await Promise.all([...Array(8).keys()].map(convo));
+});
