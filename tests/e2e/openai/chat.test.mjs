@@ -311,6 +311,14 @@ test('tools: tool_choice auto and none answer; a tool_choice naming no tool is 4
       assert.ok(['stop', 'length', 'tool_calls'].includes(r.choices[0].finish_reason));
       if (tool_choice === 'none') assert.equal(r.choices[0].message.tool_calls, undefined);
     }
+    // Streamed through the partial parser, the content adds up to the whole answer's.
+    const req = { model: id(QWEN), messages: ask('hi'), tools: [WEATHER], max_tokens: 40,
+                  temperature: 0 };
+    const whole = (await c.chat.completions.create(req)).choices[0].message.content;
+    let streamed = '';
+    for await (const ch of await c.chat.completions.create({ ...req, stream: true }))
+      streamed += ch.choices[0]?.delta?.content || '';
+    assert.equal(streamed, whole);
     await assert.rejects(c.chat.completions.create({
       model: id(QWEN), messages: ask('hi'), tools: [WEATHER],
       tool_choice: { type: 'function', function: { name: 'nope' } } }),
