@@ -300,6 +300,9 @@ void ic_gw_oai_gone(ic_gateway *g, uint64_t http_id);
 void ic_gw_oai_free(struct oai_req *o);
 /* Frees the requests still waiting for a session (at destroy). */
 void ic_gw_oai_free_waiting(ic_gateway *g);
+/* The backend failed: answers every waiting request 503 backend_failed
+ * (the cache entry each waits for will never close). */
+void ic_gw_oai_fail_waiting(ic_gateway *g);
 
 /* --- routes.c: HTTP ----------------------------------------------- */
 

@@ -224,6 +224,7 @@ static void engine_died(ic_gateway *g)
                  "/health says failed, and the server must be restarted (systemd's watchdog "
                  "does that when the unit has WatchdogSec=)", g->engine_failed_why);
     ic_gw_fail_running(g);
+    ic_gw_oai_fail_waiting(g);
 }
 
 static void h_wake(void *ud)

@@ -201,6 +201,40 @@ static int parse_role(const json_t *v, enum ic_oai_role *out)
     return IC_ERR_PARSE;
 }
 
+/* An assistant message's tool_calls: [{id, type, function:{name, arguments}}];
+ * arguments a JSON string as OpenAI sends it (an object is taken too). */
+static int parse_calls(const json_t *calls, const char *param, ic_oai_message *out,
+                       ic_oai_error *err)
+{
+    size_t n = json_array_size(calls), i;
+    if (n == 0)
+        return 0;
+    out->tool_calls = calloc(n, sizeof *out->tool_calls);
+    if (!out->tool_calls)
+        return nomem(err);
+    json_t *c;
+    json_array_foreach(calls, i, c) {
+        json_t *fn = json_object_get(c, "function"), *id = json_object_get(c, "id");
+        json_t *name = json_object_get(fn, "name"), *args = json_object_get(fn, "arguments");
+        if (!is_c_string(name) || (id && !json_is_null(id) && !is_c_string(id)))
+            return bad(err, param, "each call needs a string function.name (and id)");
+        ic_oai_tool_call *t = &out->tool_calls[out->n_tool_calls++];
+        t->id = strdup(is_c_string(id) ? json_string_value(id) : "");
+        t->name = strdup(json_string_value(name));
+        if (is_c_string(args))
+            t->arguments = strdup(json_string_value(args));
+        else if (json_is_object(args))
+            t->arguments = json_dumps(args, JSON_COMPACT);
+        else if (!args || json_is_null(args))
+            t->arguments = strdup("{}");
+        else
+            return bad(err, param, "function.arguments must be a JSON string");
+        if (!t->id || !t->name || !t->arguments)
+            return nomem(err);
+    }
+    return 0;
+}
+
 static int parse_message(const json_t *m, int i, ic_oai_message *out, ic_oai_error *err)
 {
     char param[48];
@@ -230,6 +264,7 @@ static int parse_message(const json_t *m, int i, ic_oai_message *out, ic_oai_err
         out->tool_calls_json = json_dumps(calls, JSON_COMPACT);
         if (!out->tool_calls_json)
             return nomem(err);
+        return parse_calls(calls, param, out, err);
     }
     return rc;
 }
@@ -327,6 +362,27 @@ static int parse_logit_bias(const json_t *root, ic_oai_request *r, ic_oai_error 
     return 0;
 }
 
+/* A named tool_choice: that function must be called, which the chat layer
+ * does as "required" over a list of just that tool. */
+static int only_tool(const json_t *tools, const char *name, ic_oai_request *r, ic_oai_error *err)
+{
+    size_t i;
+    json_t *t;
+    json_array_foreach(tools, i, t) {
+        const char *tn = json_string_value(json_object_get(json_object_get(t, "function"), "name"));
+        if (!tn || strcmp(tn, name) != 0)
+            continue;
+        free(r->tools_json);
+        r->tools_json = NULL;
+        json_t *one = json_pack("[O]", t);
+        r->tools_json = one ? json_dumps(one, JSON_COMPACT) : NULL;
+        json_decref(one);
+        r->tool_choice = strdup("required");
+        return r->tools_json && r->tool_choice ? 0 : nomem(err);
+    }
+    return bad(err, "tool_choice", "the function '%.64s' is not among the tools", name);
+}
+
 static int parse_tools(const json_t *root, ic_oai_request *r, ic_oai_error *err)
 {
     json_t *v = json_object_get(root, "tools");
@@ -361,6 +417,8 @@ static int parse_tools(const json_t *root, ic_oai_request *r, ic_oai_error *err)
     } else {
         return bad(err, "tool_choice", "must be a string or an object");
     }
+    if (json_is_object(c))
+        return only_tool(v, name, r, err);
     r->tool_choice = strdup(name);
     return r->tool_choice ? 0 : nomem(err);
 }
@@ -474,6 +532,11 @@ static int parse_root(const json_t *root, ic_oai_request *r, ic_oai_error *err)
         rc = get_string(root, "user", &r->user, err);
     if (rc == 0 && r->endpoint == IC_OAI_CHAT)
         rc = parse_tools(root, r, err);
+    r->parallel_tool_calls = -1;
+    if (rc == 0 && json_is_boolean(json_object_get(root, "parallel_tool_calls")))
+        r->parallel_tool_calls = json_is_true(json_object_get(root, "parallel_tool_calls"));
+    else if (rc == 0)
+        rc = get_bool(root, "parallel_tool_calls", &(bool){false}, err); /* null, or 400 */
     if (rc == 0 && r->endpoint == IC_OAI_CHAT)
         rc = parse_format(root, r, err);
     if (rc == 0) {
@@ -522,6 +585,12 @@ void ic_oai_request_free(ic_oai_request *r)
         free(r->messages[i].name);
         free(r->messages[i].tool_call_id);
         free(r->messages[i].tool_calls_json);
+        for (int k = 0; k < r->messages[i].n_tool_calls; k++) {
+            free(r->messages[i].tool_calls[k].id);
+            free(r->messages[i].tool_calls[k].name);
+            free(r->messages[i].tool_calls[k].arguments);
+        }
+        free(r->messages[i].tool_calls);
     }
     free(r->messages);
     for (int i = 0; i < r->n_stop; i++)
@@ -609,9 +678,13 @@ char *ic_oai_response_body(const ic_oai_response *r)
     json_t *j = head(r, false), *choice;
     json_t *text = json_stringn(r->text ? r->text : "", r->text ? r->text_len : 0);
     if (r->endpoint == IC_OAI_CHAT) {
+        json_t *calls = tool_calls(r);
+        if (calls && r->text_len == 0) { /* OpenAI: null content beside tool calls */
+            json_decref(text);
+            text = NULL;
+        }
         json_t *msg = json_pack("{s:s,s:o}", "role", "assistant", "content",
                                 text ? text : json_null());
-        json_t *calls = tool_calls(r);
         if (msg && calls)
             json_object_set_new(msg, "tool_calls", calls);
         if (msg && r->reasoning)
@@ -628,6 +701,36 @@ char *ic_oai_response_body(const ic_oai_response *r)
         return NULL;
     }
     return dump(j);
+}
+
+char *ic_oai_tool_calls_json(const ic_oai_call_out *calls, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
+        const ic_oai_call_out *c = &calls[i];
+        json_t *fn = json_object(), *call = json_object();
+        json_t *args = json_stringn(c->arguments ? c->arguments : "",
+                                    c->arguments ? c->arguments_len : 0);
+        if (!fn || !call || !args) {
+            json_decref(fn);
+            json_decref(call);
+            json_decref(args);
+            json_decref(a);
+            return NULL;
+        }
+        if (c->index >= 0)
+            json_object_set_new(call, "index", json_integer(c->index));
+        if (c->id)
+            json_object_set_new(call, "id", json_string(c->id));
+        if (c->id || c->name)
+            json_object_set_new(call, "type", json_string("function"));
+        if (c->name)
+            json_object_set_new(fn, "name", json_string(c->name));
+        json_object_set_new(fn, "arguments", args);
+        json_object_set_new(call, "function", fn);
+        json_array_append_new(a, call);
+    }
+    return dump(a);
 }
 
 /* "data: " + json + "\n\n", malloc'd. */

@@ -30,6 +30,13 @@ enum ic_oai_role {
     IC_OAI_ROLE_TOOL,
 };
 
+/* One tool call of an assistant message in a request; strings owned. */
+typedef struct ic_oai_tool_call {
+    char *id;               /* "" when the client sent none */
+    char *name;
+    char *arguments;        /* JSON text (OpenAI sends it as a string) */
+} ic_oai_tool_call;
+
 /* One message of a chat request; strings owned. */
 typedef struct ic_oai_message {
     enum ic_oai_role role;
@@ -37,6 +44,8 @@ typedef struct ic_oai_message {
     char *name;             /* optional participant name, or NULL */
     char *tool_call_id;     /* tool: the call this answers, or NULL */
     char *tool_calls_json;  /* assistant: its tool_calls array as JSON text, or NULL */
+    ic_oai_tool_call *tool_calls; /* assistant: the same calls, n_tool_calls */
+    int n_tool_calls;
 } ic_oai_message;
 
 enum ic_oai_format {
@@ -67,8 +76,11 @@ typedef struct ic_oai_request {
     ic_oai_logit_bias *logit_bias;
     int n_logit_bias;
     char *user;
-    char *tools_json;         /* the tools array as JSON text, or NULL */
-    char *tool_choice;        /* "none", "auto", "required", or a function's name; NULL */
+    char *tools_json;         /* the tools array as JSON text, or NULL; with a named
+                                 tool_choice only that function's definition */
+    char *tool_choice;        /* "none", "auto" or "required" (a named function is
+                                 read as "required" over that one tool); NULL */
+    int parallel_tool_calls;  /* parallel_tool_calls: -1 not given (the template's), 0, 1 */
     enum ic_oai_format format;
     char *schema_json;        /* IC_OAI_FORMAT_JSON_SCHEMA */
     bool logprobs;
@@ -131,6 +143,19 @@ typedef struct ic_oai_response {
     const char *finish_reason;
     ic_oai_usage usage;
 } ic_oai_response;
+
+/* One tool call of an answer, for ic_oai_tool_calls_json. */
+typedef struct ic_oai_call_out {
+    int index;                /* stream deltas: the call's index; -1: no index */
+    const char *id;           /* NULL: omitted (a later delta of the call) */
+    const char *name;         /* NULL: omitted (idem) */
+    const char *arguments;    /* arguments_len bytes of JSON text (a delta: a piece) */
+    size_t arguments_len;
+} ic_oai_call_out;
+
+/* [{index?, id, type:"function", function:{name, arguments}}], the
+ * tool_calls of a message or of a stream delta: malloc'd JSON, or NULL. */
+char *ic_oai_tool_calls_json(const ic_oai_call_out *calls, size_t n);
 
 /* The whole (not streamed) answer: malloc'd JSON, or NULL. */
 char *ic_oai_response_body(const ic_oai_response *r);

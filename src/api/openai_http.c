@@ -36,6 +36,15 @@ typedef struct oai_req {
     ic_buf text;               /* the answer so far */
     char *prompt;              /* the whole prompt text (for the prompt cache) */
     char client[IC_CLIENT_NAME_MAX + 1]; /* its count key */
+    /* Chat: the rendered prompt, whose parser splits the answer into
+     * content, reasoning and tool calls (when parse is set: tools or a
+     * reasoning block); streams send what each partial parse adds. */
+    ic_chat_prompt *chat;
+    bool parse;
+    size_t sent_content, sent_reasoning; /* bytes of each streamed so far */
+    int n_calls;               /* tool calls seen (streamed: announced) so far */
+    size_t *sent_args;         /* n_calls: argument bytes streamed of each */
+    char **call_ids;           /* n_calls: the ids given to them */
 } oai_req;
 
 void ic_gw_oai_free(oai_req *o)
@@ -44,6 +53,11 @@ void ic_gw_oai_free(oai_req *o)
         return;
     ic_buf_free(&o->text);
     free(o->prompt);
+    ic_chat_prompt_free(o->chat);
+    for (int i = 0; i < o->n_calls; i++)
+        free(o->call_ids[i]);
+    free(o->call_ids);
+    free(o->sent_args);
     free(o);
 }
 
@@ -230,51 +244,118 @@ static bool unavailable(const ic_gateway *g, ic_oai_error *err)
     return true;
 }
 
-/* The chat messages as the chat layer takes them (pointers into r). */
-static int render_chat(ic_gateway *g, const ic_oai_request *r, char **prompt, ic_oai_error *err)
+/* The name of the function whose call tool_call_id answers, from the
+ * assistant messages before message i (templates that print tool results
+ * with the function's name need it; OpenAI's tool messages lack it). */
+static const char *tool_name_for(const ic_oai_request *r, int i, const char *tool_call_id)
+{
+    for (int k = i - 1; tool_call_id && k >= 0; k--) {
+        const ic_oai_message *m = &r->messages[k];
+        for (int c = 0; c < m->n_tool_calls; c++)
+            if (strcmp(m->tool_calls[c].id, tool_call_id) == 0)
+                return m->tool_calls[c].name;
+    }
+    return NULL;
+}
+
+static int nomem_err(ic_oai_error *err)
+{
+    ic_oai_error_set(err, 500, NULL, NULL, "out of memory");
+    return IC_ERR_NOMEM;
+}
+
+/* A response_format as a JSON Schema (json_object: any object), checked
+ * here so that a schema that does not compile is a 400 naming
+ * response_format, never an unconstrained answer. NULL: plain text. */
+static int response_schema(const ic_oai_request *r, const char **schema, ic_oai_error *err)
+{
+    *schema = r->format == IC_OAI_FORMAT_JSON_OBJECT   ? "{\"type\":\"object\"}"
+              : r->format == IC_OAI_FORMAT_JSON_SCHEMA ? r->schema_json
+                                                       : NULL;
+    if (!*schema)
+        return 0;
+    char why[256] = "", *gbnf = NULL;
+    int rc = ic_chat_schema_to_grammar(*schema, &gbnf, why, sizeof why);
+    free(gbnf);
+    if (rc == IC_ERR_NOMEM)
+        return nomem_err(err);
+    if (rc < 0)
+        ic_oai_error_set(err, 400, "invalid_json_schema", "response_format", "%s", why);
+    return rc;
+}
+
+/* Renders r's messages with the model's template, its tools and its
+ * response_format. Returns 0 and *out (owned by the caller), or fills err. */
+static int render_chat(ic_gateway *g, const ic_oai_request *r, ic_chat_prompt **out,
+                       ic_oai_error *err)
 {
     static const char *const roles[] = {"system", "user", "assistant", "tool"};
-    ic_chat_message *msgs = calloc((size_t)r->n_messages, sizeof *msgs);
-    if (!msgs) {
-        ic_oai_error_set(err, 500, NULL, NULL, "out of memory");
-        return IC_ERR_NOMEM;
+    const char *schema = NULL;
+    int rc = response_schema(r, &schema, err);
+    if (rc < 0)
+        return rc;
+    if (schema && r->tools_json && (!r->tool_choice || strcmp(r->tool_choice, "none") != 0)) {
+        ic_oai_error_set(err, 400, "invalid_value", "response_format",
+                         "response_format cannot be combined with tools (use tool_choice none)");
+        return IC_ERR_INVAL;
     }
+    size_t n_calls = 0;
+    for (int i = 0; i < r->n_messages; i++)
+        n_calls += (size_t)r->messages[i].n_tool_calls;
+    size_t n_msgs = r->n_messages > 0 ? (size_t)r->n_messages : 1;
+    ic_chat_message *msgs = calloc(n_msgs, sizeof *msgs);
+    ic_chat_tool_call *calls = calloc(n_calls + 1, sizeof *calls);
+    if (!msgs || !calls) {
+        free(msgs);
+        free(calls);
+        return nomem_err(err);
+    }
+    ic_chat_tool_call *next = calls;
     for (int i = 0; i < r->n_messages; i++) {
         const ic_oai_message *m = &r->messages[i];
         msgs[i].role = roles[m->role];
         msgs[i].content = m->content;
         msgs[i].tool_call_id = m->tool_call_id;
+        if (m->role == IC_OAI_ROLE_TOOL)
+            msgs[i].tool_name = m->name ? m->name : tool_name_for(r, i, m->tool_call_id);
+        if (m->n_tool_calls > 0) {
+            msgs[i].tool_calls = next;
+            msgs[i].n_tool_calls = (size_t)m->n_tool_calls;
+            if (!*m->content)
+                msgs[i].content = NULL; /* the calls alone, as OpenAI's null content */
+            for (int c = 0; c < m->n_tool_calls; c++, next++)
+                *next = (ic_chat_tool_call){.id = m->tool_calls[c].id,
+                                            .name = m->tool_calls[c].name,
+                                            .arguments = m->tool_calls[c].arguments};
+        }
     }
     ic_chat_render_opts ro = ic_chat_render_opts_default();
-    ic_chat_prompt *cp = NULL;
+    ro.tools_json = r->tools_json;
+    ro.tool_choice = r->tool_choice;
+    ro.parallel_tool_calls = r->parallel_tool_calls;
+    ro.json_schema = schema;
     char why[256] = "";
-    int rc = ic_chat_render(g->chat, msgs, (size_t)r->n_messages, &ro, &cp, why, sizeof why);
+    rc = ic_chat_render(g->chat, msgs, (size_t)r->n_messages, &ro, out, why, sizeof why);
     free(msgs);
+    free(calls);
+    if (rc == IC_ERR_NOMEM)
+        return nomem_err(err);
     if (rc < 0) {
-        ic_oai_error_set(err, 400, "invalid_messages", "messages",
-                         "the model's chat template refused the messages: %s", why);
-        return rc;
+        bool tools = r->tools_json && strstr(why, "tool");
+        ic_oai_error_set(err, 400, "invalid_messages", tools ? "tools" : "messages",
+                         "the model's chat template refused the %s: %s",
+                         tools ? "tools" : "messages", why);
     }
-    *prompt = strdup(cp->prompt);
-    ic_chat_prompt_free(cp);
-    if (!*prompt) {
-        ic_oai_error_set(err, 500, NULL, NULL, "out of memory");
-        return IC_ERR_NOMEM;
-    }
-    return 0;
+    return rc;
 }
 
-/* What this server cannot do yet is refused, never answered unconstrained. */
+/* What this server cannot do yet is refused, never answered without it. */
 static bool unsupported(const ic_oai_request *r, ic_oai_error *err)
 {
-    const char *what = r->tools_json                       ? "tools"
-                       : r->format != IC_OAI_FORMAT_TEXT   ? "response_format"
-                       : r->logprobs                       ? "logprobs"
-                                                           : NULL;
-    if (!what)
+    if (!r->logprobs)
         return false;
-    ic_oai_error_set(err, 400, "unsupported_parameter", what,
-                     "'%s' is not supported by this server yet", what);
+    ic_oai_error_set(err, 400, "unsupported_parameter", "logprobs",
+                     "'logprobs' is not supported by this server yet");
     return true;
 }
 
@@ -308,6 +389,132 @@ static void send_chunk(ic_gateway *g, oai_req *o, char *data, size_t len)
         free(data);
 }
 
+/* The answer so far through the template's parser; NULL when it does not
+ * parse (partial: wait for more; finished: the caller falls back). */
+static ic_chat_parsed *parse_answer(const oai_req *o, bool partial)
+{
+    ic_chat_parsed *p = NULL;
+    const char *text = o->text.data ? o->text.data : "";
+    if (ic_chat_parse(o->chat, text, o->text.len, partial, &p, NULL, 0) < 0)
+        return NULL;
+    return p;
+}
+
+/* Gives ids to the calls first seen in p (the model's own, else ours,
+ * "call_<completion>_<i>", stable across partial parses). */
+static bool name_calls(oai_req *o, const ic_chat_parsed *p)
+{
+    if ((int)p->n_tool_calls <= o->n_calls)
+        return true;
+    char **ids = realloc(o->call_ids, p->n_tool_calls * sizeof *ids);
+    if (ids)
+        o->call_ids = ids;
+    size_t *sent = realloc(o->sent_args, p->n_tool_calls * sizeof *sent);
+    if (sent)
+        o->sent_args = sent;
+    if (!ids || !sent)
+        return false;
+    for (; o->n_calls < (int)p->n_tool_calls; o->n_calls++) {
+        const char *own = p->tool_calls[o->n_calls].id;
+        char mine[64];
+        snprintf(mine, sizeof mine, "call_%s_%d", o->id, o->n_calls);
+        o->call_ids[o->n_calls] = strdup(own && *own ? own : mine);
+        o->sent_args[o->n_calls] = 0;
+        if (!o->call_ids[o->n_calls])
+            return false;
+    }
+    return true;
+}
+
+/* The part of now that was not sent yet: NULL when nothing new, or when
+ * the parse took back text it had given (not sent again). */
+static const char *unsent(const char *now, size_t sent, size_t *len)
+{
+    size_t n = strlen(now);
+    if (n <= sent)
+        return NULL;
+    *len = n - sent;
+    return now + sent;
+}
+
+/* One delta chunk of r. */
+static void send_delta(ic_gateway *g, oai_req *o, const ic_oai_response *r)
+{
+    size_t len = 0;
+    char *chunk = ic_oai_stream_chunk(r, false, &len); /* sets len: called first */
+    send_chunk(g, o, chunk, len);
+}
+
+/* Streams what parse p adds to what was sent: content, reasoning, the
+ * calls' names and their arguments, each as its own delta chunk. */
+static void stream_parsed(ic_gateway *g, oai_req *o, const ic_chat_parsed *p)
+{
+    ic_oai_response r;
+    size_t n = 0;
+    const char *add = unsent(p->reasoning_content, o->sent_reasoning, &n);
+    if (add) {
+        fill_response(g, o, &r);
+        r.reasoning = add; /* a suffix of a NUL-terminated string */
+        send_delta(g, o, &r);
+        o->sent_reasoning += n;
+    }
+    if ((add = unsent(p->content, o->sent_content, &n))) {
+        fill_response(g, o, &r);
+        r.text = add;
+        r.text_len = n;
+        send_delta(g, o, &r);
+        o->sent_content += n;
+    }
+    int seen = o->n_calls;
+    if (!name_calls(o, p))
+        return;
+    for (int i = 0; i < (int)p->n_tool_calls; i++) {
+        const ic_chat_tool_call *c = &p->tool_calls[i];
+        add = unsent(c->arguments, o->sent_args[i], &n);
+        bool fresh = i >= seen;
+        if (!fresh && !add)
+            continue;
+        ic_oai_call_out out = {.index = i, .id = fresh ? o->call_ids[i] : NULL,
+                               .name = fresh ? c->name : NULL, .arguments = add,
+                               .arguments_len = add ? n : 0};
+        char *calls = ic_oai_tool_calls_json(&out, 1);
+        fill_response(g, o, &r);
+        r.tool_calls_json = calls;
+        if (calls)
+            send_delta(g, o, &r);
+        free(calls);
+        o->sent_args[i] += add ? n : 0;
+    }
+}
+
+/* The finished answer's tool calls as message JSON (NULL: none). */
+static char *final_calls(oai_req *o, const ic_chat_parsed *p)
+{
+    if (p->n_tool_calls == 0 || !name_calls(o, p))
+        return NULL;
+    ic_oai_call_out *out = calloc(p->n_tool_calls, sizeof *out);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < p->n_tool_calls; i++)
+        out[i] = (ic_oai_call_out){.index = -1, .id = o->call_ids[i],
+                                   .name = p->tool_calls[i].name,
+                                   .arguments = p->tool_calls[i].arguments,
+                                   .arguments_len = strlen(p->tool_calls[i].arguments)};
+    char *json = ic_oai_tool_calls_json(out, p->n_tool_calls);
+    free(out);
+    return json;
+}
+
+/* The finished answer parsed: a finished parse, else what a partial parse
+ * is sure of (a model cut off by max_tokens), else the text as content. */
+static ic_chat_parsed *parse_final(const oai_req *o)
+{
+    ic_chat_parsed *p = parse_answer(o, false);
+    if (!p)
+        p = parse_answer(o, true);
+    return p;
+}
+
 static void on_token(ic_gateway *g, oai_req *o, const ic_event *ev)
 {
     if (ic_buf_append(&o->text, ev->text, ev->text_len) < 0) {
@@ -317,6 +524,13 @@ static void on_token(ic_gateway *g, oai_req *o, const ic_event *ev)
     }
     if (!o->stream || ev->text_len == 0)
         return;
+    if (o->parse) {
+        ic_chat_parsed *p = parse_answer(o, true);
+        if (p)
+            stream_parsed(g, o, p);
+        ic_chat_parsed_free(p);
+        return;
+    }
     ic_oai_response r;
     fill_response(g, o, &r);
     r.text = ev->text;
@@ -328,8 +542,10 @@ static void on_token(ic_gateway *g, oai_req *o, const ic_event *ev)
 
 /* The end of the stream: the finishing chunk, usage, [DONE]. */
 static void stream_end(ic_gateway *g, oai_req *o, const char *finish, const ic_oai_usage *u,
-                       const ic_oai_error *err)
+                       const ic_oai_error *err, const ic_chat_parsed *parsed)
 {
+    if (parsed && !err)
+        stream_parsed(g, o, parsed);
     ic_oai_response r;
     fill_response(g, o, &r);
     size_t len = 0;
@@ -360,8 +576,14 @@ static void answer(ic_gateway *g, oai_req *o, const char *finish, const ic_oai_u
 {
     if (!o->http_id)
         return;
+    ic_chat_parsed *parsed = o->parse && !err ? parse_final(o) : NULL;
+    char *calls = NULL;
+    if (parsed && parsed->n_tool_calls > 0 && finish && strcmp(finish, "stop") == 0)
+        finish = "tool_calls";
+    if (parsed && !o->stream)
+        calls = final_calls(o, parsed);
     if (o->stream) {
-        stream_end(g, o, finish, u, err);
+        stream_end(g, o, finish, u, err, parsed);
     } else {
         ic_http_response resp = {0};
         if (err) {
@@ -371,6 +593,12 @@ static void answer(ic_gateway *g, oai_req *o, const char *finish, const ic_oai_u
             fill_response(g, o, &r);
             r.text = o->text.data ? o->text.data : "";
             r.text_len = o->text.len;
+            if (parsed) {
+                r.text = parsed->content;
+                r.text_len = strlen(parsed->content);
+                r.reasoning = *parsed->reasoning_content ? parsed->reasoning_content : NULL;
+                r.tool_calls_json = calls;
+            }
             r.finish_reason = finish;
             r.usage = *u;
             json_body(&resp, 200, ic_oai_response_body(&r));
@@ -383,6 +611,8 @@ static void answer(ic_gateway *g, oai_req *o, const char *finish, const ic_oai_u
                                 resp.status);
         ic_server_http_respond(g->srv, o->http_id, &resp);
     }
+    free(calls);
+    ic_chat_parsed_free(parsed);
     o->http_id = 0;
 }
 
@@ -467,6 +697,7 @@ typedef struct oai_job {
     enum ic_oai_endpoint ep;
     ic_oai_request r;          /* owned */
     char *prompt;              /* owned */
+    ic_chat_prompt *chat;      /* chat: the rendered prompt, owned */
     ic_client_cfg cfg;
     char key[IC_CLIENT_NAME_MAX + 1];
 } oai_job;
@@ -477,6 +708,7 @@ static void job_free(oai_job *j)
         return;
     ic_oai_request_free(&j->r);
     free(j->prompt);
+    ic_chat_prompt_free(j->chat);
     free(j);
 }
 
@@ -536,6 +768,14 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     ic_gen_params gp;
     ic_oai_gen_params(&j->r, j->cfg.priority, &gp);
     gp.allow_special = j->ep == IC_OAI_CHAT; /* the rendered template's control tokens */
+    ic_grammar grammar = {0};
+    if (j->chat) {
+        grammar = ic_chat_prompt_grammar(j->chat);
+        gp.grammar = &grammar;
+        /* the template's own stop strings, where the request left room */
+        for (size_t i = 0; i < j->chat->n_additional_stops && gp.n_stop < IC_STOP_MAX; i++)
+            gp.stop[gp.n_stop++] = j->chat->additional_stops[i];
+    }
     rc = o ? ic_gw_session_submit(g, ss, j->prompt + reused, true, &gp) : IC_ERR_NOMEM;
     if (rc < 0) {
         ic_oai_error_set(err, rc == IC_ERR_OVERLOADED ? 429 : 500, NULL, NULL, "%s",
@@ -549,6 +789,9 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     o->http_id = j->http_id;
     o->prompt = j->prompt;
     j->prompt = NULL;
+    o->chat = j->chat;
+    j->chat = NULL;
+    o->parse = o->chat && (j->r.tools_json || o->chat->thinking || j->r.format != IC_OAI_FORMAT_TEXT);
     snprintf(o->client, sizeof o->client, "%s", j->key);
     o->endpoint = j->ep;
     o->stream = j->r.stream;
@@ -580,6 +823,20 @@ static void resume_waiting(ic_gateway *g)
             opening(g, o, &resp);
         if (!resp.defer)
             ic_server_http_respond(g->srv, j->http_id, &resp);
+        job_free(j);
+    }
+}
+
+void ic_gw_oai_fail_waiting(ic_gateway *g)
+{
+    ic_oai_error err;
+    ic_oai_error_set(&err, 503, "backend_failed", NULL, "%s", IC_GW_ENGINE_DEAD_MSG);
+    while (g->oai_waiting) {
+        oai_job *j = g->oai_waiting;
+        g->oai_waiting = j->next;
+        ic_http_response resp = {0};
+        error_response(&resp, &err);
+        ic_server_http_respond(g->srv, j->http_id, &resp);
         job_free(j);
     }
 }
@@ -626,7 +883,9 @@ static void start(ic_gateway *g, enum ic_oai_endpoint ep, const ic_http_request 
         ic_oai_error_set(&err, 400, NULL, NULL, "this model has no chat template");
         rc = IC_ERR_INVAL;
     } else if (ep == IC_OAI_CHAT) {
-        rc = render_chat(g, r, &j->prompt, &err);
+        rc = render_chat(g, r, &j->chat, &err);
+        if (rc == 0 && !(j->prompt = strdup(j->chat->prompt)))
+            rc = nomem_err(&err);
     } else if (!(j->prompt = strdup(r->prompt))) {
         ic_oai_error_set(&err, 500, NULL, NULL, "out of memory");
         rc = IC_ERR_NOMEM;

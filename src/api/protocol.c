@@ -301,7 +301,8 @@ enum msg_field {
     F_RAW = 1 << 4,          /* optional boolean */
     F_PARAMS = 1 << 5,       /* optional object */
     F_INTERVAL = 1 << 6,     /* required integer */
-    F_RESUME = 1 << 7,       /* required string */
+    F_CONSTRAINT = 1 << 7,   /* optional grammar (string) or json_schema (object) */
+    F_RESUME = 1 << 8,       /* required string */
 };
 
 static const struct msg_rule {
@@ -312,7 +313,7 @@ static const struct msg_rule {
     {"AUTH", IC_MSG_AUTH, F_TOKEN},
     {"CREATE_SESSION", IC_MSG_CREATE_SESSION, F_SYSTEM | F_PARAMS},
     {"CLOSE_SESSION", IC_MSG_CLOSE_SESSION, F_SESSION},
-    {"INFER", IC_MSG_INFER, F_SESSION | F_PROMPT | F_RAW | F_PARAMS},
+    {"INFER", IC_MSG_INFER, F_SESSION | F_PROMPT | F_RAW | F_PARAMS | F_CONSTRAINT},
     {"ABORT", IC_MSG_ABORT, F_SESSION},
     {"METRICS", IC_MSG_METRICS, 0},
     {"SUBSCRIBE_METRICS", IC_MSG_SUBSCRIBE_METRICS, F_INTERVAL},
@@ -329,6 +330,7 @@ static const struct string_rule {
     {F_SESSION, "session_id", offsetof(ic_msg, session_id), true},
     {F_PROMPT, "prompt", offsetof(ic_msg, prompt), true},
     {F_SYSTEM, "system", offsetof(ic_msg, system), false},
+    {F_CONSTRAINT, "grammar", offsetof(ic_msg, grammar), false},
     {F_RESUME, "resume_token", offsetof(ic_msg, resume_token), true},
 };
 
@@ -357,6 +359,21 @@ static int parse_interval(const json_t *root, ic_msg *m, ic_proto_error *err)
     return 0;
 }
 
+/* INFER json_schema: an object, kept as JSON text (the chat layer compiles
+ * it); at most one of grammar and json_schema. */
+static int parse_schema(const json_t *root, ic_msg *m, ic_proto_error *err)
+{
+    const json_t *v = json_object_get(root, "json_schema");
+    if (!v)
+        return 0;
+    if (!json_is_object(v))
+        return fail_field(err, "", "json_schema", "a JSON Schema object");
+    if (m->grammar)
+        return fail(err, IC_CODE_BAD_REQUEST, "give grammar or json_schema, not both");
+    m->json_schema = json_dumps(v, JSON_COMPACT);
+    return m->json_schema ? 0 : fail_nomem(err);
+}
+
 static int parse_fields(const json_t *root, unsigned fields, ic_msg *m, ic_proto_error *err)
 {
     int rc = parse_strings(root, fields, m, err);
@@ -370,6 +387,8 @@ static int parse_fields(const json_t *root, unsigned fields, ic_msg *m, ic_proto
         rc = parse_params(root, &m->params, err);
     if (rc == 0 && (fields & F_INTERVAL))
         rc = parse_interval(root, m, err);
+    if (rc == 0 && (fields & F_CONSTRAINT))
+        rc = parse_schema(root, m, err);
     return rc;
 }
 
@@ -436,7 +455,10 @@ void ic_msg_free(ic_msg *msg)
     free(msg->session_id);
     free(msg->system);
     free(msg->prompt);
+    free(msg->grammar);
+    free(msg->json_schema);
     free(msg->resume_token);
+    msg->grammar = msg->json_schema = NULL;
     msg->token = msg->session_id = msg->system = msg->prompt = msg->resume_token = NULL;
     ic_req_params_free(&msg->params);
 }
@@ -745,6 +767,7 @@ char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_r
     rc |= set(m, "request_id", jstr(request_id));
     rc |= set(m, "reason", json_string(ic_end_reason_name(reason)));
     rc |= set(o, "prompt_tokens", json_integer(st->prompt_tokens));
+    rc |= set(o, "context_tokens", json_integer(st->context_tokens));
     rc |= set(o, "generated_tokens", json_integer(st->generated_tokens));
     rc |= set(o, "queue_ms", jreal(st->queue_ms));
     rc |= set(o, "ttft_ms", jreal(st->ttft_ms));

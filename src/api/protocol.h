@@ -91,6 +91,8 @@ typedef struct ic_msg {
     char *system;              /* CREATE_SESSION, NULL when absent */
     char *prompt;              /* INFER */
     bool raw;                  /* INFER */
+    char *grammar;             /* INFER: GBNF text constraining the answer, or NULL */
+    char *json_schema;         /* INFER: a JSON Schema (as JSON text), or NULL */
     ic_req_params params;      /* CREATE_SESSION, INFER */
     int interval_ms;           /* SUBSCRIBE_METRICS: 0 stops, else >= 250 */
 } ic_msg;

@@ -1,5 +1,8 @@
 /* cmd_generate.c - `inferencecenter generate`: load a model, stream one
- * completion to stdout, print timings to stderr.
+ * completion to stdout, print timings to stderr. With --chat the prompt is
+ * a user turn rendered with the model's own template by the chat module
+ * (engine/chat.h, as the server's chat mode and OpenAI API do), optionally
+ * constrained by --json-schema.
  *
  * Runs on the main thread and drives the engine directly (no scheduler):
  * one sequence, prompt in chunks of the batch size, then one token per
@@ -7,6 +10,7 @@
  */
 #include "buf.h"
 #include "cli.h"
+#include "chat.h"
 #include "cmd.h"
 #include "engine.h"
 #include "clock.h"
@@ -23,6 +27,9 @@
 typedef struct gen_args {
     const char *model;
     const char *prompt;
+    bool chat;                /* prompt is a user turn of a chat */
+    const char *system;       /* --chat: the system message, or NULL */
+    const char *json_schema;  /* --chat: constrains the answer, or NULL */
     int max_tokens;
     int n_threads;
     int n_gpu_layers;
@@ -37,6 +44,10 @@ static const char usage[] =
     "\n"
     "  -m, --model PATH       GGUF model file (required)\n"
     "  -p, --prompt TEXT      prompt text (required)\n"
+    "      --chat             TEXT is a user message: render it with the model's chat\n"
+    "                         template (Jinja, as llama-server) and stop at the turn's end\n"
+    "      --system TEXT      --chat: a system message before it\n"
+    "      --json-schema JSON --chat: the answer must be an instance of this JSON Schema\n"
     "  -n, --max-tokens N     tokens to generate (default 128)\n"
     "  -t, --temperature T    sampling temperature, 0 = greedy (default 0.8)\n"
     "  -s, --seed S           sampling seed (default random)\n"
@@ -52,7 +63,8 @@ static const char usage[] =
 
 static int parse_args(int argc, char **argv, gen_args *a)
 {
-    enum { O_TOPK = 256, O_TOPP, O_MINP, O_RPEN, O_RLAST, O_THREADS, O_GPU, O_CTX };
+    enum { O_TOPK = 256, O_TOPP, O_MINP, O_RPEN, O_RLAST, O_THREADS, O_GPU, O_CTX, O_CHAT,
+           O_SYSTEM, O_SCHEMA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
         {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, 't'},
@@ -62,6 +74,8 @@ static int parse_args(int argc, char **argv, gen_args *a)
         {"repeat-last-n", required_argument, 0, O_RLAST},
         {"threads", required_argument, 0, O_THREADS},
         {"gpu-layers", required_argument, 0, O_GPU}, {"ctx-size", required_argument, 0, O_CTX},
+        {"chat", no_argument, 0, O_CHAT},       {"system", required_argument, 0, O_SYSTEM},
+        {"json-schema", required_argument, 0, O_SCHEMA},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0},
     };
     int c, seed = -1, rc = 0;
@@ -81,6 +95,9 @@ static int parse_args(int argc, char **argv, gen_args *a)
         case O_THREADS: rc = ic_cli_parse_int(optarg, 1, 1024, &a->n_threads); break;
         case O_GPU: rc = ic_cli_parse_int(optarg, -1, 100000, &a->n_gpu_layers); break;
         case O_CTX: rc = ic_cli_parse_int(optarg, 16, 1 << 24, &a->n_ctx_tokens); break;
+        case O_CHAT: a->chat = true; break;
+        case O_SYSTEM: a->system = optarg; break;
+        case O_SCHEMA: a->json_schema = optarg; break;
         case 'h': fputs(usage, stdout); return 1;
         default: return IC_ERR_INVAL;
         }
@@ -94,6 +111,10 @@ static int parse_args(int argc, char **argv, gen_args *a)
     }
     if (rc == 0 && (!a->model || !a->prompt)) {
         fprintf(stderr, "inferencecenter generate: --model and --prompt are required\n");
+        rc = IC_ERR_INVAL;
+    }
+    if (rc == 0 && !a->chat && (a->system || a->json_schema)) {
+        fprintf(stderr, "inferencecenter generate: --system and --json-schema need --chat\n");
         rc = IC_ERR_INVAL;
     }
     if (seed >= 0)
@@ -117,18 +138,43 @@ static int decode_prompt(ic_engine *e, const ic_token *toks, int n, int batch)
     return 0;
 }
 
-/* Writes a token's text to stdout through the UTF-8 repair stream. */
+/* Writes a token's text to stdout through the UTF-8 repair stream, or
+ * into hold (not NULL) to be printed once parsed. */
 static void emit(const ic_engine *e, ic_token tok, ic_utf8_stream *u, ic_buf *piece,
-                 ic_buf *out)
+                 ic_buf *out, ic_buf *hold)
 {
     ic_buf_clear(piece);
     ic_buf_clear(out);
     if (ic_engine_token_piece(e, tok, piece) == 0 && piece->len)
         ic_utf8_push(u, piece->data, piece->len, out);
-    if (out->len) {
+    if (hold && out->len) {
+        if (ic_buf_append(hold, out->data, out->len) < 0)
+            fwrite(out->data, 1, out->len, stdout);
+    } else if (out->len) {
         fwrite(out->data, 1, out->len, stdout);
         fflush(stdout);
     }
+}
+
+/* --chat: the prompt as a user turn (after --system) in the model's own
+ * template; *out holds the text and the grammar. Returns 0 or an ic_err
+ * (said on stderr). */
+static int render_chat(ic_engine *e, const gen_args *a, ic_chat **chat, ic_chat_prompt **out)
+{
+    char why[256] = "";
+    int rc = ic_chat_create(e, NULL, chat, why, sizeof why);
+    ic_chat_message msgs[2];
+    size_t n = 0;
+    if (a->system)
+        msgs[n++] = (ic_chat_message){.role = "system", .content = a->system};
+    msgs[n++] = (ic_chat_message){.role = "user", .content = a->prompt};
+    ic_chat_render_opts o = ic_chat_render_opts_default();
+    o.json_schema = a->json_schema;
+    if (rc == 0)
+        rc = ic_chat_render(*chat, msgs, n, &o, out, why, sizeof why);
+    if (rc < 0)
+        fprintf(stderr, "inferencecenter generate: %s\n", why);
+    return rc;
 }
 
 static int generate(ic_engine *e, const gen_args *a)
@@ -138,20 +184,40 @@ static int generate(ic_engine *e, const gen_args *a)
     ic_token *toks = NULL;
     int n_prompt = 0, rc;
     double t0 = ic_now_ms();
-    rc = ic_engine_tokenize(e, a->prompt, strlen(a->prompt), true, false, &toks, &n_prompt);
+    ic_chat *chat = NULL;
+    ic_chat_prompt *cp = NULL;
+    ic_grammar grammar = {0};
+    if (a->chat) {
+        rc = render_chat(e, a, &chat, &cp);
+        /* the template's text holds its control tokens: parsed, as the server does */
+        if (rc == 0)
+            rc = ic_engine_tokenize(e, cp->prompt, strlen(cp->prompt), true, true, &toks, &n_prompt);
+        if (rc == 0)
+            grammar = ic_chat_prompt_grammar(cp);
+    } else {
+        rc = ic_engine_tokenize(e, a->prompt, strlen(a->prompt), true, false, &toks, &n_prompt);
+    }
     if (rc == 0 && n_prompt + a->max_tokens > (int)info.n_ctx_tokens) {
         fprintf(stderr, "inferencecenter generate: prompt (%d tokens) + --max-tokens (%d) "
                         "exceed the context (%u tokens)\n",
                 n_prompt, a->max_tokens, info.n_ctx_tokens);
         free(toks);
+        ic_chat_prompt_free(cp);
+        ic_chat_destroy(chat);
         return IC_ERR_PROMPT_TOO_LONG;
     }
     ic_sampler *smp = NULL;
-    rc = rc ? rc : ic_engine_sampler_create(e, &a->sample, &smp);
+    char gerr[256] = "";
+    if (rc == 0 && grammar.gbnf) {
+        rc = ic_engine_sampler_create_constrained(e, &a->sample, &grammar, &smp, gerr, sizeof gerr);
+        if (rc < 0)
+            fprintf(stderr, "inferencecenter generate: grammar: %s\n", gerr);
+    }
+    rc = rc || smp ? rc : ic_engine_sampler_create(e, &a->sample, &smp);
     rc = rc ? rc : decode_prompt(e, toks, n_prompt, (int)info.n_batch_tokens);
     ic_utf8_stream u;
     ic_utf8_reset(&u);
-    ic_buf out = {0}, piece = {0};
+    ic_buf out = {0}, piece = {0}, held = {0};
     double t_first = 0, t_last = 0;
     int n_gen = 0, idx = -1;
     while (rc == 0 && n_gen < a->max_tokens) {
@@ -161,7 +227,7 @@ static int generate(ic_engine *e, const gen_args *a)
             t_first = t_last;
         if (ic_engine_token_is_eog(e, tok))
             break;
-        emit(e, tok, &u, &piece, &out);
+        emit(e, tok, &u, &piece, &out, a->json_schema ? &held : NULL);
         if (n_gen == a->max_tokens)
             break;
         ic_engine_batch_clear(e);
@@ -170,7 +236,19 @@ static int generate(ic_engine *e, const gen_args *a)
     }
     ic_buf_clear(&out);
     ic_utf8_flush(&u, &out);
-    fwrite(out.data ? out.data : "", 1, out.len, stdout);
+    if (a->json_schema && ic_buf_append(&held, out.data ? out.data : "", out.len) == 0) {
+        /* The template's parser takes what its grammar allows around the
+         * JSON (a code fence, a generation prompt) off: the JSON alone. */
+        ic_chat_parsed *p = NULL;
+        if (ic_chat_parse(cp, held.data ? held.data : "", held.len, false, &p, NULL, 0) == 0)
+            fputs(p->content, stdout);
+        else
+            fwrite(held.data ? held.data : "", 1, held.len, stdout);
+        ic_chat_parsed_free(p);
+    } else {
+        fwrite(out.data ? out.data : "", 1, out.len, stdout);
+    }
+    ic_buf_free(&held);
     fputc('\n', stdout);
     fflush(stdout);
     ic_buf_free(&out);
@@ -183,6 +261,8 @@ static int generate(ic_engine *e, const gen_args *a)
     }
     ic_engine_sampler_destroy(smp);
     free(toks);
+    ic_chat_prompt_free(cp);
+    ic_chat_destroy(chat);
     return rc;
 }
 

@@ -151,6 +151,42 @@ extern "C" bool ic_chat_supports_reasoning(const ic_chat *c) { return c->support
 
 extern "C" bool ic_chat_supports_tools(const ic_chat *c) { return c->supports_tools; }
 
+/* A "pattern" the converter cannot express: it would warn on stderr and
+ * accept any string there (an unconstrained field), so it is refused
+ * here. The converter supports only patterns anchored with ^ and $. */
+static bool unsupported_pattern(const common_json &schema, std::string *why)
+{
+    if (schema.is_array()) {
+        for (const auto &v : schema)
+            if (unsupported_pattern(v, why))
+                return true;
+        return false;
+    }
+    if (!schema.is_object())
+        return false;
+    for (auto it = schema.begin(); it != schema.end(); ++it) {
+        if (it.key() == "pattern" && it.value().is_string()) {
+            std::string p = it.value().get<std::string>();
+            if (p.empty() || p.front() != '^' || p.back() != '$') {
+                *why = "pattern " + p + " is not supported (not anchored with '^' and '$')";
+                return true;
+            }
+        } else if (unsupported_pattern(it.value(), why)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The GBNF of a schema, or an exception with the reason it is refused. */
+static std::string schema_grammar(const common_json &schema)
+{
+    std::string why;
+    if (unsupported_pattern(schema, &why))
+        throw std::invalid_argument(why);
+    return json_schema_to_grammar(schema);
+}
+
 /* Bad input found before common sees it: an IC_ERR_INVAL, not a template error. */
 struct bad_input : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -240,7 +276,7 @@ static common_chat_templates_inputs make_inputs(const ic_chat *c, const ic_chat_
             throw bad_input(std::string("json_schema is not JSON: ") + ex.what());
         }
         try {
-            json_schema_to_grammar(schema); /* refuse it here, with its reason */
+            schema_grammar(schema); /* refuse it here, with its reason */
         } catch (const std::exception &ex) {
             throw bad_input(std::string("json_schema does not compile: ") + ex.what());
         }
@@ -468,7 +504,7 @@ extern "C" int ic_chat_schema_to_grammar(const char *schema_json, char **gbnf, c
             set_err(err, err_size, "json_schema is not JSON: %s", ex.what());
             return IC_ERR_INVAL;
         }
-        *gbnf = dup_str(json_schema_to_grammar(schema));
+        *gbnf = dup_str(schema_grammar(schema));
     } catch (const std::bad_alloc &) {
         set_err(err, err_size, "out of memory");
         return IC_ERR_NOMEM;

@@ -5,6 +5,7 @@
  * llama_model, the llama_context and the llama_batch.
  */
 #include "engine.h"
+#include "chat.h"
 #include "buf.h"
 #include "err.h"
 #include "log.h"
@@ -29,6 +30,10 @@ struct ic_engine {
     ic_kv_type type_k, type_v;    /* the context's KV cache types */
     int flash_attn;               /* IC_FLASH_ATTN_*, as asked */
     const char *chat_template;    /* owned by the model; NULL = fallback */
+    /* The same template through llama.cpp's Jinja engine (chat.h), as
+     * llama-server renders it; NULL when the GGUF has none (plain-text
+     * fallback) or Jinja refuses it (then llama_chat_apply_template). */
+    ic_chat *jinja;
     struct llama_logit_bias *eog_bias; /* -inf for every EOG token */
     int n_eog;
     struct special *specials;     /* control tokens, longest text first */
@@ -387,6 +392,9 @@ int ic_engine_create(const ic_engine_opts *opts, ic_engine **out, const char **e
         *errmsg = "out of memory";
         rc = IC_ERR_NOMEM;
     }
+    char why[256];
+    if (rc == 0 && e->chat_template && ic_chat_create(e, NULL, &e->jinja, why, sizeof why) < 0)
+        ic_log_warn("chat template: Jinja refuses it (%s); using llama.cpp's built-in formats", why);
     if (rc < 0) {
         ic_engine_destroy(e);
         return rc;
@@ -412,6 +420,7 @@ void ic_engine_destroy(ic_engine *e)
         llama_batch_free(e->batch);
         llama_free(e->ctx);
     }
+    ic_chat_destroy(e->jinja);
     llama_model_free(e->model);
     free(e->eog_bias);
     free(e->specials);
@@ -496,12 +505,40 @@ static int fallback_format(const ic_chat_msg *msgs, size_t n, bool add_assistant
     return *out ? 0 : IC_ERR_NOMEM;
 }
 
+/* The conversation through the model's Jinja template (chat.h), as
+ * llama-server renders it. */
+static int jinja_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n, bool add_assistant,
+                        char **out)
+{
+    ic_chat_message *cm = calloc(n ? n : 1, sizeof *cm);
+    if (!cm)
+        return IC_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        cm[i] = (ic_chat_message){.role = msgs[i].role, .content = msgs[i].content};
+    ic_chat_render_opts o = ic_chat_render_opts_default();
+    o.add_generation_prompt = add_assistant;
+    ic_chat_prompt *p = NULL;
+    char why[256] = "";
+    int rc = ic_chat_render(e->jinja, cm, n, &o, &p, why, sizeof why);
+    free(cm);
+    if (rc < 0) {
+        ic_log_debug("chat template: %s", why);
+        return rc == IC_ERR_NOMEM ? rc : IC_ERR_TEMPLATE;
+    }
+    *out = p->prompt;
+    p->prompt = NULL;
+    ic_chat_prompt_free(p);
+    return 0;
+}
+
 int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
                           bool add_assistant, char **out)
 {
     *out = NULL;
     if (!e->chat_template)
         return fallback_format(msgs, n, add_assistant, out);
+    if (e->jinja)
+        return jinja_format(e, msgs, n, add_assistant, out);
     struct llama_chat_message *lm = calloc(n ? n : 1, sizeof *lm);
     if (!lm)
         return IC_ERR_NOMEM;
@@ -702,7 +739,17 @@ int ic_engine_chat_tokenize(const ic_engine *e, const ic_chat_msg *msgs, size_t 
     ic_token bos = llama_vocab_bos(e->vocab), eos = llama_vocab_eos(e->vocab);
     bool add_bos = llama_vocab_get_add_bos(e->vocab) && bos != LLAMA_TOKEN_NULL;
     rc = spans ? 0 : IC_ERR_NOMEM;
-    if (rc == 0 && !locate_contents(e, text, msgs, n, add_assistant, spans)) {
+    /* Where no content holds control-token text, the whole text tokenizes
+     * as the span-aware way would (the branch below); the marker render
+     * that finds the spans is then skipped: a Jinja render costs as much as
+     * a few decode steps of a small model. */
+    bool plain = true;
+    for (size_t i = 0; i < n && plain; i++)
+        plain = !has_special(e, msgs[i].content);
+    if (rc == 0 && plain) {
+        for (size_t i = 0; i < 2 * n; i++)
+            spans[i] = 0;
+    } else if (rc == 0 && !locate_contents(e, text, msgs, n, add_assistant, spans)) {
         /* Unknown layout: safe to parse as a whole only when no content
          * holds control-token text. */
         for (size_t i = 0; i < n && rc == 0; i++)
@@ -781,21 +828,64 @@ void ic_engine_seq_share(ic_engine *e, int src, int dst, int32_t n)
 /* Feeds the grammar the tokens of text, each checked first: accepting a
  * token the grammar forbids throws inside llama.cpp. As common_sampler_init,
  * a leading space the tokenizer adds before a special token is skipped. */
+/* Tokens whose pieces spell exactly text, for feeding a grammar: text is
+ * tokenized behind a prefix (none, then newlines) and the tokens after the
+ * prefix's are kept when their pieces make text. The prefix absorbs what a
+ * tokenizer adds in front (an SPM vocabulary's space): without it,
+ * "<|im_start|>" on a vocabulary that lacks the token starts with the
+ * piece " <", which no grammar for "<|im_start|>" accepts (llama-server
+ * skips such a piece, and then misses the "<"). Returns 0 and *toks
+ * (malloc'd) from *from on, or an ic_err. */
+static int spelling_tokens(const ic_engine *e, const char *text, ic_token **toks, int *n,
+                           int *from)
+{
+    static const char *const prefixes[] = { "", "\n", "\n\n" };
+    size_t tlen = strlen(text);
+    for (size_t p = 0; p < sizeof prefixes / sizeof *prefixes; p++) {
+        ic_buf in = {0}, spelled = {0};
+        int rc = ic_buf_append(&in, prefixes[p], strlen(prefixes[p]));
+        rc = rc ? rc : ic_buf_append(&in, text, tlen);
+        rc = rc ? rc : ic_engine_tokenize(e, in.data, in.len, false, true, toks, n);
+        ic_buf_free(&in);
+        if (rc < 0)
+            return rc;
+        size_t *start = malloc(((size_t)*n + 1) * sizeof *start);
+        for (int i = 0; start && i < *n && rc == 0; i++) {
+            char piece[256];
+            int np = llama_token_to_piece(e->vocab, (*toks)[i], piece, sizeof piece, 0, true);
+            start[i] = spelled.len;
+            rc = np < 0 ? IC_ERR_INVAL : ic_buf_append(&spelled, piece, (size_t)np);
+        }
+        for (int k = 0; start && rc == 0 && k <= *n; k++) {
+            size_t off = k < *n ? start[k] : spelled.len;
+            if (spelled.len - off == tlen && memcmp(spelled.data + off, text, tlen) == 0) {
+                *from = k;
+                free(start);
+                ic_buf_free(&spelled);
+                return 0;
+            }
+        }
+        free(start);
+        ic_buf_free(&spelled);
+        free(*toks);
+        *toks = NULL;
+        if (!start)
+            return IC_ERR_NOMEM;
+    }
+    return IC_ERR_TOKENIZE;
+}
+
 static int grammar_prefill(const ic_engine *e, struct llama_sampler *grammar, const char *text,
                            char *err, size_t err_size)
 {
     ic_token *toks = NULL;
-    int n = 0;
-    int rc = ic_engine_tokenize(e, text, strlen(text), false, true, &toks, &n);
+    int n = 0, from = 0;
+    int rc = spelling_tokens(e, text, &toks, &n, &from);
     if (rc != 0) {
         snprintf(err, err_size, "the grammar's prefill does not tokenize");
         return rc;
     }
-    for (int i = 0; i < n && rc == 0; i++) {
-        char piece[256];
-        int np = llama_token_to_piece(e->vocab, toks[i], piece, sizeof piece, 0, true);
-        if (i == 0 && np > 0 && isspace((unsigned char)piece[0]) && !isspace((unsigned char)text[0]))
-            continue;
+    for (int i = from; i < n && rc == 0; i++) {
         llama_token_data one = { toks[i], 1.0f, 0.0f };
         llama_token_data_array arr = { &one, 1, -1, false };
         llama_sampler_apply(grammar, &arr);

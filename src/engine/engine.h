@@ -167,8 +167,12 @@ int ic_engine_token_piece(const ic_engine *e, ic_token tok, ic_buf *out);
 bool ic_engine_token_is_eog(const ic_engine *e, ic_token tok);
 
 /* Formats a conversation with the model's chat template, or with the
- * plain-text fallback when it has none. add_assistant opens the assistant's
- * turn. Returns 0 and a malloc'd string in *out, or IC_ERR_TEMPLATE/NOMEM. */
+ * plain-text fallback when it has none. The template runs in llama.cpp's
+ * Jinja engine (chat.h), so the text is llama-server's for the same model;
+ * a template Jinja refuses goes through llama_chat_apply_template.
+ * add_assistant opens the assistant's turn. Returns 0 and a malloc'd
+ * string in *out, or IC_ERR_TEMPLATE (the template raised an error, e.g.
+ * roles out of the order it wants) / IC_ERR_NOMEM. */
 int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
                           bool add_assistant, char **out);
 

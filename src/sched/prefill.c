@@ -9,7 +9,8 @@
  * with prompt tokens). While sessions decode, a step may take at most
  * min(max_step_ms, SLOWDOWN x decode_ms): inter-token latency stays within
  * SLOWDOWN of what it is without prompts, and prompts still progress (at
- * least MIN_PROMPT tokens a step). With nobody decoding, a step holds
+ * least MIN_PROMPT tokens a step, and at least PROMPT_SHARE x decode_ms of
+ * prompt work where decoding alone nearly fills max_step_ms). With nobody decoding, a step holds
  * prompt tokens worth SOLO_STEPS x max_step_ms (and at least
  * max_chunk_tokens), so an ABORT or a CLOSE waits about that at most.
  *
@@ -27,6 +28,8 @@
 #define ALPHA 0.25         /* weight of a new measurement */
 #define FIRST_CHUNK 16     /* prompt tokens of a step before prompt_ms is known */
 #define MIN_PROMPT 1       /* prompt tokens of a step at least, while others decode */
+#define PROMPT_SHARE 0.25  /* while others decode, prompts may add this share of a step */
+#define MIN_TARGET 0.25    /* while others decode, a step may always take this x max_step_ms */
 #define SOLO_MIN 128       /* prompt tokens of a step at least, while nobody decodes */
 
 static int prio_weight(enum ic_priority p)
@@ -81,8 +84,25 @@ static int time_budget(ic_sched *s, int n_decoding, int budget)
     double target = n_decoding == 0 ? SOLO_STEPS * s->opts.max_step_ms
                     : s->decode_ms * SLOWDOWN < s->opts.max_step_ms ? s->decode_ms * SLOWDOWN
                                                                      : s->opts.max_step_ms;
+    /* Steps far shorter than max_step_ms (a small model) may still grow to
+     * a fraction of it: nobody sees that latency, and 1.5x of a 1 ms step
+     * would hold a prompt to a token or two a step. */
+    if (n_decoding > 0 && target < s->opts.max_step_ms * MIN_TARGET)
+        target = s->opts.max_step_ms * MIN_TARGET;
     double room = n_decoding == 0 ? target : target - s->decode_ms;
-    double k = room / s->prompt_ms;
+    /* Where the decoding sessions alone take about max_step_ms or more (a
+     * big model, many sessions, a slow or busy machine), the bound cannot
+     * hold: prompts still get a share of the step rather than a token a
+     * step (which made a long prompt wait minutes behind streaming ones). */
+    if (n_decoding > 0 && room < PROMPT_SHARE * s->decode_ms)
+        room = PROMPT_SHARE * s->decode_ms;
+    /* A prompt token costs no more than a decoding session's token: the
+     * estimate from small chunks also carries each step's fixed cost (and
+     * on a busy machine, preemption), which must not starve prompts. */
+    double per = s->prompt_ms;
+    if (n_decoding > 0 && per > s->decode_ms / n_decoding)
+        per = s->decode_ms / n_decoding;
+    double k = room / per;
     /* Floors keep the cost model measured and prompts moving: alone, a
      * step is never smaller than the count-based chunk was. */
     int floor = n_decoding == 0 ? (s->opts.max_chunk_tokens > SOLO_MIN ? s->opts.max_chunk_tokens

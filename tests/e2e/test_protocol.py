@@ -199,9 +199,10 @@ def test_end_stats_fields(vserver):
         assert end["session_id"] == sid
         assert end["reason"] == "length"
         st = end["stats"]
-        assert set(st) == {"prompt_tokens", "generated_tokens", "queue_ms", "ttft_ms",
-                           "total_ms", "tokens_per_second", "prompt_tokens_per_second"}
+        assert set(st) == {"prompt_tokens", "context_tokens", "generated_tokens", "queue_ms",
+                           "ttft_ms", "total_ms", "tokens_per_second", "prompt_tokens_per_second"}
         assert isinstance(st["prompt_tokens"], int) and st["prompt_tokens"] > 0
+        assert st["context_tokens"] >= st["prompt_tokens"]
         assert st["generated_tokens"] == 8 == len(res.tokens)
         for k in ("queue_ms", "ttft_ms", "total_ms", "tokens_per_second",
                   "prompt_tokens_per_second"):
@@ -542,7 +543,9 @@ def test_system_prompt_is_part_of_chat(vserver):
     async def body():
         c = await connect(vserver)
         plain = await c.create_session()
-        withsys = await c.create_session(system="You are a storyteller for small children.")
+        # Long enough to outweigh a template's own default system prompt
+        # (Qwen 2.5's Jinja template puts "You are Qwen, ..." in without one).
+        withsys = await c.create_session(system="You are a storyteller for small children. " * 6)
         a = await c.infer(plain, "Hi", raw=False, max_tokens=1, ignore_eos=True, **GREEDY)
         b = await c.infer(withsys, "Hi", raw=False, max_tokens=1, ignore_eos=True, **GREEDY)
         assert b.end["stats"]["prompt_tokens"] > a.end["stats"]["prompt_tokens"] + 5

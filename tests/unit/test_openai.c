@@ -54,8 +54,14 @@ static void chat_request_with_every_field(void **state)
     assert_int_equal(r.n_stop, 1);
     assert_string_equal(r.stop[0], "END");
     assert_int_equal(r.n_logit_bias, 2);
-    assert_string_equal(r.tool_choice, "f");
-    assert_non_null(r.tools_json);
+    /* a named function: "required" over that one tool */
+    assert_string_equal(r.tool_choice, "required");
+    assert_string_equal(r.tools_json, "[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]");
+    assert_int_equal(r.parallel_tool_calls, -1);
+    assert_int_equal(r.messages[2].n_tool_calls, 1);
+    assert_string_equal(r.messages[2].tool_calls[0].id, "c1");
+    assert_string_equal(r.messages[2].tool_calls[0].name, "f");
+    assert_string_equal(r.messages[2].tool_calls[0].arguments, "{}");
     assert_int_equal(r.format, IC_OAI_FORMAT_JSON_SCHEMA);
     assert_string_equal(r.schema_json, "{\"type\":\"object\"}");
     assert_true(r.stream && r.include_usage && r.logprobs && r.ignore_eos);
@@ -143,6 +149,18 @@ static void refusals_name_the_field(void **state)
                       "\"tools\":[{\"type\":\"function\"}]}", "tools", "function"},
         {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
                       "\"tool_choice\":\"sometimes\"}", "tool_choice", "must be"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"parallel_tool_calls\":\"yes\"}", "parallel_tool_calls", "true or false"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+                      "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}",
+         "tool_choice", "not among the tools"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\","
+                      "\"function\":{\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls",
+         "function.name"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\","
+                      "\"function\":{\"name\":\"f\",\"arguments\":7}}]}]}", "messages[0].tool_calls",
+         "JSON string"},
         {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
                       "\"response_format\":{\"type\":\"xml\"}}", "response_format", "type"},
         {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
@@ -278,6 +296,20 @@ static void tool_calls_and_models(void **state)
     char *b = ic_oai_response_body(&r);
     assert_non_null(strstr(b, "\"tool_calls\":[{\"id\":\"c1\""));
     assert_non_null(strstr(b, "\"finish_reason\":\"tool_calls\""));
+    assert_non_null(strstr(b, "\"content\":null")); /* OpenAI's, beside tool calls */
+    free(b);
+    /* Built calls: a message's (no index), a first delta (index, id, name),
+     * a later delta (index and an arguments piece only). */
+    ic_oai_call_out calls[3] = {
+        {.index = -1, .id = "c1", .name = "f", .arguments = "{\"a\":1}xx", .arguments_len = 7},
+        {.index = 0, .id = "c2", .name = "g", .arguments = NULL},
+        {.index = 0, .arguments = "\"q", .arguments_len = 2},
+    };
+    b = ic_oai_tool_calls_json(calls, 3);
+    assert_string_equal(b, "[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+                           "\"arguments\":\"{\\\"a\\\":1}\"}},{\"index\":0,\"id\":\"c2\",\"type\":"
+                           "\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"\"}},"
+                           "{\"index\":0,\"function\":{\"arguments\":\"\\\"q\"}}]");
     free(b);
     assert_string_equal(ic_oai_finish_reason(IC_END_STOP_STRING, false), "stop");
     assert_string_equal(ic_oai_finish_reason(IC_END_CONTEXT_FULL, false), "length");

@@ -40,10 +40,12 @@ export async function waitHealthy(port, proc, what) {
 
 export const servers = [];
 
-export async function startServer(args = []) {
+export const TEST_MODELS = process.env.IC_TEST_MODELS || 'build/test-models';
+
+export async function startServer(args = [], model = MODEL) {
   const port = await freePort();
   const log = [];
-  const proc = spawn(BIN, ['serve', '--model', MODEL, '--port', String(port), '--threads', '1',
+  const proc = spawn(BIN, ['serve', '--model', model, '--port', String(port), '--threads', '1',
                            ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout.on('data', (d) => log.push(d));
   proc.stderr.on('data', (d) => log.push(d));

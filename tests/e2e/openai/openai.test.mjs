@@ -142,10 +142,8 @@ test('errors have OpenAI\'s shape and the right status', async () => {
 test('what is not supported is refused, never answered unconstrained', async () => {
   const c = client(S);
   const msgs = [{ role: 'user', content: 'hi' }];
-  for (const extra of [
-    { tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] },
-    { response_format: { type: 'json_object' } },
-  ]) {
+  // (tools and response_format are served now: chat.test.mjs)
+  for (const extra of [{ logprobs: true }, { logprobs: true, top_logprobs: 2 }]) {
     await assert.rejects(c.chat.completions.create({ model: MODEL_ID, messages: msgs, ...extra }),
       (e) => e.status === 400 && /not supported/.test(e.message));
   }
