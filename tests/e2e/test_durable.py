@@ -509,6 +509,7 @@ def test_kv_on_disk_survives_a_restart_unless_the_model_changed(start_server, tm
         c = await connect(srv)
         sid = (await create(c))["session_id"]
         text = await turn(c, sid, TURNS[0] + reply0 + TURNS[1])
+        await c.request({"type": "CLOSE_SESSION", "session_id": sid})
         await c.close()
         return text
 
@@ -516,6 +517,14 @@ def test_kv_on_disk_survives_a_restart_unless_the_model_changed(start_server, tm
         d = await connect(srv)
         assert (await resume(d, sid, token))["type"] == "SESSION_RESUMED"
         text = await turn(d, sid, TURNS[1])
+        # The live session's cells are newer: its .kv goes (while it is held;
+        # a drop would park it and write a new one).
+        deadline = time.monotonic() + 10
+        while (store / f"{sid}.kv").exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        r = await d.request({"type": "CLOSE_SESSION", "session_id": sid})
+        assert r["type"] == "SESSION_CLOSED", r
         await d.close()
         return text
 
@@ -531,8 +540,4 @@ def test_kv_on_disk_survives_a_restart_unless_the_model_changed(start_server, tm
         assert m[f'inferencecenter_session_restores_total{{from="{source}"}}'] == 1, m
         if source == "recompute":
             assert "KV state file dropped (saved for another model" in again.log()
-        deadline = time.monotonic() + 10
-        while (store / f"{sid}.kv").exists():   # removed by the store thread
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         assert again.terminate() == 0
