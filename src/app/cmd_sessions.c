@@ -10,6 +10,7 @@
 #include "cmd.h"
 #include "durable.h"
 #include "err.h"
+#include "store.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -93,30 +94,6 @@ static int parse_args(int argc, char **argv, sessions_args *a)
     return rc;
 }
 
-static char *read_all(int dir_fd, const char *name, size_t *len)
-{
-    int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        if (fd >= 0)
-            close(fd);
-        return NULL;
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (buf && got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
-    if (buf)
-        buf[got] = '\0';
-    *len = got;
-    return buf;
-}
-
 static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);
@@ -174,7 +151,7 @@ int ic_cmd_sessions(int argc, char **argv)
         if (e->d_name[0] == '.' || !ends_with(e->d_name, IC_DURABLE_SUFFIX))
             continue;
         size_t len = 0;
-        char *data = read_all(dir_fd, e->d_name, &len);
+        char *data = ic_store_read_file(dir_fd, e->d_name, &len);
         ic_durable_info info;
         const char *why = "cannot read it";
         bool ok = data && ic_durable_record_info(e->d_name, data, len, &info, &why) == 0;

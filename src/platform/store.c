@@ -153,7 +153,6 @@ static void observe_write(ic_store *s, double seconds)
     atomic_fetch_add(&s->writes, 1);
 }
 
-static char *read_file(int dir_fd, const char *name, size_t *len);
 
 static void run_job(ic_store *s, const job *j)
 {
@@ -174,7 +173,7 @@ static void run_job(ic_store *s, const job *j)
     }
     if (j->type == JOB_READ) {
         size_t len = 0;
-        char *data = read_file(s->dir_fd, j->key, &len);
+        char *data = ic_store_read_file(s->dir_fd, j->key, &len);
         if (s->read_done)
             s->read_done(s->read_ud, j->tag, data, len, data ? 0 : IC_ERR_IO);
         else
@@ -360,8 +359,7 @@ static bool ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* The whole file as a NUL-terminated string; NULL on error. */
-static char *read_file(int dir_fd, const char *name, size_t *len)
+char *ic_store_read_file(int dir_fd, const char *name, size_t *len)
 {
     int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -411,7 +409,7 @@ int ic_store_load(ic_store *s, const char *suffix,
         if (!ends_with(name, suffix))
             continue;
         size_t len = 0;
-        char *data = read_file(s->dir_fd, name, &len);
+        char *data = ic_store_read_file(s->dir_fd, name, &len);
         if (!data) {
             ic_log_warn("session store %s: %s skipped: cannot read it", s->dir, name);
             continue;

@@ -86,6 +86,11 @@ void ic_store_get_stats(const ic_store *s, ic_store_stats *out);
 /* n bytes from the kernel's CSPRNG (getrandom). Returns 0 or IC_ERR_SYS. */
 int ic_store_random(void *buf, size_t n);
 
+/* The regular file name in directory dir_fd, whole, as a malloc'd
+ * NUL-terminated string and its length in *len; NULL when it cannot be
+ * opened or read, or is not a regular file. Any thread. */
+char *ic_store_read_file(int dir_fd, const char *name, size_t *len);
+
 /* SHA-256 of data as 64 lower-case hex digits. */
 void ic_store_sha256_hex(const void *data, size_t n, char hex[65]);
 
