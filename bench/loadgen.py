@@ -405,6 +405,19 @@ class HttpConn:
                     return
                 yield chunk
 
+    async def sse_data(self, headers):
+        """Yield (arrival time, payload bytes) of each `data:` line of an
+        event stream as it arrives."""
+        pending = b""
+        async for chunk in self.body_chunks(headers):
+            now = time.perf_counter()
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                line = line.strip()
+                if line.startswith(b"data:"):
+                    yield now, line[5:].strip()
+
     async def post_json(self, path, body):
         self.writer.write(self.request_bytes("POST", path, body))
         status, headers = await self.read_head()
@@ -449,25 +462,17 @@ async def llama_stream(conn, body, rec):
         text = b"".join([c async for c in conn.body_chunks(headers)])
         rec["error"] = "HTTP %d: %s" % (status, text[:200].decode("utf-8", "replace"))
         return time.perf_counter()
-    pending = b""
-    async for chunk in conn.body_chunks(headers):
-        now = time.perf_counter()
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            ev = json.loads(line[5:])
-            if "error" in ev:
-                rec["error"] = "error event: %s" % json.dumps(ev["error"])[:200]
-            elif ev.get("stop"):
-                timings = ev.get("timings", {})
-                rec["prompt_tokens"] = timings.get("prompt_n")
-                rec["server"] = timings
-                return now
-            elif "content" in ev:
-                token_arrived(rec, now)
+    async for now, data in conn.sse_data(headers):
+        ev = json.loads(data)
+        if "error" in ev:
+            rec["error"] = "error event: %s" % json.dumps(ev["error"])[:200]
+        elif ev.get("stop"):
+            timings = ev.get("timings", {})
+            rec["prompt_tokens"] = timings.get("prompt_n")
+            rec["server"] = timings
+            return now
+        elif "content" in ev:
+            token_arrived(rec, now)
     if rec["error"] is None:
         rec["error"] = "stream ended without stop"
     return time.perf_counter()

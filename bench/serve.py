@@ -123,33 +123,24 @@ async def one_request(url, api, inp, rec):
             text = b"".join([c async for c in conn.body_chunks(headers)])
             rec["error"] = "HTTP %d: %s" % (status, text[:200].decode("utf-8", "replace"))
             return
-        pending = b""
-        async for chunk in conn.body_chunks(headers):
-            now = time.perf_counter()
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                line = line.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    rec["t_end"] = now
-                    return
-                ev = json.loads(data)
-                if ev.get("error"):
-                    rec["error"] = json.dumps(ev["error"])[:200]
-                if ev.get("usage"):
-                    u = ev["usage"]
-                    rec["output_tokens"] = u.get("completion_tokens")
-                    rec["prompt_tokens"] = u.get("prompt_tokens")
-                    rec["cached_tokens"] = (u.get("prompt_tokens_details") or {}).get(
-                        "cached_tokens")
-                for ch in ev.get("choices") or []:
-                    t = api.text(ch)
-                    if t:
-                        rec["chunks"].append(now)
-                        rec["text"].append(t)
+        async for now, data in conn.sse_data(headers):
+            if data == b"[DONE]":
+                rec["t_end"] = now
+                return
+            ev = json.loads(data)
+            if ev.get("error"):
+                rec["error"] = json.dumps(ev["error"])[:200]
+            if ev.get("usage"):
+                u = ev["usage"]
+                rec["output_tokens"] = u.get("completion_tokens")
+                rec["prompt_tokens"] = u.get("prompt_tokens")
+                rec["cached_tokens"] = (u.get("prompt_tokens_details") or {}).get(
+                    "cached_tokens")
+            for ch in ev.get("choices") or []:
+                t = api.text(ch)
+                if t:
+                    rec["chunks"].append(now)
+                    rec["text"].append(t)
         rec["error"] = rec["error"] or "stream ended without [DONE]"
     finally:
         conn.close()
