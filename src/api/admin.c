@@ -23,7 +23,7 @@ static int act(ic_gateway *g, const char *name, bool load, const char *who, int 
     ic_model_entry *e = &g->models.m[i];
     int rc;
     if (load) {
-        ic_models_make_room(&g->models, i, g->opts.max_loaded_models, ic_now_ms());
+        ic_models_make_room(&g->models, i, &g->opts.models_budget, ic_now_ms());
         rc = ic_sched_load(e->sched);
     } else {
         rc = ic_sched_unload(e->sched);

@@ -393,7 +393,7 @@ int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool
                          const ic_gen_params *gp)
 {
     uint64_t rid = ++g->next_request;
-    ic_models_make_room(&g->models, ic_models_index_of(ss->id), g->opts.max_loaded_models,
+    ic_models_make_room(&g->models, ic_models_index_of(ss->id), &g->opts.models_budget,
                         ic_now_ms());
     int rc = ic_sched_infer(ic_gw_sched(g, ss->id), ss->id, rid, prompt, raw, gp);
     if (rc < 0)

@@ -13,11 +13,13 @@
 #ifndef IC_GATEWAY_H
 #define IC_GATEWAY_H
 
+#include "models.h"
 #include "sched.h"
 #include "server.h"
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct ic_gateway ic_gateway;
 struct ic_chat; /* engine/chat.h */
@@ -64,9 +66,10 @@ typedef struct ic_gateway_opts {
     /* Parked sessions' KV state kept in host memory, in all; beyond it
      * (or 0) they are recomputed from their conversation on resume. */
     size_t session_ram_bytes;
-    /* Several models (api/models.h): at most this many awake at once, the
-     * least recently used idle one sleeping for another; 0: no limit. */
-    int max_loaded_models;
+    /* Several models (api/models.h): the bounds the awake ones are kept
+     * in, the least recently used idle ones sleeping for another; zeros:
+     * no limit. */
+    ic_models_budget models_budget;
 } ic_gateway_opts;
 
 /* No tokens, automatic per-client limit, 1 MiB messages, 30 s to AUTH, 5
@@ -101,6 +104,7 @@ typedef struct ic_gateway_model {
     ic_sched *sched;               /* borrowed, as in ic_gateway_attach */
     const struct ic_chat *chat;    /* borrowed; NULL: no chat API for it */
     const char *name;              /* copied */
+    int64_t vram_bytes, ram_bytes; /* its planned footprint awake (0: unknown) */
 } ic_gateway_model;
 
 /* As ic_gateway_attach, for several models (at most IC_MODELS_MAX, api/

@@ -395,7 +395,9 @@ void ic_gateway_attach_models(ic_gateway *g, const ic_gateway_model *models, int
     pm->n = n < IC_MODELS_MAX ? n : IC_MODELS_MAX;
     for (int i = 0; i < pm->n; i++) {
         pm->m[i] = (ic_model_entry){.sched = models[i].sched, .chat = models[i].chat,
-                                    .created_s = (int64_t)time(NULL), .resident = true};
+                                    .created_s = (int64_t)time(NULL), .resident = true,
+                                    .vram_bytes = models[i].vram_bytes,
+                                    .ram_bytes = models[i].ram_bytes};
         snprintf(pm->m[i].name, sizeof pm->m[i].name, "%s",
                  models[i].name ? models[i].name : "");
     }
@@ -411,7 +413,8 @@ void ic_gateway_add_model(ic_gateway *g, const ic_gateway_model *model)
         return;
     ic_model_entry *e = &g->pending_models.m[n];
     *e = (ic_model_entry){.sched = model->sched, .chat = model->chat,
-                          .created_s = (int64_t)time(NULL), .resident = true};
+                          .created_s = (int64_t)time(NULL), .resident = true,
+                          .vram_bytes = model->vram_bytes, .ram_bytes = model->ram_bytes};
     snprintf(e->name, sizeof e->name, "%s", model->name ? model->name : "");
     atomic_store(&g->n_published, n + 1); /* publishes the entry */
     ic_gateway_wake(g);

@@ -78,7 +78,50 @@ static bool awake(const ic_model_entry *e, ic_sched_stats *st)
     return e->resident && st->state != IC_SCHED_SLEEPING;
 }
 
-int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms)
+static bool within(const ic_models_budget *b, int n_awake, int64_t vram, int64_t ram)
+{
+    return (b->max_loaded <= 0 || n_awake <= b->max_loaded) &&
+           (b->vram_bytes <= 0 || vram <= b->vram_bytes) &&
+           (b->ram_bytes <= 0 || ram <= b->ram_bytes);
+}
+
+int ic_models_choose_sleepers(const ic_models_room_item *m, int n, int want,
+                              const ic_models_budget *b, int *out, bool *fits)
+{
+    bool chosen[IC_MODELS_MAX] = {false};
+    int n_awake = 1, k = 0;
+    int64_t vram = m[want].vram_bytes, ram = m[want].ram_bytes;
+    n = n < IC_MODELS_MAX ? n : IC_MODELS_MAX;
+    for (int i = 0; i < n; i++) {
+        if (i == want || !m[i].awake)
+            continue;
+        n_awake++;
+        vram += m[i].vram_bytes;
+        ram += m[i].ram_bytes;
+    }
+    while (!within(b, n_awake, vram, ram)) {
+        int lru = -1;
+        for (int i = 0; i < n; i++) {
+            if (i == want || !m[i].awake || m[i].busy || chosen[i])
+                continue;
+            if (lru < 0 || m[i].last_used_ms < m[lru].last_used_ms)
+                lru = i;
+        }
+        if (lru < 0) {
+            *fits = false;
+            return k;
+        }
+        chosen[lru] = true;
+        out[k++] = lru;
+        n_awake--;
+        vram -= m[lru].vram_bytes;
+        ram -= m[lru].ram_bytes;
+    }
+    *fits = true;
+    return k;
+}
+
+int ic_models_make_room(ic_models *ms, int model, const ic_models_budget *b, double now_ms)
 {
     if (model < 0 || model >= ms->n || !ms->m[model].sched)
         return 0;
@@ -87,34 +130,33 @@ int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms)
     bool was_awake = awake(want, &st);
     want->resident = true;
     want->last_used_ms = now_ms;
-    if (was_awake || max_loaded <= 0)
+    if (was_awake)
         return 0;
-    int n_awake = 0;
-    for (int i = 0; i < ms->n; i++)
-        n_awake += i != model && ms->m[i].sched && awake(&ms->m[i], &st);
-    int slept = 0;
-    while (n_awake >= max_loaded) {
-        int lru = -1;
-        for (int i = 0; i < ms->n; i++) {
-            ic_model_entry *e = &ms->m[i];
-            if (i == model || !e->sched || !awake(e, &st) || st.generating + st.queued > 0)
-                continue;
-            if (lru < 0 || e->last_used_ms < ms->m[lru].last_used_ms)
-                lru = i;
+    ic_models_room_item it[IC_MODELS_MAX];
+    for (int i = 0; i < ms->n; i++) {
+        ic_model_entry *e = &ms->m[i];
+        it[i] = (ic_models_room_item){.last_used_ms = e->last_used_ms,
+                                      .vram_bytes = e->vram_bytes, .ram_bytes = e->ram_bytes};
+        if (i != model && e->sched && awake(e, &st)) {
+            it[i].awake = true;
+            it[i].busy = st.generating + st.queued > 0;
         }
-        if (lru < 0) {
-            ic_log_warn("model %s loads while %d models are busy (--max-loaded-models %d)",
-                        want->name, n_awake, max_loaded);
-            break;
-        }
-        if (ic_sched_sleep(ms->m[lru].sched) < 0)
-            break;
-        ic_log_info("model %s sleeps to make room for %s", ms->m[lru].name, want->name);
-        ms->m[lru].resident = false;
-        ms->m[lru].metrics.swaps++;
-        n_awake--;
+    }
+    int out[IC_MODELS_MAX];
+    bool fits;
+    int k = ic_models_choose_sleepers(it, ms->n, model, b, out, &fits), slept = 0;
+    for (int i = 0; i < k; i++) {
+        ic_model_entry *e = &ms->m[out[i]];
+        if (ic_sched_sleep(e->sched) < 0)
+            continue;
+        ic_log_info("model %s sleeps to make room for %s", e->name, want->name);
+        e->resident = false;
+        e->metrics.swaps++;
         slept++;
     }
+    if (!fits)
+        ic_log_warn("model %s loads over the residency budget: the other awake models are busy "
+                    "(--max-loaded-models, --models-ram)", want->name);
     return slept;
 }
 

@@ -35,6 +35,7 @@ typedef struct ic_model_entry {
      * for another model, until its next INFER. */
     bool resident;
     double last_used_ms;           /* CLOCK_MONOTONIC: its last INFER */
+    int64_t vram_bytes, ram_bytes; /* its planned footprint awake (0: unknown) */
     ic_metrics_model metrics;      /* its Prometheus numbers (swaps, load times) */
     uint64_t wakes_seen;           /* its scheduler's wakes counted into metrics */
 } ic_model_entry;
@@ -64,14 +65,35 @@ int ic_models_find(const ic_models *ms, const char *name);
  * oldest of those with work). Returns the number of loaded models. */
 int ic_models_stats(const ic_models *ms, ic_sched_stats *out);
 
-/* Before an INFER on model: when that model sleeps and max_loaded models
- * (> 0) are awake already, the least recently used awake models with no
- * generation running or waiting are asked to sleep (ic_sched_sleep; their
- * sessions' KV goes to host memory) until there is room. When every
- * awake model is busy the model loads anyway (over the budget, logged).
- * Marks model used at now_ms. Returns how many models were asked to
- * sleep. */
-int ic_models_make_room(ic_models *ms, int model, int max_loaded, double now_ms);
+/* The bounds the awake models are kept in. */
+typedef struct ic_models_budget {
+    int max_loaded;     /* models awake at once; 0: no count bound */
+    int64_t vram_bytes; /* the awake models' planned VRAM together at most; 0: no bound */
+    int64_t ram_bytes;  /* their planned host RAM together at most; 0: no bound */
+} ic_models_budget;
+
+/* One model as the residency choice sees it. */
+typedef struct ic_models_room_item {
+    bool awake;          /* loaded and not asleep (or asked to sleep) */
+    bool busy;           /* a generation runs or waits on it: never chosen */
+    double last_used_ms; /* the least recent is chosen first */
+    int64_t vram_bytes, ram_bytes; /* its footprint awake */
+} ic_models_room_item;
+
+/* Which awake models go to sleep so that model want (awake or not) fits:
+ * the least recently used idle ones first, until the count and both byte
+ * bounds hold with want awake. Writes their indices to out (room for n)
+ * in that order and returns how many; *fits is false when the bounds do
+ * not hold even then (want loads anyway, over the budget). Pure. */
+int ic_models_choose_sleepers(const ic_models_room_item *m, int n, int want,
+                              const ic_models_budget *b, int *out, bool *fits);
+
+/* Before an INFER on model: when that model sleeps, the models
+ * ic_models_choose_sleepers picks are asked to sleep (ic_sched_sleep;
+ * their sessions' KV goes to host memory). When the budget cannot be met
+ * the model loads anyway (over the budget, logged). Marks model used at
+ * now_ms. Returns how many models were asked to sleep. */
+int ic_models_make_room(ic_models *ms, int model, const ic_models_budget *b, double now_ms);
 
 /* Counts the loads the schedulers finished since the last call into each
  * model's metrics, and refreshes their loaded gauges and names. */

@@ -9,7 +9,8 @@
  * Options come from the command line and, with --config FILE, from an
  * INI-style file whose keys are the long option names; flags win.
  */
-#include "chat.h"
+#include "serve.h"
+
 #include "cli.h"
 #include "cmd.h"
 #include "config.h"
@@ -42,87 +43,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define GPU_LAYERS_AUTO (-2)
-_Static_assert(GPU_LAYERS_AUTO == IC_MODEL_GPU_LAYERS_AUTO, "models.ini's auto");
-
-typedef struct serve_args {
-    const char *config;
-    const char *model;         /* the default model: the first of list */
-    ic_opt_list models;        /* --model, repeatable */
-    const char *models_dir;
-    ic_model_list list;        /* what is served (check_args fills it) */
-    const char *host;
-    int port;
-    const char *tokens;
-    bool insecure_no_auth;
-    int max_sessions;
-    int max_sessions_per_client; /* 0: --max-sessions */
-    int ctx_size;
-    int threads;               /* 0: all cores */
-    int gpu_layers;            /* GPU_LAYERS_AUTO or a count */
-    int vram_margin_mib;
-    float temp_limit_c;        /* 0 = no thermal guard */
-    int idle_unload_s;         /* 0 = never */
-    int batch;
-    int max_step_ms;
-    bool kv_unified;
-    int cache_type_k;          /* ic_kv_type */
-    int cache_type_v;
-    int flash_attn;            /* IC_FLASH_ATTN_* */
-    int prefix_cache;
-    int spec;                  /* enum ic_spec_mode */
-    int spec_max;
-    const char *metrics_token;
-    int watchdog_timeout_s;
-    int log_level;             /* enum ic_log_level */
-    int log_format;            /* enum ic_log_format */
-    bool log_prompts;
-    int session_idle_timeout_s;
-    const char *session_store; /* NULL: sessions are not durable */
-    int session_ttl_s;
-    int session_ram_mib;
-    int max_preauth_per_ip;
-    int max_preauth;
-    int max_connections;       /* sockets; 0: from the fd limit */
-    int max_body_bytes;
-    ic_opt_list allow_origins;
-    ic_opt_list allow_hosts;
-    int header_timeout_s;
-    int http_idle_timeout_s;
-    bool no_web;
-    ic_opt_list trusted_proxies;
-    int auth_global_failures;
-    float auth_max_delay_s;
-    int prompt_cache;          /* -1: half of --max-sessions */
-    int max_loaded_models;     /* 0: as the memory plan says */
-    int prompt_cache_isolation; /* 0 shared, 1 client */
-    const char *node_name;     /* NULL: none */
-    const char *tls_cert;      /* both or neither: TLS on the port */
-    const char *tls_key;
-    const char *rpc;           /* "host:port,host:port": llama.cpp RPC servers */
-    bool rpc_insecure;         /* allow non-loopback RPC addresses */
-    ic_opt_owned owned;        /* strings from the config file */
-} serve_args;
-
-/* Shared by main and the loader thread; the loader writes, main reads
- * after joining it. */
-typedef struct loader {
-    const serve_args *args;
-    ic_gateway *gw;
-    int n;                     /* models loaded, each with its scheduler and templates */
-    int max_loaded;            /* awake at once; 0: all (set before the thread starts) */
-    /* SIGHUP's rescan of --models-dir (one at a time, after the first
-     * load): list is what is served, so is the schedulers' options. */
-    ic_model_list list;
-    ic_sched_opts so;
-    atomic_bool loaded_all;    /* the loader thread is done (successfully) */
-    atomic_bool rescanning;
-    bool rescan_started;       /* rescan_tid is to be joined (signal thread, then main) */
-    pthread_t rescan_tid;
-    ic_sched *sched[IC_MODEL_LIST_MAX];
-    ic_gpu_monitor *thermal;   /* the scheduler threads' monitor */
-    ic_chat *chat[IC_MODEL_LIST_MAX]; /* the models' chat templates (the gateway borrows them) */
-} loader;
 
 static const char usage_head[] =
     "usage: inferencecenter serve [--model PATH] [options]\n"
@@ -190,10 +110,15 @@ static const ic_option serve_options[] = {
              "rescans."},
     {.name = "max-loaded-models", .type = IC_OPT_INT, .offset = F(max_loaded_models),
      .metavar = "N", .def = "0", .lo = 0, .hi = IC_MODEL_LIST_MAX,
-     .def_help = "as many as the memory plan fits",
-     .help = "With several models, at most N awake at once: a request for a sleeping one first "
-             "puts the least recently used idle one to sleep (its sessions' KV kept in host "
-             "memory)."},
+     .def_help = "no count bound: the memory budget decides",
+     .help = "With several models, at most N awake at once (on top of the memory budget): a "
+             "request for a sleeping one first puts the least recently used idle ones to sleep "
+             "(their sessions' KV kept in host memory)."},
+    {.name = "models-ram", .type = IC_OPT_INT, .offset = F(models_ram_mib), .metavar = "MIB",
+     .def = "0", .lo = 0, .hi = 1 << 30, .def_help = "the RAM available at start",
+     .help = "With several models, the host memory their awake plans (weights, KV cache, "
+             "compute) may take together; the GPUs' free VRAM less --vram-margin bounds their "
+             "VRAM."},
     {.name = "config", .type = IC_OPT_STRING, .offset = F(config), .metavar = "FILE",
      .flags = IC_OPT_NO_CONFIG,
      .help = "Read options from FILE: `key = value` lines, keys are the long option names; "
@@ -451,276 +376,6 @@ static const char *default_model(char *buf, size_t cap)
     return buf;
 }
 
-/* The plan for path as memory is now; free_* (may be NULL) get the GPUs'
- * free VRAM less the margins, and the host's available RAM. Returns 0, or
- * -1 when the planner cannot read the model. */
-static int plan_of(const serve_args *a, const char *path, const ic_sched_opts *so,
-                   const ic_engine_opts *eo, ic_plan *p, int64_t *free_vram, int64_t *free_ram)
-{
-    ic_model_shape shape;
-    char err[256];
-    if (ic_plan_read_shape(path, &shape, err, sizeof err) < 0)
-        return -1;
-    ic_plan_input in = ic_plan_input_default();
-    ic_engine_device devs[IC_PLAN_MAX_DEVICES];
-    in.n_devices = ic_engine_supports_gpu() ? ic_engine_gpu_devices(devs, IC_PLAN_MAX_DEVICES) : 0;
-    for (int i = 0; i < in.n_devices; i++) {
-        in.device_free_bytes[i] = devs[i].free_bytes;
-        in.device_names[i] = devs[i].name;
-    }
-    int64_t ram_total;
-    ic_host_memory(&ram_total, &in.host_available_bytes);
-    in.margin_bytes = (int64_t)a->vram_margin_mib << 20;
-    in.n_sessions = so->max_sessions;
-    in.n_extra_seqs = so->prefix_slots;
-    in.n_ctx_per_session = so->n_ctx_per_session;
-    in.n_batch_tokens = (uint32_t)a->batch;
-    in.kv_unified = so->kv_unified;
-    in.type_k = eo->type_k;
-    in.type_v = eo->type_v;
-    ic_plan_compute(&shape, &in, p);
-    ic_plan_shape_free(&shape);
-    int64_t vram = 0;
-    for (int i = 0; i < in.n_devices; i++)
-        if (in.device_free_bytes[i] > in.margin_bytes)
-            vram += in.device_free_bytes[i] - in.margin_bytes;
-    if (free_vram)
-        *free_vram = vram;
-    if (free_ram)
-        *free_ram = in.host_available_bytes;
-    return 0;
-}
-
-/* The memory plan: GPU layers for auto, and the sessions whose KV cache
- * fits (so->max_sessions may go down). A model the planner cannot read is
- * left to the engine, whose error says what is wrong with it. */
-static void plan_memory(const serve_args *a, const char *path, int gpu_layers,
-                        ic_sched_opts *so, ic_engine_opts *eo)
-{
-    eo->n_gpu_layers = gpu_layers == GPU_LAYERS_AUTO ? 0 : gpu_layers;
-    ic_plan p;
-    if (plan_of(a, path, so, eo, &p, NULL, NULL) < 0)
-        return;
-    if (gpu_layers == GPU_LAYERS_AUTO) {
-        eo->n_gpu_layers = p.n_gpu_layers;
-        ic_log_info("%s", p.summary);
-    }
-    if (p.max_sessions < so->max_sessions) {
-        ic_log_warn("memory holds the KV cache of %d sessions, not --max-sessions %d "
-                    "(%.1f MiB each): serving %d", p.max_sessions, so->max_sessions,
-                    (double)p.kv_bytes_per_session / (1 << 20), p.max_sessions);
-        so->max_sessions = p.max_sessions;
-    }
-    if (!p.host_fits)
-        ic_log_warn("host memory looks too small for the model's CPU part (%.0f MiB needed)",
-                    (double)p.ram_bytes / (1 << 20));
-}
-
-static double hottest_gpu(void *ud)
-{
-    ic_hw_sample hw;
-    ic_gpu_monitor_sample(ud, &hw);
-    return hw.max_temperature_c;
-}
-
-static void watchdog_beat(void *ud)
-{
-    (void)ud;
-    ic_notify_watchdog();
-}
-
-/* Loads the model, retrying with fewer GPU layers when an automatic split
- * still runs out of memory. */
-static int load_engine(int gpu_layers, ic_engine_opts *eo, ic_engine **e)
-{
-    for (;;) {
-        const char *why = NULL;
-        int rc = ic_engine_create(eo, e, &why);
-        if (rc == 0)
-            return 0;
-        bool retry = gpu_layers == GPU_LAYERS_AUTO && eo->n_gpu_layers > 0 &&
-                     (rc == IC_ERR_MODEL || rc == IC_ERR_CONTEXT || rc == IC_ERR_NOMEM);
-        if (!retry) {
-            ic_log_error("cannot load model %s: %s", eo->model_path, why);
-            return rc;
-        }
-        int fewer = ic_plan_fewer_layers(eo->n_gpu_layers);
-        ic_log_warn("loading with %d GPU layers failed (%s); retrying with %d",
-                    eo->n_gpu_layers, why, fewer);
-        eo->n_gpu_layers = fewer;
-    }
-}
-
-/* Set once the server loop has returned: the gateway no longer listens. */
-static atomic_bool tearing_down;
-
-/* A lost RPC server (engine/rpc.h), on the backend's thread: the gateway
- * reports it; during the teardown (freeing the model talks to the servers)
- * nobody would, and the scheduler's join would wait for ever: exit. */
-static void rpc_lost(void *ud, const char *why)
-{
-    if (atomic_load(&tearing_down)) {
-        ic_log_error("an RPC server was lost during shutdown (%s): exiting now", why);
-        _exit(1);
-    }
-    ic_gateway_engine_failed(ud, why);
-}
-
-static int cmp_desc(const void *x, const void *y)
-{
-    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
-    return a < b ? 1 : a > b ? -1 : 0;
-}
-
-/* How many models may be awake at once: --max-loaded-models, or (0) the
- * most whose plans (weights, KV, compute; each as if alone) fit the free
- * VRAM and available RAM together, counting the largest first, so that any
- * that many fit. At least 1. */
-static int max_loaded(const serve_args *a)
-{
-    const ic_model_list *l = &a->list;
-    ic_sched_opts sov = ic_sched_opts_default(), *so = &sov;
-    so->max_sessions = a->max_sessions;
-    so->n_ctx_per_session = (uint32_t)a->ctx_size;
-    so->kv_unified = a->kv_unified;
-    so->prefix_slots = a->prefix_cache;
-    ic_engine_opts eov = ic_engine_opts_default(), *eo = &eov;
-    eo->type_k = (ic_kv_type)a->cache_type_k;
-    eo->type_v = (ic_kv_type)a->cache_type_v;
-    if (a->max_loaded_models > 0 || l->n == 1)
-        return a->max_loaded_models > 0 && a->max_loaded_models < l->n ? a->max_loaded_models
-                                                                         : l->n;
-    int64_t vram[IC_MODEL_LIST_MAX], ram[IC_MODEL_LIST_MAX], free_vram = 0, free_ram = 0;
-    for (int i = 0; i < l->n; i++) {
-        ic_plan p;
-        if (plan_of(a, l->m[i].path, so, eo, &p, &free_vram, &free_ram) < 0)
-            return l->n; /* the engine will say what is wrong with it */
-        vram[i] = p.vram_bytes;
-        ram[i] = p.ram_bytes;
-    }
-    qsort(vram, (size_t)l->n, sizeof *vram, cmp_desc);
-    qsort(ram, (size_t)l->n, sizeof *ram, cmp_desc);
-    int k = 0;
-    for (int64_t v = 0, r = 0; k < l->n; k++) {
-        v += vram[k];
-        r += ram[k];
-        if ((v > 0 && v > free_vram) || (free_ram > 0 && r > free_ram))
-            break;
-    }
-    k = k < 1 ? 1 : k;
-    ic_log_info("memory holds %d of the %d models at once (the others sleep until asked for: "
-                "--max-loaded-models)", k, l->n);
-    return k;
-}
-
-/* Waits (up to a minute) until s has gone to sleep. Loader thread. */
-static void wait_asleep(ic_sched *s)
-{
-    for (int i = 0; i < 6000; i++) {
-        ic_sched_stats st;
-        ic_sched_get_stats(s, &st);
-        if (st.state == IC_SCHED_SLEEPING)
-            return;
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-}
-
-/* Loads one model and starts its scheduler (ld->sched[ld->n], with its
- * chat templates); so may lose sessions to the memory plan. */
-static int load_one(loader *ld, const ic_model_spec *m, ic_sched_opts *so)
-{
-    const serve_args *a = ld->args;
-    ic_engine_opts eo = ic_engine_opts_default();
-    eo.model_path = m->path;
-    eo.n_threads = a->threads;
-    eo.n_batch_tokens = (uint32_t)a->batch;
-    eo.progress = true;
-    eo.type_k = (ic_kv_type)a->cache_type_k;
-    eo.type_v = (ic_kv_type)a->cache_type_v;
-    eo.flash_attn = a->flash_attn;
-    if (m->ctx_size > 0) /* models.ini */
-        so->n_ctx_per_session = (uint32_t)m->ctx_size;
-    int gpu_layers = m->gpu_layers != IC_MODEL_GPU_LAYERS_SERVER ? m->gpu_layers : a->gpu_layers;
-    plan_memory(a, m->path, gpu_layers, so, &eo);
-    ic_sched_engine_opts(so, &eo);
-    ic_log_info("loading model %s as %s", m->path, m->name);
-    ic_engine *e = NULL;
-    if (load_engine(gpu_layers, &eo, &e) < 0)
-        return -1;
-    char why[256] = "";
-    ic_chat *chat = NULL;
-    if (ic_chat_create(e, NULL, &chat, why, sizeof why) < 0)
-        ic_log_warn("the chat template of %s cannot be used (%s): the OpenAI chat API is off "
-                    "for it", m->name, why);
-    ic_sched *sched = NULL;
-    int rc = ic_sched_create(e, so, &sched);
-    if (rc < 0) {
-        ic_log_error("cannot start the scheduler: %s", ic_strerror(rc));
-        ic_chat_destroy(chat);
-        return -1;
-    }
-    ld->sched[ld->n] = sched;
-    ld->chat[ld->n++] = chat;
-    return 0;
-}
-
-static void *load_model(void *arg)
-{
-    loader *ld = arg;
-    const serve_args *a = ld->args;
-    ic_sched_opts so = ic_sched_opts_default();
-    so.max_sessions = a->max_sessions;
-    so.n_ctx_per_session = (uint32_t)a->ctx_size;
-    so.kv_unified = a->kv_unified;
-    so.prefix_slots = a->prefix_cache;
-    so.max_step_ms = a->max_step_ms;
-    so.spec_mode = a->spec;
-    so.spec_max_tokens = a->spec_max;
-    so.wake = ic_gateway_wake;
-    so.wake_ud = ld->gw;
-    so.idle_unload_s = a->idle_unload_s;
-    ic_gpu_monitor_opts mo = ic_gpu_monitor_opts_default();
-    mo.log_info = false; /* the gateway's monitor says what it found */
-    mo.read_host = false; /* the guard reads temperatures only */
-    if (ic_gpu_monitor_create(&mo, &ld->thermal) == 0 && a->temp_limit_c > 0 &&
-        ic_gpu_monitor_has_nvml(ld->thermal)) {
-        so.temp_limit_c = a->temp_limit_c;
-        so.read_temp_c = hottest_gpu;
-        so.temp_ud = ld->thermal;
-    }
-    so.heartbeat_interval_ms = ic_notify_watchdog_interval_ms();
-    so.heartbeat = so.heartbeat_interval_ms > 0 ? watchdog_beat : NULL;
-    ic_gateway_model served[IC_MODEL_LIST_MAX];
-    int k = ld->max_loaded > 0 ? ld->max_loaded : a->list.n;
-    for (int i = 0; i < a->list.n; i++) {
-        /* Beyond k: the last one loaded sleeps before the next loads (each
-         * is loaded once, so a bad file fails at start, not at a swap). */
-        if (i >= k && ic_sched_sleep(ld->sched[i - 1]) == 0)
-            wait_asleep(ld->sched[i - 1]);
-        ic_sched_opts mso = so;
-        mso.session_id_base = ic_models_session_base(i);
-        if (load_one(ld, &a->list.m[i], &mso) < 0) {
-            ic_gateway_load_failed(ld->gw);
-            return NULL;
-        }
-        served[i] = (ic_gateway_model){.sched = ld->sched[i], .chat = ld->chat[i],
-                                       .name = a->list.m[i].name};
-        if (i == 0)
-            so.max_sessions = mso.max_sessions; /* HELLO's: the default model's */
-    }
-    ld->so = so;
-    ld->list = a->list;
-    ic_gateway_attach_models(ld->gw, served, ld->n);
-    atomic_store(&ld->loaded_all, true);
-    if (ic_rpc_n_servers() > 0) /* a lost RPC server now fails the model, not the process */
-        ic_rpc_set_fatal_handler(rpc_lost, ld->gw);
-    char status[160];
-    snprintf(status, sizeof status, "serving %s%s, %d sessions", a->model,
-             ld->n > 1 ? " and more" : "", so.max_sessions);
-    ic_notify_ready(status);
-    return NULL;
-}
 
 /* The signals the signal thread takes: SIGTERM/SIGINT (graceful stop, a
  * second one exits at once), SIGHUP (reload tokens), SIGUSR1 (from main:
@@ -734,65 +389,9 @@ static void server_signals(sigset_t *set)
     sigaddset(set, SIGUSR1);
 }
 
-/* SIGHUP: loads the files new in --models-dir since the last look (one
- * that is gone stays served until a restart). Its own thread: a load takes
- * long, and the signal thread must stay free for SIGTERM. */
-static void *rescan(void *arg)
-{
-    loader *ld = arg;
-    const serve_args *a = ld->args;
-    ic_model_list now = {0};
-    char err[512];
-    if (ic_model_list_scan(&now, a->models_dir, err, sizeof err) < 0 && now.n == 0)
-        ic_log_warn("SIGHUP: %s", err);
-    int added = 0;
-    for (int i = 0; i < now.n; i++) {
-        bool known = false;
-        for (int j = 0; j < ld->list.n; j++)
-            known |= strcmp(ld->list.m[j].name, now.m[i].name) == 0;
-        if (known)
-            continue;
-        if (ic_model_list_add(&ld->list, now.m[i].path, err, sizeof err) < 0) {
-            ic_log_warn("SIGHUP: %s", err);
-            break;
-        }
-        ic_sched_opts so = ld->so;
-        so.session_id_base = ic_models_session_base(ld->n);
-        int index = ld->n;
-        if (load_one(ld, &now.m[i], &so) < 0) {
-            ld->list.n--; /* not served: a later SIGHUP tries again */
-            continue;
-        }
-        if (ld->max_loaded > 0) /* it waits asleep, as the others beyond the budget */
-            ic_sched_sleep(ld->sched[index]);
-        ic_gateway_model m = {.sched = ld->sched[index], .chat = ld->chat[index],
-                              .name = now.m[i].name};
-        ic_gateway_add_model(ld->gw, &m);
-        added++;
-    }
-    ic_log_info("SIGHUP: --models-dir rescanned, %d new models", added);
-    atomic_store(&ld->rescanning, false);
-    return NULL;
-}
-
-static void start_rescan(loader *ld)
-{
-    if (!ld->args->models_dir)
-        return;
-    if (!atomic_load(&ld->loaded_all) || atomic_exchange(&ld->rescanning, true)) {
-        ic_log_info("SIGHUP: models are still loading; --models-dir not rescanned");
-        return;
-    }
-    if (ld->rescan_started)
-        pthread_join(ld->rescan_tid, NULL);
-    ld->rescan_started = pthread_create(&ld->rescan_tid, NULL, rescan, ld) == 0;
-    if (!ld->rescan_started)
-        atomic_store(&ld->rescanning, false);
-}
-
 static void *signal_thread(void *arg)
 {
-    loader *ld = arg;
+    serve_loader *ld = arg;
     ic_gateway *gw = ld->gw;
     sigset_t set;
     server_signals(&set);
@@ -805,7 +404,7 @@ static void *signal_thread(void *arg)
             return NULL;
         if (sig == SIGHUP) {
             ic_gateway_request_reload(gw);
-            start_rescan(ld);
+            serve_start_rescan(ld);
             continue;
         }
         if (++stops > 1) {
@@ -892,8 +491,9 @@ static int run(const serve_args *a)
     go.auth_max_delay_s = (double)a->auth_max_delay_s;
     go.prompt_cache_per_client = a->prompt_cache_isolation == 1;
     go.node_name = a->node_name;
-    int k = max_loaded(a);
-    go.max_loaded_models = k < a->list.n ? k : 0;
+    serve_loader ld = {.args = a};
+    serve_residency(&ld);
+    go.models_budget = ld.budget;
     char url[300];
     bool tls = a->tls_cert != NULL;
     snprintf(url, sizeof url, "%s://%s:%d/ws", tls ? "wss" : "ws", a->host, a->port);
@@ -938,14 +538,14 @@ static int run(const serve_args *a)
                 tls ? "https" : "http", a->host, a->port,
                 a->tokens ? ", API tokens required" : ", no authentication");
     pthread_t sig_tid, load_tid;
-    loader ld = {.args = a, .gw = gw, .max_loaded = go.max_loaded_models};
+    ld.gw = gw;
     if (pthread_create(&sig_tid, NULL, signal_thread, &ld) != 0) {
         ic_log_error("cannot start the signal thread");
         ic_server_destroy(srv);
         ic_gateway_destroy(gw);
         return 1;
     }
-    if (pthread_create(&load_tid, NULL, load_model, &ld) != 0) {
+    if (pthread_create(&load_tid, NULL, serve_load_models, &ld) != 0) {
         ic_log_error("cannot start the loader thread");
         pthread_kill(sig_tid, SIGUSR1);
         pthread_join(sig_tid, NULL);
@@ -954,7 +554,7 @@ static int run(const serve_args *a)
         return 1;
     }
     ic_server_run(srv);
-    atomic_store(&tearing_down, true);
+    atomic_store(&ld.tearing_down, true);
     /* From here on the gateway and server go away: end the signal thread
      * first, so that a SIGHUP or SIGTERM now cannot reach freed objects. */
     pthread_kill(sig_tid, SIGUSR1);

@@ -417,3 +417,65 @@ def test_model_flag_replaces_the_config_files_models(start_server, tmp_path):
         await c.close()
 
     run(body())
+
+
+def footprints(log):
+    """{model: planned RAM MiB awake} from the start-up log."""
+    import re
+    return {m: float(r) for m, r in
+            re.findall(r"residency: model (\S+) needs ([0-9.]+) MiB RAM", log)}
+
+
+def test_residency_by_bytes_keeps_small_models_awake(start_server, tmp_path):
+    """--models-ram: the awake models stay within the bytes, not a count.
+    With room for the default (small) model beside either tiny model but not
+    for both tiny ones, asking for one tiny model puts the other to sleep
+    and leaves the small one awake; the small one then joins without a
+    swap (a count bound of 1 or 2 would do neither)."""
+    d = tmp_path / "models"
+    d.mkdir()
+    # a longer context makes the tiny models' KV cache outweigh the small one
+    (d / "models.ini").write_text(
+        f"[a-f32]\npath = {TINY}\nctx-size = 8192\n\n"
+        f"[b-f16]\npath = {IC_TEST_MODELS / 'tiny-f16.gguf'}\nctx-size = 8192\n")
+    probe = start_server(args=["--models-dir", d])
+    need = footprints(probe.log())
+    probe.terminate()
+    default = os.path.basename(MODEL)[:-5]
+    s, a, b = need[default], need["a-f32"], need["b-f16"]
+    budget = round(s + a + b / 2)
+    # the choice below is decided by these sizes (1 MiB of rounding each way)
+    assert s + a + 1 < budget < a + b - 1 and s + b + 1 < budget, need
+    srv = start_server(args=["--models-dir", d, "--models-ram", str(budget)])
+    log = srv.log()
+    assert f"awake ones are kept within {budget:.0f} MiB RAM (--models-ram)" in log, log
+    # at start b-f16 did not fit beside the others: a-f32, loaded last before it, slept
+    assert f"model a-f32 sleeps to make room for b-f16" in log, log
+
+    def sleeps():
+        return srv.log().count("sleeps to make room")
+
+    async def turn(model):
+        c = await connect(srv)
+        sid = await c.create_session(model=model)
+        r = await c.infer(sid, PROMPT, max_tokens=4, **GREEDY)
+        assert r.end is not None and r.reason == "length", r.error
+        await c.close()
+
+    async def body():
+        n0 = sleeps()
+        await turn("a-f32")       # a + b do not fit: both others sleep
+        assert sleeps() == n0 + 2, srv.log()
+        await turn(default)       # s + a fit: nobody sleeps
+        assert sleeps() == n0 + 2, srv.log()
+        await turn("b-f16")       # a (least recently used) sleeps, s stays
+        assert sleeps() == n0 + 3, srv.log()
+        last = [ln for ln in srv.log().splitlines() if "sleeps to make room" in ln][-1]
+        assert "model a-f32 sleeps to make room for b-f16" in last, last
+
+    run(body(), timeout=120)
+    from test_prometheus import samples, scrape
+    m = samples(scrape(srv.port))
+    assert m[f'inferencecenter_model_loaded{{model="{default}"}}'] == 1
+    assert m['inferencecenter_model_loaded{model="a-f32"}'] == 0
+    assert m['inferencecenter_model_loaded{model="b-f16"}'] == 1

@@ -136,6 +136,75 @@ static void session_ids_name_their_model(void **state)
     assert_null(ic_models_sched_of(&ms, ic_models_session_base(5) + 1)); /* no such model */
 }
 
+#define MIB ((int64_t)1 << 20)
+
+/* Residency by bytes: the least recently used idle models sleep until
+ * the wanted one fits beside the rest, and no more than that. */
+static void sleepers_by_bytes(void **state)
+{
+    (void)state;
+    ic_models_room_item m[4] = {
+        {.awake = true, .last_used_ms = 10, .ram_bytes = 300 * MIB},  /* big, oldest */
+        {.awake = true, .last_used_ms = 20, .ram_bytes = 10 * MIB},   /* small */
+        {.awake = false, .ram_bytes = 200 * MIB},                     /* wanted */
+        {.awake = true, .last_used_ms = 30, .ram_bytes = 100 * MIB},
+    };
+    ic_models_budget b = {.ram_bytes = 400 * MIB};
+    int out[4];
+    bool fits = false;
+    /* 300 + 10 + 100 + 200 = 610 > 400: the big oldest one goes; 310 fits */
+    assert_int_equal(ic_models_choose_sleepers(m, 4, 2, &b, out, &fits), 1);
+    assert_true(fits);
+    assert_int_equal(out[0], 0);
+    /* a count bound would have cost the small one too: 2 at most */
+    b.max_loaded = 2;
+    assert_int_equal(ic_models_choose_sleepers(m, 4, 2, &b, out, &fits), 2);
+    assert_true(fits);
+    assert_int_equal(out[0], 0);
+    assert_int_equal(out[1], 1);
+    /* everything fits: nobody sleeps */
+    b = (ic_models_budget){.ram_bytes = 610 * MIB};
+    assert_int_equal(ic_models_choose_sleepers(m, 4, 2, &b, out, &fits), 0);
+    assert_true(fits);
+    /* no bounds at all */
+    b = (ic_models_budget){0};
+    assert_int_equal(ic_models_choose_sleepers(m, 4, 2, &b, out, &fits), 0);
+    assert_true(fits);
+}
+
+/* Busy models are never chosen; when the rest cannot make room the wanted
+ * one loads over the budget (fits false), after the idle ones sleep. */
+static void sleepers_skip_busy(void **state)
+{
+    (void)state;
+    ic_models_room_item m[3] = {
+        {.awake = true, .busy = true, .last_used_ms = 1, .vram_bytes = 6000 * MIB},
+        {.awake = true, .last_used_ms = 5, .vram_bytes = 1000 * MIB},
+        {.awake = false, .vram_bytes = 4000 * MIB},
+    };
+    ic_models_budget b = {.vram_bytes = 8000 * MIB};
+    int out[3];
+    bool fits = true;
+    assert_int_equal(ic_models_choose_sleepers(m, 3, 2, &b, out, &fits), 1);
+    assert_false(fits);
+    assert_int_equal(out[0], 1);
+    /* once the busy one is idle it goes instead (it is the older) */
+    m[0].busy = false;
+    assert_int_equal(ic_models_choose_sleepers(m, 3, 2, &b, out, &fits), 1);
+    assert_true(fits);
+    assert_int_equal(out[0], 0);
+    /* a model alone over the budget: everyone idle sleeps, still no fit */
+    m[2].vram_bytes = 9000 * MIB;
+    assert_int_equal(ic_models_choose_sleepers(m, 3, 2, &b, out, &fits), 2);
+    assert_false(fits);
+    /* the wanted one awake already counts once, not twice */
+    ic_models_room_item one[2] = {{.awake = true, .ram_bytes = 50 * MIB},
+                                  {.awake = true, .ram_bytes = 50 * MIB}};
+    b = (ic_models_budget){.ram_bytes = 100 * MIB, .max_loaded = 2};
+    assert_int_equal(ic_models_choose_sleepers(one, 2, 1, &b, out, &fits), 0);
+    assert_true(fits);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -144,6 +213,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(models_ini_errors_name_the_line, setup, teardown),
         cmocka_unit_test_setup_teardown(empty_or_missing_dir, setup, teardown),
         cmocka_unit_test(session_ids_name_their_model),
+        cmocka_unit_test(sleepers_by_bytes),
+        cmocka_unit_test(sleepers_skip_busy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
