@@ -94,7 +94,7 @@ static int parse_log_format(const char *arg, void *field)
 }
 
 static const char *const isolation_choices[] = {"shared", "client", NULL};
-static const char *const spec_choices[] = {"off", "ngram", NULL}; /* enum ic_spec_mode */
+static const char *const spec_choices[] = {"off", "ngram", "draft", NULL}; /* enum ic_spec_mode */
 
 #define F(field) offsetof(serve_args, field)
 
@@ -184,12 +184,16 @@ static const ic_option serve_options[] = {
      .def = "2", .lo = 0, .hi = 64,
      .help = "System prompts whose KV cells are kept for new sessions to share (0 = off; "
              "with a split KV buffer each costs one session's cells)."},
-    {.name = "spec", .type = IC_OPT_CHOICE, .offset = F(spec), .metavar = "off|ngram",
+    {.name = "spec", .type = IC_OPT_CHOICE, .offset = F(spec), .metavar = "off|ngram|draft",
      .def = "off", .choices = spec_choices,
      .help = "Speculative decoding: ngram drafts tokens from the session's own prompt and "
-             "output (no second model), verified in the step's one decode, as many as a "
-             "learned cost per batch row says pay; the output is the same as with off. For "
-             "GPUs and text that repeats (docs/scheduler.md)."},
+             "output (no second model), draft has --draft-model propose them; either is "
+             "verified in the step's one decode, as many as a learned cost per batch row says "
+             "pay; the output is the same as with off. For GPUs and text that repeats "
+             "(docs/scheduler.md)."},
+    {.name = "draft-model", .type = IC_OPT_STRING, .offset = F(draft_model), .metavar = "PATH",
+     .help = "The draft model of --spec draft: a small GGUF of the same vocabulary (checked "
+             "at load), given to every served model; it has a context of the model's shape."},
     {.name = "spec-max", .type = IC_OPT_INT, .offset = F(spec_max), .metavar = "N",
      .def = "8", .lo = 1, .hi = IC_SPEC_MAX_DRAFT,
      .help = "Most draft tokens of one session in one step."},
@@ -675,6 +679,11 @@ static int check_args(serve_args *a, char *defpath, size_t cap)
     if (a->node_name && !valid_node_name(a->node_name)) {
         fprintf(stderr, "inferencecenter serve: --node-name must be 1 to 63 letters, digits, "
                         "'.', '_' or '-' (it goes into URLs and the proxy's server names)\n");
+        return 2;
+    }
+    if ((a->spec == IC_SPEC_DRAFT) != (a->draft_model != NULL)) {
+        fprintf(stderr, "inferencecenter serve: --spec draft and --draft-model PATH go "
+                        "together\n");
         return 2;
     }
     if (check_rpc(a) != 0)

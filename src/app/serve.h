@@ -49,6 +49,7 @@ typedef struct serve_args {
     int prefix_cache;
     int spec;                  /* enum ic_spec_mode */
     int spec_max;
+    const char *draft_model;   /* --spec draft */
     const char *metrics_token;
     int watchdog_timeout_s;
     int log_level;             /* enum ic_log_level */

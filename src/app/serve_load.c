@@ -293,6 +293,7 @@ void *serve_load_models(void *arg)
     so.max_step_ms = a->max_step_ms;
     so.spec_mode = a->spec;
     so.spec_max_tokens = a->spec_max;
+    so.draft_model_path = a->draft_model;
     so.wake = ic_gateway_wake;
     so.wake_ud = ld->gw;
     so.idle_unload_s = a->idle_unload_s;

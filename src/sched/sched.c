@@ -16,6 +16,7 @@
 #include "prefix.h"
 #include "queue.h"
 #include "sched_impl.h"
+#include "spec_draft.h"
 #include "utf8.h"
 
 #include <pthread.h>
@@ -454,7 +455,11 @@ static void add_drafts(ic_sched *s, session *ss, int reserve)
     if (n <= 0)
         return;
     ic_token draft[IC_SPEC_MAX_DRAFT];
-    n = ic_spec_ngram_draft(ss->hist, ss->n_hist, n, draft);
+    /* n-gram drafts cost nothing to find, so the cost model trims them
+     * afterwards; a draft model's cost comes first, so it is asked first */
+    bool model = s->drafter != NULL;
+    if (!model)
+        n = ic_spec_ngram_draft(ss->hist, ss->n_hist, n, draft);
     double c0, c1;
     if (n > 0 && g->backoff.probe) {
         g->backoff.probe = false;
@@ -468,6 +473,8 @@ static void add_drafts(ic_sched *s, session *ss, int reserve)
         else
             g->backoff.declines = 0;
     }
+    if (model && n > 0)
+        n = ic_spec_drafter_draft(s->drafter, ss->seq, ss->hist, ss->n_hist, n, draft);
     for (int i = 0; i < n; i++) {
         if (ic_engine_batch_add(s->engine, draft[i], ss->n_hist, ss->seq, true) < 0)
             break;
@@ -900,6 +907,16 @@ int ic_sched_create(ic_engine *engine, const ic_sched_opts *opts, ic_sched **out
     int rc = s->model_path ? check_engine(&s->opts, &s->info) : IC_ERR_NOMEM;
     if (rc == 0)
         rc = alloc_tables(s);
+    if (rc == 0 && opts->spec_mode == IC_SPEC_DRAFT) {
+        char why[256] = "";
+        rc = opts->draft_model_path
+                 ? ic_spec_drafter_create(opts->draft_model_path, engine, &s->drafter, why,
+                                          sizeof why)
+                 : IC_ERR_INVAL;
+        if (rc < 0)
+            ic_log_error("speculation: %s", why[0] ? why : "no draft model given");
+    }
+    s->opts.draft_model_path = NULL; /* borrowed: only the drafter keeps it */
     if (rc == 0 && pthread_create(&s->thread, NULL, sched_main, s) != 0)
         rc = IC_ERR_SYS;
     if (rc < 0) {
@@ -946,6 +963,7 @@ void ic_sched_destroy(ic_sched *s)
         ic_event_free(s->outbox[i]);
     free(s->outbox);
     free(s->pub);
+    ic_spec_drafter_destroy(s->drafter);
     ic_engine_destroy(s->engine);
     free(s->model_path);
     free(s);

@@ -169,9 +169,12 @@ typedef struct ic_sched_opts {
     /* Speculative decoding (spec.h): each generating session may add up
      * to spec_max_tokens draft tokens after its sampled one to the step's
      * batch; they are verified in the same llama_decode as everyone's
-     * work. enum ic_spec_mode; IC_SPEC_OFF: never. */
+     * work. enum ic_spec_mode; IC_SPEC_OFF: never. IC_SPEC_DRAFT drafts
+     * with the model at draft_model_path (spec_draft.h; its vocabulary
+     * must be the engine's, or ic_sched_create fails). */
     int spec_mode;
     int spec_max_tokens;
+    const char *draft_model_path; /* copied */
 } ic_sched_opts;
 
 /* Counters and gauges, readable from any thread. */

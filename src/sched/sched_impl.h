@@ -169,6 +169,7 @@ struct ic_sched {
     double last_beat_ms;      /* last heartbeat callback */
     double last_decode_ms;    /* duration of the last llama_decode */
     double decode_ms;         /* prefill.c: a decode-only step, measured (0: not yet) */
+    struct ic_spec_drafter *drafter; /* serve --spec draft; NULL otherwise */
     ic_spec_cost spec_cost;   /* what a step's rows cost (speculation) */
     double prompt_ms;         /* prefill.c: one prompt token's share of a step (0: not yet) */
     uint64_t decode_probe_step; /* step of the last decode-only measurement */

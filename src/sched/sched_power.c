@@ -11,6 +11,7 @@
 #include "log.h"
 #include "prefix.h"
 #include "sched_impl.h"
+#include "spec_draft.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -71,6 +72,7 @@ void ic_sched__sleep(ic_sched *s, const char *why)
     }
     ic_engine_destroy(s->engine);
     s->engine = NULL;
+    ic_spec_drafter_sleep(s->drafter);
     s->sleeping = true;
     atomic_fetch_add(&s->st_sleeps, 1);
     publish_state(s, false);

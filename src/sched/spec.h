@@ -20,7 +20,7 @@
 #define IC_SPEC_MAX_DRAFT 64
 
 /* serve --spec: which drafter the scheduler uses. */
-enum ic_spec_mode { IC_SPEC_OFF, IC_SPEC_NGRAM };
+enum ic_spec_mode { IC_SPEC_OFF, IC_SPEC_NGRAM, IC_SPEC_DRAFT };
 
 /* Lookup n-gram sizes: the longest suffix of the history (ngram_max
  * tokens down to ngram_min) that occurred before proposes what followed it. */
