@@ -14,6 +14,7 @@
 #include "notify.h"
 #include "plan.h"
 #include "rpc.h"
+#include "spec.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -47,8 +48,26 @@ static int plan_of(const serve_args *a, const char *path, const ic_sched_opts *s
     in.kv_unified = so->kv_unified;
     in.type_k = eo->type_k;
     in.type_v = eo->type_v;
-    ic_plan_compute(&shape, &in, p);
+    /* --spec draft: each model has a draft context of its own shape,
+     * planned first (as if alone), its memory taken from what the model
+     * may use and counted in the model's footprint */
+    ic_plan draft = {0};
+    ic_model_shape dshape;
+    bool with_draft = a->spec == IC_SPEC_DRAFT && a->draft_model &&
+                      ic_plan_read_shape(a->draft_model, &dshape, err, sizeof err) == 0;
+    ic_plan_input din = in;
+    if (with_draft) {
+        ic_plan_compute(&dshape, &in, &draft);
+        ic_plan_shape_free(&dshape);
+        for (int i = 0; i < in.n_devices; i++)
+            din.device_free_bytes[i] -= draft.device_vram_bytes[i];
+        if (din.host_available_bytes > 0)
+            din.host_available_bytes -= draft.ram_bytes;
+    }
+    ic_plan_compute(&shape, &din, p);
     ic_plan_shape_free(&shape);
+    p->vram_bytes += draft.vram_bytes;
+    p->ram_bytes += draft.ram_bytes;
     int64_t vram = 0;
     for (int i = 0; i < in.n_devices; i++)
         if (in.device_free_bytes[i] > in.margin_bytes)
