@@ -164,6 +164,11 @@ static const ic_option serve_options[] = {
      .help = "While sessions decode, a step's prompt tokens are bounded by time: a step takes "
              "about this long at most (and at most 1.5x a step of the decoding sessions alone), "
              "so long prompts never stall streaming ones; 0: by --batch-size only."},
+    {.name = "min-prefill-tokens", .type = IC_OPT_INT, .offset = F(min_prefill_tokens),
+     .metavar = "N", .def = "1", .lo = 1, .hi = 1 << 20,
+     .help = "While sessions decode, a step still carries at least N prompt tokens when prompts "
+             "wait, whatever --max-step-ms says: larger N trades inter-token latency for "
+             "time to first token and throughput under closed-loop load (docs/scheduler.md)."},
     {.name = "kv-unified", .type = IC_OPT_ONOFF, .offset = F(kv_unified), .metavar = "on|off",
      .def = "off",
      .help = "One KV buffer for all sessions (off: each session attends only to its own "

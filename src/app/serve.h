@@ -42,6 +42,7 @@ typedef struct serve_args {
     int idle_unload_s;         /* 0 = never */
     int batch;
     int max_step_ms;
+    int min_prefill_tokens;
     bool kv_unified;
     int cache_type_k;          /* ic_kv_type */
     int cache_type_v;

@@ -310,6 +310,7 @@ void *serve_load_models(void *arg)
     so.kv_unified = a->kv_unified;
     so.prefix_slots = a->prefix_cache;
     so.max_step_ms = a->max_step_ms;
+    so.min_prefill_tokens = a->min_prefill_tokens;
     so.spec_mode = a->spec;
     so.spec_max_tokens = a->spec_max;
     so.draft_model_path = a->draft_model;

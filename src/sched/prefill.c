@@ -9,7 +9,7 @@
  * with prompt tokens). While sessions decode, a step may take at most
  * min(max_step_ms, SLOWDOWN x decode_ms): inter-token latency stays within
  * SLOWDOWN of what it is without prompts, and prompts still progress (at
- * least MIN_PROMPT tokens a step, and at least PROMPT_SHARE x decode_ms of
+ * least MIN_PROMPT tokens a step, or opts.min_prefill_tokens, and at least PROMPT_SHARE x decode_ms of
  * prompt work where decoding alone nearly fills max_step_ms). With nobody decoding, a step holds
  * prompt tokens worth SOLO_STEPS x max_step_ms (and at least
  * max_chunk_tokens), so an ABORT or a CLOSE waits about that at most.
@@ -107,7 +107,9 @@ static int time_budget(ic_sched *s, int n_decoding, int budget)
      * step is never smaller than the count-based chunk was. */
     int floor = n_decoding == 0 ? (s->opts.max_chunk_tokens > SOLO_MIN ? s->opts.max_chunk_tokens
                                                                          : SOLO_MIN)
-                                : MIN_PROMPT;
+                                : s->opts.min_prefill_tokens > MIN_PROMPT
+                                      ? s->opts.min_prefill_tokens
+                                      : MIN_PROMPT;
     int n = k < floor ? floor : k > budget ? budget : (int)k;
     return n < budget ? n : budget;
 }

@@ -37,6 +37,7 @@ ic_sched_opts ic_sched_opts_default(void)
         .prefix_slots = 2,
         .max_chunk_tokens = 256,
         .max_step_ms = 50,
+        .min_prefill_tokens = 1,
         .kv_unified = false,
         .temp_resume_delta_c = 5.0,
         .spec_mode = IC_SPEC_OFF,

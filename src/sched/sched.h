@@ -138,6 +138,10 @@ typedef struct ic_sched_opts {
      * decoding sessions alone); a prompt-only step at most 4x this. 0: by
      * count only (max_chunk_tokens, the batch). See prefill.c. */
     int max_step_ms;
+    /* ...but each step carries at least this many prompt tokens while
+     * prompts wait (a turn's few new tokens then go in at once; the step
+     * grows by what they cost). 1: the time bound alone. */
+    int min_prefill_tokens;
     bool kv_unified;             /* one KV buffer for all (see docs/scheduler.md) */
     /* Called from the scheduler thread after events were added to an empty
      * queue; must be cheap and thread-safe (e.g. lws_cancel_service). */
