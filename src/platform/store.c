@@ -36,6 +36,7 @@ typedef struct job {
     char *data;               /* PUT: owned */
     size_t len;
     uint64_t tag;             /* PUT: for the done callback; 0 none */
+    bool droppable;           /* PUT: not written past the deadline */
 } job;
 
 struct ic_store {
@@ -44,7 +45,8 @@ struct ic_store {
     ic_queue *jobs;           /* job *, unbounded */
     pthread_t thread;
     bool started;
-    _Atomic uint64_t writes, write_errors, deletes;
+    _Atomic uint64_t writes, write_errors, deletes, dropped;
+    _Atomic int64_t deadline_us; /* CLOCK_MONOTONIC; 0: none */
     _Atomic int64_t bytes;
     _Atomic uint64_t buckets[IC_STORE_WRITE_BUCKETS + 1];
     _Atomic uint64_t write_sum_us;
@@ -154,8 +156,35 @@ static void observe_write(ic_store *s, double seconds)
 }
 
 
+static void remove_key(ic_store *s, const char *key)
+{
+    off_t old = size_of(s, key);
+    if (unlinkat(s->dir_fd, key, 0) < 0) {
+        if (errno != ENOENT) {
+            atomic_fetch_add(&s->write_errors, 1);
+            ic_log_error("session store %s: could not remove %s: %s", s->dir, key,
+                         strerror(errno));
+        }
+        return;
+    }
+    atomic_fetch_sub(&s->bytes, (int64_t)old);
+    atomic_fetch_add(&s->deletes, 1);
+    fsync(s->dir_fd);
+}
+
+static bool past_deadline(ic_store *s)
+{
+    int64_t d = atomic_load(&s->deadline_us);
+    return d > 0 && ic_now_ms() * 1e3 >= (double)d;
+}
+
 static void run_job(ic_store *s, const job *j)
 {
+    if (j->type == JOB_PUT && j->droppable && past_deadline(s)) {
+        atomic_fetch_add(&s->dropped, 1);
+        remove_key(s, j->key);
+        return;
+    }
     if (j->type == JOB_PUT) {
         double t0 = ic_now_ms();
         int rc = 0;
@@ -180,18 +209,7 @@ static void run_job(ic_store *s, const job *j)
             free(data);
         return;
     }
-    off_t old = size_of(s, j->key);
-    if (unlinkat(s->dir_fd, j->key, 0) < 0) {
-        if (errno != ENOENT) {
-            atomic_fetch_add(&s->write_errors, 1);
-            ic_log_error("session store %s: could not remove %s: %s", s->dir, j->key,
-                         strerror(errno));
-        }
-        return;
-    }
-    atomic_fetch_sub(&s->bytes, (int64_t)old);
-    atomic_fetch_add(&s->deletes, 1);
-    fsync(s->dir_fd);
+    remove_key(s, j->key);
 }
 
 static void job_free(void *p)
@@ -222,7 +240,7 @@ static void *store_main(void *arg)
 /* --- any thread ------------------------------------------------------ */
 
 static int queue_job(ic_store *s, enum job_type type, const char *key, char *data, size_t len,
-                     uint64_t tag)
+                     uint64_t tag, bool droppable)
 {
     if (key && !ic_store_key_ok(key)) {
         free(data);
@@ -239,6 +257,7 @@ static int queue_job(ic_store *s, enum job_type type, const char *key, char *dat
     j->data = data;
     j->len = len;
     j->tag = tag;
+    j->droppable = droppable;
     atomic_fetch_add(&s->pending, 1);
     int rc = ic_queue_push(s->jobs, j);
     if (rc < 0) {
@@ -257,7 +276,17 @@ void ic_store_set_done(ic_store *s, ic_store_done_fn fn, void *ud)
 
 int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t tag)
 {
-    return queue_job(s, JOB_PUT, key, data, len, tag);
+    return queue_job(s, JOB_PUT, key, data, len, tag, false);
+}
+
+int ic_store_put_droppable(ic_store *s, const char *key, char *data, size_t len)
+{
+    return queue_job(s, JOB_PUT, key, data, len, 0, true);
+}
+
+void ic_store_set_deadline(ic_store *s, double deadline_ms)
+{
+    atomic_store(&s->deadline_us, deadline_ms > 0 ? (int64_t)(deadline_ms * 1e3) : 0);
 }
 
 void ic_store_set_read_done(ic_store *s, ic_store_read_fn fn, void *ud)
@@ -268,12 +297,12 @@ void ic_store_set_read_done(ic_store *s, ic_store_read_fn fn, void *ud)
 
 int ic_store_read(ic_store *s, const char *key, uint64_t tag)
 {
-    return queue_job(s, JOB_READ, key, NULL, 0, tag);
+    return queue_job(s, JOB_READ, key, NULL, 0, tag, false);
 }
 
 int ic_store_delete(ic_store *s, const char *key)
 {
-    return queue_job(s, JOB_DELETE, key, NULL, 0, 0);
+    return queue_job(s, JOB_DELETE, key, NULL, 0, 0, false);
 }
 
 size_t ic_store_pending(ic_store *s) { return atomic_load(&s->pending); }
@@ -286,6 +315,7 @@ void ic_store_get_stats(const ic_store *s, ic_store_stats *out)
     out->writes = atomic_load(&s->writes);
     out->write_errors = atomic_load(&s->write_errors);
     out->deletes = atomic_load(&s->deletes);
+    out->dropped = atomic_load(&s->dropped);
     out->bytes = atomic_load(&s->bytes);
     for (int b = 0; b <= IC_STORE_WRITE_BUCKETS; b++)
         out->write_buckets[b] = atomic_load(&s->buckets[b]);
@@ -335,16 +365,22 @@ int ic_store_open(const char *dir, ic_store **out, char *err, size_t errlen)
     return 0;
 }
 
-void ic_store_close(ic_store *s)
+void ic_store_close(ic_store *s) { ic_store_close_stats(s, NULL); }
+
+void ic_store_close_stats(ic_store *s, ic_store_stats *last)
 {
+    if (last)
+        memset(last, 0, sizeof *last);
     if (!s)
         return;
-    if (s->started && queue_job(s, JOB_STOP, NULL, NULL, 0, 0) == 0)
+    if (s->started && queue_job(s, JOB_STOP, NULL, NULL, 0, 0, false) == 0)
         pthread_join(s->thread, NULL);
     /* A failed STOP push (no memory) leaves a thread that never ends: the
      * process is exiting anyway, and freeing its state under it would be worse. */
     else if (s->started)
         return;
+    if (last)
+        ic_store_get_stats(s, last);
     if (s->jobs)
         ic_queue_destroy(s->jobs, job_free);
     if (s->dir_fd > 0)

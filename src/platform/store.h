@@ -31,6 +31,7 @@ typedef struct ic_store_stats {
     uint64_t writes;          /* files written */
     uint64_t write_errors;    /* writes or deletes that failed (logged) */
     uint64_t deletes;
+    uint64_t dropped;         /* droppable files not written: past the deadline */
     int64_t bytes;            /* bytes of the files in the store now */
     uint64_t write_buckets[IC_STORE_WRITE_BUCKETS + 1]; /* not cumulative */
     double write_sum_s;       /* all writes' time, temp file to directory fsync */
@@ -41,8 +42,12 @@ typedef struct ic_store_stats {
  * reason in err. */
 int ic_store_open(const char *dir, ic_store **out, char *err, size_t errlen);
 
-/* Runs every queued job, stops the thread and frees the store. NULL is ok. */
+/* Runs every queued job (droppable ones past the deadline are dropped),
+ * stops the thread and frees the store. NULL is ok. */
 void ic_store_close(ic_store *s);
+
+/* As ic_store_close; *last (when not NULL) gets the statistics at the end. */
+void ic_store_close_stats(ic_store *s, ic_store_stats *last);
 
 /* The directory (borrowed from the store). */
 const char *ic_store_dir(const ic_store *s);
@@ -64,6 +69,17 @@ void ic_store_set_done(ic_store *s, ic_store_done_fn fn, void *ud);
  * tag: for the done callback (0: none). Returns 0, IC_ERR_INVAL (a bad
  * key) or IC_ERR_NOMEM. Any thread. */
 int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t tag);
+
+/* As ic_store_put (tag 0), for a file whose loss costs only time (a KV
+ * state, which can be recomputed): once the deadline has passed it is not
+ * written, and key is removed instead (an older version would be stale).
+ * Any thread. */
+int ic_store_put_droppable(ic_store *s, const char *key, char *data, size_t len);
+
+/* From CLOCK_MONOTONIC ms deadline_ms on (ic_now_ms), droppable files
+ * still queued are dropped: a bound on how long ic_store_close waits, at
+ * shut-down. <= 0: none (the default). Any thread. */
+void ic_store_set_deadline(ic_store *s, double deadline_ms);
 
 /* Called on the store's thread with a file read for ic_store_read: data
  * (malloc'd, taken over by the callback; NULL with rc < 0 when it could
