@@ -49,7 +49,8 @@ GAUGES = {
     "inferencecenter_cpu_usage_ratio", "inferencecenter_ram_used_bytes",
     "inferencecenter_ram_total_bytes",
     "inferencecenter_sessions_parked", "inferencecenter_sessions_stored",
-    "inferencecenter_session_store_bytes",
+    "inferencecenter_session_store_bytes", "inferencecenter_session_ram_bytes",
+    "inferencecenter_session_store_queue",
 }
 HISTOGRAMS = {
     "inferencecenter_queue_time_seconds", "inferencecenter_time_to_first_token_seconds",
