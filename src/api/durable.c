@@ -314,14 +314,20 @@ static void log_stop(ic_gateway *g, const ic_store_stats *st)
                 ic_now_ms() - g->dur_stop_ms, dropped, g->opts.shutdown_timeout_s, failed);
 }
 
+void ic_gw_durable_finish(ic_gateway *g)
+{
+    if (!g->store)
+        return;
+    atomic_store(&g->dur_quiet, true); /* the server's loop is over */
+    ic_store_stats st;
+    ic_store_close_stats(g->store, &st); /* writes what is queued, joins the thread */
+    log_stop(g, &st);
+    g->store = NULL;
+}
+
 void ic_gw_durable_close(ic_gateway *g)
 {
-    atomic_store(&g->dur_quiet, true); /* the server is gone */
-    ic_store_stats st;
-    ic_store_close_stats(g->store, &st); /* writes what is queued */
-    if (g->store)
-        log_stop(g, &st);
-    g->store = NULL;
+    ic_gw_durable_finish(g);
     for (dur_done *dd; g->dur_done && (dd = ic_queue_pop(g->dur_done)); free(dd))
         free(dd->data);
     ic_queue_destroy(g->dur_done, free);
@@ -511,6 +517,10 @@ static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev)
         ev->kv = NULL;
         ev->hist = NULL;
         g->dur_ram_bytes += d->kv_len;
+    } else if (ev->kv && !g->stopping && ic_store_queued_bytes(g->store) > 0 &&
+               ic_store_queued_bytes(g->store) + ev->kv_len > KV_QUEUE_MAX) {
+        ic_log_for(IC_LOG_DEBUG, &(ic_log_ctx){.session = d->sid}, "parked session: the "
+                   "store's write queue is full; its KV state is dropped, to be recomputed");
     } else if (ev->kv && !ic_gw_dur_kv_save(g, d, ev->kv, ev->kv_len, ev->hist, ev->n_hist)) {
         ic_log_warn("session %s: its KV state could not be queued for the store; it will be "
                     "recomputed", d->sid);

@@ -15,6 +15,10 @@
 #define RECORD_SUFFIX IC_DURABLE_SUFFIX
 #define KV_SUFFIX ".kv"
 #define KV_MAGIC "ICKV1\n"
+/* Parked sessions' KV states waiting for the store's disk are at most
+ * this many bytes (or one state, when larger): past it one is dropped and
+ * recomputed at its resume, so a slow disk does not grow the heap. */
+#define KV_QUEUE_MAX ((size_t)256 << 20)
 
 typedef struct dur_turn {
     char *prompt;

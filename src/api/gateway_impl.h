@@ -270,7 +270,11 @@ int ic_gw_session_open_turns(ic_gateway *g, int model, const char *client_key, i
  * Returns 0 or an error with a one-line reason in err. */
 int ic_gw_durable_open(ic_gateway *g, char *err, size_t errlen);
 
-/* Writes what is queued and frees every record (at destroy). */
+/* Writes what is queued and ends the store's thread (ic_gateway_finish;
+ * again: nothing). */
+void ic_gw_durable_finish(ic_gateway *g);
+
+/* ic_gw_durable_finish, then frees every record (at destroy). */
 void ic_gw_durable_close(ic_gateway *g);
 
 /* Makes ss (just opened for CREATE_SESSION) durable: an unguessable id in

@@ -369,6 +369,8 @@ void ic_gateway_destroy(ic_gateway *g)
 
 void ic_gateway_set_server(ic_gateway *g, ic_server *srv) { g->srv = srv; }
 
+void ic_gateway_finish(ic_gateway *g) { ic_gw_durable_finish(g); }
+
 bool ic_gateway_failed(const ic_gateway *g) { return g->failed; }
 
 bool ic_gateway_stalled(const ic_gateway *g) { return g->stalled; }

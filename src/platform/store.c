@@ -51,6 +51,7 @@ struct ic_store {
     _Atomic uint64_t buckets[IC_STORE_WRITE_BUCKETS + 1];
     _Atomic uint64_t write_sum_us;
     _Atomic size_t pending;
+    _Atomic size_t queued_bytes; /* of the PUTs in pending */
     ic_store_done_fn done;    /* set before the first put */
     void *done_ud;
     ic_store_read_fn read_done; /* set before the first read */
@@ -230,6 +231,8 @@ static void *store_main(void *arg)
         bool stop = j->type == JOB_STOP;
         if (!stop)
             run_job(s, j);
+        if (j->type == JOB_PUT)
+            atomic_fetch_sub(&s->queued_bytes, j->len);
         job_free(j);
         atomic_fetch_sub(&s->pending, 1);
         if (stop)
@@ -259,9 +262,13 @@ static int queue_job(ic_store *s, enum job_type type, const char *key, char *dat
     j->tag = tag;
     j->droppable = droppable;
     atomic_fetch_add(&s->pending, 1);
+    if (type == JOB_PUT)
+        atomic_fetch_add(&s->queued_bytes, len);
     int rc = ic_queue_push(s->jobs, j);
     if (rc < 0) {
         atomic_fetch_sub(&s->pending, 1);
+        if (type == JOB_PUT)
+            atomic_fetch_sub(&s->queued_bytes, len);
         job_free(j);
         return rc;
     }
@@ -306,6 +313,8 @@ int ic_store_delete(ic_store *s, const char *key)
 }
 
 size_t ic_store_pending(ic_store *s) { return atomic_load(&s->pending); }
+
+size_t ic_store_queued_bytes(ic_store *s) { return atomic_load(&s->queued_bytes); }
 
 void ic_store_get_stats(const ic_store *s, ic_store_stats *out)
 {

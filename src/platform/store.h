@@ -97,6 +97,10 @@ int ic_store_delete(ic_store *s, const char *key);
 /* Jobs queued and not yet done. Any thread. */
 size_t ic_store_pending(ic_store *s);
 
+/* Bytes of the writes queued and not yet done (their data is in memory
+ * until then). Any thread. */
+size_t ic_store_queued_bytes(ic_store *s);
+
 void ic_store_get_stats(const ic_store *s, ic_store_stats *out);
 
 /* n bytes from the kernel's CSPRNG (getrandom). Returns 0 or IC_ERR_SYS. */

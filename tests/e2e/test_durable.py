@@ -2,8 +2,9 @@
 a session whose connection drops is parked and resumed with its
 resume_token; its conversation is in the store after every END, so a
 server killed (-9) or stopped (SIGTERM) and started again on the same
-store resumes it too, recomputing its KV cache. In every case the next
-turn's greedy answer is the one the unbroken session gives."""
+store resumes it too: after kill -9 its KV cache is recomputed, after
+SIGTERM it comes back from the .kv file the shutdown wrote. In every case
+the next turn's greedy answer is the one the unbroken session gives."""
 import asyncio
 import json
 
@@ -12,9 +13,10 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import time
 
-from conftest import GREEDY, LONG, Closed, connect, http_get, new_token, run
+from conftest import GREEDY, IC_BIN, LONG, Closed, connect, http_get, new_token, run
 
 SYSTEM = "A story for children. "
 TURNS = ["Once upon a time", " One day", " The end came"]
@@ -484,8 +486,6 @@ def test_without_a_store_nothing_changes(start_server):
 
 
 def test_sessions_command_lists_and_purges(start_server, tmp_path):
-    import subprocess
-    from conftest import IC_BIN
     store = tmp_path / "store"
     srv = durable(start_server, store)
 
@@ -623,9 +623,14 @@ def test_kv_on_disk_survives_a_restart_unless_the_model_changed(start_server, tm
 
 
 # A parked session's memory beyond its KV state (its record: the
-# conversation's text and the record's fields; the allocator's slack),
-# as docs/operations.md states it (Durable sessions, "Capacity").
-PARKED_OVERHEAD_KIB = 16
+# conversation's text and the record's fields; the allocator's slack), as
+# docs/operations.md states it (Durable sessions, "Capacity"): 1.3 KiB
+# measured with this test's short conversations, 4 KiB allowed.
+PARKED_OVERHEAD_KIB = 4
+
+# ASan's quarantine keeps freed memory: RSS says nothing under it.
+SANITIZED = "libasan" in subprocess.run(["ldd", IC_BIN], capture_output=True,
+                                         text=True).stdout
 
 
 def rss_kib(srv):
@@ -749,7 +754,8 @@ def test_1000_parked_sessions_with_max_sessions_8_resume_their_own(start_server,
         print(f"\n{distinct} distinct answers (alike at random: {same:.3f}); {n} parked: RSS {base} -> {rss} KiB; KV in RAM {ram / 1048576:.1f} MiB, "
               f"{kv_files} on disk; {per:.1f} KiB per parked session beyond its RAM KV; "
               f"parking took {parked_s:.1f} s")
-        assert rss <= base + (ram_mib << 10) + n * PARKED_OVERHEAD_KIB, (base, rss, m)
+        if not SANITIZED:
+            assert rss <= base + (ram_mib << 10) + n * PARKED_OVERHEAD_KIB, (base, rss, m)
         await asyncio.gather(*(take_back(w, want, pairs) for w in range(workers)))
         m = scrape(srv)
         assert m["inferencecenter_session_resumes_total"] == n, m

@@ -454,6 +454,44 @@ static void interrupted_and_short_writes_and_reads_complete(void **state)
     tmp_remove(&t);
 }
 
+/* The first write's done callback holds the store's thread until released. */
+typedef struct gate {
+    _Atomic int entered;
+    _Atomic int release;
+} gate;
+
+static void on_done_gated(void *ud, uint64_t tag, int rc)
+{
+    (void)tag;
+    (void)rc;
+    gate *g = ud;
+    atomic_store(&g->entered, 1);
+    while (!atomic_load(&g->release))
+        usleep(1000);
+}
+
+static void queued_bytes_count_the_writes_not_yet_done(void **state)
+{
+    (void)state;
+    tmpdir t;
+    tmp_make(&t);
+    gate g = {0};
+    ic_store *s = open_store(&t);
+    ic_store_set_done(s, on_done_gated, &g);
+    assert_int_equal(ic_store_queued_bytes(s), 0);
+    put_text(s, "s1.json", "0123456789", 1); /* its callback holds the thread */
+    while (!atomic_load(&g.entered))
+        usleep(1000);
+    assert_int_equal(ic_store_put_droppable(s, "s1.kv", dup_str("abcd"), 4), 0);
+    put_text(s, "s2.json", "xy", 0);
+    assert_int_equal(ic_store_delete(s, "s3.json"), 0);
+    assert_int_equal(ic_store_queued_bytes(s), 10 + 4 + 2);
+    assert_int_equal(ic_store_pending(s), 4);
+    atomic_store(&g.release, 1);
+    ic_store_close(s);
+    tmp_remove(&t);
+}
+
 static void random_and_sha256(void **state)
 {
     (void)state;
@@ -543,6 +581,7 @@ int main(void)
         cmocka_unit_test(reads_come_back_through_the_callback),
         cmocka_unit_test(droppable_files_past_the_deadline_are_not_written),
         cmocka_unit_test(interrupted_and_short_writes_and_reads_complete),
+        cmocka_unit_test(queued_bytes_count_the_writes_not_yet_done),
         cmocka_unit_test(random_and_sha256),
         cmocka_unit_test(a_record_is_read),
         cmocka_unit_test(truncated_or_corrupt_records_are_rejected),
