@@ -289,7 +289,7 @@ void ic_gw_durable_stop(ic_gateway *g)
             d->n_hist = 0;
             continue;
         }
-        if (!ss || ss->closing || ss->running || !ss->conn_id || !g->sched ||
+        if (!ss || ss->closing || ss->running || !ss->conn_id || !g->sched || g->engine_dead ||
             d->n_turns == 0 || ic_sched_close_session(g->sched, ss->id, IC_CLOSE_EVICTED) < 0)
             continue;
         ss->closing = true;
