@@ -37,6 +37,8 @@ typedef struct job {
     size_t len;
     uint64_t tag;             /* PUT: for the done callback; 0 none */
     bool droppable;           /* PUT: not written past the deadline */
+    double t0_ms;             /* PUT: when its write began */
+    int rc;                   /* PUT: its result, for the done callback */
 } job;
 
 struct ic_store {
@@ -100,6 +102,16 @@ void ic_store_sha256_hex(const void *data, size_t n, char hex[65])
 
 /* --- the thread ------------------------------------------------------ */
 
+#define BATCH_MAX 64
+
+static void job_free(void *p)
+{
+    job *j = p;
+    if (j)
+        free(j->data);
+    free(j);
+}
+
 static off_t size_of(ic_store *s, const char *key)
 {
     struct stat st;
@@ -120,7 +132,8 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* Temp file, fsync, rename, fsync of the directory. */
+/* Temp file, fsync, rename; the directory's fsync comes after the batch
+ * (store_main). */
 static int put_file(ic_store *s, const job *j)
 {
     char tmp[KEY_MAX + 8];
@@ -143,7 +156,7 @@ static int put_file(ic_store *s, const job *j)
         return -1;
     }
     atomic_fetch_add(&s->bytes, (int64_t)j->len - (int64_t)old);
-    return fsync(s->dir_fd);
+    return 0;
 }
 
 static void observe_write(ic_store *s, double seconds)
@@ -156,8 +169,8 @@ static void observe_write(ic_store *s, double seconds)
     atomic_fetch_add(&s->writes, 1);
 }
 
-
-static void remove_key(ic_store *s, const char *key)
+/* Returns true when the directory changed (its fsync is due). */
+static bool remove_key(ic_store *s, const char *key)
 {
     off_t old = size_of(s, key);
     if (unlinkat(s->dir_fd, key, 0) < 0) {
@@ -166,11 +179,11 @@ static void remove_key(ic_store *s, const char *key)
             ic_log_error("session store %s: could not remove %s: %s", s->dir, key,
                          strerror(errno));
         }
-        return;
+        return false;
     }
     atomic_fetch_sub(&s->bytes, (int64_t)old);
     atomic_fetch_add(&s->deletes, 1);
-    fsync(s->dir_fd);
+    return true;
 }
 
 static bool past_deadline(ic_store *s)
@@ -179,27 +192,27 @@ static bool past_deadline(ic_store *s)
     return d > 0 && ic_now_ms() * 1e3 >= (double)d;
 }
 
-static void run_job(ic_store *s, const job *j)
+/* A job's first half, up to the directory's fsync; a read is answered at
+ * once. Returns true when the directory changed. */
+static bool run_job(ic_store *s, job *j)
 {
     if (j->type == JOB_PUT && j->droppable && past_deadline(s)) {
         atomic_fetch_add(&s->dropped, 1);
-        remove_key(s, j->key);
-        return;
+        j->rc = IC_ERR_TIMEOUT; /* nothing to report: a droppable file has no tag */
+        return remove_key(s, j->key);
     }
     if (j->type == JOB_PUT) {
-        double t0 = ic_now_ms();
-        int rc = 0;
+        j->t0_ms = ic_now_ms();
+        j->rc = 0;
         if (put_file(s, j) < 0) {
-            rc = IC_ERR_IO;
+            j->rc = IC_ERR_IO;
             atomic_fetch_add(&s->write_errors, 1);
             ic_log_error("session store %s: could not write %s: %s", s->dir, j->key,
                          strerror(errno));
-        } else {
-            observe_write(s, (ic_now_ms() - t0) / 1e3);
         }
-        if (j->tag && s->done)
-            s->done(s->done_ud, j->tag, rc);
-        return;
+        free(j->data); /* written: its memory goes now, its count at the end */
+        j->data = NULL;
+        return j->rc == 0;
     }
     if (j->type == JOB_READ) {
         size_t len = 0;
@@ -208,35 +221,63 @@ static void run_job(ic_store *s, const job *j)
             s->read_done(s->read_ud, j->tag, data, len, data ? 0 : IC_ERR_IO);
         else
             free(data);
-        return;
+        return false;
     }
-    remove_key(s, j->key);
+    return remove_key(s, j->key);
 }
 
-static void job_free(void *p)
+/* A job's second half, after the directory's fsync (sync_rc). */
+static void finish_job(ic_store *s, job *j, int sync_rc)
 {
-    job *j = p;
-    if (j)
-        free(j->data);
-    free(j);
+    if (j->type == JOB_PUT && j->rc != IC_ERR_TIMEOUT) { /* not dropped */
+        if (j->rc == 0 && sync_rc < 0) {
+            j->rc = IC_ERR_IO;
+            atomic_fetch_add(&s->write_errors, 1);
+        }
+        if (j->rc == 0)
+            observe_write(s, (ic_now_ms() - j->t0_ms) / 1e3);
+        if (j->tag && s->done)
+            s->done(s->done_ud, j->tag, j->rc);
+    }
+    if (j->type == JOB_PUT)
+        atomic_fetch_sub(&s->queued_bytes, j->len);
+    job_free(j);
+    atomic_fetch_sub(&s->pending, 1);
 }
 
+/* The thread: jobs in the order queued, in batches of what is waiting (at
+ * most BATCH_MAX), whose renames and removals share one fsync of the
+ * directory: a burst of writes (the ENDs of many sessions, the KV files
+ * of a shutdown) costs one fsync per file, not two. A write is reported
+ * done only after that fsync. */
 static void *store_main(void *arg)
 {
     ic_store *s = arg;
+    job *batch[BATCH_MAX];
     for (;;) {
         job *j = ic_queue_pop_wait(s->jobs, -1);
-        if (!j)
-            continue;
-        bool stop = j->type == JOB_STOP;
-        if (!stop)
-            run_job(s, j);
-        if (j->type == JOB_PUT)
-            atomic_fetch_sub(&s->queued_bytes, j->len);
-        job_free(j);
-        atomic_fetch_sub(&s->pending, 1);
-        if (stop)
+        int n = 0;
+        bool dirty = false, stop = false;
+        while (j) {
+            if (j->type == JOB_STOP) {
+                stop = true;
+                job_free(j);
+                break;
+            }
+            dirty |= run_job(s, j);
+            batch[n++] = j;
+            j = n < BATCH_MAX ? ic_queue_pop(s->jobs) : NULL;
+        }
+        int sync_rc = dirty ? fsync(s->dir_fd) : 0;
+        if (sync_rc < 0)
+            ic_log_error("session store %s: fsync of the directory failed: %s", s->dir,
+                         strerror(errno));
+        for (int i = 0; i < n; i++)
+            finish_job(s, batch[i], sync_rc);
+        if (stop) {
+            atomic_fetch_sub(&s->pending, 1);
             return NULL;
+        }
     }
 }
 

@@ -6,7 +6,8 @@
  * dot). ic_store_put replaces it as a whole: written to KEY.tmp, fsync'd,
  * renamed over KEY, then the directory fsync'd, so after a crash a key
  * holds its previous contents or its new ones, never a mix. Jobs run in
- * the order they were queued.
+ * the order they were queued; those waiting together share the
+ * directory's fsync, and a write is reported done only after it.
  *
  * Threads: ic_store_open, ic_store_load and ic_store_close on one thread
  * (main, at start-up and shut-down); ic_store_put, _delete and _get_stats

@@ -1,7 +1,8 @@
 /* test_store.c - the durable-session store (platform/store.c): atomic
  * writes read back whole, a replaced file never mixes, the directory is
  * created 0700, crash leftovers (*.tmp) go at load, deletes (purges),
- * reads through the store's thread, droppable files past the deadline,
+ * reads through the store's thread, a burst of writes (batched) reported
+ * in order, queued bytes, droppable files past the deadline,
  * writes and reads interrupted (EINTR) or short; and the record's reader
  * (api/durable_file.c, ic_durable_record_info) rejecting a truncated or
  * corrupt record, which is what the server and `inferencecenter
@@ -454,6 +455,52 @@ static void interrupted_and_short_writes_and_reads_complete(void **state)
     tmp_remove(&t);
 }
 
+typedef struct ordered {
+    _Atomic uint64_t next;     /* the tag expected next */
+    _Atomic int out_of_order, failed;
+} ordered;
+
+static void on_done_ordered(void *ud, uint64_t tag, int rc)
+{
+    ordered *o = ud;
+    if (tag != atomic_load(&o->next))
+        atomic_fetch_add(&o->out_of_order, 1);
+    atomic_store(&o->next, tag + 1);
+    if (rc != 0)
+        atomic_fetch_add(&o->failed, 1);
+}
+
+/* A burst (batched: one directory fsync per batch) is written whole and
+ * reported in order. */
+static void a_burst_of_writes_is_reported_in_order(void **state)
+{
+    (void)state;
+    tmpdir t;
+    tmp_make(&t);
+    ordered o = {.next = 1};
+    ic_store *s = open_store(&t);
+    ic_store_set_done(s, on_done_ordered, &o);
+    for (int i = 1; i <= 150; i++) {
+        char key[32], text[32];
+        snprintf(key, sizeof key, "s%d.json", i % 40); /* replaced ones too */
+        snprintf(text, sizeof text, "version %d", i);
+        put_text(s, key, text, (uint64_t)i);
+    }
+    ic_store_stats st;
+    ic_store_close_stats(s, &st);
+    assert_int_equal(atomic_load(&o.next), 151);
+    assert_int_equal(atomic_load(&o.out_of_order), 0);
+    assert_int_equal(atomic_load(&o.failed), 0);
+    assert_int_equal(st.writes, 150);
+    assert_int_equal(count_entries(&t), 40);
+    size_t len = 0;
+    char *data = slurp(&t, "s10.json", &len); /* written by 10, 50, 90 and 130 */
+    assert_non_null(data);
+    assert_string_equal(data, "version 130");
+    free(data);
+    tmp_remove(&t);
+}
+
 /* The first write's done callback holds the store's thread until released. */
 typedef struct gate {
     _Atomic int entered;
@@ -581,6 +628,7 @@ int main(void)
         cmocka_unit_test(reads_come_back_through_the_callback),
         cmocka_unit_test(droppable_files_past_the_deadline_are_not_written),
         cmocka_unit_test(interrupted_and_short_writes_and_reads_complete),
+        cmocka_unit_test(a_burst_of_writes_is_reported_in_order),
         cmocka_unit_test(queued_bytes_count_the_writes_not_yet_done),
         cmocka_unit_test(random_and_sha256),
         cmocka_unit_test(a_record_is_read),
