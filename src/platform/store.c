@@ -102,7 +102,10 @@ void ic_store_sha256_hex(const void *data, size_t n, char hex[65])
 
 /* --- the thread ------------------------------------------------------ */
 
+/* A batch ends at 64 jobs or once 1 MiB is written: a big file (a KV
+ * state) does not hold back the ENDs of the small records before it. */
 #define BATCH_MAX 64
+#define BATCH_BYTES ((size_t)1 << 20)
 
 static void job_free(void *p)
 {
@@ -257,6 +260,7 @@ static void *store_main(void *arg)
     for (;;) {
         job *j = ic_queue_pop_wait(s->jobs, -1);
         int n = 0;
+        size_t bytes = 0;
         bool dirty = false, stop = false;
         while (j) {
             if (j->type == JOB_STOP) {
@@ -265,8 +269,9 @@ static void *store_main(void *arg)
                 break;
             }
             dirty |= run_job(s, j);
+            bytes += j->type == JOB_PUT ? j->len : 0;
             batch[n++] = j;
-            j = n < BATCH_MAX ? ic_queue_pop(s->jobs) : NULL;
+            j = n < BATCH_MAX && bytes < BATCH_BYTES ? ic_queue_pop(s->jobs) : NULL;
         }
         int sync_rc = dirty ? fsync(s->dir_fd) : 0;
         if (sync_rc < 0)
