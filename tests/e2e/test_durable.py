@@ -644,7 +644,9 @@ def test_1000_parked_sessions_with_max_sessions_8_resume_their_own(start_server,
     SESSION_RESUMED n_ctx_used is that session's), every KV state comes
     back from host memory or disk (none recomputed), and the server's RSS
     grows by at most --session-ram plus PARKED_OVERHEAD_KIB per parked
-    session."""
+    session. Half of them resume on that server; the other half after a
+    SIGTERM (which writes the states held in memory) and a restart, from
+    disk."""
     n, workers, ram_mib = 1000, 4, 4
     store = tmp_path / "store"
     ref = start_server(["--max-sessions", 8])
@@ -696,9 +698,11 @@ def test_1000_parked_sessions_with_max_sessions_8_resume_their_own(start_server,
             pairs[i] = (r["session_id"], r["resume_token"])
             await c.close()                 # parked
 
-    async def take_back(w, want, pairs):
-        c = await connect(srv)
+    async def take_back(server, w, want, pairs, half):
+        c = await connect(server)
         for i in share(w):
+            if i % 2 != half:
+                continue
             sid, token = pairs[i]
             r = await request(c, {"type": "RESUME_SESSION", "session_id": sid,
                                   "resume_token": token})
@@ -756,12 +760,37 @@ def test_1000_parked_sessions_with_max_sessions_8_resume_their_own(start_server,
               f"parking took {parked_s:.1f} s")
         if not SANITIZED:
             assert rss <= base + (ram_mib << 10) + n * PARKED_OVERHEAD_KIB, (base, rss, m)
-        await asyncio.gather(*(take_back(w, want, pairs) for w in range(workers)))
+        # Half of them resume here, the other half after a restart.
+        await asyncio.gather(*(take_back(srv, w, want, pairs, 0) for w in range(workers)))
         m = scrape(srv)
-        assert m["inferencecenter_session_resumes_total"] == n, m
-        got = {k: m[f'inferencecenter_session_restores_total{{from="{k}"}}']
-               for k in ("ram", "disk", "recompute")}
-        assert got["recompute"] == 0 and got["ram"] + got["disk"] == n, got
+        assert m["inferencecenter_session_resumes_total"] == n // 2, m
+        got = restores(m)
+        assert got["recompute"] == 0 and got["ram"] + got["disk"] == n // 2, got
         assert got["ram"] > 0 and got["disk"] > 0, got
         print(f"restored: {got}; total {time.monotonic() - t0:.1f} s")
-    run(body(), timeout=600)
+        return want, pairs
+
+    def restores(m):
+        return {k: m[f'inferencecenter_session_restores_total{{from="{k}"}}']
+                for k in ("ram", "disk", "recompute")}
+
+    want, pairs = run(body(), timeout=600)
+    # SIGTERM: the parked sessions' states in host memory go to disk.
+    assert srv.terminate() == 0
+    line = re.search(r"shutdown: KV state of ([0-9]+) sessions saved to the session store "
+                     r"\(([0-9.]+) MiB\) in ([0-9]+) ms; ([0-9]+) dropped", srv.log())
+    assert line, srv.log()[-3000:]
+    saved, dropped = int(line.group(1)), int(line.group(4))
+    assert saved > 0, line.group(0)
+    print(line.group(0))
+    assert len(list(store.glob("*.json"))) == n // 2
+    again = durable(start_server, store, "--max-sessions", 8, "--session-ram", ram_mib)
+    assert f"{n // 2} sessions resumable, 0 skipped" in again.log(), again.log()
+
+    async def second():
+        await asyncio.gather(*(take_back(again, w, want, pairs, 1) for w in range(workers)))
+    run(second(), timeout=600)
+    got = restores(scrape(again))
+    # Every one comes from disk but those the shutdown time-out dropped.
+    assert got["ram"] == 0 and got["recompute"] == dropped, (got, line.group(0))
+    assert got["disk"] == n // 2 - dropped, (got, line.group(0))
