@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void dur_turns_free(gw_durable *d)
+static void turns_free(gw_durable *d)
 {
     for (int i = 0; i < d->n_turns; i++) {
         free(d->turns[i].prompt);
@@ -37,7 +37,7 @@ void ic_gw_dur_free(gw_durable *d)
         return;
     free(d->kv);
     free(d->hist);
-    dur_turns_free(d);
+    turns_free(d);
     ic_gw_dur_pend_clear(d);
     ic_buf_free(&d->pend_reply);
     free(d->system);
@@ -57,7 +57,7 @@ void ic_gw_dur_kv_key(const gw_durable *d, char *key, size_t cap)
 
 /* What a KV state fits: the model file, the llama.cpp build, the context's
  * shape. A state saved under another is dropped and recomputed. */
-static void dur_fingerprint(ic_gateway *g, char *out, size_t cap)
+static void fingerprint(ic_gateway *g, char *out, size_t cap)
 {
     ic_engine_info in;
     ic_sched_model_info(g->sched, &in);
@@ -81,7 +81,7 @@ bool ic_gw_dur_kv_save(ic_gateway *g, gw_durable *d, const uint8_t *kv, size_t k
                        const ic_token *hist, int n_hist)
 {
     char fp[400];
-    dur_fingerprint(g, fp, sizeof fp);
+    fingerprint(g, fp, sizeof fp);
     size_t head = strlen(KV_MAGIC) + strlen(fp) + 1;
     size_t toks = (size_t)n_hist * sizeof(ic_token);
     size_t len = head + sizeof(uint32_t) + toks + kv_len;
@@ -105,7 +105,7 @@ bool ic_gw_dur_kv_save(ic_gateway *g, gw_durable *d, const uint8_t *kv, size_t k
 const char *ic_gw_dur_kv_parse(ic_gateway *g, gw_durable *d, const char *data, size_t len)
 {
     char fp[400];
-    dur_fingerprint(g, fp, sizeof fp);
+    fingerprint(g, fp, sizeof fp);
     size_t magic = strlen(KV_MAGIC), head = magic + strlen(fp) + 1;
     if (len < head + sizeof(uint32_t) || memcmp(data, KV_MAGIC, magic) != 0)
         return "not a KV state file";
