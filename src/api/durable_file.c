@@ -5,7 +5,6 @@
  */
 #include "durable_impl.h"
 #include "err.h"
-#include "log.h"
 
 #include <jansson.h>
 #include <stdio.h>
