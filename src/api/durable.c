@@ -52,6 +52,19 @@ static void release_end(ic_gateway *g, gw_durable *d, bool send)
         free(json);
 }
 
+/* Frees the KV state a record holds (host memory, or read back from disk). */
+static void kv_release(ic_gateway *g, gw_durable *d)
+{
+    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
+    free(d->kv);
+    free(d->hist);
+    d->kv = NULL;
+    d->hist = NULL;
+    d->kv_len = 0;
+    d->n_hist = 0;
+    d->kv_from_disk = false;
+}
+
 /* Forgets a record, its file included. */
 static void record_forget(ic_gateway *g, gw_durable *d)
 {
@@ -67,7 +80,7 @@ static void record_forget(ic_gateway *g, gw_durable *d)
         d->ss->dur = NULL;
     if (d->parked_ms > 0)
         g->n_dur_parked--;
-    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
+    kv_release(g, d);
     ic_idmap_del(&g->durables, d->num);
     ic_gw_dur_free(d);
 }
@@ -280,13 +293,7 @@ void ic_gw_durable_stop(ic_gateway *g)
                 continue; /* out of memory: recomputed */
             g->dur_stop_saved++;
             g->dur_stop_bytes += d->kv_len;
-            g->dur_ram_bytes -= d->kv_len;
-            free(d->kv);
-            free(d->hist);
-            d->kv = NULL;
-            d->hist = NULL;
-            d->kv_len = 0;
-            d->n_hist = 0;
+            kv_release(g, d);
             continue;
         }
         if (!ss || ss->closing || ss->running || !ss->conn_id || !g->sched || g->engine_dead ||
@@ -616,15 +623,8 @@ static int restore(ic_gateway *g, client_conn *c, gw_durable *d, bool *at_limit)
         return rc;
     g->dur_restores[!d->kv ? IC_RESTORE_RECOMPUTE
                     : d->kv_from_disk ? IC_RESTORE_DISK : IC_RESTORE_RAM]++;
-    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
-    d->kv_from_disk = false;
     ic_gw_dur_drop_kv(g, d); /* the live session's cells are newer */
-    free(d->kv);
-    free(d->hist);
-    d->kv = NULL;
-    d->hist = NULL;
-    d->kv_len = 0;
-    d->n_hist = 0;
+    kv_release(g, d);
     if (d->parked_ms > 0)
         g->n_dur_parked--;
     d->parked_ms = 0;
