@@ -106,6 +106,7 @@ void ic_store_sha256_hex(const void *data, size_t n, char hex[65])
  * state) does not hold back the ENDs of the small records before it. */
 #define BATCH_MAX 64
 #define BATCH_BYTES ((size_t)1 << 20)
+#define WRITE_CHUNK ((size_t)8 << 20)
 
 static void job_free(void *p)
 {
@@ -121,10 +122,23 @@ static off_t size_of(ic_store *s, const char *key)
     return fstatat(s->dir_fd, key, &st, 0) == 0 ? st.st_size : 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
+static bool past_deadline(ic_store *s)
+{
+    int64_t d = atomic_load(&s->deadline_us);
+    return d > 0 && ic_now_ms() * 1e3 >= (double)d;
+}
+
+/* In chunks of WRITE_CHUNK; a droppable file's write stops (ETIMEDOUT)
+ * between two once the deadline has passed, so that one big KV state
+ * cannot hold the shutdown much past it. */
+static int write_all(ic_store *s, int fd, const char *p, size_t n, bool droppable)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        if (droppable && past_deadline(s)) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        ssize_t w = write(fd, p, n < WRITE_CHUNK ? n : WRITE_CHUNK);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0)
@@ -144,16 +158,18 @@ static int put_file(ic_store *s, const job *j)
     int fd = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
-    int rc = write_all(fd, j->data, j->len);
+    int rc = write_all(s, fd, j->data, j->len, j->droppable);
     if (rc == 0)
         rc = fsync(fd);
-    if (close(fd) < 0)
+    int e = errno; /* of the first failure (size_of may set it) */
+    if (close(fd) < 0 && rc == 0) {
         rc = -1;
+        e = errno;
+    }
     off_t old = size_of(s, j->key);
-    if (rc == 0)
-        rc = renameat(s->dir_fd, tmp, s->dir_fd, j->key);
+    if (rc == 0 && (rc = renameat(s->dir_fd, tmp, s->dir_fd, j->key)) < 0)
+        e = errno;
     if (rc < 0) {
-        int e = errno;
         unlinkat(s->dir_fd, tmp, 0);
         errno = e;
         return -1;
@@ -189,33 +205,33 @@ static bool remove_key(ic_store *s, const char *key)
     return true;
 }
 
-static bool past_deadline(ic_store *s)
-{
-    int64_t d = atomic_load(&s->deadline_us);
-    return d > 0 && ic_now_ms() * 1e3 >= (double)d;
-}
-
 /* A job's first half, up to the directory's fsync; a read is answered at
  * once. Returns true when the directory changed. */
 static bool run_job(ic_store *s, job *j)
 {
-    if (j->type == JOB_PUT && j->droppable && past_deadline(s)) {
-        atomic_fetch_add(&s->dropped, 1);
-        j->rc = IC_ERR_TIMEOUT; /* nothing to report: a droppable file has no tag */
-        return remove_key(s, j->key);
-    }
-    if (j->type == JOB_PUT) {
+    bool dropped = j->type == JOB_PUT && j->droppable && past_deadline(s);
+    if (j->type == JOB_PUT && !dropped) {
         j->t0_ms = ic_now_ms();
         j->rc = 0;
         if (put_file(s, j) < 0) {
-            j->rc = IC_ERR_IO;
-            atomic_fetch_add(&s->write_errors, 1);
-            ic_log_error("session store %s: could not write %s: %s", s->dir, j->key,
-                         strerror(errno));
+            /* ETIMEDOUT: the deadline came during a droppable file's write */
+            dropped = j->droppable && errno == ETIMEDOUT;
+            if (!dropped) {
+                j->rc = IC_ERR_IO;
+                atomic_fetch_add(&s->write_errors, 1);
+                ic_log_error("session store %s: could not write %s: %s", s->dir, j->key,
+                             strerror(errno));
+            }
         }
         free(j->data); /* written: its memory goes now, its count at the end */
         j->data = NULL;
-        return j->rc == 0;
+        if (!dropped)
+            return j->rc == 0;
+    }
+    if (dropped) {
+        atomic_fetch_add(&s->dropped, 1);
+        j->rc = IC_ERR_TIMEOUT; /* nothing to report: a droppable file has no tag */
+        return remove_key(s, j->key); /* an older version would be stale */
     }
     if (j->type == JOB_READ) {
         size_t len = 0;

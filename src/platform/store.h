@@ -73,8 +73,8 @@ int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t 
 
 /* As ic_store_put (tag 0), for a file whose loss costs only time (a KV
  * state, which can be recomputed): once the deadline has passed it is not
- * written, and key is removed instead (an older version would be stale).
- * Any thread. */
+ * written (or its write stops at the next 8 MiB), and key is removed
+ * instead (an older version would be stale). Any thread. */
 int ic_store_put_droppable(ic_store *s, const char *key, char *data, size_t len);
 
 /* From CLOCK_MONOTONIC ms deadline_ms on (ic_now_ms), droppable files

@@ -39,9 +39,14 @@
 static _Atomic int eintr_left;    /* calls that fail with EINTR first */
 static _Atomic int chunk;         /* > 0: at most this many bytes per call */
 static _Atomic int n_eintr_seen;
+/* > 0: after this many more write() calls, deadline_store's deadline passes */
+static _Atomic int deadline_after;
+static ic_store *deadline_store;
 
 ssize_t write(int fd, const void *buf, size_t n)
 {
+    if (atomic_load(&deadline_after) > 0 && atomic_fetch_sub(&deadline_after, 1) == 1)
+        ic_store_set_deadline(deadline_store, ic_now_ms() - 1);
     if (atomic_load(&eintr_left) > 0 && atomic_fetch_sub(&eintr_left, 1) > 0) {
         atomic_fetch_add(&n_eintr_seen, 1);
         errno = EINTR;
@@ -68,6 +73,7 @@ ssize_t read(int fd, void *buf, size_t n)
 
 static void faults_off(void)
 {
+    atomic_store(&deadline_after, 0);
     atomic_store(&eintr_left, 0);
     atomic_store(&chunk, 0);
     atomic_store(&n_eintr_seen, 0);
@@ -416,6 +422,39 @@ static void droppable_files_past_the_deadline_are_not_written(void **state)
     tmp_remove(&t);
 }
 
+/* The deadline passes while a droppable file is being written (a big KV
+ * state at shutdown): its write stops there, no temp file is left, the
+ * older version goes, and it counts as dropped, not failed. */
+static void a_droppable_write_stops_at_the_deadline(void **state)
+{
+    (void)state;
+    tmpdir t;
+    tmp_make(&t);
+    ic_store *s = open_store(&t);
+    assert_int_equal(ic_store_put_droppable(s, "s1.kv", dup_str("old state"), 9), 0);
+    ic_store_close(s);
+    assert_true(exists(&t, "s1.kv"));
+    s = open_store(&t);
+    deadline_store = s;
+    size_t n = 3 * ((size_t)8 << 20) + 5; /* more than two of the store's chunks */
+    char *big = malloc(n);
+    assert_non_null(big);
+    memset(big, 'k', n);
+    atomic_store(&deadline_after, 2); /* during the second chunk */
+    assert_int_equal(ic_store_put_droppable(s, "s1.kv", big, n), 0);
+    put_text(s, "s1.json", "records are written", 0);
+    ic_store_stats st;
+    ic_store_close_stats(s, &st);
+    faults_off();
+    assert_int_equal(st.dropped, 1);
+    assert_int_equal(st.write_errors, 0);
+    assert_int_equal(st.writes, 1);
+    assert_false(exists(&t, "s1.kv"));
+    assert_false(exists(&t, "s1.kv.tmp"));
+    assert_true(exists(&t, "s1.json"));
+    tmp_remove(&t);
+}
+
 static void interrupted_and_short_writes_and_reads_complete(void **state)
 {
     (void)state;
@@ -627,6 +666,7 @@ int main(void)
         cmocka_unit_test(delete_purges_and_absent_is_no_error),
         cmocka_unit_test(reads_come_back_through_the_callback),
         cmocka_unit_test(droppable_files_past_the_deadline_are_not_written),
+        cmocka_unit_test(a_droppable_write_stops_at_the_deadline),
         cmocka_unit_test(interrupted_and_short_writes_and_reads_complete),
         cmocka_unit_test(a_burst_of_writes_is_reported_in_order),
         cmocka_unit_test(queued_bytes_count_the_writes_not_yet_done),
