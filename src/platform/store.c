@@ -128,12 +128,19 @@ static bool past_deadline(ic_store *s)
     return d > 0 && ic_now_ms() * 1e3 >= (double)d;
 }
 
-/* In chunks of WRITE_CHUNK; a droppable file's write stops (ETIMEDOUT)
- * between two once the deadline has passed, so that one big KV state
- * cannot hold the shutdown much past it. */
+/* In chunks of WRITE_CHUNK. A droppable file's chunks go to the disk as
+ * they are written (sync_file_range; the fsync after them has little left
+ * to do), and its write stops (ETIMEDOUT) between two once the deadline
+ * has passed: one big KV state cannot hold the shutdown much past it. */
 static int write_all(ic_store *s, int fd, const char *p, size_t n, bool droppable)
 {
+    off_t done = 0, synced = 0;
     while (n > 0) {
+        if (droppable && done - synced >= (off_t)WRITE_CHUNK) {
+            sync_file_range(fd, synced, done - synced, SYNC_FILE_RANGE_WAIT_BEFORE |
+                            SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+            synced = done; /* a failure shows in the fsync that follows */
+        }
         if (droppable && past_deadline(s)) {
             errno = ETIMEDOUT;
             return -1;
@@ -145,6 +152,7 @@ static int write_all(ic_store *s, int fd, const char *p, size_t n, bool droppabl
             return -1;
         p += w;
         n -= (size_t)w;
+        done += w;
     }
     return 0;
 }
