@@ -6,7 +6,7 @@ store, where each one resumes (from disk) and its first turn's TTFT is
 measured against a recompute (the same conversation after kill -9).
 
   IC_BIN=build/inferencecenter /usr/bin/python3 bench/durable/shutdown_save.py \
-      --model MODEL.gguf [--sessions 4] [--tokens 1500] [--threads 2]
+      --model MODEL.gguf [--sessions 4] [--tokens 1500] [--threads 2] [--stops sigterm,kill-9]
 
 Prints the SIGTERM-to-exit time, the server's "shutdown: KV state of ..."
 line, and per source the median END stats.ttft_ms and the client's time
@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=1500)
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--stops", default="sigterm,kill-9", help="which stops to run")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="durable-stop-"))
     words = "Once upon a time" + " the cat ran" * (a.tokens // 3 - 2)
@@ -68,7 +69,7 @@ def main():
         return asyncio.run(body())
 
     results = {}
-    for how in ("sigterm", "kill-9"):
+    for how in a.stops.split(","):
         store = work / how
         srv = start(store)
         loop, pairs = held_sessions(srv)   # the loop stays open: connections held
