@@ -2,8 +2,11 @@
  * session whose connection drops is parked instead of closed, a client
  * takes it back with RESUME_SESSION and its resume token, and after each
  * END its conversation goes to the store (platform/store.h, a thread of
- * its own), so that a restarted server can resume it too: its KV cache is
- * then recomputed from the conversation by the next turn.
+ * its own), so that a restarted server can resume it too. A parked
+ * session's KV state goes to host memory (--session-ram), then to the
+ * store; at shutdown every KV state it can save goes to the store
+ * (ic_gw_durable_stop), and what is not there is recomputed from the
+ * conversation by the next turn.
  *
  * A record (gw_durable) lives as long as its session may be resumed: with
  * a live scheduler session (ss set: held by a connection, or parked), or
@@ -13,201 +16,24 @@
  * conversation text here is the one the scheduler's convo.c holds: the
  * prompts of INFERs that got an END and the text of their TOKENs.
  *
- * Past 1,000 lines: the two file formats (the record's JSON and the KV
- * file, with ic_durable_record_info) are the part to move out, into
- * durable_file.c behind a private header sharing struct gw_durable; not
- * done in the turn that wrote it, to keep it one reviewed piece.
+ * The two file formats and the record's memory are durable_file.c
+ * (durable_impl.h shares struct gw_durable).
  */
-#include "durable.h"
-#include "gateway_impl.h"
+#include "durable_impl.h"
 #include "clock.h"
 #include "err.h"
 #include "log.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define RECORD_FORMAT "inferencecenter-session"
-#define RECORD_VERSION 1
-#define RECORD_SUFFIX IC_DURABLE_SUFFIX
-#define KV_SUFFIX ".kv"
-#define KV_MAGIC "ICKV1\n"
-
-typedef struct dur_turn {
-    char *prompt;
-    bool raw;
-    char *reply;
-} dur_turn;
-
-/* A durable session's record. Network thread. */
-typedef struct gw_durable {
-    uint64_t num;              /* random; the session id is "s<num>" */
-    char sid[24];
-    char token_sha256[65];     /* of the resume token, which is never kept */
-    char client[IC_CLIENT_NAME_MAX + 1]; /* its client with tokens; "" on an open server */
-    char *system;              /* or NULL */
-    ic_req_params defaults;    /* CREATE_SESSION's params */
-    dur_turn *turns;
-    int n_turns, cap_turns;
-    /* The running INFER: its prompt and the text of its TOKENs so far. */
-    char *pend_prompt;
-    bool pend_raw;
-    uint64_t pend_request;
-    ic_buf pend_reply;
-    int n_ctx_used;            /* tokens after the last END */
-    int64_t updated_wall_ms;   /* the last END (CLOCK_REALTIME) */
-    double parked_ms;          /* CLOCK_MONOTONIC: when its connection went; 0: held */
-    /* An END waiting for its turn's write (tag held_tag) to go to held_conn. */
-    uint64_t held_tag;
-    char *held_end;
-    uint64_t held_conn;
-    gw_session *ss;            /* the live session, or NULL: only in the store */
-    /* Parked sessions give their cells back: evicting while the scheduler
-     * closes ss, then (RAM tier) the KV state and its tokens, owned. */
-    bool evicting;
-    bool evict_after_end;      /* parked while generating: evict at its END */
-    uint8_t *kv;
-    size_t kv_len;
-    ic_token *hist;
-    int n_hist;
-    /* Disk tier: the KV state in DIR/<sid>.kv (past --session-ram), read
-     * back (kv_read_tag) for a resume; kv_from_disk: kv came from there. */
-    bool kv_on_disk;
-    bool kv_from_disk;
-    uint64_t kv_read_tag;
-    /* A RESUME_SESSION that came while evicting (or reading the KV state
-     * from disk), answered when it is done. */
-    uint64_t resume_conn;
-    ic_msg_id resume_id;
-} gw_durable;
 
 static int64_t wall_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void turns_free(gw_durable *d)
-{
-    for (int i = 0; i < d->n_turns; i++) {
-        free(d->turns[i].prompt);
-        free(d->turns[i].reply);
-    }
-    free(d->turns);
-    d->turns = NULL;
-    d->n_turns = d->cap_turns = 0;
-}
-
-static void pend_clear(gw_durable *d)
-{
-    free(d->pend_prompt);
-    d->pend_prompt = NULL;
-    d->pend_request = 0;
-    ic_buf_clear(&d->pend_reply);
-}
-
-static void record_free(gw_durable *d)
-{
-    if (!d)
-        return;
-    free(d->kv);
-    free(d->hist);
-    turns_free(d);
-    pend_clear(d);
-    ic_buf_free(&d->pend_reply);
-    free(d->system);
-    ic_req_params_free(&d->defaults);
-    free(d);
-}
-
-static void file_key(const gw_durable *d, char *key, size_t cap)
-{
-    snprintf(key, cap, "%s%s", d->sid, RECORD_SUFFIX);
-}
-
-static void kv_key(const gw_durable *d, char *key, size_t cap)
-{
-    snprintf(key, cap, "%s%s", d->sid, KV_SUFFIX);
-}
-
-/* What a KV state fits: the model file, the llama.cpp build, the context's
- * shape. A state saved under another is dropped and recomputed. */
-static void fingerprint(ic_gateway *g, char *out, size_t cap)
-{
-    ic_engine_info in;
-    ic_sched_model_info(g->sched, &in);
-    snprintf(out, cap, "model=%s params=%llu bytes=%llu llama=%s ctx=%d k=%s v=%s", in.name,
-             (unsigned long long)in.n_params, (unsigned long long)in.file_bytes,
-             IC_LLAMA_COMMIT, g->n_ctx_per_session, ic_kv_type_name(in.type_k),
-             ic_kv_type_name(in.type_v));
-}
-
-static void drop_kv_file(ic_gateway *g, gw_durable *d)
-{
-    if (!d->kv_on_disk)
-        return;
-    char key[40];
-    kv_key(d, key, sizeof key);
-    ic_store_delete(g->store, key);
-    d->kv_on_disk = false;
-}
-
-/* The KV file: magic, fingerprint line, n_hist (uint32), the tokens, the
- * state. Queued for the store; false when out of memory. */
-static bool kv_save(ic_gateway *g, gw_durable *d, const ic_event *ev)
-{
-    char fp[400];
-    fingerprint(g, fp, sizeof fp);
-    size_t head = strlen(KV_MAGIC) + strlen(fp) + 1;
-    size_t toks = (size_t)ev->n_hist * sizeof(ic_token);
-    size_t len = head + sizeof(uint32_t) + toks + ev->kv_len;
-    char *blob = malloc(len + 1);
-    if (!blob)
-        return false;
-    snprintf(blob, head + 1, "%s%s\n", KV_MAGIC, fp);
-    uint32_t n = (uint32_t)ev->n_hist;
-    memcpy(blob + head, &n, sizeof n);
-    memcpy(blob + head + sizeof n, ev->hist, toks);
-    memcpy(blob + head + sizeof n + toks, ev->kv, ev->kv_len);
-    char key[40];
-    kv_key(d, key, sizeof key);
-    if (ic_store_put(g->store, key, blob, len, 0) < 0)
-        return false;
-    d->kv_on_disk = true;
-    return true;
-}
-
-/* A KV file read back: into d->kv and d->hist, or why not. */
-static const char *kv_parse(ic_gateway *g, gw_durable *d, const char *data, size_t len)
-{
-    char fp[400];
-    fingerprint(g, fp, sizeof fp);
-    size_t magic = strlen(KV_MAGIC), head = magic + strlen(fp) + 1;
-    if (len < head + sizeof(uint32_t) || memcmp(data, KV_MAGIC, magic) != 0)
-        return "not a KV state file";
-    if (memcmp(data + magic, fp, strlen(fp)) != 0 || data[head - 1] != '\n')
-        return "saved for another model, llama.cpp build or context shape";
-    uint32_t n;
-    memcpy(&n, data + head, sizeof n);
-    size_t toks = (size_t)n * sizeof(ic_token);
-    if (n == 0 || n > (uint32_t)g->n_ctx_per_session || len <= head + sizeof n + toks)
-        return "truncated";
-    size_t kv_len = len - head - sizeof n - toks;
-    if (!(d->hist = malloc(toks)) || !(d->kv = malloc(kv_len))) {
-        free(d->hist);
-        d->hist = NULL;
-        return "out of memory";
-    }
-    memcpy(d->hist, data + head + sizeof n, toks);
-    memcpy(d->kv, data + head + sizeof n + toks, kv_len);
-    d->n_hist = (int)n;
-    d->kv_len = kv_len;
-    d->kv_from_disk = true;
-    return NULL;
 }
 
 /* Sends (send: to the connection it was for, if the session is still
@@ -226,13 +52,26 @@ static void release_end(ic_gateway *g, gw_durable *d, bool send)
         free(json);
 }
 
+/* Frees the KV state a record holds (host memory, or read back from disk). */
+static void kv_release(ic_gateway *g, gw_durable *d)
+{
+    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
+    free(d->kv);
+    free(d->hist);
+    d->kv = NULL;
+    d->hist = NULL;
+    d->kv_len = 0;
+    d->n_hist = 0;
+    d->kv_from_disk = false;
+}
+
 /* Forgets a record, its file included. */
 static void record_forget(ic_gateway *g, gw_durable *d)
 {
     char key[40];
-    file_key(d, key, sizeof key);
+    ic_gw_dur_file_key(d, key, sizeof key);
     release_end(g, d, true);
-    drop_kv_file(g, d);
+    ic_gw_dur_drop_kv(g, d);
     if (d->kv_read_tag)
         ic_idmap_del(&g->dur_waits, d->kv_read_tag);
     if (ic_store_delete(g->store, key) < 0)
@@ -241,218 +80,18 @@ static void record_forget(ic_gateway *g, gw_durable *d)
         d->ss->dur = NULL;
     if (d->parked_ms > 0)
         g->n_dur_parked--;
-    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
+    kv_release(g, d);
     ic_idmap_del(&g->durables, d->num);
-    record_free(d);
-}
-
-/* --- the record as JSON ------------------------------------------------ */
-
-static json_t *params_json(const ic_req_params *p)
-{
-    json_t *o = json_object();
-    json_t *stop = json_array();
-    for (int i = 0; stop && i < p->n_stop; i++)
-        json_array_append_new(stop, json_string(p->stop[i]));
-    json_object_set_new(o, "set", json_integer(p->set));
-    json_object_set_new(o, "max_tokens", json_integer(p->max_tokens));
-    json_object_set_new(o, "temperature", json_real(p->temperature));
-    json_object_set_new(o, "top_k", json_integer(p->top_k));
-    json_object_set_new(o, "top_p", json_real(p->top_p));
-    json_object_set_new(o, "min_p", json_real(p->min_p));
-    json_object_set_new(o, "repeat_penalty", json_real(p->repeat_penalty));
-    json_object_set_new(o, "repeat_last_n", json_integer(p->repeat_last_n));
-    json_object_set_new(o, "seed", json_integer(p->seed));
-    json_object_set_new(o, "ignore_eos", json_boolean(p->ignore_eos));
-    json_object_set_new(o, "allow_special", json_boolean(p->allow_special));
-    json_object_set_new(o, "priority", json_integer(p->priority));
-    json_object_set_new(o, "stop", stop);
-    return o;
-}
-
-static int params_from_json(const json_t *o, ic_req_params *p)
-{
-    memset(p, 0, sizeof *p);
-    if (!json_is_object(o))
-        return IC_ERR_PARSE;
-    p->set = (unsigned)json_integer_value(json_object_get(o, "set"));
-    p->max_tokens = (int)json_integer_value(json_object_get(o, "max_tokens"));
-    p->temperature = (float)json_real_value(json_object_get(o, "temperature"));
-    p->top_k = (int)json_integer_value(json_object_get(o, "top_k"));
-    p->top_p = (float)json_real_value(json_object_get(o, "top_p"));
-    p->min_p = (float)json_real_value(json_object_get(o, "min_p"));
-    p->repeat_penalty = (float)json_real_value(json_object_get(o, "repeat_penalty"));
-    p->repeat_last_n = (int)json_integer_value(json_object_get(o, "repeat_last_n"));
-    p->seed = (uint32_t)json_integer_value(json_object_get(o, "seed"));
-    p->ignore_eos = json_is_true(json_object_get(o, "ignore_eos"));
-    p->allow_special = json_is_true(json_object_get(o, "allow_special"));
-    json_int_t prio = json_integer_value(json_object_get(o, "priority"));
-    p->priority = prio >= IC_PRIORITY_LOW && prio <= IC_PRIORITY_HIGH ? (enum ic_priority)prio
-                                                                      : IC_PRIORITY_NORMAL;
-    const json_t *stop = json_object_get(o, "stop");
-    size_t n = json_array_size(stop);
-    for (size_t i = 0; i < n && i < IC_STOP_MAX; i++) {
-        const char *t = json_string_value(json_array_get(stop, i));
-        if (!t || !(p->stop[p->n_stop] = strdup(t))) {
-            ic_req_params_free(p);
-            return IC_ERR_PARSE;
-        }
-        p->n_stop++;
-    }
-    return 0;
-}
-
-/* The record's file (malloc'd compact JSON), or NULL when out of memory. */
-static char *record_json(const gw_durable *d)
-{
-    json_t *o = json_object();
-    json_t *turns = json_array();
-    if (!o || !turns) {
-        json_decref(o);
-        json_decref(turns);
-        return NULL;
-    }
-    json_object_set_new(o, "format", json_string(RECORD_FORMAT));
-    json_object_set_new(o, "version", json_integer(RECORD_VERSION));
-    json_object_set_new(o, "session_id", json_string(d->sid));
-    json_object_set_new(o, "token_sha256", json_string(d->token_sha256));
-    json_object_set_new(o, "client", json_string(d->client));
-    json_object_set_new(o, "system", d->system ? json_string(d->system) : json_null());
-    json_object_set_new(o, "defaults", params_json(&d->defaults));
-    json_object_set_new(o, "n_ctx_used", json_integer(d->n_ctx_used));
-    json_object_set_new(o, "updated_ms", json_integer(d->updated_wall_ms));
-    for (int i = 0; i < d->n_turns; i++) {
-        json_t *t = json_object();
-        json_object_set_new(t, "prompt", json_string(d->turns[i].prompt));
-        json_object_set_new(t, "raw", json_boolean(d->turns[i].raw));
-        json_object_set_new(t, "reply", json_string(d->turns[i].reply));
-        json_array_append_new(turns, t);
-    }
-    json_object_set_new(o, "turns", turns);
-    char *text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return text;
-}
-
-static bool hex64(const char *s)
-{
-    if (!s || strlen(s) != 64)
-        return false;
-    for (int i = 0; i < 64; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
-
-static int push_turn(gw_durable *d, const char *prompt, bool raw, const char *reply,
-                     size_t reply_len)
-{
-    if (d->n_turns == d->cap_turns) {
-        int cap = d->cap_turns ? d->cap_turns * 2 : 8;
-        dur_turn *t = realloc(d->turns, (size_t)cap * sizeof *t);
-        if (!t)
-            return IC_ERR_NOMEM;
-        d->turns = t;
-        d->cap_turns = cap;
-    }
-    dur_turn t = {.prompt = strdup(prompt), .raw = raw, .reply = strndup(reply, reply_len)};
-    if (!t.prompt || !t.reply) {
-        free(t.prompt);
-        free(t.reply);
-        return IC_ERR_NOMEM;
-    }
-    d->turns[d->n_turns++] = t;
-    return 0;
-}
-
-/* A record from its file; NULL and *why when it is not one. */
-static gw_durable *record_parse(const char *key, const char *data, size_t len, const char **why)
-{
-    json_error_t jerr;
-    json_t *o = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
-    gw_durable *d = calloc(1, sizeof *d);
-    *why = "not a session record (truncated or corrupt JSON)";
-    if (!o || !json_is_object(o) || !d)
-        goto fail;
-    const char *fmt = json_string_value(json_object_get(o, "format"));
-    const char *sid = json_string_value(json_object_get(o, "session_id"));
-    const char *hash = json_string_value(json_object_get(o, "token_sha256"));
-    const char *client = json_string_value(json_object_get(o, "client"));
-    const json_t *sys = json_object_get(o, "system");
-    const json_t *turns = json_object_get(o, "turns");
-    if (!fmt || strcmp(fmt, RECORD_FORMAT) != 0 ||
-        json_integer_value(json_object_get(o, "version")) != RECORD_VERSION) {
-        *why = "not a version 1 session record";
-        goto fail;
-    }
-    if (!sid || ic_proto_session_num(sid, &d->num) < 0 || !hex64(hash) || !client ||
-        strlen(client) > IC_CLIENT_NAME_MAX || !(json_is_null(sys) || json_is_string(sys)) ||
-        !json_is_array(turns) || params_from_json(json_object_get(o, "defaults"),
-                                                  &d->defaults) < 0) {
-        *why = "a field is missing or of the wrong type";
-        goto fail;
-    }
-    snprintf(d->sid, sizeof d->sid, "%s", sid);
-    char want[40];
-    file_key(d, want, sizeof want);
-    if (strcmp(want, key) != 0) {
-        *why = "its session_id does not match its name";
-        goto fail;
-    }
-    snprintf(d->token_sha256, sizeof d->token_sha256, "%s", hash);
-    snprintf(d->client, sizeof d->client, "%s", client);
-    if (json_is_string(sys) && !(d->system = strdup(json_string_value(sys))))
-        goto fail;
-    for (size_t i = 0; i < json_array_size(turns); i++) {
-        const json_t *t = json_array_get(turns, i);
-        const char *p = json_string_value(json_object_get(t, "prompt"));
-        const char *r = json_string_value(json_object_get(t, "reply"));
-        const json_t *raw = json_object_get(t, "raw");
-        if (!p || !r || !json_is_boolean(raw)) {
-            *why = "a turn is missing a field";
-            goto fail;
-        }
-        if (push_turn(d, p, json_is_true(raw), r, strlen(r)) < 0) {
-            *why = "out of memory";
-            goto fail;
-        }
-    }
-    d->n_ctx_used = (int)json_integer_value(json_object_get(o, "n_ctx_used"));
-    d->updated_wall_ms = (int64_t)json_integer_value(json_object_get(o, "updated_ms"));
-    json_decref(o);
-    return d;
-fail:
-    json_decref(o);
-    record_free(d);
-    return NULL;
-}
-
-int ic_durable_record_info(const char *key, const char *data, size_t len, ic_durable_info *out,
-                           const char **why)
-{
-    memset(out, 0, sizeof *out);
-    gw_durable *d = record_parse(key, data, len, why);
-    if (!d)
-        return IC_ERR_PARSE;
-    snprintf(out->session_id, sizeof out->session_id, "%s", d->sid);
-    snprintf(out->client, sizeof out->client, "%s", d->client);
-    out->n_turns = d->n_turns;
-    out->n_ctx_used = d->n_ctx_used;
-    out->updated_ms = d->updated_wall_ms;
-    out->bytes = d->system ? strlen(d->system) : 0;
-    for (int i = 0; i < d->n_turns; i++)
-        out->bytes += strlen(d->turns[i].prompt) + strlen(d->turns[i].reply);
-    record_free(d);
-    return 0;
+    ic_gw_dur_free(d);
 }
 
 /* Queues the record's file; the END that follows waits for it. */
 static void record_save(ic_gateway *g, gw_durable *d)
 {
     char key[40];
-    file_key(d, key, sizeof key);
+    ic_gw_dur_file_key(d, key, sizeof key);
     release_end(g, d, true); /* an earlier END goes first */
-    char *text = record_json(d);
+    char *text = ic_gw_dur_record_json(d);
     uint64_t tag = ++g->dur_next_tag;
     if (!text || ic_idmap_put(&g->dur_waits, tag, d) < 0) {
         free(text);
@@ -516,10 +155,10 @@ static void finish_resume(ic_gateway *g, client_conn *c, gw_durable *d, const ic
 static void kv_read_done(ic_gateway *g, gw_durable *d, dur_done *dd)
 {
     d->kv_read_tag = 0;
-    const char *why = dd->data ? kv_parse(g, d, dd->data, dd->len) : "cannot read it";
+    const char *why = dd->data ? ic_gw_dur_kv_parse(g, d, dd->data, dd->len) : "cannot read it";
     if (why) {
         ic_log_warn("session %s: KV state file dropped (%s): recomputing", d->sid, why);
-        drop_kv_file(g, d);
+        ic_gw_dur_drop_kv(g, d);
     }
     uint64_t conn = d->resume_conn;
     d->resume_conn = 0;
@@ -581,7 +220,7 @@ static void load_one(void *ud, const char *key, const char *data, size_t len)
 {
     struct load_ctx *lc = ud;
     const char *why = NULL;
-    gw_durable *d = record_parse(key, data, len, &why);
+    gw_durable *d = ic_gw_dur_record_parse(key, data, len, &why);
     if (!d) {
         ic_log_warn("session store %s: %s skipped: %s", ic_store_dir(lc->g->store), key, why);
         lc->n_skipped++;
@@ -590,12 +229,12 @@ static void load_one(void *ud, const char *key, const char *data, size_t len)
     if (ic_idmap_get(&lc->g->durables, d->num) || ic_idmap_put(&lc->g->durables, d->num, d) < 0) {
         ic_log_warn("session store %s: %s skipped: a duplicate, or out of memory",
                     ic_store_dir(lc->g->store), key);
-        record_free(d);
+        ic_gw_dur_free(d);
         lc->n_skipped++;
         return;
     }
     char kk[40];
-    kv_key(d, kk, sizeof kk);
+    ic_gw_dur_kv_key(d, kk, sizeof kk);
     d->kv_on_disk = ic_store_exists(lc->g->store, kk); /* checked against the model on resume */
     if (expired(lc->g, d, ic_now_ms(), wall_now_ms())) {
         record_forget(lc->g, d);
@@ -627,11 +266,75 @@ int ic_gw_durable_open(ic_gateway *g, char *err, size_t errlen)
     return 0;
 }
 
+/* The shutdown's KV saves: the sessions held by a connection and idle are
+ * evicted (their SESSION_CLOSED still says shutdown), which sends their KV
+ * state to the store (evicted, while stopping); a generating one ends
+ * with END shutdown and is recomputed. Parked sessions' KV states in host
+ * memory go to the store now. Bounded: KV files still queued once
+ * shutdown_timeout_s has passed are dropped (store.h), and the store's
+ * close, at destroy, waits only for the rest. */
+void ic_gw_durable_stop(ic_gateway *g)
+{
+    if (!g->store)
+        return;
+    g->dur_stop_ms = ic_now_ms();
+    ic_store_set_deadline(g->store, g->dur_stop_ms + g->opts.shutdown_timeout_s * 1000.0);
+    ic_store_stats st;
+    ic_store_get_stats(g->store, &st);
+    g->dur_stop_dropped0 = st.dropped;
+    g->dur_stop_errors0 = st.write_errors;
+    ic_idmap_iter it = IC_IDMAP_ITER_INIT;
+    void *val;
+    while (ic_idmap_next(&g->durables, &it, NULL, &val)) {
+        gw_durable *d = val;
+        gw_session *ss = d->ss;
+        if (d->kv && !d->kv_from_disk && !ss) {
+            if (!ic_gw_dur_kv_save(g, d, d->kv, d->kv_len, d->hist, d->n_hist))
+                continue; /* out of memory: recomputed */
+            g->dur_stop_saved++;
+            g->dur_stop_bytes += d->kv_len;
+            kv_release(g, d);
+            continue;
+        }
+        if (!ss || ss->closing || ss->running || !ss->conn_id || !g->sched || g->engine_dead ||
+            d->n_turns == 0 || ic_sched_close_session(g->sched, ss->id, IC_CLOSE_EVICTED) < 0)
+            continue;
+        ss->closing = true;
+        ss->close_reason = "shutdown";
+        ss->close_id = (ic_msg_id){0};
+        d->evicting = true;
+    }
+}
+
+/* The line that says what the shutdown saved (at close, after the store's
+ * last write). */
+static void log_stop(ic_gateway *g, const ic_store_stats *st)
+{
+    if (g->dur_stop_ms <= 0 || g->dur_stop_saved == 0)
+        return;
+    int dropped = (int)(st->dropped - g->dur_stop_dropped0);
+    int failed = (int)(st->write_errors - g->dur_stop_errors0);
+    int saved = g->dur_stop_saved - dropped - failed;
+    ic_log_info("shutdown: KV state of %d sessions saved to the session store (%.1f MiB) in "
+                "%.0f ms; %d dropped past the %.0f s shutdown time-out, %d failed",
+                saved < 0 ? 0 : saved, (double)g->dur_stop_bytes / (1 << 20),
+                ic_now_ms() - g->dur_stop_ms, dropped, g->opts.shutdown_timeout_s, failed);
+}
+
+void ic_gw_durable_finish(ic_gateway *g)
+{
+    if (!g->store)
+        return;
+    atomic_store(&g->dur_quiet, true); /* the server's loop is over */
+    ic_store_stats st;
+    ic_store_close_stats(g->store, &st); /* writes what is queued, joins the thread */
+    log_stop(g, &st);
+    g->store = NULL;
+}
+
 void ic_gw_durable_close(ic_gateway *g)
 {
-    atomic_store(&g->dur_quiet, true); /* the server is gone */
-    ic_store_close(g->store); /* writes what is queued */
-    g->store = NULL;
+    ic_gw_durable_finish(g);
     for (dur_done *dd; g->dur_done && (dd = ic_queue_pop(g->dur_done)); free(dd))
         free(dd->data);
     ic_queue_destroy(g->dur_done, free);
@@ -641,7 +344,7 @@ void ic_gw_durable_close(ic_gateway *g)
     while (ic_idmap_next(&g->durables, &it, NULL, &val)) {
         gw_durable *d = val;
         free(d->held_end);
-        record_free(d);
+        ic_gw_dur_free(d);
     }
     ic_idmap_free(&g->durables);
     ic_idmap_free(&g->dur_waits);
@@ -668,7 +371,7 @@ int ic_gw_durable_attach(ic_gateway *g, gw_session *ss, const char *system, char
         (system && *system && !(d->system = strdup(system))) ||
         ic_req_params_copy(&d->defaults, &ss->defaults) < 0 ||
         ic_idmap_put(&g->durables, d->num, d) < 0) {
-        record_free(d);
+        ic_gw_dur_free(d);
         return IC_ERR_NOMEM;
     }
     for (int i = 0; i < 32; i++)
@@ -701,7 +404,7 @@ void ic_gw_durable_on_infer(gw_session *ss, const char *prompt, bool raw)
     gw_durable *d = ss->dur;
     if (!d)
         return;
-    pend_clear(d);
+    ic_gw_dur_pend_clear(d);
     d->pend_prompt = strdup(prompt);
     d->pend_raw = raw;
     d->pend_request = ss->request_id;
@@ -730,7 +433,7 @@ void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, ic_event *ev)
             d->parked_ms = 0;
             d->ss = NULL;
             ss->dur = NULL;
-            pend_clear(d);
+            ic_gw_dur_pend_clear(d);
         } else {
             record_forget(g, d);
         }
@@ -741,14 +444,14 @@ void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, ic_event *ev)
     if (ev->type == IC_EVENT_TOKEN) {
         if (ic_buf_append(&d->pend_reply, ev->text ? ev->text : "", ev->text_len) < 0) {
             ic_log_error("session %s: a reply is too large to keep (out of memory)", d->sid);
-            pend_clear(d);
+            ic_gw_dur_pend_clear(d);
         }
         return;
     }
     if (ev->type == IC_EVENT_END) {
-        int rc = push_turn(d, d->pend_prompt, d->pend_raw,
+        int rc = ic_gw_dur_push_turn(d, d->pend_prompt, d->pend_raw,
                            d->pend_reply.data ? d->pend_reply.data : "", d->pend_reply.len);
-        pend_clear(d);
+        ic_gw_dur_pend_clear(d);
         if (rc < 0) {
             ic_log_error("session %s: a turn could not be kept (out of memory)", d->sid);
             return;
@@ -761,7 +464,7 @@ void ic_gw_durable_on_event(ic_gateway *g, gw_session *ss, ic_event *ev)
         d->evict_after_end = false;
         return;
     }
-    pend_clear(d); /* ERROR: the turn was refused */
+    ic_gw_dur_pend_clear(d); /* ERROR: the turn was refused */
 }
 
 /* --- parking and resuming -------------------------------------------------- */
@@ -812,8 +515,8 @@ static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev)
     d->ss->dur = NULL;
     d->ss = NULL;
     d->evicting = false;
-    pend_clear(d);
-    if (ev->kv && g->dur_ram_bytes + ev->kv_len <= g->opts.session_ram_bytes) {
+    ic_gw_dur_pend_clear(d);
+    if (ev->kv && !g->stopping && g->dur_ram_bytes + ev->kv_len <= g->opts.session_ram_bytes) {
         d->kv = ev->kv;
         d->kv_len = ev->kv_len;
         d->hist = ev->hist;
@@ -821,9 +524,16 @@ static void evicted(ic_gateway *g, gw_durable *d, ic_event *ev)
         ev->kv = NULL;
         ev->hist = NULL;
         g->dur_ram_bytes += d->kv_len;
-    } else if (ev->kv && !kv_save(g, d, ev)) {
+    } else if (ev->kv && !g->stopping && ic_store_queued_bytes(g->store) > 0 &&
+               ic_store_queued_bytes(g->store) + ev->kv_len > KV_QUEUE_MAX) {
+        ic_log_for(IC_LOG_DEBUG, &(ic_log_ctx){.session = d->sid}, "parked session: the "
+                   "store's write queue is full; its KV state is dropped, to be recomputed");
+    } else if (ev->kv && !ic_gw_dur_kv_save(g, d, ev->kv, ev->kv_len, ev->hist, ev->n_hist)) {
         ic_log_warn("session %s: its KV state could not be queued for the store; it will be "
                     "recomputed", d->sid);
+    } else if (ev->kv && g->stopping) {
+        g->dur_stop_saved++;
+        g->dur_stop_bytes += ev->kv_len;
     }
     ic_log_for(IC_LOG_DEBUG, &(ic_log_ctx){.session = d->sid}, "parked session evicted: %s",
                d->kv ? "KV state in host memory" : d->kv_on_disk ? "KV state to disk"
@@ -913,15 +623,8 @@ static int restore(ic_gateway *g, client_conn *c, gw_durable *d, bool *at_limit)
         return rc;
     g->dur_restores[!d->kv ? IC_RESTORE_RECOMPUTE
                     : d->kv_from_disk ? IC_RESTORE_DISK : IC_RESTORE_RAM]++;
-    g->dur_ram_bytes -= d->kv && !d->kv_from_disk ? d->kv_len : 0;
-    d->kv_from_disk = false;
-    drop_kv_file(g, d); /* the live session's cells are newer */
-    free(d->kv);
-    free(d->hist);
-    d->kv = NULL;
-    d->hist = NULL;
-    d->kv_len = 0;
-    d->n_hist = 0;
+    ic_gw_dur_drop_kv(g, d); /* the live session's cells are newer */
+    kv_release(g, d);
     if (d->parked_ms > 0)
         g->n_dur_parked--;
     d->parked_ms = 0;
@@ -948,7 +651,7 @@ void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m)
     if (!d->evicting && !d->ss && !d->kv && d->kv_on_disk && !d->kv_read_tag) {
         uint64_t tag = ++g->dur_next_tag;
         char key[40];
-        kv_key(d, key, sizeof key);
+        ic_gw_dur_kv_key(d, key, sizeof key);
         if (ic_idmap_put(&g->dur_waits, tag, d) == 0 && ic_store_read(g->store, key, tag) == 0)
             d->kv_read_tag = tag;
         else
@@ -987,10 +690,15 @@ static void finish_resume(ic_gateway *g, client_conn *c, gw_durable *d, const ic
     }
     g->dur_resumes++;
     gw_session *ss = d->ss;
+    /* The conversation's tokens after its last END, wherever its KV cache
+     * comes from: the scheduler's count is one less until the next turn
+     * decodes the last generated token, and a restored session's is known
+     * only once the scheduler has opened it (a race). Before any END: the
+     * live session's (its system prompt). */
     enum ic_session_state state;
-    int n_ctx = 0;
-    if (ic_sched_session_info(g->sched, ss->id, &state, &n_ctx) < 0 || n_ctx == 0)
-        n_ctx = d->n_ctx_used; /* not yet opened, or to be recomputed */
+    int n_ctx = d->n_ctx_used;
+    if (d->n_turns == 0 && ic_sched_session_info(g->sched, ss->id, &state, &n_ctx) < 0)
+        n_ctx = 0;
     ic_log_for(IC_LOG_INFO, &(ic_log_ctx){.session = ss->sid, .conn = c->id},
                "session resumed (%d turns, %d tokens)", d->n_turns, n_ctx);
     if (g->opts.session_idle_timeout_s > 0)
@@ -1049,6 +757,8 @@ void ic_gw_durable_metrics(ic_gateway *g, ic_metrics_durable *out, uint64_t *buc
     out->resumes = g->dur_resumes;
     memcpy(out->restores, g->dur_restores, sizeof out->restores);
     out->store_bytes = st.bytes;
+    out->ram_bytes = (int64_t)g->dur_ram_bytes;
+    out->store_queue = (int64_t)ic_store_pending(g->store);
     out->write_errors = st.write_errors;
     memcpy(buckets, st.write_buckets, sizeof st.write_buckets);
     out->write_le = ic_store_write_bounds_s;

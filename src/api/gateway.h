@@ -91,6 +91,13 @@ void ic_gateway_server_handlers(ic_gateway *g, ic_server_handlers *out);
 /* Gives the gateway its server (borrowed). Network thread, before run. */
 void ic_gateway_set_server(ic_gateway *g, ic_server *srv);
 
+/* The server's loop has ended and the schedulers have stopped: the
+ * session store (--session-store) writes what is queued and its thread
+ * ends. Its thread wakes the server, so this comes before
+ * ic_server_destroy; ic_gateway_destroy does it when it was not done.
+ * Main thread. */
+void ic_gateway_finish(ic_gateway *g);
+
 /* The model is loaded: sched (borrowed; must outlive the server loop) now
  * serves, with chat (the model's chat templates: immutable, so the network
  * thread renders with it while the scheduler runs; borrowed, NULL: no chat

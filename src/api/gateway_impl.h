@@ -154,6 +154,13 @@ struct ic_gateway {
     size_t dur_ram_bytes;      /* parked sessions' KV state held in memory */
     uint64_t dur_resumes;      /* SESSION_RESUMED sent */
     uint64_t dur_restores[IC_RESTORE_COUNT];
+    /* The shutdown's KV saves (ic_gw_durable_stop): when it began
+     * (CLOCK_MONOTONIC; 0: not yet), how many were queued and their bytes,
+     * the store's dropped and failed counts then. */
+    double dur_stop_ms;
+    int dur_stop_saved;
+    size_t dur_stop_bytes;
+    uint64_t dur_stop_dropped0, dur_stop_errors0;
     /* Set from other threads, read on the network thread. */
     _Atomic(ic_sched *) attach_pending; /* published after pending_chat and _model_id */
     ic_models pending_models;  /* written before attach_pending / n_published is published */
@@ -263,7 +270,11 @@ int ic_gw_session_open_turns(ic_gateway *g, int model, const char *client_key, i
  * Returns 0 or an error with a one-line reason in err. */
 int ic_gw_durable_open(ic_gateway *g, char *err, size_t errlen);
 
-/* Writes what is queued and frees every record (at destroy). */
+/* Writes what is queued and ends the store's thread (ic_gateway_finish;
+ * again: nothing). */
+void ic_gw_durable_finish(ic_gateway *g);
+
+/* ic_gw_durable_finish, then frees every record (at destroy). */
 void ic_gw_durable_close(ic_gateway *g);
 
 /* Makes ss (just opened for CREATE_SESSION) durable: an unguessable id in
@@ -298,6 +309,11 @@ void ic_gw_durable_resume(ic_gateway *g, client_conn *c, const ic_msg *m);
 
 /* Fills the durable sessions' metrics; buckets has room for the store's. */
 void ic_gw_durable_metrics(ic_gateway *g, ic_metrics_durable *out, uint64_t *buckets);
+
+/* The graceful stop begins (before the scheduler is asked to stop): the
+ * KV state of held idle sessions and of parked ones in host memory goes
+ * to the store, within the shutdown time-out. */
+void ic_gw_durable_stop(ic_gateway *g);
 
 /* Parked and stored sessions past --session-ttl go. now_ms: CLOCK_MONOTONIC. */
 void ic_gw_durable_sweep(ic_gateway *g, double now_ms);

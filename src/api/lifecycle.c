@@ -136,6 +136,7 @@ static void begin_stop(ic_gateway *g)
     g->stopping = true;
     ic_log_info("shutting down: ending generations and closing %d connections",
                 ic_server_n_connections(g->srv));
+    ic_gw_durable_stop(g); /* its evictions go before the scheduler's shutdown */
     ic_models_request_stop(&g->models);
     g->tick_ms = 0;
     ic_server_set_timer(g->srv, 0, (int)(g->opts.shutdown_timeout_s * 1000));
@@ -367,6 +368,8 @@ void ic_gateway_destroy(ic_gateway *g)
 }
 
 void ic_gateway_set_server(ic_gateway *g, ic_server *srv) { g->srv = srv; }
+
+void ic_gateway_finish(ic_gateway *g) { ic_gw_durable_finish(g); }
 
 bool ic_gateway_failed(const ic_gateway *g) { return g->failed; }
 

@@ -513,6 +513,12 @@ static void render_durable(writer *w, const ic_metrics_durable *d)
     }
     single_i64(w, "inferencecenter_session_store_bytes", "Bytes of the session store's files.",
                d->store_bytes);
+    single_i64(w, "inferencecenter_session_ram_bytes",
+               "Bytes of parked sessions' KV states held in host memory (--session-ram).",
+               d->ram_bytes);
+    single_i64(w, "inferencecenter_session_store_queue",
+               "Session store jobs (writes, reads, removals) queued and not yet done.",
+               d->store_queue);
     single_u64(w, "inferencecenter_session_store_write_errors_total", "counter",
                "Session store writes and removals that failed.", d->write_errors);
     const char *ws = "inferencecenter_session_store_write_seconds";

@@ -86,6 +86,8 @@ typedef struct ic_metrics_durable {
     uint64_t resumes;          /* SESSION_RESUMED sent */
     uint64_t restores[IC_RESTORE_COUNT];
     int64_t store_bytes;
+    int64_t ram_bytes;         /* parked sessions' KV states in host memory */
+    int64_t store_queue;       /* store jobs (writes, reads, removals) not yet done */
     uint64_t write_errors;
     /* Store writes (temp file to directory fsync): n_le bucket bounds in
      * seconds (borrowed) and n_le + 1 counts (not cumulative). */

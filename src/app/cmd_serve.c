@@ -580,6 +580,7 @@ static int run(const serve_args *a)
     }
     for (int i = 0; i < ld.n; i++)
         ic_sched_stop(ld.sched[i]);
+    ic_gateway_finish(gw); /* the session store's thread wakes the server */
     ic_server_destroy(srv);
     bool failed = ic_gateway_failed(gw);
     for (int i = 0; i < ld.n; i++) {

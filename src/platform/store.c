@@ -36,6 +36,9 @@ typedef struct job {
     char *data;               /* PUT: owned */
     size_t len;
     uint64_t tag;             /* PUT: for the done callback; 0 none */
+    bool droppable;           /* PUT: not written past the deadline */
+    double t0_ms;             /* PUT: when its write began */
+    int rc;                   /* PUT: its result, for the done callback */
 } job;
 
 struct ic_store {
@@ -44,11 +47,13 @@ struct ic_store {
     ic_queue *jobs;           /* job *, unbounded */
     pthread_t thread;
     bool started;
-    _Atomic uint64_t writes, write_errors, deletes;
+    _Atomic uint64_t writes, write_errors, deletes, dropped;
+    _Atomic int64_t deadline_us; /* CLOCK_MONOTONIC; 0: none */
     _Atomic int64_t bytes;
     _Atomic uint64_t buckets[IC_STORE_WRITE_BUCKETS + 1];
     _Atomic uint64_t write_sum_us;
     _Atomic size_t pending;
+    _Atomic size_t queued_bytes; /* of the PUTs in pending */
     ic_store_done_fn done;    /* set before the first put */
     void *done_ud;
     ic_store_read_fn read_done; /* set before the first read */
@@ -97,27 +102,63 @@ void ic_store_sha256_hex(const void *data, size_t n, char hex[65])
 
 /* --- the thread ------------------------------------------------------ */
 
+/* A batch ends at 64 jobs or once 1 MiB is written: a big file (a KV
+ * state) does not hold back the ENDs of the small records before it. */
+#define BATCH_MAX 64
+#define BATCH_BYTES ((size_t)1 << 20)
+#define WRITE_CHUNK ((size_t)8 << 20)
+
+static void job_free(void *p)
+{
+    job *j = p;
+    if (j)
+        free(j->data);
+    free(j);
+}
+
 static off_t size_of(ic_store *s, const char *key)
 {
     struct stat st;
     return fstatat(s->dir_fd, key, &st, 0) == 0 ? st.st_size : 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
+static bool past_deadline(ic_store *s)
 {
+    int64_t d = atomic_load(&s->deadline_us);
+    return d > 0 && ic_now_ms() * 1e3 >= (double)d;
+}
+
+/* In chunks of WRITE_CHUNK. A droppable file's chunks go to the disk as
+ * they are written (sync_file_range; the fsync after them has little left
+ * to do), and its write stops (ETIMEDOUT) between two once the deadline
+ * has passed: one big KV state cannot hold the shutdown much past it. */
+static int write_all(ic_store *s, int fd, const char *p, size_t n, bool droppable)
+{
+    off_t done = 0, synced = 0;
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        if (droppable && done - synced >= (off_t)WRITE_CHUNK) {
+            sync_file_range(fd, synced, done - synced, SYNC_FILE_RANGE_WAIT_BEFORE |
+                            SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+            synced = done; /* a failure shows in the fsync that follows */
+        }
+        if (droppable && past_deadline(s)) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        ssize_t w = write(fd, p, n < WRITE_CHUNK ? n : WRITE_CHUNK);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0)
             return -1;
         p += w;
         n -= (size_t)w;
+        done += w;
     }
     return 0;
 }
 
-/* Temp file, fsync, rename, fsync of the directory. */
+/* Temp file, fsync, rename; the directory's fsync comes after the batch
+ * (store_main). */
 static int put_file(ic_store *s, const job *j)
 {
     char tmp[KEY_MAX + 8];
@@ -125,22 +166,24 @@ static int put_file(ic_store *s, const job *j)
     int fd = openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
-    int rc = write_all(fd, j->data, j->len);
+    int rc = write_all(s, fd, j->data, j->len, j->droppable);
     if (rc == 0)
         rc = fsync(fd);
-    if (close(fd) < 0)
+    int e = errno; /* of the first failure (size_of may set it) */
+    if (close(fd) < 0 && rc == 0) {
         rc = -1;
+        e = errno;
+    }
     off_t old = size_of(s, j->key);
-    if (rc == 0)
-        rc = renameat(s->dir_fd, tmp, s->dir_fd, j->key);
+    if (rc == 0 && (rc = renameat(s->dir_fd, tmp, s->dir_fd, j->key)) < 0)
+        e = errno;
     if (rc < 0) {
-        int e = errno;
         unlinkat(s->dir_fd, tmp, 0);
         errno = e;
         return -1;
     }
     atomic_fetch_add(&s->bytes, (int64_t)j->len - (int64_t)old);
-    return fsync(s->dir_fd);
+    return 0;
 }
 
 static void observe_write(ic_store *s, double seconds)
@@ -153,23 +196,50 @@ static void observe_write(ic_store *s, double seconds)
     atomic_fetch_add(&s->writes, 1);
 }
 
-
-static void run_job(ic_store *s, const job *j)
+/* Returns true when the directory changed (its fsync is due). */
+static bool remove_key(ic_store *s, const char *key)
 {
-    if (j->type == JOB_PUT) {
-        double t0 = ic_now_ms();
-        int rc = 0;
-        if (put_file(s, j) < 0) {
-            rc = IC_ERR_IO;
+    off_t old = size_of(s, key);
+    if (unlinkat(s->dir_fd, key, 0) < 0) {
+        if (errno != ENOENT) {
             atomic_fetch_add(&s->write_errors, 1);
-            ic_log_error("session store %s: could not write %s: %s", s->dir, j->key,
+            ic_log_error("session store %s: could not remove %s: %s", s->dir, key,
                          strerror(errno));
-        } else {
-            observe_write(s, (ic_now_ms() - t0) / 1e3);
         }
-        if (j->tag && s->done)
-            s->done(s->done_ud, j->tag, rc);
-        return;
+        return false;
+    }
+    atomic_fetch_sub(&s->bytes, (int64_t)old);
+    atomic_fetch_add(&s->deletes, 1);
+    return true;
+}
+
+/* A job's first half, up to the directory's fsync; a read is answered at
+ * once. Returns true when the directory changed. */
+static bool run_job(ic_store *s, job *j)
+{
+    bool dropped = j->type == JOB_PUT && j->droppable && past_deadline(s);
+    if (j->type == JOB_PUT && !dropped) {
+        j->t0_ms = ic_now_ms();
+        j->rc = 0;
+        if (put_file(s, j) < 0) {
+            /* ETIMEDOUT: the deadline came during a droppable file's write */
+            dropped = j->droppable && errno == ETIMEDOUT;
+            if (!dropped) {
+                j->rc = IC_ERR_IO;
+                atomic_fetch_add(&s->write_errors, 1);
+                ic_log_error("session store %s: could not write %s: %s", s->dir, j->key,
+                             strerror(errno));
+            }
+        }
+        free(j->data); /* written: its memory goes now, its count at the end */
+        j->data = NULL;
+        if (!dropped)
+            return j->rc == 0;
+    }
+    if (dropped) {
+        atomic_fetch_add(&s->dropped, 1);
+        j->rc = IC_ERR_TIMEOUT; /* nothing to report: a droppable file has no tag */
+        return remove_key(s, j->key); /* an older version would be stale */
     }
     if (j->type == JOB_READ) {
         size_t len = 0;
@@ -178,51 +248,72 @@ static void run_job(ic_store *s, const job *j)
             s->read_done(s->read_ud, j->tag, data, len, data ? 0 : IC_ERR_IO);
         else
             free(data);
-        return;
+        return false;
     }
-    off_t old = size_of(s, j->key);
-    if (unlinkat(s->dir_fd, j->key, 0) < 0) {
-        if (errno != ENOENT) {
-            atomic_fetch_add(&s->write_errors, 1);
-            ic_log_error("session store %s: could not remove %s: %s", s->dir, j->key,
-                         strerror(errno));
-        }
-        return;
-    }
-    atomic_fetch_sub(&s->bytes, (int64_t)old);
-    atomic_fetch_add(&s->deletes, 1);
-    fsync(s->dir_fd);
+    return remove_key(s, j->key);
 }
 
-static void job_free(void *p)
+/* A job's second half, after the directory's fsync (sync_rc). */
+static void finish_job(ic_store *s, job *j, int sync_rc)
 {
-    job *j = p;
-    if (j)
-        free(j->data);
-    free(j);
+    if (j->type == JOB_PUT && j->rc != IC_ERR_TIMEOUT) { /* not dropped */
+        if (j->rc == 0 && sync_rc < 0) {
+            j->rc = IC_ERR_IO;
+            atomic_fetch_add(&s->write_errors, 1);
+        }
+        if (j->rc == 0)
+            observe_write(s, (ic_now_ms() - j->t0_ms) / 1e3);
+        if (j->tag && s->done)
+            s->done(s->done_ud, j->tag, j->rc);
+    }
+    if (j->type == JOB_PUT)
+        atomic_fetch_sub(&s->queued_bytes, j->len);
+    job_free(j);
+    atomic_fetch_sub(&s->pending, 1);
 }
 
+/* The thread: jobs in the order queued, in batches of what is waiting (at
+ * most BATCH_MAX), whose renames and removals share one fsync of the
+ * directory: a burst of writes (the ENDs of many sessions, the KV files
+ * of a shutdown) costs one fsync per file, not two. A write is reported
+ * done only after that fsync. */
 static void *store_main(void *arg)
 {
     ic_store *s = arg;
+    job *batch[BATCH_MAX];
     for (;;) {
         job *j = ic_queue_pop_wait(s->jobs, -1);
-        if (!j)
-            continue;
-        bool stop = j->type == JOB_STOP;
-        if (!stop)
-            run_job(s, j);
-        job_free(j);
-        atomic_fetch_sub(&s->pending, 1);
-        if (stop)
+        int n = 0;
+        size_t bytes = 0;
+        bool dirty = false, stop = false;
+        while (j) {
+            if (j->type == JOB_STOP) {
+                stop = true;
+                job_free(j);
+                break;
+            }
+            dirty |= run_job(s, j);
+            bytes += j->type == JOB_PUT ? j->len : 0;
+            batch[n++] = j;
+            j = n < BATCH_MAX && bytes < BATCH_BYTES ? ic_queue_pop(s->jobs) : NULL;
+        }
+        int sync_rc = dirty ? fsync(s->dir_fd) : 0;
+        if (sync_rc < 0)
+            ic_log_error("session store %s: fsync of the directory failed: %s", s->dir,
+                         strerror(errno));
+        for (int i = 0; i < n; i++)
+            finish_job(s, batch[i], sync_rc);
+        if (stop) {
+            atomic_fetch_sub(&s->pending, 1);
             return NULL;
+        }
     }
 }
 
 /* --- any thread ------------------------------------------------------ */
 
 static int queue_job(ic_store *s, enum job_type type, const char *key, char *data, size_t len,
-                     uint64_t tag)
+                     uint64_t tag, bool droppable)
 {
     if (key && !ic_store_key_ok(key)) {
         free(data);
@@ -239,10 +330,15 @@ static int queue_job(ic_store *s, enum job_type type, const char *key, char *dat
     j->data = data;
     j->len = len;
     j->tag = tag;
+    j->droppable = droppable;
     atomic_fetch_add(&s->pending, 1);
+    if (type == JOB_PUT)
+        atomic_fetch_add(&s->queued_bytes, len);
     int rc = ic_queue_push(s->jobs, j);
     if (rc < 0) {
         atomic_fetch_sub(&s->pending, 1);
+        if (type == JOB_PUT)
+            atomic_fetch_sub(&s->queued_bytes, len);
         job_free(j);
         return rc;
     }
@@ -257,7 +353,17 @@ void ic_store_set_done(ic_store *s, ic_store_done_fn fn, void *ud)
 
 int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t tag)
 {
-    return queue_job(s, JOB_PUT, key, data, len, tag);
+    return queue_job(s, JOB_PUT, key, data, len, tag, false);
+}
+
+int ic_store_put_droppable(ic_store *s, const char *key, char *data, size_t len)
+{
+    return queue_job(s, JOB_PUT, key, data, len, 0, true);
+}
+
+void ic_store_set_deadline(ic_store *s, double deadline_ms)
+{
+    atomic_store(&s->deadline_us, deadline_ms > 0 ? (int64_t)(deadline_ms * 1e3) : 0);
 }
 
 void ic_store_set_read_done(ic_store *s, ic_store_read_fn fn, void *ud)
@@ -268,15 +374,17 @@ void ic_store_set_read_done(ic_store *s, ic_store_read_fn fn, void *ud)
 
 int ic_store_read(ic_store *s, const char *key, uint64_t tag)
 {
-    return queue_job(s, JOB_READ, key, NULL, 0, tag);
+    return queue_job(s, JOB_READ, key, NULL, 0, tag, false);
 }
 
 int ic_store_delete(ic_store *s, const char *key)
 {
-    return queue_job(s, JOB_DELETE, key, NULL, 0, 0);
+    return queue_job(s, JOB_DELETE, key, NULL, 0, 0, false);
 }
 
 size_t ic_store_pending(ic_store *s) { return atomic_load(&s->pending); }
+
+size_t ic_store_queued_bytes(ic_store *s) { return atomic_load(&s->queued_bytes); }
 
 void ic_store_get_stats(const ic_store *s, ic_store_stats *out)
 {
@@ -286,6 +394,7 @@ void ic_store_get_stats(const ic_store *s, ic_store_stats *out)
     out->writes = atomic_load(&s->writes);
     out->write_errors = atomic_load(&s->write_errors);
     out->deletes = atomic_load(&s->deletes);
+    out->dropped = atomic_load(&s->dropped);
     out->bytes = atomic_load(&s->bytes);
     for (int b = 0; b <= IC_STORE_WRITE_BUCKETS; b++)
         out->write_buckets[b] = atomic_load(&s->buckets[b]);
@@ -335,16 +444,22 @@ int ic_store_open(const char *dir, ic_store **out, char *err, size_t errlen)
     return 0;
 }
 
-void ic_store_close(ic_store *s)
+void ic_store_close(ic_store *s) { ic_store_close_stats(s, NULL); }
+
+void ic_store_close_stats(ic_store *s, ic_store_stats *last)
 {
+    if (last)
+        memset(last, 0, sizeof *last);
     if (!s)
         return;
-    if (s->started && queue_job(s, JOB_STOP, NULL, NULL, 0, 0) == 0)
+    if (s->started && queue_job(s, JOB_STOP, NULL, NULL, 0, 0, false) == 0)
         pthread_join(s->thread, NULL);
     /* A failed STOP push (no memory) leaves a thread that never ends: the
      * process is exiting anyway, and freeing its state under it would be worse. */
     else if (s->started)
         return;
+    if (last)
+        ic_store_get_stats(s, last);
     if (s->jobs)
         ic_queue_destroy(s->jobs, job_free);
     if (s->dir_fd > 0)

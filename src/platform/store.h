@@ -6,7 +6,8 @@
  * dot). ic_store_put replaces it as a whole: written to KEY.tmp, fsync'd,
  * renamed over KEY, then the directory fsync'd, so after a crash a key
  * holds its previous contents or its new ones, never a mix. Jobs run in
- * the order they were queued.
+ * the order they were queued; those waiting together share the
+ * directory's fsync, and a write is reported done only after it.
  *
  * Threads: ic_store_open, ic_store_load and ic_store_close on one thread
  * (main, at start-up and shut-down); ic_store_put, _delete and _get_stats
@@ -31,6 +32,7 @@ typedef struct ic_store_stats {
     uint64_t writes;          /* files written */
     uint64_t write_errors;    /* writes or deletes that failed (logged) */
     uint64_t deletes;
+    uint64_t dropped;         /* droppable files not written: past the deadline */
     int64_t bytes;            /* bytes of the files in the store now */
     uint64_t write_buckets[IC_STORE_WRITE_BUCKETS + 1]; /* not cumulative */
     double write_sum_s;       /* all writes' time, temp file to directory fsync */
@@ -41,8 +43,12 @@ typedef struct ic_store_stats {
  * reason in err. */
 int ic_store_open(const char *dir, ic_store **out, char *err, size_t errlen);
 
-/* Runs every queued job, stops the thread and frees the store. NULL is ok. */
+/* Runs every queued job (droppable ones past the deadline are dropped),
+ * stops the thread and frees the store. NULL is ok. */
 void ic_store_close(ic_store *s);
+
+/* As ic_store_close; *last (when not NULL) gets the statistics at the end. */
+void ic_store_close_stats(ic_store *s, ic_store_stats *last);
 
 /* The directory (borrowed from the store). */
 const char *ic_store_dir(const ic_store *s);
@@ -65,6 +71,17 @@ void ic_store_set_done(ic_store *s, ic_store_done_fn fn, void *ud);
  * key) or IC_ERR_NOMEM. Any thread. */
 int ic_store_put(ic_store *s, const char *key, char *data, size_t len, uint64_t tag);
 
+/* As ic_store_put (tag 0), for a file whose loss costs only time (a KV
+ * state, which can be recomputed): once the deadline has passed it is not
+ * written (or its write stops at the next 8 MiB), and key is removed
+ * instead (an older version would be stale). Any thread. */
+int ic_store_put_droppable(ic_store *s, const char *key, char *data, size_t len);
+
+/* From CLOCK_MONOTONIC ms deadline_ms on (ic_now_ms), droppable files
+ * still queued are dropped: a bound on how long ic_store_close waits, at
+ * shut-down. <= 0: none (the default). Any thread. */
+void ic_store_set_deadline(ic_store *s, double deadline_ms);
+
 /* Called on the store's thread with a file read for ic_store_read: data
  * (malloc'd, taken over by the callback; NULL with rc < 0 when it could
  * not be read) of len bytes. */
@@ -80,6 +97,10 @@ int ic_store_delete(ic_store *s, const char *key);
 
 /* Jobs queued and not yet done. Any thread. */
 size_t ic_store_pending(ic_store *s);
+
+/* Bytes of the writes queued and not yet done (their data is in memory
+ * until then). Any thread. */
+size_t ic_store_queued_bytes(ic_store *s);
 
 void ic_store_get_stats(const ic_store *s, ic_store_stats *out);
 

@@ -49,7 +49,8 @@ GAUGES = {
     "inferencecenter_cpu_usage_ratio", "inferencecenter_ram_used_bytes",
     "inferencecenter_ram_total_bytes",
     "inferencecenter_sessions_parked", "inferencecenter_sessions_stored",
-    "inferencecenter_session_store_bytes",
+    "inferencecenter_session_store_bytes", "inferencecenter_session_ram_bytes",
+    "inferencecenter_session_store_queue",
 }
 HISTOGRAMS = {
     "inferencecenter_queue_time_seconds", "inferencecenter_time_to_first_token_seconds",
@@ -62,18 +63,17 @@ METRICS = (COUNTERS | GAUGES
 
 # Metrics the dashboard must show (the panels the operators asked for).
 DASHBOARD_MUST_SHOW = (COUNTERS - {"inferencecenter_auth_failures_total",
-                                   "inferencecenter_scheduler_steps_total",
-                                   # durable sessions: off by default, no panel yet
-                                   "inferencecenter_session_resumes_total",
-                                   "inferencecenter_session_restores_total",
-                                   "inferencecenter_session_store_write_errors_total"}) | {
+                                   "inferencecenter_scheduler_steps_total"}) | {
     "inferencecenter_sessions", "inferencecenter_sessions_max",
     "inferencecenter_generations_running", "inferencecenter_queue_depth",
     "inferencecenter_kv_cells_used", "inferencecenter_kv_cells_capacity",
     "inferencecenter_state", "inferencecenter_gpu_temperature_celsius",
     "inferencecenter_gpu_memory_used_bytes", "inferencecenter_gpu_memory_total_bytes",
     "inferencecenter_gpu_power_watts", "inferencecenter_gpu_utilization_ratio",
-} | {h + "_bucket" for h in HISTOGRAMS - {"inferencecenter_session_store_write_seconds"}}
+    "inferencecenter_sessions_parked", "inferencecenter_sessions_stored",
+    "inferencecenter_session_store_bytes", "inferencecenter_session_ram_bytes",
+    "inferencecenter_session_store_queue",
+} | {h + "_bucket" for h in HISTOGRAMS}
 
 ALERTS = {"InferenceCenterDown", "GPUHot", "VRAMNearlyFull", "QueueGrowing",
           "HighErrorRate", "SchedulerStalled", "Throttled"}
