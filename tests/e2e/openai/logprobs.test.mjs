@@ -1,0 +1,244 @@
+// End-to-end tests of logprobs / top_logprobs with the official `openai`
+// SDK: the shapes of chat's and the legacy completions' logprobs, greedy
+// tokens against their own top_logprobs, streamed equal to whole, one
+// entry per completion token, speculation's tokens, the 400s, and the
+// greedy tokens' logprobs against the pinned llama-server's (stories260K).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { STORIES, MODEL_ID, LLAMA_SERVER, startServer, stopServer, servers, client,
+         startLlamaServer, GREEDY } from './helpers.mjs';
+
+const needStories = !STORIES && 'needs stories260K (repetitive enough to draft)';
+const needBoth = (!STORIES || !LLAMA_SERVER) && 'needs stories260K and llama-server';
+
+let S; // our server
+let L = null; // llama-server on the same model, when there is one
+
+before(async () => {
+  S = await startServer();
+  if (STORIES && LLAMA_SERVER) L = await startLlamaServer();
+});
+after(async () => {
+  if (L) L.kill();
+  for (const s of servers) await stopServer(s);
+});
+
+const MSGS = [{ role: 'user', content: 'Tell me a story about a cat.' }];
+const chatReq = (extra = {}) => ({ model: MODEL_ID, messages: MSGS, max_tokens: 24, ...GREEDY,
+                                   logprobs: true, top_logprobs: 5, ...extra });
+
+function checkToken(t, what) {
+  assert.equal(typeof t.token, 'string', what);
+  assert.ok(Number.isFinite(t.logprob) && t.logprob <= 0, `${what}: logprob ${t.logprob}`);
+  assert.ok(Array.isArray(t.bytes) && t.bytes.every((b) => Number.isInteger(b) && b >= 0 &&
+                                                        b < 256), what);
+  const s = Buffer.from(t.bytes).toString();
+  // valid UTF-8 bytes are the token's text; a piece of a character is spelled bytes:\xNN
+  if (Buffer.from(s).equals(Buffer.from(t.bytes))) assert.equal(t.token, s, what);
+  else assert.match(t.token, /^bytes:(\\x[0-9a-f]{2})+$/, what);
+}
+
+/* Checks a chat logprobs.content array; returns it. */
+function checkContent(content, nTop, greedy) {
+  assert.ok(Array.isArray(content) && content.length > 0);
+  content.forEach((e, i) => {
+    checkToken(e, `token ${i}`);
+    assert.equal(e.top_logprobs.length, nTop, `token ${i}`);
+    e.top_logprobs.forEach((t, k) => {
+      checkToken(t, `token ${i} top ${k}`);
+      assert.equal(t.top_logprobs, undefined);
+      if (k > 0) assert.ok(e.top_logprobs[k - 1].logprob >= t.logprob, `token ${i}: not sorted`);
+    });
+    if (nTop > 0) {
+      assert.ok(e.logprob <= e.top_logprobs[0].logprob, `token ${i}: above the top`);
+      if (greedy) { // the greedy token is the most likely one, with the same value
+        assert.equal(e.token, e.top_logprobs[0].token, `token ${i}`);
+        assert.deepEqual(e.bytes, e.top_logprobs[0].bytes, `token ${i}`);
+        assert.equal(e.logprob, e.top_logprobs[0].logprob, `token ${i}`);
+      }
+    }
+  });
+  return content;
+}
+
+const joined = (content) => Buffer.concat(content.map((e) => Buffer.from(e.bytes)));
+
+test('chat: logprobs with top_logprobs, greedy tokens are their own top-1', async () => {
+  const c = client(S);
+  const a = await c.chat.completions.create(chatReq());
+  const ch = a.choices[0];
+  const content = checkContent(ch.logprobs.content, 5, true);
+  assert.equal(content.length, a.usage.completion_tokens);
+  if (ch.finish_reason === 'length') // every token's bytes are the text
+    assert.equal(joined(content).toString(), ch.message.content);
+  // the probabilities of a whole vocabulary: the top 20 sum to at most 1
+  const b = await c.chat.completions.create(chatReq({ top_logprobs: 20, max_tokens: 4 }));
+  for (const e of checkContent(b.choices[0].logprobs.content, 20, true)) {
+    const mass = e.top_logprobs.reduce((s, t) => s + Math.exp(t.logprob), 0);
+    assert.ok(mass <= 1 + 1e-4 && mass > 0, String(mass));
+  }
+  // the same tokens' values whatever top_logprobs is
+  assert.deepEqual(b.choices[0].logprobs.content.map((e) => e.logprob),
+                   content.slice(0, 4).map((e) => e.logprob));
+});
+
+test('chat: top_logprobs 0 and no logprobs', async () => {
+  const c = client(S);
+  const a = await c.chat.completions.create(chatReq({ top_logprobs: 0 }));
+  checkContent(a.choices[0].logprobs.content, 0, true);
+  assert.equal(a.choices[0].logprobs.content.length, a.usage.completion_tokens);
+  const b = await c.chat.completions.create(chatReq({ logprobs: true, top_logprobs: undefined }));
+  checkContent(b.choices[0].logprobs.content, 0, true);
+  const d = await c.chat.completions.create(chatReq({ logprobs: undefined,
+                                                      top_logprobs: undefined }));
+  assert.equal(d.choices[0].logprobs, null);
+  assert.equal(d.choices[0].message.content, a.choices[0].message.content);
+});
+
+test('chat: a stream\'s logprobs, chunk after chunk, are the whole answer\'s', async () => {
+  const c = client(S);
+  // (stories260K's greedy answer has " Anna" in its first tokens: the stop
+  // string's tokens bring no text, their entries come with the last chunk)
+  for (const extra of [{}, { stop: [' Anna'] }, { max_tokens: 40 }]) {
+    const whole = await c.chat.completions.create(chatReq(extra));
+    if (extra.stop && STORIES) {
+      const ch = whole.choices[0];
+      assert.equal(ch.finish_reason, 'stop');
+      assert.ok(joined(ch.logprobs.content).length > Buffer.byteLength(ch.message.content));
+    }
+    const stream = await c.chat.completions.create(chatReq({ ...extra, stream: true,
+      stream_options: { include_usage: true } }));
+    const got = [];
+    let text = '', usage = null;
+    for await (const chunk of stream) {
+      if (chunk.usage) usage = chunk.usage;
+      const ch = chunk.choices[0];
+      if (!ch) continue;
+      text += ch.delta?.content || '';
+      if (ch.logprobs) got.push(...ch.logprobs.content);
+      // a chunk with text carries its tokens
+      if (ch.delta?.content) assert.ok(ch.logprobs?.content?.length > 0, JSON.stringify(chunk));
+    }
+    assert.equal(text, whole.choices[0].message.content, JSON.stringify(extra));
+    assert.deepEqual(got, whole.choices[0].logprobs.content, JSON.stringify(extra));
+    assert.equal(got.length, usage.completion_tokens);
+  }
+});
+
+test('chat: sampled (temperature 1) tokens have logprobs too', async () => {
+  const c = client(S);
+  const a = await c.chat.completions.create(chatReq({ temperature: 1, seed: 7, max_tokens: 32 }));
+  const content = checkContent(a.choices[0].logprobs.content, 5, false);
+  assert.equal(content.length, a.usage.completion_tokens);
+  // each sampled token's value is the one it has among the top ones
+  for (const e of content) {
+    const same = e.top_logprobs.find((t) => t.token === e.token &&
+                                            t.bytes.join() === e.bytes.join());
+    if (same) assert.equal(same.logprob, e.logprob);
+  }
+});
+
+test('completions: the legacy logprobs shape, streamed and whole', async () => {
+  const c = client(S);
+  const req = { model: MODEL_ID, prompt: 'Once upon a time', max_tokens: 20, ...GREEDY,
+                logprobs: 3 };
+  const a = await c.completions.create(req);
+  const lp = a.choices[0].logprobs;
+  const n = a.usage.completion_tokens;
+  assert.equal(lp.tokens.length, n);
+  assert.equal(lp.token_logprobs.length, n);
+  assert.equal(lp.top_logprobs.length, n);
+  assert.equal(lp.text_offset.length, n);
+  assert.equal(lp.text_offset[0], 0);
+  for (let i = 0; i < n; i++) {
+    assert.ok(lp.token_logprobs[i] <= 0);
+    const tops = Object.entries(lp.top_logprobs[i]);
+    assert.ok(tops.length >= 1 && tops.length <= 3);
+    const best = Math.max(...tops.map(([, v]) => v));
+    assert.equal(lp.token_logprobs[i], best, `token ${i} is greedy`);
+    assert.equal(lp.top_logprobs[i][lp.tokens[i]], best);
+    if (i > 0) assert.equal(lp.text_offset[i],
+                            lp.text_offset[i - 1] + Buffer.byteLength(lp.tokens[i - 1]));
+  }
+  if (a.choices[0].finish_reason === 'length') assert.equal(lp.tokens.join(''), a.choices[0].text);
+  const got = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+  for await (const chunk of await c.completions.create({ ...req, stream: true })) {
+    const l = chunk.choices[0]?.logprobs;
+    if (l) for (const k of Object.keys(got)) got[k].push(...l[k]);
+  }
+  assert.deepEqual(got, lp);
+  const none = await c.completions.create({ ...req, logprobs: undefined });
+  assert.equal(none.choices[0].logprobs, null);
+  const zero = await c.completions.create({ ...req, logprobs: 0 });
+  assert.deepEqual(zero.choices[0].logprobs.token_logprobs, lp.token_logprobs);
+  assert.ok(zero.choices[0].logprobs.top_logprobs.every((o) => Object.keys(o).length === 0));
+});
+
+test('speculative decoding: the accepted drafts have the same logprobs', { skip: needStories },
+  async () => {
+  const spec = await startServer(['--spec', 'ngram']);
+  const drafted = async () => Number(/^inferencecenter_spec_accepted_tokens_total (\d+)/m
+    .exec(await (await fetch(`${spec.url}/metrics`)).text())[1]);
+  const req = { model: MODEL_ID, prompt: 'Once upon a time', max_tokens: 80, ...GREEDY,
+                logprobs: 2, ignore_eos: true };
+  const a = (await client(S).completions.create(req)).choices[0];
+  const b = (await client(spec).completions.create(req)).choices[0];
+  assert.ok(await drafted() > 0, 'no draft was accepted: the test tests nothing');
+  assert.equal(b.text, a.text);
+  assert.deepEqual(b.logprobs.tokens, a.logprobs.tokens);
+  // rows of one batch or of several: the same values up to float rounding
+  a.logprobs.token_logprobs.forEach((v, i) =>
+    assert.ok(Math.abs(v - b.logprobs.token_logprobs[i]) < 1e-3, `token ${i}: ${v} vs ` +
+              `${b.logprobs.token_logprobs[i]}`));
+  await stopServer(spec);
+});
+
+test('logprobs: wrong types and ranges are 400 naming the field', async () => {
+  const c = client(S);
+  const cases = [
+    [{ logprobs: 'yes' }, 'logprobs', /true or false/],
+    [{ logprobs: 1 }, 'logprobs', /true or false/],
+    [{ logprobs: true, top_logprobs: 21 }, 'top_logprobs', /between 0 and 20/],
+    [{ logprobs: true, top_logprobs: -1 }, 'top_logprobs', /between 0 and 20/],
+    [{ logprobs: true, top_logprobs: 2.5 }, 'top_logprobs', /integer/],
+    [{ top_logprobs: 2 }, 'top_logprobs', /requires 'logprobs'/],
+    [{ logprobs: false, top_logprobs: 2 }, 'top_logprobs', /requires 'logprobs'/],
+  ];
+  for (const [extra, param, msg] of cases) {
+    await assert.rejects(c.chat.completions.create({ model: MODEL_ID, messages: MSGS, ...extra }),
+      (e) => {
+        assert.equal(e.status, 400, JSON.stringify(extra));
+        assert.equal(e.error.param, param, JSON.stringify(extra));
+        assert.equal(e.error.type, 'invalid_request_error');
+        assert.match(e.message, msg);
+        return true;
+      });
+  }
+  for (const lp of [6, -1, true, '2', 1.5]) {
+    await assert.rejects(c.completions.create({ model: MODEL_ID, prompt: 'hi', logprobs: lp }),
+      (e) => e.status === 400 && e.error.param === 'logprobs' && /between 0 and 5/.test(e.message));
+  }
+});
+
+test('greedy logprobs equal the pinned llama-server\'s', { skip: needBoth }, async () => {
+  const ours = client(S);
+  for (const content of ['Tell me a story about a cat.', 'Lily and Ben']) {
+    const req = chatReq({ messages: [{ role: 'user', content }], max_tokens: 32,
+                          ignore_eos: true });
+    const a = (await ours.chat.completions.create(req)).choices[0];
+    const b = (await L.client.chat.completions.create(req)).choices[0];
+    assert.equal(a.message.content, b.message.content, content);
+    const x = a.logprobs.content, y = b.logprobs.content;
+    assert.ok(Math.abs(x.length - y.length) <= 1 && Math.min(x.length, y.length) >= 16,
+              `${x.length} vs ${y.length} tokens`);
+    for (let i = 0; i < Math.min(x.length, y.length); i++) {
+      assert.deepEqual(x[i].bytes, y[i].bytes, `${content}: token ${i}`);
+      assert.ok(Math.abs(x[i].logprob - y[i].logprob) < 1e-3,
+                `${content}: token ${i}: ${x[i].logprob} vs ${y[i].logprob}`);
+      for (let k = 0; k < 5; k++) {
+        assert.ok(Math.abs(x[i].top_logprobs[k].logprob - y[i].top_logprobs[k].logprob) < 1e-3,
+                  `${content}: token ${i} top ${k}`);
+      }
+    }
+  }
+});
