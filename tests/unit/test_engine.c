@@ -116,6 +116,28 @@ static void logprobs_against_full_sort(void **state)
             assert_int_equal(top[1].token, 400);
         }
     }
+    /* a vocabulary of Qwen's size, logits far apart (-inf included): the
+     * exponent blocks and the rest against libm in double */
+    enum { BIG = 151936 + 5 };
+    static float big[BIG];
+    for (int i = 0; i < BIG; i++) {
+        x = x * 1103515245u + 12345u;
+        big[i] = (float)((x >> 8) % 60000) / 1000.0f - 40.0f;
+    }
+    big[BIG - 1] = -INFINITY;
+    big[7] = 25.0f;
+    double bmax = 25.0, bsum = 0;
+    for (int i = 0; i < BIG; i++)
+        bsum += exp((double)big[i] - bmax);
+    double blse = bmax + log(bsum);
+    for (int t = 0; t < BIG; t += 9973) {
+        ic_logprobs_compute(big, BIG, t, 3, &lp, top);
+        assert_float_equal(lp, (double)big[t] - blse, 1e-4 + 1e-6 * fabs(big[t] - blse));
+    }
+    assert_int_equal(top[0].token, 7);
+    assert_float_equal(top[0].logprob, 25.0 - blse, 1e-5);
+    ic_logprobs_compute(big, BIG, BIG - 1, 0, &lp, top);
+    assert_true(lp < -1e30f);
     /* clamped: more than the limit, more than the vocabulary */
     assert_int_equal(ic_logprobs_compute(logits, N, 0, 99, &lp, top), IC_LOGPROBS_MAX);
     assert_int_equal(ic_logprobs_compute(logits, 3, 0, 10, &lp, top), 3);
