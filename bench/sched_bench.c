@@ -37,6 +37,7 @@ typedef struct bench_args {
     int ctx;
     bool unified;
     int system_words;        /* > 0: the shared-system-prompt TTFT run */
+    int logprobs;            /* >= 0: every token with logprobs and this many top ones */
 } bench_args;
 
 static ic_sched *make_sched(const bench_args *a, int n, int prefix_slots);
@@ -53,6 +54,8 @@ static double run_n(const bench_args *a, int n)
     ic_gen_params gp = {.sample = ic_sample_params_default(), .max_tokens = a->gen,
                         .ignore_eos = true, .priority = IC_PRIORITY_NORMAL};
     gp.sample.temperature = 0;
+    gp.logprobs = a->logprobs >= 0;
+    gp.top_logprobs = a->logprobs > 0 ? a->logprobs : 0;
     for (int i = 0; i < n; i++) {
         uint64_t sid;
         ic_sched_open_session(s, NULL, &sid);
@@ -162,7 +165,8 @@ static void run_shared_system(const bench_args *a, int n)
 
 int main(int argc, char **argv)
 {
-    bench_args a = {.prompt_words = 64, .gen = 128, .threads = 2, .ctx = 1024, .unified = false};
+    bench_args a = {.prompt_words = 64, .gen = 128, .threads = 2, .ctx = 1024, .unified = false,
+                    .logprobs = -1};
     a.n_list[0] = 1, a.n_list[1] = 2, a.n_list[2] = 4, a.n_list[3] = 8;
     a.n_n = 4;
     for (int i = 1; i < argc; i++) {
@@ -174,6 +178,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--ctx")) a.ctx = atoi(v), i++;
         else if (!strcmp(argv[i], "--kv-unified")) a.unified = !strcmp(v, "on"), i++;
         else if (!strcmp(argv[i], "--system-words")) a.system_words = atoi(v), i++;
+        else if (!strcmp(argv[i], "--logprobs")) a.logprobs = atoi(v), i++;
         else if (!strcmp(argv[i], "--n")) {
             a.n_n = 0;
             for (char *p = (char *)v; *p && a.n_n < 16; p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
@@ -182,7 +187,7 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr, "usage: sched_bench --model M [--n 1,2,4,8] [--gen 128] "
                             "[--prompt-words 64] [--threads 2] [--ctx 1024] [--kv-unified on|off]"
-                            " [--system-words W]\n");
+                            " [--system-words W] [--logprobs TOP]\n");
             return 2;
         }
     }

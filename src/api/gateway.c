@@ -779,8 +779,9 @@ static void route_event(ic_gateway *g, ic_event *ev)
         if (ev->index > 0)
             ic_metrics_observe(g->metrics, IC_HIST_INTER_TOKEN, ev->gap_ms / 1e3);
         if (conn && ss->running && ev->request_id == ss->request_id)
-            ic_gw_send_json(g, conn, ic_proto_token(ss->sid, ss->rid, ev->index, ev->text,
-                                                    ev->text_len, &ss->infer_id));
+            ic_gw_send_json(g, conn, ic_proto_token_lp(ss->sid, ss->rid, ev->index, ev->text,
+                                                       ev->text_len, ev->logprobs,
+                                                       &ss->infer_id));
         break;
     case IC_EVENT_END:
         if (!ss->running || ev->request_id != ss->request_id)

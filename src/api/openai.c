@@ -4,6 +4,7 @@
  * Pure; any thread.
  */
 #include "openai.h"
+#include "openai_lp.h"
 #include "err.h"
 #include "protocol.h"
 
@@ -505,6 +506,29 @@ static int parse_sampling(const json_t *root, ic_oai_request *r, ic_oai_error *e
     return 0;
 }
 
+/* Chat: logprobs true/false and top_logprobs 0..20 (read with the
+ * sampling fields), which needs logprobs true as OpenAI says.
+ * Completions: logprobs is a count, 0..5 (OpenAI's legacy limit). */
+static int parse_logprobs(const json_t *root, ic_oai_request *r, ic_oai_error *err)
+{
+    json_t *lp = json_object_get(root, "logprobs");
+    if (r->endpoint == IC_OAI_COMPLETIONS) {
+        r->top_logprobs = 0; /* not a field of completions */
+        if (!lp || json_is_null(lp))
+            return 0;
+        if (!json_is_integer(lp) || json_integer_value(lp) < 0 || json_integer_value(lp) > 5)
+            return bad(err, "logprobs", "must be an integer between 0 and 5");
+        r->logprobs = true;
+        r->top_logprobs = (int)json_integer_value(lp);
+        return 0;
+    }
+    int rc = get_bool(root, "logprobs", &r->logprobs, err);
+    json_t *top = json_object_get(root, "top_logprobs");
+    if (rc == 0 && top && !json_is_null(top) && !r->logprobs)
+        return bad(err, "top_logprobs", "requires 'logprobs' to be true");
+    return rc;
+}
+
 static int parse_root(const json_t *root, ic_oai_request *r, ic_oai_error *err)
 {
     if (!json_is_object(root)) {
@@ -539,18 +563,8 @@ static int parse_root(const json_t *root, ic_oai_request *r, ic_oai_error *err)
         rc = get_bool(root, "parallel_tool_calls", &(bool){false}, err); /* null, or 400 */
     if (rc == 0 && r->endpoint == IC_OAI_CHAT)
         rc = parse_format(root, r, err);
-    if (rc == 0) {
-        json_t *lp = json_object_get(root, "logprobs");
-        if (r->endpoint == IC_OAI_COMPLETIONS && json_is_integer(lp)) {
-            json_int_t k = json_integer_value(lp); /* completions: logprobs is a count */
-            if (k < 0 || k > 20)
-                return bad(err, "logprobs", "must be between 0 and 20");
-            r->logprobs = true;
-            r->top_logprobs = (int)k;
-        } else {
-            rc = get_bool(root, "logprobs", &r->logprobs, err);
-        }
-    }
+    if (rc == 0)
+        rc = parse_logprobs(root, r, err);
     if (rc == 0)
         rc = get_bool(root, "ignore_eos", &r->ignore_eos, err);
     if (rc == 0)
@@ -632,6 +646,8 @@ void ic_oai_gen_params(const ic_oai_request *r, enum ic_priority max_priority,
     gen->n_stop = r->n_stop;
     for (int i = 0; i < r->n_stop; i++)
         gen->stop[i] = r->stop[i];
+    gen->logprobs = r->logprobs;
+    gen->top_logprobs = r->logprobs ? r->top_logprobs : 0;
 }
 
 const char *ic_oai_finish_reason(enum ic_end_reason reason, bool tool_calls)
@@ -689,11 +705,13 @@ char *ic_oai_response_body(const ic_oai_response *r)
             json_object_set_new(msg, "tool_calls", calls);
         if (msg && r->reasoning)
             json_object_set_new(msg, "reasoning_content", json_string(r->reasoning));
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "message", msg, "logprobs",
-                           "finish_reason", finish_value(r->finish_reason));
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "message", msg, "logprobs",
+                           ic_oai__logprobs_json(r), "finish_reason",
+                           finish_value(r->finish_reason));
     } else {
-        choice = json_pack("{s:o,s:i,s:n,s:o}", "text", text, "index", 0, "logprobs",
-                           "finish_reason", finish_value(r->finish_reason));
+        choice = json_pack("{s:o,s:i,s:o,s:o}", "text", text, "index", 0, "logprobs",
+                           ic_oai__logprobs_json(r), "finish_reason",
+                           finish_value(r->finish_reason));
     }
     if (!j || !choice || json_object_set_new(j, "choices", json_pack("[o]", choice)) < 0 ||
         json_object_set_new(j, "usage", usage_object(&r->usage)) < 0) {
@@ -767,11 +785,13 @@ char *ic_oai_stream_chunk(const ic_oai_response *r, bool first, size_t *len)
         if (delta && r->reasoning)
             json_object_set_new(delta, "reasoning_content", json_string(r->reasoning));
         json_decref(text);
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs",
-                           "finish_reason", finish_value(r->finish_reason));
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs",
+                           ic_oai__logprobs_json(r), "finish_reason",
+                           finish_value(r->finish_reason));
     } else {
-        choice = json_pack("{s:o,s:i,s:n,s:o}", "text", text, "index", 0, "logprobs",
-                           "finish_reason", finish_value(r->finish_reason));
+        choice = json_pack("{s:o,s:i,s:o,s:o}", "text", text, "index", 0, "logprobs",
+                           ic_oai__logprobs_json(r), "finish_reason",
+                           finish_value(r->finish_reason));
     }
     if (!j || !choice || json_object_set_new(j, "choices", json_pack("[o]", choice)) < 0) {
         json_decref(j);

@@ -142,7 +142,35 @@ typedef struct ic_oai_response {
     const char *tool_calls_json; /* chat: [{id,type,function:{name,arguments}}] or NULL */
     const char *finish_reason;
     ic_oai_usage usage;
+    /* The log-probabilities of the tokens this answer (or chunk) carries,
+     * in order; n_logprobs 0: "logprobs": null. text_offset (completions):
+     * the byte offset in the completion's text of the first of them. */
+    const ic_logprobs *const *logprobs;
+    int n_logprobs;
+    size_t text_offset;
 } ic_oai_response;
+
+/* A request's log-probabilities, token by token (copies of the TOKEN
+ * events'). Free with ic_oai_lp_list_free. */
+typedef struct ic_oai_lp_list {
+    ic_logprobs **v;
+    int n, cap;
+} ic_oai_lp_list;
+
+/* Appends a copy of lp. Returns 0 or IC_ERR_NOMEM. */
+int ic_oai_lp_list_push(ic_oai_lp_list *l, const ic_logprobs *lp);
+/* Frees the entries (the list stays usable, empty). */
+void ic_oai_lp_list_clear(ic_oai_lp_list *l);
+void ic_oai_lp_list_free(ic_oai_lp_list *l);
+/* Puts the list's entries on r (borrowed), the first at text_offset. */
+void ic_oai_lp_list_put(const ic_oai_lp_list *l, size_t text_offset, ic_oai_response *r);
+/* The entries went out: adds their bytes to *text_offset, clears. */
+void ic_oai_lp_list_sent(ic_oai_lp_list *l, size_t *text_offset);
+
+/* The "token" text OpenAI gives a token of these bytes: the bytes when
+ * they are valid UTF-8, else "bytes:\\xNN..." (a piece of a character; the
+ * "bytes" field has the raw bytes). malloc'd, or NULL. */
+char *ic_oai_token_text(const char *bytes, size_t len);
 
 /* One tool call of an answer, for ic_oai_tool_calls_json. */
 typedef struct ic_oai_call_out {

@@ -46,6 +46,11 @@ typedef struct oai_req {
     size_t *sent_args;         /* n_calls: argument bytes streamed of each */
     char **call_ids;           /* n_calls: the ids given to them */
     int model;                 /* its model's index (api/models.h) */
+    /* logprobs: the tokens' log-probabilities not yet sent (streamed:
+     * each chunk takes those that came before it; whole: all), and the
+     * completion's bytes already covered by sent ones (text_offset). */
+    ic_oai_lp_list lp;
+    size_t lp_offset;
 } oai_req;
 
 void ic_gw_oai_free(oai_req *o)
@@ -53,6 +58,7 @@ void ic_gw_oai_free(oai_req *o)
     if (!o)
         return;
     ic_buf_free(&o->text);
+    ic_oai_lp_list_free(&o->lp);
     free(o->prompt);
     ic_chat_prompt_free(o->chat);
     for (int i = 0; i < o->n_calls; i++)
@@ -359,16 +365,6 @@ static int render_chat(ic_gateway *g, int model, const ic_oai_request *r, ic_cha
     return rc;
 }
 
-/* What this server cannot do yet is refused, never answered without it. */
-static bool unsupported(const ic_oai_request *r, ic_oai_error *err)
-{
-    if (!r->logprobs)
-        return false;
-    ic_oai_error_set(err, 400, "unsupported_parameter", "logprobs",
-                     "'logprobs' is not supported by this server yet");
-    return true;
-}
-
 /* A logit bias on a token the model does not have. */
 static bool bad_logit_bias(const ic_gateway *g, int model, const ic_oai_request *r,
                            ic_oai_error *err)
@@ -449,12 +445,15 @@ static const char *unsent(const char *now, size_t sent, size_t *len)
     return now + sent;
 }
 
-/* One delta chunk of r. */
-static void send_delta(ic_gateway *g, oai_req *o, const ic_oai_response *r)
+/* One delta chunk of r, with the log-probabilities not sent yet, which
+ * are then forgotten (a stream holds no more). */
+static void send_delta(ic_gateway *g, oai_req *o, ic_oai_response *r)
 {
     size_t len = 0;
+    ic_oai_lp_list_put(&o->lp, o->lp_offset, r);
     char *chunk = ic_oai_stream_chunk(r, false, &len); /* sets len: called first */
     send_chunk(g, o, chunk, len);
+    ic_oai_lp_list_sent(&o->lp, &o->lp_offset);
 }
 
 /* Streams what parse p adds to what was sent: content, reasoning, the
@@ -534,6 +533,8 @@ static void on_token(ic_gateway *g, oai_req *o, const ic_event *ev)
         free(o->prompt); /* the answer is incomplete: do not cache it */
         o->prompt = NULL;
     }
+    if (ev->logprobs && ic_oai_lp_list_push(&o->lp, ev->logprobs) < 0)
+        ic_log_warn("openai: out of memory holding a token's logprobs");
     if (!o->stream || ev->text_len == 0)
         return;
     if (o->parse) {
@@ -547,9 +548,7 @@ static void on_token(ic_gateway *g, oai_req *o, const ic_event *ev)
     fill_response(g, o, &r);
     r.text = ev->text;
     r.text_len = ev->text_len;
-    size_t len = 0;
-    char *chunk = ic_oai_stream_chunk(&r, false, &len);
-    send_chunk(g, o, chunk, len);
+    send_delta(g, o, &r);
 }
 
 /* The end of the stream: the finishing chunk, usage, [DONE]. */
@@ -568,8 +567,8 @@ static void stream_end(ic_gateway *g, oai_req *o, const char *finish, const ic_o
         send_chunk(g, o, data, len);
     } else {
         r.finish_reason = finish;
-        data = ic_oai_stream_chunk(&r, false, &len);
-        send_chunk(g, o, data, len);
+        send_delta(g, o, &r); /* with tokens whose text never came (stop string, EOS) */
+        r.n_logprobs = 0;
         if (o->include_usage) {
             r.usage = *u;
             data = ic_oai_stream_usage(&r, &len);
@@ -613,6 +612,7 @@ static void answer(ic_gateway *g, oai_req *o, const char *finish, const ic_oai_u
             }
             r.finish_reason = finish;
             r.usage = *u;
+            ic_oai_lp_list_put(&o->lp, 0, &r);
             json_body(&resp, 200, ic_oai_response_body(&r));
         }
         if (!resp.body)
@@ -893,8 +893,6 @@ static void start(ic_gateway *g, enum ic_oai_endpoint ep, const ic_http_request 
                          r->model);
         rc = IC_ERR_NOT_FOUND;
     } else if (bad_logit_bias(g, j->model, r, &err)) {
-        rc = IC_ERR_INVAL;
-    } else if (unsupported(r, &err)) {
         rc = IC_ERR_INVAL;
     } else if (ep == IC_OAI_CHAT && !g->models.m[j->model].chat) {
         ic_oai_error_set(&err, 400, NULL, NULL, "this model has no chat template");

@@ -47,6 +47,7 @@ static const ic_req_params k_defaults = {
     .ignore_eos = false,
     .allow_special = false,
     .speculative = true,
+    .logprobs = -1,
     .priority = IC_PRIORITY_NORMAL,
 };
 
@@ -194,6 +195,8 @@ static const param_rule k_param_rules[] = {
     {"allow_special", IC_PARAM_ALLOW_SPECIAL, PK_BOOL, 0, 0, false, AT(allow_special),
      "a boolean"},
     {"speculative", IC_PARAM_SPECULATIVE, PK_BOOL, 0, 0, false, AT(speculative), "a boolean"},
+    {"logprobs", IC_PARAM_LOGPROBS, PK_INT, -1, IC_LOGPROBS_MAX, false, AT(logprobs),
+     "an integer from -1 to 20"},
 };
 #undef AT
 
@@ -521,6 +524,10 @@ static void apply_params(const ic_req_params *p, ic_gen_params *g)
     if (HAS(p, PRIORITY)) g->priority = p->priority;
     if (HAS(p, ALLOW_SPECIAL)) g->allow_special = p->allow_special;
     if (HAS(p, SPECULATIVE)) g->no_speculation = !p->speculative;
+    if (HAS(p, LOGPROBS)) {
+        g->logprobs = p->logprobs >= 0;
+        g->top_logprobs = p->logprobs > 0 ? p->logprobs : 0;
+    }
     if (HAS(p, STOP)) {
         g->n_stop = p->n_stop;
         for (int i = 0; i < IC_STOP_MAX; i++)
@@ -784,12 +791,45 @@ char *ic_proto_session_closed(const char *session_id, const char *reason, const 
 char *ic_proto_token(const char *session_id, const char *request_id, int index, const char *text,
                      size_t text_len, const ic_msg_id *id)
 {
+    return ic_proto_token_lp(session_id, request_id, index, text, text_len, NULL, id);
+}
+
+/* JSON has no -Infinity: OpenAI's stand-in for "never". */
+static double lp_value(float lp) { return isfinite(lp) ? (double)lp : -9999.0; }
+
+/* One token of a TOKEN's logprobs: {id, text, bytes, logprob}; text is
+ * the bytes, or "" when they are a piece of a UTF-8 character (bytes has
+ * them). */
+static json_t *lp_token(const ic_logprobs *lp, const ic_logprob_tok *t)
+{
+    const char *b = lp->bytes + t->off;
+    json_t *text = json_stringn(b, t->len); /* NULL: not valid UTF-8 */
+    json_t *bytes = json_array();
+    for (uint32_t i = 0; bytes && i < t->len; i++)
+        json_array_append_new(bytes, json_integer((unsigned char)b[i]));
+    return json_pack("{s:i,s:o,s:o,s:f}", "id", (int)t->token, "text",
+                     text ? text : json_string(""), "bytes", bytes, "logprob",
+                     lp_value(t->logprob));
+}
+
+char *ic_proto_token_lp(const char *session_id, const char *request_id, int index,
+                        const char *text, size_t text_len, const ic_logprobs *lp,
+                        const ic_msg_id *id)
+{
     json_t *m = msg_new("TOKEN", id);
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "request_id", jstr(request_id));
     rc |= set(m, "index", json_integer(index));
     /* json_stringn keeps NUL bytes; the dump writes them as \u0000. */
     rc |= set(m, "text", text ? json_stringn(text, text_len) : json_string(""));
+    if (lp) {
+        json_t *top = json_array();
+        for (int i = 0; top && i < lp->n_top; i++)
+            rc |= json_array_append_new(top, lp_token(lp, &lp->top[i]));
+        rc |= set(m, "logprob", json_real(lp_value(lp->sampled.logprob)));
+        rc |= set(m, "token", lp_token(lp, &lp->sampled));
+        rc |= set(m, "top_logprobs", top);
+    }
     return finish(m, rc);
 }
 

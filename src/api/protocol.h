@@ -64,7 +64,7 @@ enum ic_param {
     IC_PARAM_MAX_TOKENS, IC_PARAM_TEMPERATURE, IC_PARAM_TOP_K, IC_PARAM_TOP_P,
     IC_PARAM_MIN_P, IC_PARAM_REPEAT_PENALTY, IC_PARAM_REPEAT_LAST_N, IC_PARAM_SEED,
     IC_PARAM_STOP, IC_PARAM_IGNORE_EOS, IC_PARAM_PRIORITY, IC_PARAM_ALLOW_SPECIAL,
-    IC_PARAM_SPECULATIVE,
+    IC_PARAM_SPECULATIVE, IC_PARAM_LOGPROBS,
 };
 
 typedef struct ic_req_params {
@@ -80,6 +80,8 @@ typedef struct ic_req_params {
     bool ignore_eos;
     bool allow_special;        /* special tokens in user content are parsed */
     bool speculative;          /* false: never draft (serve --spec decides otherwise) */
+    int logprobs;              /* -1: none; 0..20: TOKENs carry logprob and this many
+                                  top_logprobs */
     enum ic_priority priority;
     int n_stop;
     char *stop[IC_STOP_MAX];   /* owned */
@@ -193,6 +195,11 @@ char *ic_proto_session_created_model(const char *session_id, int n_ctx, const ch
 char *ic_proto_session_closed(const char *session_id, const char *reason, const ic_msg_id *id);
 char *ic_proto_token(const char *session_id, const char *request_id, int index, const char *text,
                      size_t text_len, const ic_msg_id *id);
+/* As ic_proto_token, with "logprob" and "top_logprobs" from lp (NULL:
+ * none, as ic_proto_token). */
+char *ic_proto_token_lp(const char *session_id, const char *request_id, int index,
+                        const char *text, size_t text_len, const ic_logprobs *lp,
+                        const ic_msg_id *id);
 char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_reason reason,
                    const ic_gen_stats *stats, const ic_msg_id *id);
 /* The one builder of ERROR messages; session_id may be NULL. (Not named

@@ -1100,6 +1100,10 @@ ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx)
     return id;
 }
 
+const float *ic_engine_logits(ic_engine *e, int idx) { return llama_get_logits_ith(e->ctx, idx); }
+
+int ic_engine_n_vocab(const ic_engine *e) { return e->info.n_vocab; }
+
 int ic_engine_seq_state_save(ic_engine *e, int seq, uint8_t **data, size_t *len)
 {
     *data = NULL;

@@ -243,6 +243,37 @@ void ic_engine_sampler_accept(ic_sampler *s, ic_token tok);
 /* Samples (and accepts) the next token from the output of batch index idx. */
 ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx);
 
+/* Log-probabilities (OpenAI's logprobs), from the model's raw logits:
+ * the log-softmax over the whole vocabulary before any sampler (logit
+ * bias, penalties, truncation, temperature, grammar), as llama-server's
+ * default (post_sampling_probs off). */
+#define IC_LOGPROBS_MAX 20
+
+typedef struct ic_token_logprob {
+    ic_token token;
+    float logprob;
+} ic_token_logprob;
+
+/* The log-softmax of logits[0..n_vocab) at tok into *tok_logprob (<= 0;
+ * -INFINITY for a token out of range), and the n_top (clamped to 0..
+ * IC_LOGPROBS_MAX and n_vocab) most likely tokens in top, most likely
+ * first (equal logits: lower id first). One pass keeps the n_top best in
+ * a small sorted array (no sort of the vocabulary), one more sums the
+ * exponents. Returns how many went into top. Pure: any thread. */
+int ic_logprobs_compute(const float *logits, int n_vocab, ic_token tok, int n_top,
+                        float *tok_logprob, ic_token_logprob *top);
+
+/* ic_logprobs_compute over the raw logits of batch index idx of the last
+ * decode (valid until the next decode). */
+int ic_engine_logprobs(ic_engine *e, int idx, ic_token tok, int n_top, float *tok_logprob,
+                       ic_token_logprob *top);
+
+/* The raw logits of batch index idx of the last decode (n_vocab floats). */
+const float *ic_engine_logits(ic_engine *e, int idx);
+
+/* The vocabulary's size. */
+int ic_engine_n_vocab(const ic_engine *e);
+
 /* Copies a sequence's KV state (its cells and positions) into a malloc'd
  * host buffer: *data (caller frees) of *len bytes; an empty sequence gives
  * a small header. Returns 0 or IC_ERR_NOMEM. */

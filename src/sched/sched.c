@@ -181,6 +181,7 @@ static void gen_free(gen *g)
     ic_buf_free(&g->raw_piece);
     ic_buf_free(&g->piece_text);
     ic_buf_free(&g->out_text);
+    ic_buf_free(&g->lp_bytes);
     ic_event_free(g->end);
     free(g->prompt);
     free(g);
@@ -241,6 +242,8 @@ static int gen_init(ic_sched *s, req *r, gen *g, char *err, size_t err_size)
     g->priority = r->params.priority;
     g->max_tokens = r->params.max_tokens > 0 ? r->params.max_tokens : 1;
     g->ignore_eos = r->params.ignore_eos;
+    g->logprobs = r->params.logprobs;
+    g->top_logprobs = r->params.top_logprobs;
     g->batch_idx = -1;
     g->spec = s->opts.spec_mode != IC_SPEC_OFF && s->opts.spec_max_tokens > 0 &&
               !r->params.no_speculation;
@@ -375,9 +378,9 @@ static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush
     return matched == 1;
 }
 
-/* Handles a freshly sampled token: one TOKEN event, and END when a stop
- * condition holds. */
-static void on_token(ic_sched *s, session *ss, ic_token tok)
+/* Handles a freshly sampled token: one TOKEN event (which takes lp, its
+ * log-probabilities or NULL), and END when a stop condition holds. */
+static void on_token(ic_sched *s, session *ss, ic_token tok, ic_logprobs *lp)
 {
     gen *g = ss->gen;
     double t = ic_now_ms();
@@ -399,9 +402,12 @@ static void on_token(ic_sched *s, session *ss, ic_token tok)
         ev->gap_ms = gap_ms;
         ev->text_len = g->out_text.len;
         ev->text = ic_buf_take(&g->out_text);
+        ev->logprobs = lp;
         if (ev->text)
             ic_buf_append(&g->reply, ev->text, ev->text_len);
         emit(s, ev);
+    } else {
+        free(lp);
     }
     if (stopped)
         finish(s, ss, IC_END_STOP_STRING);
@@ -501,13 +507,14 @@ static void verify(ic_sched *s, session *ss)
     int accepted = 0;
     for (int j = 0;; j++) {
         ss->n_hist = base + 1 + j; /* `next` and the drafts accepted so far */
-        ic_token tok = ic_engine_sample(s->engine, g->sampler, row + j);
+        ic_logprobs *lp = NULL; /* row j's own logits: right for an accepted draft too */
+        ic_token tok = ic_sched__sample(s, g, row + j, &lp);
         bool hit = j < n_draft && tok == ss->hist[base + 1 + j];
         if (hit) {
             accepted++;
             g->n_accepted++;
         }
-        on_token(s, ss, tok);
+        on_token(s, ss, tok, lp);
         if (!ss->gen || !hit)
             break;
         g->has_next = false; /* tok is its draft, already decoded */
@@ -575,8 +582,9 @@ static bool step(ic_sched *s)
         if (ss->gen && ss->gen->batch_idx >= 0 && ss->gen->n_draft > 0) {
             verify(s, ss);
         } else if (ss->gen && ss->gen->batch_idx >= 0) {
-            ic_token tok = ic_engine_sample(s->engine, ss->gen->sampler, ss->gen->batch_idx);
-            on_token(s, ss, tok);
+            ic_logprobs *lp = NULL;
+            ic_token tok = ic_sched__sample(s, ss->gen, ss->gen->batch_idx, &lp);
+            on_token(s, ss, tok, lp);
         }
         if (ss->id)
             publish_session(s, ss);

@@ -79,6 +79,11 @@ typedef struct ic_gen_params {
     /* Never draft for this generation (INFER params.speculative false);
      * the output is the same either way, only the speed differs. */
     bool no_speculation;
+    /* Log-probabilities on every TOKEN (ic_event.logprobs): the sampled
+     * token's, from the model's raw logits (engine.h), and the
+     * top_logprobs (0..IC_LOGPROBS_MAX) most likely tokens'. Off: no cost. */
+    bool logprobs;
+    int top_logprobs;
 } ic_gen_params;
 
 typedef struct ic_gen_stats {
@@ -103,6 +108,25 @@ enum ic_event_type {
     IC_EVENT_SESSION_CLOSED, /* the session's KV cache is free */
 };
 
+/* One token of a TOKEN's log-probabilities: its raw bytes (may be part of
+ * a UTF-8 character; a control token has none) are bytes[off .. off+len)
+ * of the ic_logprobs that holds it. */
+typedef struct ic_logprob_tok {
+    ic_token token;
+    float logprob;            /* <= 0 */
+    uint32_t off, len;
+} ic_logprob_tok;
+
+/* A TOKEN's log-probabilities: one allocation of size bytes (copy it
+ * whole), owned by the event. */
+typedef struct ic_logprobs {
+    size_t size;
+    ic_logprob_tok sampled;
+    int n_top;                /* most likely first */
+    ic_logprob_tok top[IC_LOGPROBS_MAX];
+    char bytes[];
+} ic_logprobs;
+
 /* An event; owned by whoever pops it, freed with ic_event_free. */
 typedef struct ic_event {
     enum ic_event_type type;
@@ -112,6 +136,7 @@ typedef struct ic_event {
     double gap_ms;            /* TOKEN: since the generation's previous token (0 for the first) */
     char *text;               /* TOKEN: valid UTF-8, may be ""; owned */
     size_t text_len;
+    ic_logprobs *logprobs;    /* TOKEN of a generation with logprobs: owned; else NULL */
     enum ic_end_reason reason;        /* END */
     enum ic_close_reason close_reason; /* SESSION_CLOSED */
     ic_gen_stats stats;       /* END */

@@ -86,6 +86,9 @@ typedef struct gen {
     int n_drafted, n_accepted; /* totals of this generation (END stats) */
     ic_spec_backoff backoff;
     int n_generated;
+    bool logprobs;            /* TOKENs carry log-probabilities (ic_gen_params) */
+    int top_logprobs;
+    ic_buf lp_bytes;          /* scratch: their tokens' bytes */
     uint64_t last_served_step;
     double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms, t_last_token_ms;
 } gen;
@@ -190,6 +193,11 @@ void ic_sched__prefill(ic_sched *s, int n_decoding);
 /* Feeds a finished step's duration into prefill.c's cost model. */
 void ic_sched__step_measured(ic_sched *s, int n_decoding, int n_prompt, double ms);
 
+
+/* Samples the session's token from batch row idx; with logprobs also its
+ * log-probabilities from the same row's raw logits into *lp (malloc'd,
+ * NULL when off or out of memory). logprobs.c. */
+ic_token ic_sched__sample(ic_sched *s, gen *g, int idx, ic_logprobs **lp);
 
 /* Frees a request (a void * for the queue); NULL is ok (sched_submit.c). */
 void ic_sched__req_free(void *p);

@@ -20,6 +20,7 @@ void ic_event_free(ic_event *ev)
     if (!ev)
         return;
     free(ev->text);
+    free(ev->logprobs);
     free(ev->kv);
     free(ev->hist);
     free(ev);

@@ -12,6 +12,7 @@
 #include "testutil.h"
 #include "utf8.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,82 @@ static char *greedy(ic_engine *e, const char *prompt, int n_gen)
     ic_engine_seq_rm(e, 0, -1, -1);
     free(toks);
     return ic_buf_take(&out);
+}
+
+/* The log-softmax and the top tokens, against a full computation: a
+ * sort of the whole vocabulary, in double. */
+static void logprobs_against_full_sort(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    static float logits[N];
+    unsigned x = 12345;
+    for (int i = 0; i < N; i++) {
+        x = x * 1103515245u + 12345u;
+        logits[i] = (float)((x >> 8) % 20000) / 1000.0f - 10.0f;
+    }
+    logits[17] = logits[400] = 30.0f; /* a tie at the top: lower id first */
+    double max = -INFINITY, sum = 0;
+    for (int i = 0; i < N; i++)
+        max = logits[i] > max ? logits[i] : max;
+    for (int i = 0; i < N; i++)
+        sum += exp(logits[i] - max);
+    double lse = max + log(sum);
+    ic_token_logprob top[IC_LOGPROBS_MAX];
+    float lp;
+    for (int k = 0; k <= IC_LOGPROBS_MAX; k += 5) {
+        int n = ic_logprobs_compute(logits, N, 123, k, &lp, top);
+        assert_int_equal(n, k);
+        assert_float_equal(lp, logits[123] - lse, 1e-4);
+        assert_true(lp <= 0);
+        for (int i = 0; i < n; i++) {
+            /* rank i: exactly i tokens rank before it */
+            int before = 0;
+            for (int t = 0; t < N; t++)
+                before += logits[t] > logits[top[i].token] ||
+                          (logits[t] == logits[top[i].token] && t < top[i].token);
+            assert_int_equal(before, i);
+            assert_float_equal(top[i].logprob, logits[top[i].token] - lse, 1e-4);
+        }
+        if (n >= 2) {
+            assert_int_equal(top[0].token, 17);
+            assert_int_equal(top[1].token, 400);
+        }
+    }
+    /* a vocabulary of Qwen's size, logits far apart (-inf included): the
+     * exponent blocks and the rest against libm in double */
+    enum { BIG = 151936 + 5 };
+    static float big[BIG];
+    for (int i = 0; i < BIG; i++) {
+        x = x * 1103515245u + 12345u;
+        big[i] = (float)((x >> 8) % 60000) / 1000.0f - 40.0f;
+    }
+    big[BIG - 1] = -INFINITY;
+    big[7] = 25.0f;
+    double bmax = 25.0, bsum = 0;
+    for (int i = 0; i < BIG; i++)
+        bsum += exp((double)big[i] - bmax);
+    double blse = bmax + log(bsum);
+    for (int t = 0; t < BIG; t += 9973) {
+        ic_logprobs_compute(big, BIG, t, 3, &lp, top);
+        assert_float_equal(lp, (double)big[t] - blse, 1e-4 + 1e-6 * fabs(big[t] - blse));
+    }
+    assert_int_equal(top[0].token, 7);
+    assert_float_equal(top[0].logprob, 25.0 - blse, 1e-5);
+    ic_logprobs_compute(big, BIG, BIG - 1, 0, &lp, top);
+    assert_true(lp < -1e30f);
+    /* clamped: more than the limit, more than the vocabulary */
+    assert_int_equal(ic_logprobs_compute(logits, N, 0, 99, &lp, top), IC_LOGPROBS_MAX);
+    assert_int_equal(ic_logprobs_compute(logits, 3, 0, 10, &lp, top), 3);
+    /* a token out of range */
+    ic_logprobs_compute(logits, N, N, 0, &lp, top);
+    assert_true(isinf(lp) && lp < 0);
+    /* one certain token: 0, never above */
+    float sure[4] = {-1e4f, 50.0f, -1e4f, -1e4f};
+    ic_logprobs_compute(sure, 4, 1, 1, &lp, top);
+    assert_true(lp <= 0 && lp > -1e-6);
+    assert_int_equal(top[0].token, 1);
+    assert_true(top[0].logprob <= 0);
 }
 
 static void missing_file_is_io_error(void **state)
@@ -295,6 +372,7 @@ int main(void)
         cmocka_unit_test(missing_file_is_io_error),
         cmocka_unit_test(text_file_is_not_a_model),
         cmocka_unit_test(truncated_gguf_is_not_a_model),
+        cmocka_unit_test(logprobs_against_full_sort),
         cmocka_unit_test(model_facts),
         cmocka_unit_test(stories_greedy_story),
         cmocka_unit_test(tokenize_round_trip),

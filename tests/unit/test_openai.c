@@ -10,6 +10,7 @@
 #include "openai.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,6 +175,21 @@ static void refusals_name_the_field(void **state)
         {IC_OAI_COMPLETIONS, "{\"prompt\":7}", "prompt", "string"},
         {IC_OAI_COMPLETIONS, "{}", "prompt", "required"},
         {IC_OAI_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":30}", "logprobs", "between"},
+        {IC_OAI_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":6}", "logprobs", "between 0 and 5"},
+        {IC_OAI_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":-1}", "logprobs", "between"},
+        {IC_OAI_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":true}", "logprobs", "integer"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"logprobs\":1}", "logprobs", "true or false"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs", "20"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"logprobs\":true,\"top_logprobs\":-1}", "top_logprobs", "0"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"logprobs\":true,\"top_logprobs\":\"3\"}", "top_logprobs", "integer"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"top_logprobs\":2}", "top_logprobs", "requires 'logprobs'"},
+        {IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"logprobs\":false,\"top_logprobs\":0}", "top_logprobs", "requires"},
         {IC_OAI_COMPLETIONS, "{\"prompt\":\"a\",\"model\":3}", "model", "string"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -286,6 +302,150 @@ static void answers_have_openai_shapes(void **state)
     free(b);
 }
 
+/* One token's log-probabilities as the scheduler packs them. */
+static ic_logprobs *make_lp(const char *tok, float lp, int n_top, const char *const *tops,
+                            const float *top_lps)
+{
+    size_t bytes = strlen(tok);
+    for (int i = 0; i < n_top; i++)
+        bytes += strlen(tops[i]);
+    ic_logprobs *l = calloc(1, sizeof *l + bytes);
+    l->size = sizeof *l + bytes;
+    size_t off = strlen(tok);
+    memcpy(l->bytes, tok, off);
+    l->sampled = (ic_logprob_tok){.token = 1, .logprob = lp, .off = 0, .len = (uint32_t)off};
+    l->n_top = n_top;
+    for (int i = 0; i < n_top; i++) {
+        size_t n = strlen(tops[i]);
+        memcpy(l->bytes + off, tops[i], n);
+        l->top[i] = (ic_logprob_tok){.token = 2 + i, .logprob = top_lps[i],
+                                     .off = (uint32_t)off, .len = (uint32_t)n};
+        off += n;
+    }
+    return l;
+}
+
+static void logprobs_shapes(void **state)
+{
+    (void)state;
+    const char *tops[] = {"Hi", "Ho"};
+    const float tlp[] = {-0.25f, -2.5f};
+    ic_logprobs *lps[3] = {make_lp("Hi", -0.25f, 2, tops, tlp),
+                           make_lp("\xe2\x80", -1.5f, 0, NULL, NULL), /* part of a character */
+                           make_lp("\x9c", -INFINITY, 1, (const char *[]){"x"},
+                                   (const float[]){-0.5f})};
+    /* the list copies */
+    ic_oai_lp_list list = {0};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ic_oai_lp_list_push(&list, lps[i]), 0);
+    for (int i = 0; i < 3; i++)
+        free(lps[i]);
+    assert_int_equal(list.n, 3);
+    ic_oai_response r = {.endpoint = IC_OAI_CHAT, .id = "chatcmpl-1", .model = "m",
+                         .created = 1, .text = "Hi\xe2\x80\x9c", .text_len = 5,
+                         .finish_reason = "stop",
+                         .logprobs = (const ic_logprobs *const *)list.v, .n_logprobs = 3};
+    char *b = ic_oai_response_body(&r);
+    json_t *j = json_loads(b, 0, NULL);
+    assert_non_null(j);
+    json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    json_t *content = json_object_get(lp, "content");
+    assert_int_equal(json_array_size(content), 3);
+    assert_true(json_is_null(json_object_get(lp, "refusal")));
+    json_t *e0 = json_array_get(content, 0);
+    assert_string_equal(json_string_value(json_object_get(e0, "token")), "Hi");
+    assert_float_equal(json_real_value(json_object_get(e0, "logprob")), -0.25, 1e-6);
+    json_t *by = json_object_get(e0, "bytes");
+    assert_int_equal(json_array_size(by), 2);
+    assert_int_equal(json_integer_value(json_array_get(by, 0)), 'H');
+    json_t *t0 = json_object_get(e0, "top_logprobs");
+    assert_int_equal(json_array_size(t0), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(t0, 1), "token")),
+                        "Ho");
+    assert_float_equal(json_real_value(json_object_get(json_array_get(t0, 1), "logprob")), -2.5,
+                       1e-6);
+    assert_non_null(json_object_get(json_array_get(t0, 1), "bytes"));
+    assert_null(json_object_get(json_array_get(t0, 1), "top_logprobs"));
+    json_t *e1 = json_array_get(content, 1);
+    assert_string_equal(json_string_value(json_object_get(e1, "token")), "bytes:\\xe2\\x80");
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(e1, "bytes"), 1)), 0x80);
+    assert_int_equal(json_array_size(json_object_get(e1, "top_logprobs")), 0);
+    /* JSON has no -Infinity */
+    assert_float_equal(json_real_value(json_object_get(json_array_get(content, 2), "logprob")),
+                       -9999.0, 1e-6);
+    json_decref(j);
+    free(b);
+
+    /* a streamed chunk carries its tokens' entries; one without: null */
+    size_t len;
+    r.finish_reason = NULL;
+    r.n_logprobs = 1;
+    char *chunk = ic_oai_stream_chunk(&r, false, &len);
+    j = sse_json(chunk, len);
+    lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    assert_int_equal(json_array_size(json_object_get(lp, "content")), 1);
+    json_decref(j);
+    free(chunk);
+    r.n_logprobs = 0;
+    chunk = ic_oai_stream_chunk(&r, false, &len);
+    j = sse_json(chunk, len);
+    assert_true(json_is_null(json_object_get(json_array_get(json_object_get(j, "choices"), 0),
+                                             "logprobs")));
+    json_decref(j);
+    free(chunk);
+
+    /* completions: the legacy shape, text_offset from r's */
+    r.endpoint = IC_OAI_COMPLETIONS;
+    r.n_logprobs = 3;
+    r.text_offset = 10;
+    b = ic_oai_response_body(&r);
+    j = json_loads(b, 0, NULL);
+    lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    assert_int_equal(json_array_size(json_object_get(lp, "tokens")), 3);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(lp, "tokens"), 0)), "Hi");
+    assert_float_equal(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 1)),
+                       -1.5, 1e-6);
+    json_t *top0 = json_array_get(json_object_get(lp, "top_logprobs"), 0);
+    assert_int_equal(json_object_size(top0), 2);
+    assert_float_equal(json_real_value(json_object_get(top0, "Ho")), -2.5, 1e-6);
+    json_t *offs = json_object_get(lp, "text_offset");
+    assert_int_equal(json_integer_value(json_array_get(offs, 0)), 10);
+    assert_int_equal(json_integer_value(json_array_get(offs, 1)), 12);
+    assert_int_equal(json_integer_value(json_array_get(offs, 2)), 14);
+    json_decref(j);
+    free(b);
+    ic_oai_lp_list_free(&list);
+    assert_int_equal(list.n, 0);
+
+    /* parsing: chat's pair, completions' count */
+    ic_oai_request q;
+    ic_oai_error err;
+    assert_int_equal(parse(IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                                        "\"logprobs\":true}", &q, &err), 0);
+    assert_true(q.logprobs);
+    assert_int_equal(q.top_logprobs, 0);
+    ic_gen_params gp;
+    ic_oai_gen_params(&q, IC_PRIORITY_HIGH, &gp);
+    assert_true(gp.logprobs);
+    assert_int_equal(gp.top_logprobs, 0);
+    ic_oai_request_free(&q);
+    assert_int_equal(parse(IC_OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                                        "\"logprobs\":false,\"top_logprobs\":null}", &q, &err), 0);
+    ic_oai_gen_params(&q, IC_PRIORITY_HIGH, &gp);
+    assert_false(gp.logprobs);
+    ic_oai_request_free(&q);
+    assert_int_equal(parse(IC_OAI_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":5,"
+                                               "\"top_logprobs\":9}", &q, &err), 0);
+    ic_oai_gen_params(&q, IC_PRIORITY_HIGH, &gp);
+    assert_true(gp.logprobs);
+    assert_int_equal(gp.top_logprobs, 5);
+    ic_oai_request_free(&q);
+    assert_int_equal(parse(IC_OAI_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":null}", &q, &err), 0);
+    ic_oai_gen_params(&q, IC_PRIORITY_HIGH, &gp);
+    assert_false(gp.logprobs);
+    ic_oai_request_free(&q);
+}
+
 static void tool_calls_and_models(void **state)
 {
     (void)state;
@@ -339,6 +499,7 @@ int main(void)
         cmocka_unit_test(error_shapes_by_status),
         cmocka_unit_test(answers_have_openai_shapes),
         cmocka_unit_test(tool_calls_and_models),
+        cmocka_unit_test(logprobs_shapes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -328,6 +328,9 @@ static void field_types_and_ranges_are_checked(void **state)
         {"{\"top_k\":2147483648}", "'params.top_k'"},
         {"{\"top_k\":1.5}", "'params.top_k'"},
         {"{\"top_p\":1.0000001}", "'params.top_p'"},
+        {"{\"logprobs\":21}", "'params.logprobs' must be an integer from -1 to 20"},
+        {"{\"logprobs\":-2}", "'params.logprobs'"},
+        {"{\"logprobs\":true}", "'params.logprobs'"},
         {"{\"min_p\":-0.001}", "'params.min_p'"},
         {"{\"repeat_penalty\":0}", "'params.repeat_penalty' must be a number > 0"},
         {"{\"repeat_penalty\":101}", "'params.repeat_penalty'"},
@@ -603,6 +606,52 @@ static void allow_special_defaults_off_and_merges(void **state)
     assert_true(g.allow_special);
     ic_msg_free(&req);
     ic_msg_free(&sess);
+}
+
+static void logprobs_param_and_token_fields(void **state)
+{
+    (void)state;
+    ic_msg m;
+    ic_proto_error e;
+    ic_gen_params g;
+    ic_proto_gen_params(NULL, NULL, IC_PRIORITY_HIGH, &g);
+    assert_false(g.logprobs); /* off unless asked */
+    for (int k = -1; k <= 20; k += 7) {
+        char text[128];
+        snprintf(text, sizeof text, "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"p\","
+                 "\"params\":{\"logprobs\":%d}}", k);
+        assert_int_equal(parse(text, &m, &e), 0);
+        ic_proto_gen_params(NULL, &m.params, IC_PRIORITY_HIGH, &g);
+        assert_true(g.logprobs == (k >= 0));
+        assert_int_equal(g.top_logprobs, k > 0 ? k : 0);
+        ic_msg_free(&m);
+    }
+    /* TOKEN with logprobs: logprob, token {id,text,bytes,logprob}, top_logprobs */
+    ic_logprobs *lp = calloc(1, sizeof *lp + 4);
+    lp->size = sizeof *lp + 4;
+    memcpy(lp->bytes, "Hi\xe2\x80", 4);
+    lp->sampled = (ic_logprob_tok){.token = 7, .logprob = -0.5f, .off = 0, .len = 2};
+    lp->n_top = 2;
+    lp->top[0] = (ic_logprob_tok){.token = 7, .logprob = -0.5f, .off = 0, .len = 2};
+    lp->top[1] = (ic_logprob_tok){.token = 9, .logprob = -INFINITY, .off = 2, .len = 2};
+    json_t *j = load(ic_proto_token_lp("s1", "r9", 0, "Hi", 2, lp, NULL), "TOKEN");
+    assert_float_equal(json_real_value(json_object_get(j, "logprob")), -0.5, 1e-6);
+    json_t *tok = json_object_get(j, "token");
+    assert_int_equal(get_i(tok, "id"), 7);
+    assert_string_equal(get_s(tok, "text"), "Hi");
+    json_t *top = json_object_get(j, "top_logprobs");
+    assert_int_equal(json_array_size(top), 2);
+    json_t *t1 = json_array_get(top, 1);
+    assert_string_equal(get_s(t1, "text"), ""); /* a piece of a character: bytes only */
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(t1, "bytes"), 0)), 0xe2);
+    assert_float_equal(json_real_value(json_object_get(t1, "logprob")), -9999.0, 1e-6);
+    json_decref(j);
+    /* without: the TOKEN of before */
+    j = load(ic_proto_token_lp("s1", "r9", 0, "Hi", 2, NULL, NULL), "TOKEN");
+    assert_null(json_object_get(j, "logprob"));
+    assert_null(json_object_get(j, "top_logprobs"));
+    json_decref(j);
+    free(lp);
 }
 
 static void gen_params_merge_and_priority_cap(void **state)
@@ -1021,6 +1070,7 @@ int main(void)
         cmocka_unit_test(bad_ids_are_refused_without_echo),
         cmocka_unit_test(gen_params_defaults),
         cmocka_unit_test(gen_params_merge_and_priority_cap),
+        cmocka_unit_test(logprobs_param_and_token_fields),
         cmocka_unit_test(session_ids_are_strict),
         cmocka_unit_test(allow_special_defaults_off_and_merges),
         cmocka_unit_test(req_params_copy_is_deep),

@@ -31,6 +31,7 @@ typedef struct result {
     ic_event end;             /* copy of END or ERROR (text not kept) */
     double gaps[512];         /* TOKEN gap_ms, the first 512 */
     int n_gaps;
+    int n_lp, lp_top, lp_bad; /* TOKENs with logprobs, their n_top, the inconsistent */
 } result;
 
 typedef struct world {
@@ -123,6 +124,19 @@ static bool pump(int timeout_ms)
         if (r->n_tokens++ == 0)
             r->first_token_seq = W->seq;
         ic_buf_append(&r->text, ev->text, ev->text_len);
+        if (ev->logprobs) {
+            const ic_logprobs *l = ev->logprobs;
+            r->n_lp++;
+            r->lp_top = l->n_top;
+            /* greedy: the sampled token is the first of the top ones */
+            bool bad = !(l->sampled.logprob <= 0) ||
+                       l->sampled.off + l->sampled.len > l->size - sizeof *l ||
+                       (l->n_top > 0 && (l->top[0].token != l->sampled.token ||
+                                         l->top[0].logprob != l->sampled.logprob));
+            for (int k = 1; k < l->n_top; k++)
+                bad |= l->top[k].logprob > l->top[k - 1].logprob;
+            r->lp_bad += bad;
+        }
         break;
     case IC_EVENT_END:
         assert_false(r->ended);                 /* exactly one END */
@@ -215,6 +229,37 @@ static void batching_changes_nothing(void **state)
         assert_string_equal(W->r[11 + i].text.data, W->r[1 + i].text.data);
         assert_int_equal(W->r[11 + i].n_tokens, 24);
     }
+}
+
+/* Only generations that ask get logprobs, as many top ones as asked, and
+ * asking changes no token. */
+static void logprobs_only_for_those_who_ask(void **state)
+{
+    (void)state;
+    W->s = make_sched(5, 256, false);
+    static const int top[4] = {5, -1, 0, -1}; /* -1: no logprobs */
+    for (int i = 0; i < 4; i++) {
+        ic_gen_params p = greedy(24);
+        p.ignore_eos = false; /* a banned EOS could be the top one */
+        p.logprobs = top[i] >= 0;
+        p.top_logprobs = top[i] > 0 ? top[i] : 0;
+        infer(open_session(NULL), 1 + i, prompts[i], p);
+    }
+    for (int i = 0; i < 4; i++)
+        wait_done(1 + i);
+    for (int i = 0; i < 4; i++) {
+        result *r = &W->r[1 + i];
+        assert_true(r->n_tokens > 0);
+        assert_int_equal(r->n_lp, top[i] >= 0 ? r->n_tokens : 0);
+        assert_int_equal(r->lp_bad, 0);
+        if (top[i] >= 0)
+            assert_int_equal(r->lp_top, top[i]);
+    }
+    ic_gen_params p = greedy(24);
+    p.ignore_eos = false;
+    infer(open_session(NULL), 10, prompts[0], p);
+    wait_done(10);
+    assert_string_equal(W->r[10].text.data, W->r[1].text.data);
 }
 
 static void multi_turn_reuses_cache(void **state)
@@ -1054,6 +1099,7 @@ int main(void)
         cmocka_set_test_filter(getenv("IC_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(batching_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(logprobs_only_for_those_who_ask, setup, teardown),
         cmocka_unit_test_setup_teardown(multi_turn_reuses_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(short_prompt_not_starved_by_long_prefill, setup, teardown),
         cmocka_unit_test_setup_teardown(abort_during_generation_and_prefill, setup, teardown),

@@ -1,6 +1,6 @@
 // End-to-end tests of the OpenAI API's sampling and output features with the
 // official `openai` SDK: presence/frequency penalties and logit_bias,
-// logprobs, tools and response_format. Where llama-server implements the
+// tools and response_format (logprobs: logprobs.test.mjs). Where llama-server implements the
 // same thing (IC_LLAMA_SERVER on stories260K), the answers are compared
 // with its answers to the same requests.
 import { test, before, after } from 'node:test';

@@ -3,7 +3,8 @@
 // raw fetch() where the SDK hides what is under test (status codes, body
 // limits, disconnects), and a differential run against the pinned
 // llama-server (IC_LLAMA_SERVER) on stories260K. Helpers: helpers.mjs;
-// sampling, logprobs, tools and response_format: features.test.mjs.
+// sampling, tools and response_format: features.test.mjs; logprobs:
+// logprobs.test.mjs.
 //
 // Environment (set by CTest): IC_BIN, IC_STORIES (optional), IC_TEST_MODELS,
 // IC_LLAMA_SERVER (optional).
@@ -137,16 +138,6 @@ test('errors have OpenAI\'s shape and the right status', async () => {
   const get = await fetch(`${S.url}/v1/chat/completions`);
   assert.equal(get.status, 405);
   assert.equal(get.headers.get('allow'), 'POST');
-});
-
-test('what is not supported is refused, never answered unconstrained', async () => {
-  const c = client(S);
-  const msgs = [{ role: 'user', content: 'hi' }];
-  // (tools and response_format are served now: chat.test.mjs)
-  for (const extra of [{ logprobs: true }, { logprobs: true, top_logprobs: 2 }]) {
-    await assert.rejects(c.chat.completions.create({ model: MODEL_ID, messages: msgs, ...extra }),
-      (e) => e.status === 400 && /not supported/.test(e.message));
-  }
 });
 
 test('a client that disconnects mid-stream frees its work within a step', async () => {
