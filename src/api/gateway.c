@@ -129,6 +129,7 @@ static void session_free(ic_gateway *g, gw_session *ss)
         count_release(g, cc); /* its connection has gone */
     ic_idmap_del(&g->sessions, ss->id);
     ic_req_params_free(&ss->defaults);
+    free(ss->tools_json);
     free(ss->cache_text);
     free(ss);
 }
@@ -367,6 +368,8 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->conn_id = c->id;
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
+    ss->tools_json = m->tools_json;
+    m->tools_json = NULL;
     char token[65];
     /* Durable sessions are the first model's only: a record names no model,
      * and its KV fingerprint is that model's (docs/protocol.md). */
@@ -436,14 +439,24 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
         ; /* why says it */
     else if (m->json_schema)
         grammar.gbnf = gbnf;
+    ic_chat_turn ct;
+    ic_chat_message *results = NULL;
+    int crc = why[0] ? 1 : ic_gw_chat_turn(ss, m, &ct, &results, why, sizeof why);
+    if (crc == IC_ERR_NOMEM)
+        snprintf(why, sizeof why, "out of memory");
     if (why[0]) {
-        ic_gw_send_error(g, c->id, IC_CODE_BAD_REQUEST, why, ss->sid, &m->id);
+        ic_gw_send_error(g, c->id, crc == IC_ERR_NOMEM ? IC_CODE_INTERNAL : IC_CODE_BAD_REQUEST,
+                         why, ss->sid, &m->id);
+        free(gbnf);
         return;
     }
+    if (crc == 0)
+        gp.chat = &ct;
     if (grammar.gbnf)
         gp.grammar = &grammar;
     int rc = ic_gw_session_submit(g, ss, m->prompt, m->raw, &gp);
     free(gbnf);
+    free(results);
     if (rc < 0) {
         ic_gw_send_error(g, c->id, ic_proto_code_from_err(rc),
                          rc == IC_ERR_OVERLOADED ? "too much work is waiting; try again later"
@@ -779,8 +792,10 @@ static void route_event(ic_gateway *g, ic_event *ev)
         if (ev->index > 0)
             ic_metrics_observe(g->metrics, IC_HIST_INTER_TOKEN, ev->gap_ms / 1e3);
         if (conn && ss->running && ev->request_id == ss->request_id)
-            ic_gw_send_json(g, conn, ic_proto_token(ss->sid, ss->rid, ev->index, ev->text,
-                                                    ev->text_len, &ss->infer_id));
+            ic_gw_send_json(g, conn, ic_proto_token_channel(ss->sid, ss->rid, ev->index,
+                                                            ev->text, ev->text_len,
+                                                            ev->reasoning ? "reasoning" : NULL,
+                                                            &ss->infer_id));
         break;
     case IC_EVENT_END:
         if (!ss->running || ev->request_id != ss->request_id)
@@ -789,7 +804,8 @@ static void route_event(ic_gateway *g, ic_event *ev)
         ss->last_used_ms = ic_now_ms();
         observe_end(g, ss, ev);
         if (conn) {
-            char *end = ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats, &ss->infer_id);
+            char *end = ic_proto_end_parsed(ss->sid, ss->rid, ev->reason, &ev->stats,
+                                            ev->parsed, &ss->infer_id);
             if (!end || !ic_gw_durable_hold_end(g, ss, end))
                 ic_gw_send_json(g, conn, end);
         }

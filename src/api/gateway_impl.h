@@ -69,6 +69,7 @@ typedef struct gw_session {
     uint64_t conn_id;
     char client[IC_CLIENT_NAME_MAX + 1];
     ic_req_params defaults;
+    char *tools_json;          /* CREATE_SESSION tools (JSON text), or NULL */
     bool running;              /* an INFER awaits its END or ERROR */
     bool abort_sent;
     bool closing;
@@ -224,6 +225,14 @@ int ic_gw_session_open_on(ic_gateway *g, int model, const char *client_key, int 
 
 /* Submits a generation for ss and marks it running (request id, lost-END
  * watch reset, the sweep armed). Returns 0 or ic_sched_infer's error. */
+/* INFER m's chat fields (gateway_chat.c) as the scheduler's turn, with
+ * ss's tools where m gives none. Returns 1 (none: an INFER as before), 0
+ * (*ct filled; *results, which ct points into, freed by the caller after
+ * the submit), IC_ERR_INVAL with a bad_request message in why, or
+ * IC_ERR_NOMEM. ct borrows m's and ss's strings. */
+int ic_gw_chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
+                    ic_chat_message **results, char *why, size_t why_size);
+
 int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
                          const ic_gen_params *gp);
 

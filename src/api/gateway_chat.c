@@ -1,0 +1,63 @@
+/* gateway_chat.c - protocol v1's chat fields on the gateway: a session's
+ * tools (CREATE_SESSION), and an INFER's tools, tool_choice, tool results
+ * and reasoning turned into the scheduler's ic_chat_turn (see
+ * docs/protocol.md, "Tools and reasoning"). The scheduler renders the
+ * turn with the model's template, constrains tool calls with the
+ * template's (lazy) grammar, marks reasoning TOKENs and parses the reply
+ * for END.
+ *
+ * Thread: network thread.
+ */
+#include "gateway_impl.h"
+#include "err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int ic_gw_chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
+                    ic_chat_message **results, char *why, size_t why_size)
+{
+    *results = NULL;
+    const char *tools = m->has_tools ? m->tools_json : ss->tools_json;
+    bool chatty = tools || m->tool_choice || m->n_tool_results > 0 || m->reasoning >= 0 ||
+                  m->reasoning_budget >= 0;
+    if (!chatty)
+        return 1; /* an INFER as before */
+    if (m->raw) {
+        snprintf(why, why_size, "tools, tool_choice, messages and reasoning need chat mode "
+                 "(raw false)");
+        return IC_ERR_INVAL;
+    }
+    bool calls_on = tools && !(m->tool_choice && strcmp(m->tool_choice, "none") == 0);
+    if (calls_on && (m->grammar || m->json_schema)) {
+        snprintf(why, why_size, "grammar and json_schema cannot be combined with tools "
+                 "(use tool_choice \"none\")");
+        return IC_ERR_INVAL;
+    }
+    if (m->tool_choice && strcmp(m->tool_choice, "required") == 0 && !tools) {
+        snprintf(why, why_size, "tool_choice \"required\" needs tools");
+        return IC_ERR_INVAL;
+    }
+    if (m->n_tool_results > 0) {
+        *results = calloc((size_t)m->n_tool_results, sizeof **results);
+        if (!*results)
+            return IC_ERR_NOMEM;
+        for (int i = 0; i < m->n_tool_results; i++)
+            (*results)[i] = (ic_chat_message){.role = "tool",
+                                              .content = m->tool_results[i].content,
+                                              .tool_call_id = m->tool_results[i].tool_call_id};
+    }
+    *ct = (ic_chat_turn){
+        .tools_json = tools,
+        .tool_choice = m->tool_choice,
+        .reasoning = m->reasoning,
+        .reasoning_budget = m->reasoning_budget,
+        .split = tools != NULL || m->reasoning == 1,
+        .tool_results = *results,
+        .n_tool_results = (size_t)m->n_tool_results,
+        /* tool results with an empty (or no) prompt: the model answers them */
+        .no_user_turn = m->n_tool_results > 0 && !*m->prompt,
+    };
+    return 0;
+}
