@@ -29,12 +29,9 @@ int ic_gw_chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
                  "(raw false)");
         return IC_ERR_INVAL;
     }
-    bool calls_on = tools && !(m->tool_choice && strcmp(m->tool_choice, "none") == 0);
-    if (calls_on && (m->grammar || m->json_schema)) {
-        snprintf(why, why_size, "grammar and json_schema cannot be combined with tools "
-                 "(use tool_choice \"none\")");
-        return IC_ERR_INVAL;
-    }
+    /* A grammar or json_schema given with tools replaces the template's
+     * tool-call grammar (a client forcing a call of its own); the reply is
+     * still parsed for tool calls by the template's parser. */
     if (m->tool_choice && strcmp(m->tool_choice, "required") == 0 && !tools) {
         snprintf(why, why_size, "tool_choice \"required\" needs tools");
         return IC_ERR_INVAL;
