@@ -183,6 +183,8 @@ static void gen_free(gen *g)
     free(g->prompt);
     ic_chat_prompt_free(g->chat);
     free(g->forced);
+    free(g->pres_ids);
+    free(g->pres_text);
     free(g);
 }
 
@@ -323,7 +325,7 @@ static void start_generation(ic_sched *s, req *r)
         if (rc == 0 && (rc = gen_init(s, r, g, g->chat, gerr, sizeof gerr)) < 0)
             ic_convo_cancel_turn(ss->convo);
         if (rc == 0)
-            ic_sched__think_init(g, r->params.chat);
+            ic_sched__think_init(s, g, r->params.chat);
     } else if (rc == 0) {
         rc = gen_init(s, r, g, NULL, gerr, sizeof gerr);
         if (rc == 0)
@@ -402,7 +404,12 @@ static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush
     ic_buf_clear(&g->raw_piece);
     ic_buf_clear(&g->piece_text);
     ic_buf_clear(&g->out_text);
-    if (!is_eog && ic_engine_token_piece(s->engine, tok, &g->raw_piece) == 0 && g->raw_piece.len)
+    /* a split chat turn's preserved tokens are text, control tokens too */
+    const char *pres = g->n_pres && !is_eog ? ic_sched__preserved(g, tok) : NULL;
+    if (pres)
+        ic_utf8_push(&g->utf8, pres, strlen(pres), &g->piece_text);
+    else if (!is_eog && ic_engine_token_piece(s->engine, tok, &g->raw_piece) == 0 &&
+             g->raw_piece.len)
         ic_utf8_push(&g->utf8, g->raw_piece.data, g->raw_piece.len, &g->piece_text);
     if (flush)
         ic_utf8_flush(&g->utf8, &g->piece_text);

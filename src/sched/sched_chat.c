@@ -40,8 +40,42 @@ static bool ends_with(const char *text, size_t len, const char *tag)
     return tl > 0 && len >= tl && memcmp(text + len - tl, tag, tl) == 0;
 }
 
-void ic_sched__think_init(gen *g, const ic_chat_turn *ct)
+/* The preserved tokens that are single tokens of this vocabulary. */
+static void preserved_init(ic_sched *s, gen *g)
 {
+    const ic_chat_prompt *cp = g->chat;
+    if (!cp || cp->n_preserved_tokens == 0)
+        return;
+    g->pres_ids = calloc(cp->n_preserved_tokens, sizeof *g->pres_ids);
+    g->pres_text = calloc(cp->n_preserved_tokens, sizeof *g->pres_text);
+    if (!g->pres_ids || !g->pres_text) {
+        ic_log_warn("preserved tokens: out of memory; markers stay control tokens");
+        return;
+    }
+    for (size_t i = 0; i < cp->n_preserved_tokens; i++) {
+        const char *t = cp->preserved_tokens[i];
+        ic_token *toks = NULL;
+        int n = 0;
+        if (ic_engine_tokenize(s->engine, t, strlen(t), false, true, &toks, &n) == 0 && n == 1) {
+            g->pres_ids[g->n_pres] = toks[0];
+            g->pres_text[g->n_pres++] = t;
+        }
+        free(toks);
+    }
+}
+
+const char *ic_sched__preserved(const gen *g, ic_token tok)
+{
+    for (int i = 0; i < g->n_pres; i++)
+        if (g->pres_ids[i] == tok)
+            return g->pres_text[i];
+    return NULL;
+}
+
+void ic_sched__think_init(ic_sched *s, gen *g, const ic_chat_turn *ct)
+{
+    if (ct->split)
+        preserved_init(s, g);
     g->split = ct->split;
     g->think_budget = ct->reasoning_budget;
     g->think = 2;

@@ -85,6 +85,12 @@ typedef struct gen {
     int think_budget;         /* -1: no limit */
     ic_token *forced;         /* the end marker being forced, n_forced tokens */
     int n_forced, i_forced;
+    /* The render's preserved tokens that are one token each: their text
+     * (in g->chat) is the TOKEN text, control tokens included, so that the
+     * parser sees markers such as <|channel|> or [TOOL_CALLS]. */
+    ic_token *pres_ids;
+    const char **pres_text;
+    int n_pres;
     ic_token *prompt;         /* the whole conversation for this turn */
     int n_prompt_tokens;
     int n_prompt_decoded;     /* prompt tokens decoded in this turn */
@@ -235,7 +241,9 @@ int ic_sched__loop_wait_ms(ic_sched *s, bool worked);
  * marker when the budget is spent); next_token: the forced token, else a
  * sample; parse_reply: the reply through the render's parser (NULL only
  * when out of memory), calls without an id named call_r<request>_<i>. */
-void ic_sched__think_init(gen *g, const ic_chat_turn *ct);
+void ic_sched__think_init(ic_sched *s, gen *g, const ic_chat_turn *ct);
+/* The text of tok where it is one of the turn's preserved tokens, or NULL. */
+const char *ic_sched__preserved(const gen *g, ic_token tok);
 bool ic_sched__think_token(ic_sched *s, gen *g);
 ic_token ic_sched__next_token(ic_sched *s, gen *g, int idx);
 ic_chat_parsed *ic_sched__parse_reply(const gen *g);
