@@ -428,35 +428,16 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
     }
     ic_gen_params gp;
     ic_proto_gen_params(&ss->defaults, &m->params, c->client.priority, &gp);
-    /* INFER grammar / json_schema: a schema compiles here (its problem is
-     * the ERROR's message); GBNF compiles in the scheduler, which refuses
-     * one that does not with bad_request. Never an unconstrained answer. */
-    char why[200] = "", *gbnf = NULL;
-    ic_grammar grammar = {.gbnf = m->grammar};
-    if (m->grammar && !*m->grammar)
-        snprintf(why, sizeof why, "field 'grammar' must be GBNF text, not empty");
-    else if (m->json_schema && ic_chat_schema_to_grammar(m->json_schema, &gbnf, why, sizeof why) < 0)
-        ; /* why says it */
-    else if (m->json_schema)
-        grammar.gbnf = gbnf;
-    ic_chat_turn ct;
-    ic_chat_message *results = NULL;
-    int crc = why[0] ? 1 : ic_gw_chat_turn(ss, m, &ct, &results, why, sizeof why);
-    if (crc == IC_ERR_NOMEM)
-        snprintf(why, sizeof why, "out of memory");
-    if (why[0]) {
-        ic_gw_send_error(g, c->id, crc == IC_ERR_NOMEM ? IC_CODE_INTERNAL : IC_CODE_BAD_REQUEST,
+    gw_infer_extras x;
+    char why[200] = "";
+    int xrc = ic_gw_infer_extras(ss, m, &gp, &x, why, sizeof why);
+    if (xrc < 0) {
+        ic_gw_send_error(g, c->id, xrc == IC_ERR_NOMEM ? IC_CODE_INTERNAL : IC_CODE_BAD_REQUEST,
                          why, ss->sid, &m->id);
-        free(gbnf);
         return;
     }
-    if (crc == 0)
-        gp.chat = &ct;
-    if (grammar.gbnf)
-        gp.grammar = &grammar;
     int rc = ic_gw_session_submit(g, ss, m->prompt, m->raw, &gp);
-    free(gbnf);
-    free(results);
+    ic_gw_infer_extras_free(&x);
     if (rc < 0) {
         ic_gw_send_error(g, c->id, ic_proto_code_from_err(rc),
                          rc == IC_ERR_OVERLOADED ? "too much work is waiting; try again later"

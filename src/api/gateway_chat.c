@@ -15,8 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ic_gw_chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
-                    ic_chat_message **results, char *why, size_t why_size)
+/* INFER m's chat fields as the scheduler's turn: 1 when it has none (an
+ * INFER as before), 0 (*ct set, *results owned by the caller), or an
+ * error with why. */
+static int chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
+                     ic_chat_message **results, char *why, size_t why_size)
 {
     *results = NULL;
     const char *tools = m->has_tools ? m->tools_json : ss->tools_json;
@@ -38,8 +41,10 @@ int ic_gw_chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
     }
     if (m->n_tool_results > 0) {
         *results = calloc((size_t)m->n_tool_results, sizeof **results);
-        if (!*results)
+        if (!*results) {
+            snprintf(why, why_size, "out of memory");
             return IC_ERR_NOMEM;
+        }
         for (int i = 0; i < m->n_tool_results; i++)
             (*results)[i] = (ic_chat_message){.role = "tool",
                                               .content = m->tool_results[i].content,
@@ -57,4 +62,42 @@ int ic_gw_chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
         .no_user_turn = m->n_tool_results > 0 && !*m->prompt,
     };
     return 0;
+}
+
+int ic_gw_infer_extras(const gw_session *ss, const ic_msg *m, ic_gen_params *gp,
+                       gw_infer_extras *x, char *why, size_t why_size)
+{
+    memset(x, 0, sizeof *x);
+    /* grammar / json_schema: a schema compiles here (its problem is the
+     * ERROR's message); GBNF compiles in the scheduler, which refuses one
+     * that does not with bad_request. Never an unconstrained answer. */
+    x->grammar.gbnf = m->grammar;
+    if (m->grammar && !*m->grammar) {
+        snprintf(why, why_size, "field 'grammar' must be GBNF text, not empty");
+        return IC_ERR_INVAL;
+    }
+    int rc = m->json_schema ? ic_chat_schema_to_grammar(m->json_schema, &x->gbnf, why, why_size)
+                            : 0;
+    if (rc < 0)
+        return rc;
+    if (x->gbnf)
+        x->grammar.gbnf = x->gbnf;
+    rc = chat_turn(ss, m, &x->turn, &x->results, why, why_size);
+    if (rc < 0) {
+        ic_gw_infer_extras_free(x);
+        return rc;
+    }
+    if (rc == 0)
+        gp->chat = &x->turn;
+    if (x->grammar.gbnf)
+        gp->grammar = &x->grammar;
+    return 0;
+}
+
+void ic_gw_infer_extras_free(gw_infer_extras *x)
+{
+    free(x->gbnf);
+    free(x->results);
+    x->gbnf = NULL;
+    x->results = NULL;
 }

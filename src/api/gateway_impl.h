@@ -225,13 +225,23 @@ int ic_gw_session_open_on(ic_gateway *g, int model, const char *client_key, int 
 
 /* Submits a generation for ss and marks it running (request id, lost-END
  * watch reset, the sweep armed). Returns 0 or ic_sched_infer's error. */
-/* INFER m's chat fields (gateway_chat.c) as the scheduler's turn, with
- * ss's tools where m gives none. Returns 1 (none: an INFER as before), 0
- * (*ct filled; *results, which ct points into, freed by the caller after
- * the submit), IC_ERR_INVAL with a bad_request message in why, or
- * IC_ERR_NOMEM. ct borrows m's and ss's strings. */
-int ic_gw_chat_turn(const gw_session *ss, const ic_msg *m, ic_chat_turn *ct,
-                    ic_chat_message **results, char *why, size_t why_size);
+/* What an INFER adds to its generation parameters besides params
+ * (gateway_chat.c): its grammar or compiled json_schema, and its chat turn
+ * (tools, tool results, reasoning). Borrows m's and ss's strings. */
+typedef struct gw_infer_extras {
+    ic_grammar grammar;
+    char *gbnf;                /* json_schema's grammar, owned */
+    ic_chat_turn turn;
+    ic_chat_message *results;  /* turn.tool_results, owned */
+} gw_infer_extras;
+
+/* Fills *x from INFER m (ss's tools where m gives none) and points gp at
+ * it. Returns 0, IC_ERR_INVAL with a bad_request message in why (naming
+ * the problem: never an unconstrained answer), or IC_ERR_NOMEM. Free x
+ * with ic_gw_infer_extras_free after the submit, on every path. */
+int ic_gw_infer_extras(const gw_session *ss, const ic_msg *m, ic_gen_params *gp,
+                       gw_infer_extras *x, char *why, size_t why_size);
+void ic_gw_infer_extras_free(gw_infer_extras *x);
 
 int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
                          const ic_gen_params *gp);
