@@ -10,6 +10,8 @@
 #include "err.h"
 #include "log.h"
 
+#include <jansson.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,14 +172,40 @@ static ic_chat_parsed *as_content(const char *text, size_t len)
     return p;
 }
 
+/* A reply cut off (max_tokens) inside a call: calls whose arguments are
+ * not a whole JSON object (some parsers hand a cut-off call back even
+ * from a finished parse) are dropped, so that END and the kept
+ * conversation (which the template renders, parsing them) hold whole
+ * calls only. */
+static void drop_cut_calls(ic_chat_parsed *p)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < p->n_tool_calls; i++) {
+        ic_chat_tool_call *c = &p->tool_calls[i];
+        json_t *v = c->arguments ? json_loads(c->arguments, JSON_DECODE_ANY, NULL) : NULL;
+        bool whole = v && json_is_object(v);
+        json_decref(v);
+        if (whole && c->name && *c->name) {
+            p->tool_calls[keep++] = *c;
+            continue;
+        }
+        free((char *)c->id);
+        free((char *)c->name);
+        free((char *)c->arguments);
+    }
+    p->n_tool_calls = keep;
+}
+
 ic_chat_parsed *ic_sched__parse_reply(const gen *g)
 {
     const char *text = g->reply.data ? g->reply.data : "";
     size_t len = g->reply.len;
     ic_chat_parsed *p = NULL;
-    if (!g->chat || (ic_chat_parse(g->chat, text, len, false, &p, NULL, 0) < 0 &&
-                     ic_chat_parse(g->chat, text, len, true, &p, NULL, 0) < 0))
+    if (g->chat && ic_chat_parse(g->chat, text, len, false, &p, NULL, 0) < 0)
+        ic_chat_parse(g->chat, text, len, true, &p, NULL, 0);
+    if (!p)
         p = as_content(text, len);
+    drop_cut_calls(p);
     /* Calls the model gave no id are named after the request, so the
      * client's tool results can answer them by id. */
     for (size_t i = 0; p && i < p->n_tool_calls; i++) {

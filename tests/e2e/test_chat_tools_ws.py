@@ -56,6 +56,11 @@ def qwen_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def functionary_model(tmp_path_factory):
+    return _make(tmp_path_factory, "meetkai-functionary-medium-v3.2", "llama-bpe")
+
+
+@pytest.fixture(scope="module")
 def r1_model(tmp_path_factory):
     return _make(tmp_path_factory, "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "qwen2")
 
@@ -146,6 +151,49 @@ def test_forced_tool_call_then_tool_result_turn_reuses_kv(start_server, qwen_mod
         await c.close()
         return calls
     run(go(), timeout=120)
+
+
+def test_required_tool_choice_uses_the_templates_grammar(start_server, functionary_model):
+    """Functionary v3.2's grammar for tool_choice "required" is strict: the
+    answer starts with "all" (text) or a function name and its JSON
+    arguments. Sampled at temperature 1, every reply fits it, the calls
+    END reports are whole, and the conversation renders them next turn
+    (a call cut off by max_tokens is left out)."""
+    server = start_server(model=str(functionary_model))
+
+    async def go():
+        c = await connect(server)
+        n_calls = 0
+        for seed in range(6):
+            sid = await c.create_session(tools=TOOLS[:1])
+            await c.send({"type": "INFER", "session_id": sid, "prompt": "Weather in Paris?",
+                          "tool_choice": "required",
+                          "params": {"temperature": 1, "seed": seed, "max_tokens": 60}})
+            r = await c.collect(sid)
+            assert r.error is None, r.error
+            assert r.text.startswith(("all\n", "get_weather\n")), r.text
+            assert r.reason in ("tool_calls", "length"), r.end
+            calls = r.end.get("tool_calls", [])
+            for tc in calls:
+                check_call(tc)
+            assert (r.reason == "tool_calls") == (bool(calls) and r.reason != "length")
+            n_calls += len(calls)
+            # the next turn renders the kept calls (or the plain text)
+            nxt = {"type": "INFER", "session_id": sid, "tool_choice": "none",
+                   "params": {"temperature": 0, "max_tokens": 3}}
+            if calls:
+                nxt["messages"] = [{"role": "tool", "tool_call_id": tc["id"], "content": "22 C"}
+                                   for tc in calls]
+            else:
+                nxt["prompt"] = "Go on"
+            await c.send(nxt)
+            r2 = await c.collect(sid)
+            assert r2.error is None, r2.error
+            assert r2.end["stats"]["prompt_tokens"] < r2.end["stats"]["context_tokens"]
+            await c.request({"type": "CLOSE_SESSION", "session_id": sid})
+        assert n_calls > 0
+        await c.close()
+    run(go(), timeout=180)
 
 
 def test_bad_tools_are_bad_request(start_server, qwen_model):
