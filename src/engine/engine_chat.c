@@ -361,11 +361,13 @@ static int chat_tokenize(const ic_engine *e, const ic_chat_message *msgs, size_t
         *n_toks = l.n;
     }
 out:
-    free(text);
-    if (rc == 0 && pout)
+    if (rc == 0 && pout && prompt) {
+        prompt->prompt = text; /* the render keeps its text */
         *pout = prompt;
-    else
+    } else {
+        free(text);
         ic_chat_prompt_free(prompt);
+    }
     return rc;
 }
 
