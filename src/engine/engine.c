@@ -727,11 +727,19 @@ void ic_engine_sampler_destroy(ic_sampler *s)
 
 void ic_engine_sampler_accept(ic_sampler *s, ic_token tok) { llama_sampler_accept(s->chain, tok); }
 
-void ic_engine_sampler_accept_forced(ic_sampler *s, ic_token tok)
+bool ic_engine_sampler_accept_forced(ic_sampler *s, ic_token tok)
 {
-    if (s->grammar)
+    if (s->grammar) {
+        /* a token the grammar refuses would throw inside llama.cpp */
+        llama_token_data one = { tok, 1.0f, 0.0f };
+        llama_token_data_array single = { &one, 1, -1, false };
+        llama_sampler_apply(s->grammar, &single);
+        if (one.logit == -INFINITY)
+            return false;
         llama_sampler_accept(s->grammar, tok);
+    }
     llama_sampler_accept(s->chain, tok);
+    return true;
 }
 
 /* Loads the logits of batch index idx as candidates. */

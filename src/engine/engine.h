@@ -259,8 +259,9 @@ void ic_engine_sampler_accept(ic_sampler *s, ic_token tok);
 
 /* Feeds a token chosen instead of a sampled one (a forced end of the
  * reasoning block) into the sampler's grammar, when it has one, and its
- * repetition state, as ic_engine_sample does with the token it picks. */
-void ic_engine_sampler_accept_forced(ic_sampler *s, ic_token tok);
+ * repetition state, as ic_engine_sample does with the token it picks.
+ * False (nothing fed) when the grammar does not allow the token. */
+bool ic_engine_sampler_accept_forced(ic_sampler *s, ic_token tok);
 
 /* Samples (and accepts) the next token from the output of batch index idx. */
 ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx);

@@ -155,8 +155,12 @@ ic_token ic_sched__next_token(ic_sched *s, gen *g, int idx)
         start_forcing(s, g); /* no reasoning at all: the block ends at once */
     if (g->forced && g->i_forced < g->n_forced) {
         ic_token tok = g->forced[g->i_forced++];
-        ic_engine_sampler_accept_forced(g->sampler, tok);
-        return tok;
+        if (ic_engine_sampler_accept_forced(g->sampler, tok))
+            return tok;
+        /* the turn's grammar does not allow the marker here: sample */
+        ic_log_debug("reasoning budget: the grammar refuses the end marker; not enforced");
+        g->i_forced = g->n_forced;
+        g->think_budget = -1;
     }
     return ic_engine_sample(s->engine, g->sampler, idx);
 }
