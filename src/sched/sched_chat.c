@@ -109,6 +109,14 @@ static long opened_at(const gen *g, const char *r, size_t n)
     return have < tl ? 0 : (long)(lead + tl);
 }
 
+static bool blank(const char *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strchr(" \t\r\n", r[i]))
+            return false;
+    return true;
+}
+
 static bool holds(const char *hay, size_t n, const char *needle)
 {
     size_t k = strlen(needle);
@@ -124,16 +132,16 @@ bool ic_sched__think_token(ic_sched *s, gen *g)
         return false;
     const char *r = g->reply.data ? g->reply.data : "";
     size_t n = g->reply.len;
-    bool opened_now = false;
     if (g->think == 0) {
         long at = opened_at(g, r, n);
         if (at < 0)
             g->think = 2;
-        if (at <= 0)
+        if (at == 0) /* a start of the tag, spelled in pieces: reasoning */
+            return !blank(r, n);
+        if (at < 0)
             return false;
         g->think = 1;
         g->think_from = (size_t)at;
-        opened_now = true;
     } else {
         g->n_think++;
     }
@@ -143,7 +151,6 @@ bool ic_sched__think_token(ic_sched *s, gen *g)
             return true;
         }
     }
-    (void)opened_now;
     if (g->think_budget >= 0 && g->n_think >= g->think_budget && !g->forced)
         start_forcing(s, g);
     return true;

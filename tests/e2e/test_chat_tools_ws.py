@@ -61,6 +61,11 @@ def functionary_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def qwen3_model(tmp_path_factory):
+    return _make(tmp_path_factory, "Qwen-Qwen3-0.6B", "qwen2")
+
+
+@pytest.fixture(scope="module")
 def r1_model(tmp_path_factory):
     return _make(tmp_path_factory, "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "qwen2")
 
@@ -311,3 +316,36 @@ def test_reasoning_channel_and_budget(start_server, r1_model):
         assert all("channel" not in t for t in r.tokens)
         await c.close()
     run(go(), timeout=120)
+
+
+def test_reasoning_block_the_model_opens(start_server, qwen3_model):
+    """Qwen 3 leaves <think> to the model (a grammar makes this one open
+    it, spelled in pieces by Qwen 2's vocabulary): the block's TOKENs are on
+    the reasoning channel from its first piece, the budget forces </think>
+    (which the grammar allows), and END splits as the streams do."""
+    server = start_server(model=str(qwen3_model))
+    grammar = 'root ::= "<think>" [a-z ]+ "</think>" [a-z ]+'
+
+    async def go():
+        c = await connect(server)
+        sid = await c.create_session()
+        await c.send({"type": "INFER", "session_id": sid, "prompt": "Hi", "reasoning": True,
+                      "reasoning_budget": 4, "grammar": grammar,
+                      "params": {"temperature": 0, "max_tokens": 24}})
+        r = await c.collect(sid)
+        assert r.error is None, r.error
+        reasoning, content, chans = split_stream(r)
+        n_think = chans.count("reasoning")
+        assert chans == ["reasoning"] * n_think + [None] * (len(chans) - n_think), (chans, r.text)
+        assert reasoning.startswith("<think>") and "</think>" in reasoning, reasoning
+        inside = reasoning[len("<think>"):].split("</think>")[0]
+        assert r.end["reasoning_content"].strip() == inside.strip()
+        assert r.end["content"].strip() == content.strip() and content.strip()
+        # at most the budget's tokens inside, then the forced marker
+        opening = next(i for i in range(len(r.tokens))
+                       if "".join(t["text"] for t in r.tokens[:i + 1]).startswith("<think>"))
+        closing = next(i for i in range(len(r.tokens))
+                       if "</think>" in "".join(t["text"] for t in r.tokens[:i + 1]))
+        assert closing - opening <= 4 + 8, chans
+        await c.close()
+    run(go())
