@@ -446,7 +446,8 @@ static void on_token(ic_sched *s, session *ss, ic_token tok)
         ev->text = ic_buf_take(&g->out_text);
         if (ev->text)
             ic_buf_append(&g->reply, ev->text, ev->text_len);
-        ev->reasoning = g->split && ic_sched__think_token(s, g);
+        bool think = ic_sched__think_token(s, g); /* the budget counts here too */
+        ev->reasoning = g->split && think;
         emit(s, ev);
     }
     if (stopped)
