@@ -2,17 +2,20 @@
 GGUFs with real vocabularies and the real chat templates of the pinned
 llama.cpp (ic-mkmodel --chat-template):
 
-- CREATE_SESSION / INFER `tools`: with tool_choice "required" the template's
-  grammar forces a call, END carries tool_calls (a name among the tools,
-  arguments that parse as JSON and fit the parameters) and reason
-  "tool_calls"; the tool-result turn (INFER `messages`) renders the kept
-  assistant call and the result (context_tokens equal the chat module's
-  rendering of that conversation) and reuses the KV cache of turn 1.
-- bad tools (and tools with raw, or with a grammar) are ERROR bad_request.
-- INFER `reasoning` on a template that opens a <think> block (the DeepSeek
-  R1 distills): TOKENs of the block carry "channel":"reasoning", END's
-  reasoning_content and content are the two streams' texts;
-  `reasoning_budget` bounds the block (its end marker is forced).
+- CREATE_SESSION / INFER `tools`: a call forced by a client grammar (Qwen
+  2.5's Hermes format) comes back in END tool_calls (a name among the
+  tools, arguments a JSON string that fits the parameters) with reason
+  "tool_calls"; the tool-result turn (INFER `messages`, no prompt) renders
+  the kept assistant call and the result (context_tokens equal the chat
+  module's rendering of that conversation) and reuses turn 1's KV cache.
+- tool_choice "required" samples through the template's own grammar
+  (Functionary v3.2's is strict: every sampled reply fits it).
+- bad tools (and tools with raw) are ERROR bad_request.
+- INFER `reasoning` on a template that opens <think> in the prompt (the
+  DeepSeek R1 distills) and on one that leaves it to the model (Qwen 3):
+  TOKENs of the block carry "channel":"reasoning", END's reasoning_content
+  and content are the two streams' texts; `reasoning_budget` bounds the
+  block (its end marker is forced).
 - a client that sends none of the new fields sees the old messages.
 """
 import json
