@@ -129,6 +129,7 @@ static void session_free(ic_gateway *g, gw_session *ss)
         count_release(g, cc); /* its connection has gone */
     ic_idmap_del(&g->sessions, ss->id);
     ic_req_params_free(&ss->defaults);
+    free(ss->tools_json);
     free(ss->cache_text);
     free(ss);
 }
@@ -367,6 +368,8 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     ss->conn_id = c->id;
     ss->defaults = m->params; /* take the strings over */
     memset(&m->params, 0, sizeof m->params);
+    ss->tools_json = m->tools_json;
+    m->tools_json = NULL;
     char token[65];
     /* Durable sessions are the first model's only: a record names no model,
      * and its KV fingerprint is that model's (docs/protocol.md). */
@@ -425,25 +428,16 @@ static void on_infer(ic_gateway *g, client_conn *c, const ic_msg *m)
     }
     ic_gen_params gp;
     ic_proto_gen_params(&ss->defaults, &m->params, c->client.priority, &gp);
-    /* INFER grammar / json_schema: a schema compiles here (its problem is
-     * the ERROR's message); GBNF compiles in the scheduler, which refuses
-     * one that does not with bad_request. Never an unconstrained answer. */
-    char why[200] = "", *gbnf = NULL;
-    ic_grammar grammar = {.gbnf = m->grammar};
-    if (m->grammar && !*m->grammar)
-        snprintf(why, sizeof why, "field 'grammar' must be GBNF text, not empty");
-    else if (m->json_schema && ic_chat_schema_to_grammar(m->json_schema, &gbnf, why, sizeof why) < 0)
-        ; /* why says it */
-    else if (m->json_schema)
-        grammar.gbnf = gbnf;
-    if (why[0]) {
-        ic_gw_send_error(g, c->id, IC_CODE_BAD_REQUEST, why, ss->sid, &m->id);
+    gw_infer_extras x;
+    char why[200] = "";
+    int xrc = ic_gw_infer_extras(ss, m, &gp, &x, why, sizeof why);
+    if (xrc < 0) {
+        ic_gw_send_error(g, c->id, xrc == IC_ERR_NOMEM ? IC_CODE_INTERNAL : IC_CODE_BAD_REQUEST,
+                         why, ss->sid, &m->id);
         return;
     }
-    if (grammar.gbnf)
-        gp.grammar = &grammar;
     int rc = ic_gw_session_submit(g, ss, m->prompt, m->raw, &gp);
-    free(gbnf);
+    ic_gw_infer_extras_free(&x);
     if (rc < 0) {
         ic_gw_send_error(g, c->id, ic_proto_code_from_err(rc),
                          rc == IC_ERR_OVERLOADED ? "too much work is waiting; try again later"
@@ -779,9 +773,10 @@ static void route_event(ic_gateway *g, ic_event *ev)
         if (ev->index > 0)
             ic_metrics_observe(g->metrics, IC_HIST_INTER_TOKEN, ev->gap_ms / 1e3);
         if (conn && ss->running && ev->request_id == ss->request_id)
-            ic_gw_send_json(g, conn, ic_proto_token_lp(ss->sid, ss->rid, ev->index, ev->text,
-                                                       ev->text_len, ev->logprobs,
-                                                       &ss->infer_id));
+            ic_gw_send_json(g, conn, ic_proto_token_full(ss->sid, ss->rid, ev->index, ev->text,
+                                                         ev->text_len,
+                                                         ev->reasoning ? "reasoning" : NULL,
+                                                         ev->logprobs, &ss->infer_id));
         break;
     case IC_EVENT_END:
         if (!ss->running || ev->request_id != ss->request_id)
@@ -790,7 +785,8 @@ static void route_event(ic_gateway *g, ic_event *ev)
         ss->last_used_ms = ic_now_ms();
         observe_end(g, ss, ev);
         if (conn) {
-            char *end = ic_proto_end(ss->sid, ss->rid, ev->reason, &ev->stats, &ss->infer_id);
+            char *end = ic_proto_end_parsed(ss->sid, ss->rid, ev->reason, &ev->stats,
+                                            ev->parsed, &ss->infer_id);
             if (!end || !ic_gw_durable_hold_end(g, ss, end))
                 ic_gw_send_json(g, conn, end);
         }

@@ -69,6 +69,7 @@ typedef struct gw_session {
     uint64_t conn_id;
     char client[IC_CLIENT_NAME_MAX + 1];
     ic_req_params defaults;
+    char *tools_json;          /* CREATE_SESSION tools (JSON text), or NULL */
     bool running;              /* an INFER awaits its END or ERROR */
     bool abort_sent;
     bool closing;
@@ -231,6 +232,24 @@ int ic_gw_session_open_on(ic_gateway *g, int model, const char *client_key, int 
 
 /* Submits a generation for ss and marks it running (request id, lost-END
  * watch reset, the sweep armed). Returns 0 or ic_sched_infer's error. */
+/* What an INFER adds to its generation parameters besides params
+ * (gateway_chat.c): its grammar or compiled json_schema, and its chat turn
+ * (tools, tool results, reasoning). Borrows m's and ss's strings. */
+typedef struct gw_infer_extras {
+    ic_grammar grammar;
+    char *gbnf;                /* json_schema's grammar, owned */
+    ic_chat_turn turn;
+    ic_chat_message *results;  /* turn.tool_results, owned */
+} gw_infer_extras;
+
+/* Fills *x from INFER m (ss's tools where m gives none) and points gp at
+ * it. Returns 0, IC_ERR_INVAL with a bad_request message in why (naming
+ * the problem: never an unconstrained answer), or IC_ERR_NOMEM. Free x
+ * with ic_gw_infer_extras_free after the submit, on every path. */
+int ic_gw_infer_extras(const gw_session *ss, const ic_msg *m, ic_gen_params *gp,
+                       gw_infer_extras *x, char *why, size_t why_size);
+void ic_gw_infer_extras_free(gw_infer_extras *x);
+
 int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
                          const ic_gen_params *gp);
 

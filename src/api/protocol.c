@@ -16,6 +16,7 @@
  * on any failure *out holds nothing to free.
  */
 #include "protocol.h"
+#include "protocol_chat.h"
 #include "err.h"
 
 #include <jansson.h>
@@ -309,6 +310,7 @@ enum msg_field {
     F_CONSTRAINT = 1 << 7,   /* optional grammar (string) or json_schema (object) */
     F_RESUME = 1 << 8,       /* required string */
     F_MODEL = 1 << 9,        /* optional string */
+    F_CHAT = 1 << 10,        /* tools; INFER also tool_choice, messages, reasoning */
 };
 
 static const struct msg_rule {
@@ -317,9 +319,9 @@ static const struct msg_rule {
     unsigned fields;
 } k_msg_rules[] = {
     {"AUTH", IC_MSG_AUTH, F_TOKEN},
-    {"CREATE_SESSION", IC_MSG_CREATE_SESSION, F_SYSTEM | F_PARAMS | F_MODEL},
+    {"CREATE_SESSION", IC_MSG_CREATE_SESSION, F_SYSTEM | F_PARAMS | F_MODEL | F_CHAT},
     {"CLOSE_SESSION", IC_MSG_CLOSE_SESSION, F_SESSION},
-    {"INFER", IC_MSG_INFER, F_SESSION | F_PROMPT | F_RAW | F_PARAMS | F_CONSTRAINT},
+    {"INFER", IC_MSG_INFER, F_SESSION | F_PROMPT | F_RAW | F_PARAMS | F_CONSTRAINT | F_CHAT},
     {"ABORT", IC_MSG_ABORT, F_SESSION},
     {"METRICS", IC_MSG_METRICS, 0},
     {"SUBSCRIBE_METRICS", IC_MSG_SUBSCRIBE_METRICS, F_INTERVAL},
@@ -350,6 +352,13 @@ static int parse_strings(const json_t *root, unsigned fields, ic_msg *m, ic_prot
         const json_t *v = json_object_get(root, r->name);
         if (!(fields & r->field) || (!v && !r->required))
             continue;
+        if (!v && r->field == F_PROMPT && json_object_get(root, "messages")) {
+            /* tool results alone: no user turn */
+            m->no_prompt = true;
+            if (!(m->prompt = strdup("")))
+                return fail_nomem(err);
+            continue;
+        }
         int rc = dup_string(v, (char **)((char *)m + r->offset));
         if (rc != FIELD_OK)
             return field_error(rc, err, "", r->name, "a string");
@@ -398,6 +407,15 @@ static int parse_fields(const json_t *root, unsigned fields, ic_msg *m, ic_proto
         rc = parse_interval(root, m, err);
     if (rc == 0 && (fields & F_CONSTRAINT))
         rc = parse_schema(root, m, err);
+    if (rc == 0 && (fields & F_CHAT)) {
+        char why[160] = "";
+        m->has_tools = json_object_get(root, "tools") != NULL;
+        rc = ic_proto_chat_fields(root, m->type == IC_MSG_INFER, m, why, sizeof why);
+        if (rc == IC_ERR_NOMEM)
+            return fail_nomem(err);
+        if (rc < 0)
+            return fail(err, IC_CODE_BAD_REQUEST, "%s", why);
+    }
     return rc;
 }
 
@@ -469,6 +487,7 @@ void ic_msg_free(ic_msg *msg)
     free(msg->resume_token);
     free(msg->model);
     msg->grammar = msg->json_schema = NULL;
+    ic_proto_chat_free(msg);
     msg->token = msg->session_id = msg->system = msg->prompt = msg->resume_token = NULL;
     msg->model = NULL;
     ic_req_params_free(&msg->params);
@@ -791,7 +810,14 @@ char *ic_proto_session_closed(const char *session_id, const char *reason, const 
 char *ic_proto_token(const char *session_id, const char *request_id, int index, const char *text,
                      size_t text_len, const ic_msg_id *id)
 {
-    return ic_proto_token_lp(session_id, request_id, index, text, text_len, NULL, id);
+    return ic_proto_token_full(session_id, request_id, index, text, text_len, NULL, NULL, id);
+}
+
+char *ic_proto_token_channel(const char *session_id, const char *request_id, int index,
+                             const char *text, size_t text_len, const char *channel,
+                             const ic_msg_id *id)
+{
+    return ic_proto_token_full(session_id, request_id, index, text, text_len, channel, NULL, id);
 }
 
 /* JSON has no -Infinity: OpenAI's stand-in for "never". */
@@ -816,12 +842,21 @@ char *ic_proto_token_lp(const char *session_id, const char *request_id, int inde
                         const char *text, size_t text_len, const ic_logprobs *lp,
                         const ic_msg_id *id)
 {
+    return ic_proto_token_full(session_id, request_id, index, text, text_len, NULL, lp, id);
+}
+
+char *ic_proto_token_full(const char *session_id, const char *request_id, int index,
+                          const char *text, size_t text_len, const char *channel,
+                          const ic_logprobs *lp, const ic_msg_id *id)
+{
     json_t *m = msg_new("TOKEN", id);
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "request_id", jstr(request_id));
     rc |= set(m, "index", json_integer(index));
     /* json_stringn keeps NUL bytes; the dump writes them as \u0000. */
     rc |= set(m, "text", text ? json_stringn(text, text_len) : json_string(""));
+    if (channel)
+        rc |= set(m, "channel", jstr(channel));
     if (lp) {
         json_t *top = json_array();
         for (int i = 0; top && i < lp->n_top; i++)
@@ -836,13 +871,24 @@ char *ic_proto_token_lp(const char *session_id, const char *request_id, int inde
 char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_reason reason,
                    const ic_gen_stats *stats, const ic_msg_id *id)
 {
+    return ic_proto_end_parsed(session_id, request_id, reason, stats, NULL, id);
+}
+
+char *ic_proto_end_parsed(const char *session_id, const char *request_id,
+                          enum ic_end_reason reason, const ic_gen_stats *stats,
+                          const ic_chat_parsed *parsed, const ic_msg_id *id)
+{
     static const ic_gen_stats zero;
     const ic_gen_stats *st = stats ? stats : &zero;
     json_t *m = msg_new("END", id);
     json_t *o = json_object();
     int rc = set(m, "session_id", jstr(session_id));
     rc |= set(m, "request_id", jstr(request_id));
-    rc |= set(m, "reason", json_string(ic_end_reason_name(reason)));
+    bool calls = parsed && parsed->n_tool_calls > 0 &&
+                 (reason == IC_END_EOS || reason == IC_END_STOP_STRING);
+    rc |= set(m, "reason", json_string(calls ? "tool_calls" : ic_end_reason_name(reason)));
+    if (parsed)
+        rc |= ic_proto_chat_end(m, parsed);
     rc |= set(o, "prompt_tokens", json_integer(st->prompt_tokens));
     rc |= set(o, "context_tokens", json_integer(st->context_tokens));
     rc |= set(o, "generated_tokens", json_integer(st->generated_tokens));

@@ -87,6 +87,12 @@ typedef struct ic_req_params {
     char *stop[IC_STOP_MAX];   /* owned */
 } ic_req_params;
 
+/* A tool result of INFER `messages` ({"role":"tool",...}); strings owned. */
+typedef struct ic_proto_tool_result {
+    char *tool_call_id;
+    char *content;
+} ic_proto_tool_result;
+
 /* A parsed client message; free with ic_msg_free. Strings are owned,
  * NUL-terminated and valid UTF-8 (prompt and system may hold U+0000 only
  * as "\u0000" escapes, which are refused). */
@@ -103,6 +109,15 @@ typedef struct ic_msg {
     bool raw;                  /* INFER */
     char *grammar;             /* INFER: GBNF text constraining the answer, or NULL */
     char *json_schema;         /* INFER: a JSON Schema (as JSON text), or NULL */
+    char *tools_json;          /* CREATE_SESSION, INFER: `tools` as JSON text; NULL: none
+                                  (absent or []) */
+    bool has_tools;            /* INFER: `tools` was given ([] too: no tools this turn) */
+    char *tool_choice;         /* INFER: "auto", "none", "required", or NULL */
+    ic_proto_tool_result *tool_results; /* INFER `messages`: n_tool_results */
+    int n_tool_results;
+    bool no_prompt;            /* INFER: `prompt` absent (allowed with messages); prompt "" */
+    int reasoning;             /* INFER: -1 absent, 0 false, 1 true */
+    int reasoning_budget;      /* INFER: -1 absent, else 0 ... 1,000,000 tokens */
     ic_req_params params;      /* CREATE_SESSION, INFER */
     int interval_ms;           /* SUBSCRIBE_METRICS: 0 stops, else >= 250 */
 } ic_msg;
@@ -202,6 +217,24 @@ char *ic_proto_token_lp(const char *session_id, const char *request_id, int inde
                         const ic_msg_id *id);
 char *ic_proto_end(const char *session_id, const char *request_id, enum ic_end_reason reason,
                    const ic_gen_stats *stats, const ic_msg_id *id);
+/* TOKEN with "channel" (NULL: none, as ic_proto_token): "reasoning" for
+ * the text of a reasoning block. */
+char *ic_proto_token_channel(const char *session_id, const char *request_id, int index,
+                             const char *text, size_t text_len, const char *channel,
+                             const ic_msg_id *id);
+/* TOKEN with both: "channel" (NULL: none) and lp's log-probabilities
+ * (NULL: none). */
+char *ic_proto_token_full(const char *session_id, const char *request_id, int index,
+                          const char *text, size_t text_len, const char *channel,
+                          const ic_logprobs *lp, const ic_msg_id *id);
+/* END of a split chat turn: parsed (NULL: as ic_proto_end) adds "content",
+ * "reasoning_content" and, when the model called tools, "tool_calls"
+ * ([{id, type:"function", function:{name, arguments}}], arguments a JSON
+ * string as OpenAI's) with reason "tool_calls" where it would be eos or
+ * stop_string. */
+char *ic_proto_end_parsed(const char *session_id, const char *request_id,
+                          enum ic_end_reason reason, const ic_gen_stats *stats,
+                          const ic_chat_parsed *parsed, const ic_msg_id *id);
 /* The one builder of ERROR messages; session_id may be NULL. (Not named
  * ic_proto_error: that is the type above, and C has one namespace for both.) */
 char *ic_proto_error_msg(enum ic_proto_code code, const char *message, const char *session_id,

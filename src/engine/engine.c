@@ -4,7 +4,7 @@
  * Thread: whichever thread created the engine (see engine.h). Owns the
  * llama_model, the llama_context and the llama_batch.
  */
-#include "engine.h"
+#include "engine_impl.h"
 #include "chat.h"
 #include "buf.h"
 #include "err.h"
@@ -21,38 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-struct ic_engine {
-    struct llama_model *model;
-    struct llama_context *ctx;
-    const struct llama_vocab *vocab;
-    struct llama_batch batch;     /* n_batch_tokens slots, one seq id each */
-    int batch_cap_tokens;
-    ic_kv_type type_k, type_v;    /* the context's KV cache types */
-    int flash_attn;               /* IC_FLASH_ATTN_*, as asked */
-    const char *chat_template;    /* owned by the model; NULL = fallback */
-    /* The same template through llama.cpp's Jinja engine (chat.h), as
-     * llama-server renders it; NULL when the GGUF has none (plain-text
-     * fallback) or Jinja refuses it (then llama_chat_apply_template). */
-    ic_chat *jinja;
-    struct llama_logit_bias *eog_bias; /* -inf for every EOG token */
-    int n_eog;
-    struct special *specials;     /* control tokens, longest text first */
-    int n_specials;
-    int max_token_bytes;          /* longest token text in the vocabulary */
-    uint8_t special_first[32];    /* bitmap: bytes that start a control token's text */
-    ic_engine_info info;
-    ic_engine_opts opts;          /* as created; model_path is model_path_copy */
-    char *model_path_copy;
-};
 
-/* A control token as text: where the template's own text names one, the
- * chat tokenizer puts the token in (see ic_engine_chat_tokenize). */
-struct special {
-    ic_token id;
-    const char *text;             /* owned by the vocabulary */
-    int len;
-    bool lstrip, rstrip;          /* it swallows whitespace before / after it */
-};
 
 struct ic_sampler {
     struct llama_sampler *chain;
@@ -476,306 +445,6 @@ bool ic_engine_token_is_eog(const ic_engine *e, ic_token tok)
     return llama_vocab_is_eog(e->vocab, tok);
 }
 
-/* Plain text for models without a template; an assistant turn ends with a
- * newline so the next turn's text starts cleanly after generated text. */
-static int fallback_format(const ic_chat_msg *msgs, size_t n, bool add_assistant, char **out)
-{
-    ic_buf b = {0};
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        const char *role = msgs[i].role;
-        const char *c = msgs[i].content;
-        if (strcmp(role, "system") == 0) {
-            rc = ic_buf_append(&b, c, strlen(c));
-            rc = rc ? rc : ic_buf_append(&b, "\n\n", 2);
-        } else {
-            const char *label = strcmp(role, "assistant") == 0 ? "Assistant:" : "User: ";
-            rc = ic_buf_append(&b, label, strlen(label));
-            rc = rc ? rc : ic_buf_append(&b, c, strlen(c));
-            rc = rc ? rc : ic_buf_append(&b, "\n", 1);
-        }
-    }
-    if (rc == 0 && add_assistant)
-        rc = ic_buf_append(&b, "Assistant:", 10);
-    if (rc < 0) {
-        ic_buf_free(&b);
-        return rc;
-    }
-    *out = ic_buf_take(&b);
-    return *out ? 0 : IC_ERR_NOMEM;
-}
-
-/* The conversation through the model's Jinja template (chat.h), as
- * llama-server renders it. */
-static int jinja_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n, bool add_assistant,
-                        char **out)
-{
-    ic_chat_message *cm = calloc(n ? n : 1, sizeof *cm);
-    if (!cm)
-        return IC_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++)
-        cm[i] = (ic_chat_message){.role = msgs[i].role, .content = msgs[i].content};
-    ic_chat_render_opts o = ic_chat_render_opts_default();
-    o.add_generation_prompt = add_assistant;
-    ic_chat_prompt *p = NULL;
-    char why[256] = "";
-    int rc = ic_chat_render(e->jinja, cm, n, &o, &p, why, sizeof why);
-    free(cm);
-    if (rc < 0) {
-        ic_log_debug("chat template: %s", why);
-        return rc == IC_ERR_NOMEM ? rc : IC_ERR_TEMPLATE;
-    }
-    *out = p->prompt;
-    p->prompt = NULL;
-    ic_chat_prompt_free(p);
-    return 0;
-}
-
-int ic_engine_chat_format(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
-                          bool add_assistant, char **out)
-{
-    *out = NULL;
-    if (!e->chat_template)
-        return fallback_format(msgs, n, add_assistant, out);
-    if (e->jinja)
-        return jinja_format(e, msgs, n, add_assistant, out);
-    struct llama_chat_message *lm = calloc(n ? n : 1, sizeof *lm);
-    if (!lm)
-        return IC_ERR_NOMEM;
-    size_t need = 0;
-    for (size_t i = 0; i < n; i++) {
-        lm[i].role = msgs[i].role;
-        lm[i].content = msgs[i].content;
-        need += strlen(msgs[i].content) + 64;
-    }
-    int cap = (int)need + 256;
-    char *buf = malloc((size_t)cap);
-    int len = buf ? llama_chat_apply_template(e->chat_template, lm, n, add_assistant, buf, cap) : -1;
-    if (buf && len >= cap) {
-        cap = len + 1;
-        char *p = realloc(buf, (size_t)cap);
-        buf = p ? p : (free(buf), NULL);
-        len = buf ? llama_chat_apply_template(e->chat_template, lm, n, add_assistant, buf, cap) : -1;
-    }
-    free(lm);
-    if (!buf)
-        return IC_ERR_NOMEM;
-    if (len < 0) {
-        /* A Jinja-only template this llama.cpp cannot apply without common/. */
-        free(buf);
-        return fallback_format(msgs, n, add_assistant, out);
-    }
-    buf[len] = '\0';
-    *out = buf;
-    return 0;
-}
-
-/* Token list being built by chat_tokenize. */
-typedef struct tok_list {
-    ic_token *v;
-    int n, cap;
-} tok_list;
-
-static int tok_push(tok_list *l, const ic_token *t, int n)
-{
-    if (l->n + n > l->cap) {
-        int cap = l->cap ? l->cap : 64;
-        while (cap < l->n + n)
-            cap *= 2;
-        ic_token *v = realloc(l->v, (size_t)cap * sizeof *v);
-        if (!v)
-            return IC_ERR_NOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
-    memcpy(l->v + l->n, t, (size_t)n * sizeof *t);
-    l->n += n;
-    return 0;
-}
-
-/* Plain text (no control tokens parsed) onto the list. */
-static int tok_text(const ic_engine *e, tok_list *l, const char *text, size_t len)
-{
-    if (len == 0)
-        return 0;
-    ic_token *t = NULL;
-    int n = 0;
-    int rc = ic_engine_tokenize(e, text, len, false, false, &t, &n);
-    if (rc == 0)
-        rc = tok_push(l, t, n);
-    free(t);
-    return rc;
-}
-
-/* The control token whose text starts at p (at most len bytes), or NULL. */
-static const struct special *special_at(const ic_engine *e, const char *p, size_t len)
-{
-    unsigned char c = (unsigned char)*p;
-    if (!(e->special_first[c / 8] & (1u << (c % 8))))
-        return NULL;
-    for (int i = 0; i < e->n_specials; i++) {
-        const struct special *sp = &e->specials[i];
-        if ((size_t)sp->len <= len && memcmp(p, sp->text, (size_t)sp->len) == 0)
-            return sp;
-    }
-    return NULL;
-}
-
-static bool has_special(const ic_engine *e, const char *c)
-{
-    for (size_t k = 0, len = strlen(c); k < len; k++) {
-        if (special_at(e, c + k, len - k))
-            return true;
-    }
-    return false;
-}
-
-static size_t trimmed(const char *c, size_t len, size_t *lead)
-{
-    size_t a = 0;
-    while (a < len && strchr(" \t\n\r", c[a]))
-        a++;
-    while (len > a && strchr(" \t\n\r", c[len - 1]))
-        len--;
-    *lead = a;
-    return len - a;
-}
-
-/* Where each message's content lies in the formatted text: spans[2i],
- * spans[2i+1] = [start, end). The template is formatted a second time with
- * a marker for each content; the text must then be the marker text's
- * template pieces with each content (or the content trimmed, as some
- * templates do) in the markers' places. Returns false when it is not. */
-static bool locate_contents(const ic_engine *e, const char *text, const ic_chat_msg *msgs,
-                            size_t n, bool add_assistant, size_t *spans)
-{
-    ic_chat_msg *mm = calloc(n ? n : 1, sizeof *mm);
-    char (*marks)[24] = malloc((n ? n : 1) * sizeof *marks);
-    char *mtext = NULL;
-    bool ok = mm && marks;
-    for (size_t i = 0; ok && i < n; i++) {
-        snprintf(marks[i], sizeof marks[i], "\x02%zu\x03", i);
-        mm[i] = (ic_chat_msg){.role = msgs[i].role, .content = marks[i]};
-    }
-    ok = ok && ic_engine_chat_format(e, mm, n, add_assistant, &mtext) == 0;
-    const char *tp = text, *mp = mtext;
-    for (size_t i = 0; ok && i < n; i++) {
-        const char *hit = strstr(mp, marks[i]);
-        size_t plen = hit ? (size_t)(hit - mp) : 0;
-        ok = hit && strncmp(tp, mp, plen) == 0;
-        if (!ok)
-            break;
-        tp += plen;
-        mp = hit + strlen(marks[i]);
-        const char *c = msgs[i].content;
-        size_t len = strlen(c), lead = 0;
-        if (strncmp(tp, c, len) != 0) {
-            len = trimmed(c, len, &lead);
-            ok = strncmp(tp, c + lead, len) == 0;
-        }
-        spans[2 * i] = (size_t)(tp - text);
-        spans[2 * i + 1] = spans[2 * i] + len;
-        tp += len;
-    }
-    ok = ok && strcmp(tp, mp) == 0;
-    free(mtext);
-    free(marks);
-    free(mm);
-    return ok;
-}
-
-/* Tokenizes formatted chat text: control tokens only outside the content
- * spans, every run of plain text between them as llama_tokenize would (an
- * SPM vocabulary's leading space included), with lstrip/rstrip honoured. */
-static int tokenize_spans(const ic_engine *e, const char *text, const size_t *spans, size_t n,
-                          tok_list *out)
-{
-    size_t len = strlen(text), run = 0, i = 0, k = 0;
-    int rc = 0;
-    while (i < len && rc == 0) {
-        while (k < n && i >= spans[2 * k + 1])
-            k++;
-        if (k < n && i >= spans[2 * k] && i < spans[2 * k + 1]) {
-            i = spans[2 * k + 1]; /* content: plain text */
-            continue;
-        }
-        size_t lim = (k < n ? spans[2 * k] : len) - i; /* never into content */
-        const struct special *sp = special_at(e, text + i, lim);
-        if (!sp) {
-            i++;
-            continue;
-        }
-        size_t end = i;
-        while (sp->lstrip && end > run && strchr(" \t\n\r", text[end - 1]))
-            end--;
-        rc = tok_text(e, out, text + run, end - run);
-        if (rc == 0)
-            rc = tok_push(out, &sp->id, 1);
-        i += (size_t)sp->len;
-        while (sp->rstrip && i < len && strchr(" \t\n\r", text[i]))
-            i++;
-        run = i;
-    }
-    return rc ? rc : tok_text(e, out, text + run, len - run);
-}
-
-int ic_engine_chat_tokenize(const ic_engine *e, const ic_chat_msg *msgs, size_t n,
-                            bool add_assistant, bool allow_special, ic_token **toks,
-                            int *n_toks)
-{
-    *toks = NULL;
-    *n_toks = 0;
-    char *text = NULL;
-    int rc = ic_engine_chat_format(e, msgs, n, add_assistant, &text);
-    if (rc < 0)
-        return rc;
-    if (allow_special) {
-        rc = ic_engine_tokenize(e, text, strlen(text), true, true, toks, n_toks);
-        free(text);
-        return rc;
-    }
-    size_t *spans = malloc((n ? n : 1) * 2 * sizeof *spans);
-    tok_list l = {0};
-    ic_token bos = llama_vocab_bos(e->vocab), eos = llama_vocab_eos(e->vocab);
-    bool add_bos = llama_vocab_get_add_bos(e->vocab) && bos != LLAMA_TOKEN_NULL;
-    rc = spans ? 0 : IC_ERR_NOMEM;
-    /* Where no content holds control-token text, the whole text tokenizes
-     * as the span-aware way would (the branch below); the marker render
-     * that finds the spans is then skipped: a Jinja render costs as much as
-     * a few decode steps of a small model. */
-    bool plain = true;
-    for (size_t i = 0; i < n && plain; i++)
-        plain = !has_special(e, msgs[i].content);
-    if (rc == 0 && plain) {
-        for (size_t i = 0; i < 2 * n; i++)
-            spans[i] = 0;
-    } else if (rc == 0 && !locate_contents(e, text, msgs, n, add_assistant, spans)) {
-        /* Unknown layout: safe to parse as a whole only when no content
-         * holds control-token text. */
-        for (size_t i = 0; i < n && rc == 0; i++)
-            rc = has_special(e, msgs[i].content) ? IC_ERR_INVAL : 0;
-        for (size_t i = 0; i < 2 * n; i++)
-            spans[i] = 0;
-    }
-    if (rc == 0 && add_bos)
-        rc = tok_push(&l, &bos, 1);
-    if (rc == 0)
-        rc = tokenize_spans(e, text, spans, n, &l);
-    if (rc == 0 && llama_vocab_get_add_eos(e->vocab) && eos != LLAMA_TOKEN_NULL)
-        rc = tok_push(&l, &eos, 1);
-    free(spans);
-    free(text);
-    if (rc < 0) {
-        free(l.v);
-        return rc;
-    }
-    if (!l.v && !(l.v = malloc(sizeof *l.v))) /* callers free a non-NULL array */
-        return IC_ERR_NOMEM;
-    *toks = l.v;
-    *n_toks = l.n;
-    return 0;
-}
-
 void ic_engine_batch_clear(ic_engine *e) { e->batch.n_tokens = 0; }
 
 int ic_engine_batch_size(const ic_engine *e) { return e->batch.n_tokens; }
@@ -1057,6 +726,21 @@ void ic_engine_sampler_destroy(ic_sampler *s)
 }
 
 void ic_engine_sampler_accept(ic_sampler *s, ic_token tok) { llama_sampler_accept(s->chain, tok); }
+
+bool ic_engine_sampler_accept_forced(ic_sampler *s, ic_token tok)
+{
+    if (s->grammar) {
+        /* a token the grammar refuses would throw inside llama.cpp */
+        llama_token_data one = { tok, 1.0f, 0.0f };
+        llama_token_data_array single = { &one, 1, -1, false };
+        llama_sampler_apply(s->grammar, &single);
+        if (one.logit == -INFINITY)
+            return false;
+        llama_sampler_accept(s->grammar, tok);
+    }
+    llama_sampler_accept(s->chain, tok);
+    return true;
+}
 
 /* Loads the logits of batch index idx as candidates. */
 static llama_token_data_array candidates(ic_engine *e, ic_sampler *s, int idx)

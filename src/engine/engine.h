@@ -188,6 +188,23 @@ int ic_engine_chat_tokenize(const ic_engine *e, const ic_chat_msg *msgs, size_t 
                             bool add_assistant, bool allow_special, ic_token **toks,
                             int *n_toks);
 
+/* As ic_engine_chat_tokenize (the assistant's turn opened), for messages
+ * with tool calls, tool results and earlier reasoning (chat.h's
+ * ic_chat_message), rendered with opts (tools, tool_choice, reasoning)
+ * through the model's Jinja template. *prompt gets the whole render
+ * (grammar, triggers, the output parser, thinking tags; free it with
+ * ic_chat_prompt_free). Returns 0, IC_ERR_INVAL with the reason in why
+ * (bad tools, a model whose template does not run in Jinja, control-token
+ * text the template rewrote), IC_ERR_TEMPLATE (why: the template's error),
+ * IC_ERR_TOKENIZE or IC_ERR_NOMEM. */
+struct ic_chat_message;
+struct ic_chat_render_opts;
+struct ic_chat_prompt;
+int ic_engine_chat_render(const ic_engine *e, const struct ic_chat_message *msgs, size_t n,
+                          const struct ic_chat_render_opts *opts, bool allow_special,
+                          ic_token **toks, int *n_toks, struct ic_chat_prompt **prompt,
+                          char *why, size_t why_size);
+
 /* Empties the batch. */
 void ic_engine_batch_clear(ic_engine *e);
 
@@ -239,6 +256,12 @@ void ic_engine_sampler_destroy(ic_sampler *s);
 /* Feeds a token the sampler did not pick (prompt history) into its
  * repetition state. */
 void ic_engine_sampler_accept(ic_sampler *s, ic_token tok);
+
+/* Feeds a token chosen instead of a sampled one (a forced end of the
+ * reasoning block) into the sampler's grammar, when it has one, and its
+ * repetition state, as ic_engine_sample does with the token it picks.
+ * False (nothing fed) when the grammar does not allow the token. */
+bool ic_engine_sampler_accept_forced(ic_sampler *s, ic_token tok);
 
 /* Samples (and accepts) the next token from the output of batch index idx. */
 ic_token ic_engine_sample(ic_engine *e, ic_sampler *s, int idx);

@@ -10,7 +10,9 @@
 #ifndef IC_CONVO_H
 #define IC_CONVO_H
 
+#include "chat.h"
 #include "engine.h"
+#include "sched.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -37,6 +39,23 @@ const char *ic_convo_system(const ic_convo *c);
  * IC_ERR_TEMPLATE, IC_ERR_TOKENIZE or IC_ERR_NOMEM. */
 int ic_convo_begin_turn(ic_convo *c, const ic_engine *e, const char *prompt, bool raw,
                         bool allow_special, ic_token **toks, int *n_toks, const char **why);
+
+/* As ic_convo_begin_turn in chat mode, driven by ct (NULL: the defaults):
+ * ct's tool results are added before the prompt's user message (none with
+ * ct->no_user_turn), and the conversation is rendered with ct's tools and
+ * reasoning by ic_engine_chat_render, whose render (grammar, parser,
+ * thinking tags) comes back in *out (the caller frees it). Errors as
+ * ic_convo_begin_turn's, with the reason in why. */
+int ic_convo_begin_chat_turn(ic_convo *c, const ic_engine *e, const char *prompt,
+                             const ic_chat_turn *ct, bool allow_special, ic_token **toks,
+                             int *n_toks, ic_chat_prompt **out, char *why, size_t why_size);
+
+/* Ends the chat turn begun last with the reply as its parse split it:
+ * content (may be ""), reasoning (NULL or "": none) and tool calls
+ * (copied; ids as the client was told). Later renders give the template
+ * the structured message, as llama-server's clients send it back. */
+int ic_convo_end_turn_parsed(ic_convo *c, const char *content, const char *reasoning,
+                             const ic_chat_tool_call *calls, size_t n_calls);
 
 /* Bytes of text the conversation holds (system prompt and every turn):
  * with a new prompt's, a lower bound on the next turn's tokens is this

@@ -45,7 +45,7 @@ static ic_logprobs *row_logprobs(ic_engine *e, ic_buf *bytes, int idx, ic_token 
 
 ic_token ic_sched__sample(ic_sched *s, gen *g, int idx, ic_logprobs **lp)
 {
-    ic_token tok = ic_engine_sample(s->engine, g->sampler, idx);
+    ic_token tok = ic_sched__next_token(s, g, idx); /* a forced marker, or a draw */
     *lp = g->logprobs ? row_logprobs(s->engine, &g->lp_bytes, idx, tok, g->top_logprobs) : NULL;
     return tok;
 }

@@ -184,6 +184,10 @@ static void gen_free(gen *g)
     ic_buf_free(&g->lp_bytes);
     ic_event_free(g->end);
     free(g->prompt);
+    ic_chat_prompt_free(g->chat);
+    free(g->forced);
+    free(g->pres_ids);
+    free(g->pres_text);
     free(g);
 }
 
@@ -216,7 +220,13 @@ static void finish(ic_sched *s, session *ss, enum ic_end_reason reason)
         infer_taken(s);
     /* A prefix this generation was computing goes: a waiter takes over. */
     ic_prefix_release(s->prefixes, s->engine, ss->id);
-    if (ic_convo_end_turn(ss->convo, g->reply.data ? g->reply.data : "", g->reply.len) < 0)
+    ic_chat_parsed *parsed = g->split ? ic_sched__parse_reply(g) : NULL;
+    int kept = parsed ? ic_convo_end_turn_parsed(ss->convo, parsed->content,
+                                                 parsed->reasoning_content, parsed->tool_calls,
+                                                 parsed->n_tool_calls)
+                      : ic_convo_end_turn(ss->convo, g->reply.data ? g->reply.data : "",
+                                          g->reply.len);
+    if (kept < 0)
         ic_log_error("session %llu: reply not kept in the conversation (out of memory)",
                      (unsigned long long)ss->id);
     ss->first_turn_done = true;
@@ -225,17 +235,23 @@ static void finish(ic_sched *s, session *ss, enum ic_end_reason reason)
     g->end = NULL;
     if (ev) {
         ev->reason = reason;
+        ev->parsed = parsed;
+        parsed = NULL;
         fill_stats(g, ic_now_ms(), &ev->stats);
         emit(s, ev);
     }
+    ic_chat_parsed_free(parsed);
     gen_free(g);
     ss->gen = NULL;
     s->n_active--;
     publish_session(s, ss);
 }
 
-/* err: the grammar's problem when it returns IC_ERR_INVAL. */
-static int gen_init(ic_sched *s, req *r, gen *g, char *err, size_t err_size)
+/* err: the grammar's problem when it returns IC_ERR_INVAL. cp: the chat
+ * render of this turn (its grammar where the request has none, its stop
+ * strings with tools), or NULL. */
+static int gen_init(ic_sched *s, req *r, gen *g, const ic_chat_prompt *cp, char *err,
+                    size_t err_size)
 {
     g->request_id = r->request_id;
     g->state = IC_SESSION_QUEUED;
@@ -253,10 +269,22 @@ static int gen_init(ic_sched *s, req *r, gen *g, char *err, size_t err_size)
     ic_sample_params sp = r->params.sample;
     sp.ban_eog = r->params.ignore_eos;
     g->penalize = ic_sample_params_penalize(&sp);
-    int rc = ic_stop_init(&g->stop, r->params.stop, r->params.n_stop);
-    if (rc == 0 && r->params.grammar)
-        rc = ic_engine_sampler_create_constrained(s->engine, &sp, r->params.grammar,
-                                                  &g->sampler, err, err_size);
+    const char *stops[IC_STOP_MAX];
+    int n_stop = r->params.n_stop;
+    memcpy(stops, r->params.stop, (size_t)n_stop * sizeof *stops);
+    for (size_t i = 0; cp && r->params.chat->tools_json && i < cp->n_additional_stops &&
+                       n_stop < IC_STOP_MAX; i++)
+        stops[n_stop++] = cp->additional_stops[i];
+    int rc = ic_stop_init(&g->stop, stops, n_stop);
+    ic_grammar chat_grammar;
+    const ic_grammar *grammar = r->params.grammar;
+    if (!grammar && cp && cp->grammar) {
+        chat_grammar = ic_chat_prompt_grammar(cp);
+        grammar = &chat_grammar;
+    }
+    if (rc == 0 && grammar)
+        rc = ic_engine_sampler_create_constrained(s->engine, &sp, grammar, &g->sampler, err,
+                                                  err_size);
     else if (rc == 0)
         rc = ic_engine_sampler_create(s->engine, &sp, &g->sampler);
     return rc;
@@ -292,14 +320,28 @@ static void start_generation(ic_sched *s, req *r)
     gen *g = calloc(1, sizeof *g);
     const char *why = NULL;
     char gerr[160] = "";
-    int rc = g ? gen_init(s, r, g, gerr, sizeof gerr) : IC_ERR_NOMEM;
-    if (rc == IC_ERR_INVAL) {
+    int rc = g ? 0 : IC_ERR_NOMEM;
+    if (rc == 0 && r->params.chat && !r->raw) {
+        /* tools, tool results, reasoning: the render brings the grammar */
+        rc = ic_convo_begin_chat_turn(ss->convo, s->engine, r->text, r->params.chat,
+                                      r->params.allow_special, &g->prompt, &g->n_prompt_tokens,
+                                      &g->chat, msg, sizeof msg);
+        why = rc < 0 ? msg : NULL;
+        if (rc == 0 && (rc = gen_init(s, r, g, g->chat, gerr, sizeof gerr)) < 0)
+            ic_convo_cancel_turn(ss->convo);
+        if (rc == 0)
+            ic_sched__think_init(s, g, r->params.chat);
+    } else if (rc == 0) {
+        rc = gen_init(s, r, g, NULL, gerr, sizeof gerr);
+        if (rc == 0)
+            rc = ic_convo_begin_turn(ss->convo, s->engine, r->text, r->raw,
+                                     r->params.allow_special, &g->prompt, &g->n_prompt_tokens,
+                                     &why);
+    }
+    if (rc == IC_ERR_INVAL && !why) {
         snprintf(msg, sizeof msg, "grammar: %s", gerr[0] ? gerr : "does not compile");
         why = msg;
     }
-    if (rc == 0)
-        rc = ic_convo_begin_turn(ss->convo, s->engine, r->text, r->raw, r->params.allow_special,
-                                 &g->prompt, &g->n_prompt_tokens, &why);
     if (rc == 0 && g->n_prompt_tokens >= (int)s->opts.n_ctx_per_session) {
         snprintf(msg, sizeof msg, "prompt needs %d tokens but the session context holds %u",
                  g->n_prompt_tokens, s->opts.n_ctx_per_session);
@@ -367,7 +409,12 @@ static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush
     ic_buf_clear(&g->raw_piece);
     ic_buf_clear(&g->piece_text);
     ic_buf_clear(&g->out_text);
-    if (!is_eog && ic_engine_token_piece(s->engine, tok, &g->raw_piece) == 0 && g->raw_piece.len)
+    /* a split chat turn's preserved tokens are text, control tokens too */
+    const char *pres = g->n_pres && !is_eog ? ic_sched__preserved(g, tok) : NULL;
+    if (pres)
+        ic_utf8_push(&g->utf8, pres, strlen(pres), &g->piece_text);
+    else if (!is_eog && ic_engine_token_piece(s->engine, tok, &g->raw_piece) == 0 &&
+             g->raw_piece.len)
         ic_utf8_push(&g->utf8, g->raw_piece.data, g->raw_piece.len, &g->piece_text);
     if (flush)
         ic_utf8_flush(&g->utf8, &g->piece_text);
@@ -405,6 +452,8 @@ static void on_token(ic_sched *s, session *ss, ic_token tok, ic_logprobs *lp)
         ev->logprobs = lp;
         if (ev->text)
             ic_buf_append(&g->reply, ev->text, ev->text_len);
+        bool think = ic_sched__think_token(s, g); /* the budget counts here too */
+        ev->reasoning = g->split && think;
         emit(s, ev);
     } else {
         free(lp);

@@ -12,6 +12,7 @@
 #ifndef IC_SCHED_H
 #define IC_SCHED_H
 
+#include "chat.h"
 #include "engine.h"
 #include "stop.h"
 #include "types.h"
@@ -58,6 +59,27 @@ enum ic_session_state {
     IC_SESSION_GENERATING,
 };
 
+/* A chat turn driven by the model's Jinja template beyond roles (protocol
+ * v1 INFER tools, tool results, reasoning). Everything borrowed by
+ * ic_sched_infer, which copies it. */
+typedef struct ic_chat_turn {
+    const char *tools_json;   /* OpenAI tools array as JSON text; NULL: none */
+    const char *tool_choice;  /* "auto" (NULL), "none" or "required" */
+    int reasoning;            /* -1: the template's default, 0 off, 1 on */
+    /* Most tokens inside the reasoning block; then its end marker is forced
+     * (as llama-server's reasoning budget). -1: no limit. */
+    int reasoning_budget;
+    /* Split the reply: TOKENs of the reasoning block say so (ic_event
+     * reasoning), END carries the parse (content, reasoning, tool calls),
+     * and the conversation keeps the structured assistant message. */
+    bool split;
+    /* Tool results (role "tool": content, tool_call_id) added before the
+     * prompt's user message; with no_user_turn the prompt adds none. */
+    const ic_chat_message *tool_results;
+    size_t n_tool_results;
+    bool no_user_turn;
+} ic_chat_turn;
+
 typedef struct ic_gen_params {
     ic_sample_params sample;
     int max_tokens;
@@ -84,6 +106,10 @@ typedef struct ic_gen_params {
      * top_logprobs (0..IC_LOGPROBS_MAX) most likely tokens'. Off: no cost. */
     bool logprobs;
     int top_logprobs;
+    /* Chat mode only: tools, tool results, reasoning (NULL: as before). A
+     * grammar the render brings (tool calls) applies when `grammar` is
+     * NULL; the template's extra stop strings are added with tools. */
+    const ic_chat_turn *chat;
 } ic_gen_params;
 
 typedef struct ic_gen_stats {
@@ -137,6 +163,10 @@ typedef struct ic_event {
     char *text;               /* TOKEN: valid UTF-8, may be ""; owned */
     size_t text_len;
     ic_logprobs *logprobs;    /* TOKEN of a generation with logprobs: owned; else NULL */
+    bool reasoning;           /* TOKEN of a split turn: text of the reasoning block */
+    /* END of a split turn (ic_chat_turn.split): the reply parsed, its tool
+     * calls with the ids the conversation keeps; owned, NULL otherwise. */
+    ic_chat_parsed *parsed;
     enum ic_end_reason reason;        /* END */
     enum ic_close_reason close_reason; /* SESSION_CLOSED */
     ic_gen_stats stats;       /* END */

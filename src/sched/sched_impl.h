@@ -43,6 +43,8 @@ typedef struct req {
     ic_grammar grammar;
     ic_grammar_trigger *triggers;
     ic_logit_bias *logit_bias;   /* params.sample.logit_bias points here */
+    ic_chat_turn chat;        /* params.chat points here; strings owned */
+    ic_chat_message *chat_results; /* chat.tool_results, strings owned */
     enum ic_close_reason close_reason;
     ic_turn *turns;           /* OPEN: a restored conversation (strings owned) */
     int n_turns;
@@ -73,6 +75,22 @@ typedef struct gen {
     ic_buf piece_text;        /* scratch: one token's text after UTF-8 repair */
     ic_buf out_text;          /* scratch: one token's text after stop strings */
     ic_event *end;            /* this generation's END, allocated up front */
+    /* A chat turn rendered by ic_convo_begin_chat_turn: its parser and
+     * thinking tags (owned), and the reasoning block's progress. */
+    ic_chat_prompt *chat;
+    bool split;
+    int think;                /* 0: not (yet) in it, 1: inside, 2: ended */
+    size_t think_from;        /* reply bytes where the block's text starts */
+    int n_think;              /* tokens inside it so far */
+    int think_budget;         /* -1: no limit */
+    ic_token *forced;         /* the end marker being forced, n_forced tokens */
+    int n_forced, i_forced;
+    /* The render's preserved tokens that are one token each: their text
+     * (in g->chat) is the TOKEN text, control tokens included, so that the
+     * parser sees markers such as <|channel|> or [TOOL_CALLS]. */
+    ic_token *pres_ids;
+    const char **pres_text;
+    int n_pres;
     ic_token *prompt;         /* the whole conversation for this turn */
     int n_prompt_tokens;
     int n_prompt_decoded;     /* prompt tokens decoded in this turn */
@@ -225,5 +243,18 @@ void ic_sched__reload_tick(void *ud);
 /* How long the loop may wait for a request before its next turn (-1: until
  * one comes); worked says whether the last turn decoded. */
 int ic_sched__loop_wait_ms(ic_sched *s, bool worked);
+
+/* Split chat turns (sched_chat.c). think_init: after the render, from
+ * the turn's options; think_token: after a token's text joined the reply,
+ * whether that text is the reasoning block's (and starts forcing the end
+ * marker when the budget is spent); next_token: the forced token, else a
+ * sample; parse_reply: the reply through the render's parser (NULL only
+ * when out of memory), calls without an id named call_r<request>_<i>. */
+void ic_sched__think_init(ic_sched *s, gen *g, const ic_chat_turn *ct);
+/* The text of tok where it is one of the turn's preserved tokens, or NULL. */
+const char *ic_sched__preserved(const gen *g, ic_token tok);
+bool ic_sched__think_token(ic_sched *s, gen *g);
+ic_token ic_sched__next_token(ic_sched *s, gen *g, int idx);
+ic_chat_parsed *ic_sched__parse_reply(const gen *g);
 
 #endif

@@ -21,6 +21,7 @@ void ic_event_free(ic_event *ev)
         return;
     free(ev->text);
     free(ev->logprobs);
+    ic_chat_parsed_free(ev->parsed);
     free(ev->kv);
     free(ev->hist);
     free(ev);
@@ -42,6 +43,13 @@ void ic_sched__req_free(void *p)
     }
     free(r->triggers);
     free(r->logit_bias);
+    free((char *)r->chat.tools_json);
+    free((char *)r->chat.tool_choice);
+    for (size_t i = 0; r->chat_results && i < r->chat.n_tool_results; i++) {
+        free((char *)r->chat_results[i].content);
+        free((char *)r->chat_results[i].tool_call_id);
+    }
+    free(r->chat_results);
     for (int i = 0; r->turns && i < r->n_turns; i++) {
         free((char *)r->turns[i].prompt);
         free((char *)r->turns[i].reply);
@@ -190,6 +198,43 @@ static int copy_logit_bias(const ic_sched *s, req *r, const ic_sample_params *p)
     return 0;
 }
 
+static char *dup_or_null(const char *s, int *rc)
+{
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d)
+        *rc = IC_ERR_NOMEM;
+    return d;
+}
+
+/* Copies *ct into r (r->params.chat then points at r's copy). */
+static int copy_chat(req *r, const ic_chat_turn *ct)
+{
+    r->params.chat = NULL;
+    if (!ct)
+        return 0;
+    int rc = 0;
+    r->chat = *ct;
+    r->chat.tool_results = NULL;
+    r->chat.n_tool_results = 0;
+    r->chat.tools_json = dup_or_null(ct->tools_json, &rc);
+    r->chat.tool_choice = dup_or_null(ct->tool_choice, &rc);
+    r->params.chat = &r->chat;
+    if (rc < 0 || ct->n_tool_results == 0)
+        return rc;
+    r->chat_results = calloc(ct->n_tool_results, sizeof *r->chat_results);
+    if (!r->chat_results)
+        return IC_ERR_NOMEM;
+    r->chat.tool_results = r->chat_results;
+    for (size_t i = 0; i < ct->n_tool_results && rc == 0; i++) {
+        const ic_chat_message *t = &ct->tool_results[i];
+        r->chat_results[i].role = "tool";
+        r->chat_results[i].content = dup_or_null(t->content ? t->content : "", &rc);
+        r->chat_results[i].tool_call_id = dup_or_null(t->tool_call_id, &rc);
+        r->chat.n_tool_results = i + 1; /* so req_free frees what is set */
+    }
+    return rc;
+}
+
 int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const char *prompt,
                    bool raw, const ic_gen_params *params)
 {
@@ -214,6 +259,8 @@ int ic_sched_infer(ic_sched *s, uint64_t session_id, uint64_t request_id, const 
             rc = copy_grammar(r, params->grammar);
         if (rc == 0)
             rc = copy_logit_bias(s, r, &params->sample);
+        if (rc == 0)
+            rc = copy_chat(r, params->chat);
     }
     if (rc < 0) {
         ic_sched__req_free(r);

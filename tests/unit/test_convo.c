@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "chat.h"
 #include "convo.h"
 #include "engine.h"
 #include "err.h"
@@ -227,6 +228,95 @@ static void modes_turns_and_bytes(void **state)
     ic_engine_destroy(e);
 }
 
+/* Tool turns (Qwen 2.5's template): the assistant's call and the tool's
+ * result are kept as structured messages, so the next turn's tokens are
+ * exactly the template's rendering of the whole conversation; a cancelled
+ * turn takes its tool results back; a raw session refuses them. */
+static void tool_turns_render_the_structured_conversation(void **state)
+{
+    (void)state;
+    static const char *tools =
+        "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":"
+        "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
+        "\"required\":[\"city\"]}}}]";
+    ic_engine *e = load("qwen2");
+    ic_convo *c = NULL;
+    assert_int_equal(ic_convo_create("Be brief.", &c), 0);
+    ic_chat_turn ct = {.tools_json = tools, .reasoning = -1, .reasoning_budget = -1,
+                       .split = true};
+    ic_token *t = NULL;
+    int n = 0;
+    ic_chat_prompt *p = NULL;
+    char why[160] = "";
+    assert_int_equal(ic_convo_begin_chat_turn(c, e, "Weather in Paris?", &ct, false, &t, &n, &p,
+                                              why, sizeof why), 0);
+    assert_non_null(p);
+    assert_non_null(p->grammar);  /* the template's tool-call grammar */
+    assert_true(p->grammar_lazy); /* tool_choice auto: waits for a call */
+    assert_true(p->n_triggers > 0);
+    free(t);
+    ic_chat_prompt_free(p);
+    ic_chat_tool_call call = {.id = "call_1", .name = "get_weather",
+                              .arguments = "{\"city\":\"Paris\"}"};
+    assert_int_equal(ic_convo_end_turn_parsed(c, "", NULL, &call, 1), 0);
+    size_t bytes = ic_convo_bytes(c);
+
+    /* A refused turn (cancelled) leaves the conversation as it was. */
+    ic_chat_message res = {.role = "tool", .content = "22 C, sunny", .tool_call_id = "call_1"};
+    ic_chat_turn ct2 = ct;
+    ct2.tool_results = &res;
+    ct2.n_tool_results = 1;
+    assert_int_equal(ic_convo_begin_chat_turn(c, e, "and Rome?", &ct2, false, &t, &n, &p, why,
+                                              sizeof why), 0);
+    free(t);
+    ic_chat_prompt_free(p);
+    ic_convo_cancel_turn(c);
+    assert_int_equal(ic_convo_bytes(c), bytes);
+
+    ct2.no_user_turn = true;
+    assert_int_equal(ic_convo_begin_chat_turn(c, e, "", &ct2, false, &t, &n, &p, why,
+                                              sizeof why), 0);
+    ic_chat_message whole[] = {
+        {.role = "system", .content = "Be brief."},
+        {.role = "user", .content = "Weather in Paris?"},
+        {.role = "assistant", .tool_calls = &call, .n_tool_calls = 1},
+        {.role = "tool", .content = "22 C, sunny", .tool_call_id = "call_1",
+         .tool_name = "get_weather"},
+    };
+    ic_chat_render_opts o = ic_chat_render_opts_default();
+    o.tools_json = tools;
+    ic_token *ref = NULL;
+    int nref = 0;
+    ic_chat_prompt *pref = NULL;
+    assert_int_equal(ic_engine_chat_render(e, whole, 4, &o, false, &ref, &nref, &pref, why,
+                                           sizeof why), 0);
+    assert_non_null(strstr(pref->prompt, "22 C, sunny"));
+    assert_non_null(strstr(pref->prompt, "get_weather"));
+    assert_non_null(strstr(pref->prompt, "Paris"));
+    assert_int_equal(n, nref);
+    assert_memory_equal(t, ref, (size_t)n * sizeof *t);
+    free(t);
+    free(ref);
+    ic_chat_prompt_free(p);
+    ic_chat_prompt_free(pref);
+    ic_convo_end_turn(c, "Sunny.", 6);
+    ic_convo_destroy(c);
+
+    /* raw text and chat turns do not mix */
+    assert_int_equal(ic_convo_create(NULL, &c), 0);
+    assert_int_equal(ic_convo_begin_turn(c, e, "Once", true, false, &t, &n, NULL), 0);
+    free(t);
+    ic_convo_end_turn(c, " upon", 5);
+    why[0] = '\0';
+    assert_int_equal(ic_convo_begin_chat_turn(c, e, "x", &ct, false, &t, &n, &p, why,
+                                              sizeof why), IC_ERR_INVAL);
+    assert_non_null(strstr(why, "raw"));
+    assert_null(p);
+    ic_convo_destroy(c);
+    ic_engine_destroy(e);
+}
+
+
 int main(void)
 {
     ic_engine_global_init();
@@ -235,6 +325,7 @@ int main(void)
         cmocka_unit_test(chat_tokens_match_whole_text),
         cmocka_unit_test(role_injection_is_plain_text),
         cmocka_unit_test(modes_turns_and_bytes),
+        cmocka_unit_test(tool_turns_render_the_structured_conversation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1051,6 +1051,165 @@ static void metrics_round_trips(void **state)
     json_decref(j);
 }
 
+/* --- tools and reasoning (protocol v1 chat fields) --- */
+
+static void chat_fields_parse(void **state)
+{
+    (void)state;
+    ic_msg m;
+    ic_proto_error e;
+    const char *infer =
+        "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"hi\","
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"description\":\"d\",\"parameters\":{\"type\":\"object\"}}}],"
+        "\"tool_choice\":\"required\",\"reasoning\":true,\"reasoning_budget\":12,"
+        "\"messages\":[{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"22 C\"}]}";
+    assert_int_equal(parse(infer, &m, &e), 0);
+    assert_true(m.has_tools);
+    assert_non_null(m.tools_json);
+    json_t *tools = json_loads(m.tools_json, 0, NULL);
+    assert_non_null(tools);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(json_array_get(tools, 0), "function"),
+                                          "name")),
+        "get_weather");
+    json_decref(tools);
+    assert_string_equal(m.tool_choice, "required");
+    assert_int_equal(m.reasoning, 1);
+    assert_int_equal(m.reasoning_budget, 12);
+    assert_int_equal(m.n_tool_results, 1);
+    assert_string_equal(m.tool_results[0].tool_call_id, "call_1");
+    assert_string_equal(m.tool_results[0].content, "22 C");
+    assert_false(m.no_prompt);
+    ic_msg_free(&m);
+
+    /* tool results alone: prompt may be absent */
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s1\",\"messages\":[{\"role\":"
+                           "\"tool\",\"tool_call_id\":\"c\",\"content\":\"\"}]}", &m, &e), 0);
+    assert_true(m.no_prompt);
+    assert_string_equal(m.prompt, "");
+    assert_int_equal(m.reasoning, -1);
+    assert_int_equal(m.reasoning_budget, -1);
+    ic_msg_free(&m);
+
+    /* an old client's INFER: nothing new set */
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"x\"}", &m, &e), 0);
+    assert_false(m.has_tools);
+    assert_null(m.tools_json);
+    assert_null(m.tool_choice);
+    assert_int_equal(m.n_tool_results, 0);
+    assert_int_equal(m.reasoning, -1);
+    assert_int_equal(m.reasoning_budget, -1);
+    ic_msg_free(&m);
+
+    /* tools [] in an INFER: given, and none for this turn */
+    assert_int_equal(parse("{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"x\","
+                           "\"tools\":[],\"reasoning\":false}", &m, &e), 0);
+    assert_true(m.has_tools);
+    assert_null(m.tools_json);
+    assert_int_equal(m.reasoning, 0);
+    ic_msg_free(&m);
+
+    assert_int_equal(parse("{\"type\":\"CREATE_SESSION\",\"tools\":[{\"type\":\"function\","
+                           "\"function\":{\"name\":\"a.b-c_1\"}}]}", &m, &e), 0);
+    assert_non_null(m.tools_json);
+    ic_msg_free(&m);
+}
+
+static void chat_fields_refused(void **state)
+{
+    (void)state;
+#define INF "{\"type\":\"INFER\",\"session_id\":\"s1\",\"prompt\":\"x\","
+#define FN(x) "\"tools\":[{\"type\":\"function\",\"function\":" x "}]}"
+    refused(INF "\"tools\":{}}", IC_CODE_BAD_REQUEST, "field 'tools' must be an array");
+    refused(INF "\"tools\":[1]}", IC_CODE_BAD_REQUEST, "'tools[0]' must be an object");
+    refused(INF "\"tools\":[{\"type\":\"code\",\"function\":{\"name\":\"f\"}}]}",
+            IC_CODE_BAD_REQUEST, "\"type\":\"function\"");
+    refused(INF "\"tools\":[{\"type\":\"function\"}]}", IC_CODE_BAD_REQUEST,
+            "'tools[0].function' must be an object");
+    refused(INF FN("{}"), IC_CODE_BAD_REQUEST, "'tools[0].function.name'");
+    refused(INF FN("{\"name\":\"\"}"), IC_CODE_BAD_REQUEST, "'tools[0].function.name'");
+    refused(INF FN("{\"name\":\"a b\"}"), IC_CODE_BAD_REQUEST, "'tools[0].function.name'");
+    refused(INF FN("{\"name\":7}"), IC_CODE_BAD_REQUEST, "'tools[0].function.name'");
+    refused(INF FN("{\"name\":\"f\",\"parameters\":[]}"), IC_CODE_BAD_REQUEST,
+            "'tools[0].function.parameters'");
+    refused(INF FN("{\"name\":\"f\",\"description\":3}"), IC_CODE_BAD_REQUEST,
+            "'tools[0].function.description'");
+    refused(INF "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},"
+                "{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}",
+            IC_CODE_BAD_REQUEST, "defined twice");
+    refused("{\"type\":\"CREATE_SESSION\",\"tools\":\"f\"}", IC_CODE_BAD_REQUEST,
+            "field 'tools' must be an array");
+    refused(INF "\"tool_choice\":\"any\"}", IC_CODE_BAD_REQUEST, "field 'tool_choice'");
+    refused(INF "\"tool_choice\":{\"type\":\"function\"}}", IC_CODE_BAD_REQUEST,
+            "field 'tool_choice'");
+    refused(INF "\"messages\":[]}", IC_CODE_BAD_REQUEST, "field 'messages'");
+    refused(INF "\"messages\":{}}", IC_CODE_BAD_REQUEST, "field 'messages'");
+    refused(INF "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", IC_CODE_BAD_REQUEST,
+            "'messages[0].role' must be \"tool\"");
+    refused(INF "\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", IC_CODE_BAD_REQUEST,
+            "'messages[0].tool_call_id'");
+    refused(INF "\"messages\":[{\"role\":\"tool\",\"tool_call_id\":\"c\"}]}",
+            IC_CODE_BAD_REQUEST, "'messages[0].content'");
+    refused(INF "\"messages\":[{\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"a\\u0000\"}]}",
+            IC_CODE_BAD_REQUEST, "'messages[0].content'");
+    refused(INF "\"reasoning\":1}", IC_CODE_BAD_REQUEST, "field 'reasoning' must be a boolean");
+    refused(INF "\"reasoning_budget\":-1}", IC_CODE_BAD_REQUEST, "field 'reasoning_budget'");
+    refused(INF "\"reasoning_budget\":1.5}", IC_CODE_BAD_REQUEST, "field 'reasoning_budget'");
+    refused(INF "\"reasoning\":false,\"reasoning_budget\":4}", IC_CODE_BAD_REQUEST,
+            "needs reasoning on");
+    /* without messages the prompt stays required */
+    refused("{\"type\":\"INFER\",\"session_id\":\"s1\"}", IC_CODE_BAD_REQUEST, "'prompt'");
+#undef FN
+#undef INF
+}
+
+static void end_parsed_and_token_channel(void **state)
+{
+    (void)state;
+    ic_gen_stats st = {.prompt_tokens = 3, .context_tokens = 9, .generated_tokens = 5};
+    ic_chat_tool_call call = {.id = "call_r1_0", .name = "get_weather",
+                              .arguments = "{\"city\":\"Paris\"}"};
+    ic_chat_parsed p = {.content = "", .reasoning_content = "hmm", .tool_calls = &call,
+                        .n_tool_calls = 1};
+    json_t *j = load(ic_proto_end_parsed("s1", "r1", IC_END_EOS, &st, &p, NULL), "END");
+    assert_string_equal(get_s(j, "reason"), "tool_calls");
+    assert_string_equal(get_s(j, "content"), "");
+    assert_string_equal(get_s(j, "reasoning_content"), "hmm");
+    json_t *c = json_array_get(json_object_get(j, "tool_calls"), 0);
+    assert_string_equal(json_string_value(json_object_get(c, "id")), "call_r1_0");
+    assert_string_equal(json_string_value(json_object_get(c, "type")), "function");
+    json_t *fn = json_object_get(c, "function");
+    assert_string_equal(json_string_value(json_object_get(fn, "name")), "get_weather");
+    assert_string_equal(json_string_value(json_object_get(fn, "arguments")), "{\"city\":\"Paris\"}");
+    assert_int_equal(get_i(j, "stats.context_tokens"), 9);
+    json_decref(j);
+    /* cut off by max_tokens: the reason stays */
+    j = load(ic_proto_end_parsed("s1", "r1", IC_END_LENGTH, &st, &p, NULL), "END");
+    assert_string_equal(get_s(j, "reason"), "length");
+    json_decref(j);
+    /* no calls: content and reasoning, no tool_calls member */
+    p.n_tool_calls = 0;
+    p.content = "Hello";
+    j = load(ic_proto_end_parsed("s1", "r1", IC_END_EOS, &st, &p, NULL), "END");
+    assert_string_equal(get_s(j, "reason"), "eos");
+    assert_string_equal(get_s(j, "content"), "Hello");
+    assert_null(json_object_get(j, "tool_calls"));
+    json_decref(j);
+    /* without a parse: exactly the old END */
+    j = load(ic_proto_end_parsed("s1", "r1", IC_END_EOS, &st, NULL, NULL), "END");
+    assert_null(json_object_get(j, "content"));
+    assert_null(json_object_get(j, "reasoning_content"));
+    json_decref(j);
+
+    j = load(ic_proto_token_channel("s1", "r1", 0, "<think>", 7, "reasoning", NULL), "TOKEN");
+    assert_string_equal(get_s(j, "channel"), "reasoning");
+    json_decref(j);
+    j = load(ic_proto_token("s1", "r1", 1, "Hi", 2, NULL), "TOKEN");
+    assert_null(json_object_get(j, "channel"));
+    json_decref(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1084,6 +1243,9 @@ int main(void)
         cmocka_unit_test(end_has_reason_and_finite_stats),
         cmocka_unit_test(error_builder),
         cmocka_unit_test(metrics_round_trips),
+        cmocka_unit_test(chat_fields_parse),
+        cmocka_unit_test(chat_fields_refused),
+        cmocka_unit_test(end_parsed_and_token_channel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
