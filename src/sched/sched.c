@@ -427,7 +427,7 @@ static int token_text(ic_sched *s, gen *g, ic_token tok, bool is_eog, bool flush
 
 /* Handles a freshly sampled token: one TOKEN event (which takes lp, its
  * log-probabilities or NULL), and END when a stop condition holds. */
-static void on_token(ic_sched *s, session *ss, ic_token tok, ic_logprobs *lp)
+void ic_sched__on_token(ic_sched *s, session *ss, ic_token tok, ic_logprobs *lp)
 {
     gen *g = ss->gen;
     double t = ic_now_ms();
@@ -490,98 +490,13 @@ static void rollback_step(ic_sched *s, int err)
     }
 }
 
-/* Batch rows that drafts leave to prefill in every step. */
-#define SPEC_PREFILL_ROWS 16
-
-/* Speculation: after the session's sampled token (already in the batch
- * and the history) adds up to the backoff's budget of n-gram draft tokens,
- * each with logits, as many as the cost model says pay (all while it does
- * not know the cost yet), leaving every other generating session its row
- * and prefill some room. reserve: batch rows still owed to others. */
-static void add_drafts(ic_sched *s, session *ss, int reserve)
-{
-    gen *g = ss->gen;
-    int n = ic_spec_backoff_budget(&g->backoff);
-    int left = g->max_tokens - g->n_generated - 1;       /* tokens after `next` */
-    int room = (int)s->opts.n_ctx_per_session - ss->n_hist; /* positions left */
-    int rows = (int)s->info.n_batch_tokens - ic_engine_batch_size(s->engine) - reserve;
-    n = n < left ? n : left;
-    n = n < room ? n : room;
-    n = n < rows ? n : rows;
-    if (n <= 0)
-        return;
-    ic_token draft[IC_SPEC_MAX_DRAFT];
-    /* n-gram drafts cost nothing to find, so the cost model trims them
-     * afterwards; a draft model's cost comes first, so it is asked first */
-    bool model = s->drafter != NULL;
-    if (!model)
-        n = ic_spec_ngram_draft(ss->hist, ss->n_hist, n, draft);
-    double c0, c1;
-    if (n > 0 && g->backoff.probe) {
-        g->backoff.probe = false;
-        n = 1;
-    } else if (n > 0 && ic_spec_cost_fit(&s->spec_cost, &c0, &c1)) {
-        /* the step's rows once the others' tokens are in */
-        int rows_after = ic_engine_batch_size(s->engine) + reserve - SPEC_PREFILL_ROWS;
-        n = ic_spec_pick(c0, c1, s->n_active, rows_after, ic_spec_backoff_accept(&g->backoff), n);
-        if (n == 0)
-            ic_spec_backoff_decline(&g->backoff);
-        else
-            g->backoff.declines = 0;
-    }
-    if (model && n > 0)
-        n = ic_spec_drafter_draft(s->drafter, ss->seq, ss->hist, ss->n_hist, n, draft);
-    for (int i = 0; i < n; i++) {
-        if (ic_engine_batch_add(s->engine, draft[i], ss->n_hist, ss->seq, true) < 0)
-            break;
-        ic_sched__hist_push(ss, draft[i]);
-        g->n_draft++;
-    }
-}
-
-/* Samples a session's rows of this step in order: its sampled token's row
- * first, then each draft row while the token just sampled equals that
- * row's draft. Every emitted token is a draw of the session's own sampler
- * from the target model's logits after the true text (the draft matched
- * it), so greedy output is the same token for token and sampled output has
- * the same distribution as without speculation (see docs/scheduler.md).
- * The KV cells of rejected drafts are removed. */
-static void verify(ic_sched *s, session *ss)
-{
-    gen *g = ss->gen;
-    int base = ss->n_step_start, n_draft = g->n_draft, row = g->batch_idx;
-    g->n_draft = 0;
-    g->n_drafted += n_draft;
-    atomic_fetch_add(&s->st_spec_drafted, (uint64_t)n_draft);
-    int accepted = 0;
-    for (int j = 0;; j++) {
-        ss->n_hist = base + 1 + j; /* `next` and the drafts accepted so far */
-        ic_logprobs *lp = NULL; /* row j's own logits: right for an accepted draft too */
-        ic_token tok = ic_sched__sample(s, g, row + j, &lp);
-        bool hit = j < n_draft && tok == ss->hist[base + 1 + j];
-        if (hit) {
-            accepted++;
-            g->n_accepted++;
-        }
-        on_token(s, ss, tok, lp);
-        if (!ss->gen || !hit)
-            break;
-        g->has_next = false; /* tok is its draft, already decoded */
-    }
-    atomic_fetch_add(&s->st_spec_accepted, (uint64_t)accepted);
-    if (ss->n_hist < base + 1 + n_draft)
-        ic_engine_seq_rm(s->engine, ss->seq, ss->n_hist, -1);
-    if (ss->gen)
-        ic_spec_backoff_result(&g->backoff, n_draft, accepted);
-}
-
 /* One step: decode tokens first, then prompt chunks, one llama_decode,
  * then sample. Returns true if anything was decoded. */
 static bool step(ic_sched *s)
 {
     ic_engine_batch_clear(s->engine);
     /* Rows owed to sessions not yet added (one each) and to prefill. */
-    int reserve = s->n_active + SPEC_PREFILL_ROWS;
+    int reserve = s->n_active + IC_SPEC_PREFILL_ROWS;
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];
         ss->n_step_start = ss->n_hist;
@@ -598,7 +513,7 @@ static bool step(ic_sched *s)
             ic_sched__hist_push(ss, g->next);
             g->has_next = false;
             if (g->spec && !s->throttled)
-                add_drafts(s, ss, reserve);
+                ic_sched__add_drafts(s, ss, reserve);
         }
     }
     int n_decoding = ic_engine_batch_size(s->engine);
@@ -629,11 +544,11 @@ static bool step(ic_sched *s)
     for (int i = 0; i < s->opts.max_sessions; i++) {
         session *ss = &s->sessions[i];
         if (ss->gen && ss->gen->batch_idx >= 0 && ss->gen->n_draft > 0) {
-            verify(s, ss);
+            ic_sched__verify(s, ss);
         } else if (ss->gen && ss->gen->batch_idx >= 0) {
             ic_logprobs *lp = NULL;
             ic_token tok = ic_sched__sample(s, ss->gen, ss->gen->batch_idx, &lp);
-            on_token(s, ss, tok, lp);
+            ic_sched__on_token(s, ss, tok, lp);
         }
         if (ss->id)
             publish_session(s, ss);

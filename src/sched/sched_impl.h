@@ -257,4 +257,22 @@ bool ic_sched__think_token(ic_sched *s, gen *g);
 ic_token ic_sched__next_token(ic_sched *s, gen *g, int idx);
 ic_chat_parsed *ic_sched__parse_reply(const gen *g);
 
+/* --- the step's tokens (sched.c) and its speculation (sched_spec.c) --- */
+
+/* Batch rows that drafts leave to prefill in every step. */
+#define IC_SPEC_PREFILL_ROWS 16
+
+/* One sampled token of ss's generation (lp: its log-probabilities, owned
+ * by the event, or NULL): text, stop strings, limits, END. */
+void ic_sched__on_token(ic_sched *s, session *ss, ic_token tok, ic_logprobs *lp);
+
+/* After ss's sampled token went into the batch: its drafts, as many as
+ * the backoff and the cost model allow; reserve: batch rows still owed to
+ * others. */
+void ic_sched__add_drafts(ic_sched *s, session *ss, int reserve);
+
+/* After the decode: samples ss's rows in order while they match its
+ * drafts, emits each token, removes the rejected drafts' cells. */
+void ic_sched__verify(ic_sched *s, session *ss);
+
 #endif
