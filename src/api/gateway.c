@@ -392,6 +392,18 @@ static void on_create_session(ic_gateway *g, client_conn *c, ic_msg *m)
     memset(token, 0, sizeof token);
 }
 
+uint64_t ic_gw_prefix_group(const ic_gateway *g, const char *client)
+{
+    if (g->opts.prompt_cache == 0)
+        return 0;
+    if (!g->opts.prompt_cache_per_client)
+        return 1;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)client; *c; c++)
+        h = (h ^ *c) * 1099511628211ull;
+    return h | 1ull << 63;
+}
+
 int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
                          const ic_gen_params *gp)
 {

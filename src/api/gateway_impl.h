@@ -250,6 +250,12 @@ int ic_gw_infer_extras(const gw_session *ss, const ic_msg *m, ic_gen_params *gp,
                        gw_infer_extras *x, char *why, size_t why_size);
 void ic_gw_infer_extras_free(gw_infer_extras *x);
 
+/* Which sessions' KV cells an OpenAI request's new session may start from
+ * (ic_gen_params.prefix_group): any idle OpenAI session's, or with
+ * --prompt-cache-isolation client only its own client's; none with
+ * --prompt-cache 0. WebSocket sessions keep their own (0). */
+uint64_t ic_gw_prefix_group(const ic_gateway *g, const char *client);
+
 int ic_gw_session_submit(ic_gateway *g, gw_session *ss, const char *prompt, bool raw,
                          const ic_gen_params *gp);
 

@@ -784,6 +784,7 @@ static int begin(ic_gateway *g, oai_job *j, oai_req **out_o, ic_oai_error *err)
     ic_gen_params gp;
     ic_oai_gen_params(&j->r, j->cfg.priority, &gp);
     gp.allow_special = j->ep == IC_OAI_CHAT; /* the rendered template's control tokens */
+    gp.prefix_group = ic_gw_prefix_group(g, j->key);
     ic_grammar grammar = {0};
     if (j->chat) {
         grammar = ic_chat_prompt_grammar(j->chat);

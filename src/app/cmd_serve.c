@@ -94,6 +94,7 @@ static int parse_log_format(const char *arg, void *field)
 }
 
 static const char *const isolation_choices[] = {"shared", "client", NULL};
+static const char *const slow_step_choices[] = {"whole", "share", NULL}; /* serve_args */
 static const char *const spec_choices[] = {"off", "ngram", "draft", NULL}; /* enum ic_spec_mode */
 
 #define F(field) offsetof(serve_args, field)
@@ -169,6 +170,13 @@ static const ic_option serve_options[] = {
      .help = "While sessions decode, a step still carries at least N prompt tokens when prompts "
              "wait, whatever --max-step-ms says: larger N trades inter-token latency for "
              "time to first token and throughput under closed-loop load (docs/scheduler.md)."},
+    {.name = "slow-step-prompts", .type = IC_OPT_CHOICE, .offset = F(slow_step_prompts),
+     .metavar = "whole|share", .def = "whole", .choices = slow_step_choices,
+     .help = "Where a step of the decoding sessions alone already takes about --max-step-ms "
+             "or more (a slow CPU, many sessions), the time bound cannot hold: whole lets "
+             "waiting prompts in by count, as --max-step-ms 0 (throughput and time to first "
+             "token; a stream may pause while a prompt goes in), share gives them a quarter "
+             "of a decode step (steadier streams, slower first tokens; docs/scheduler.md)."},
     {.name = "kv-unified", .type = IC_OPT_ONOFF, .offset = F(kv_unified), .metavar = "on|off",
      .def = "off",
      .help = "One KV buffer for all sessions (off: each session attends only to its own "

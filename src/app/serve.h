@@ -43,6 +43,7 @@ typedef struct serve_args {
     int batch;
     int max_step_ms;
     int min_prefill_tokens;
+    int slow_step_prompts;     /* 0 whole, 1 share */
     bool kv_unified;
     int cache_type_k;          /* ic_kv_type */
     int cache_type_v;

@@ -311,6 +311,7 @@ void *serve_load_models(void *arg)
     so.prefix_slots = a->prefix_cache;
     so.max_step_ms = a->max_step_ms;
     so.min_prefill_tokens = a->min_prefill_tokens;
+    so.slow_step_whole = a->slow_step_prompts == 0;
     so.spec_mode = a->spec;
     so.spec_max_tokens = a->spec_max;
     so.draft_model_path = a->draft_model;

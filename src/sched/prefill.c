@@ -16,6 +16,7 @@
  *
  * Thread: the scheduler thread only (ic_sched__* in sched_impl.h).
  */
+#include "prefill.h"
 #include "sched_impl.h"
 
 #include "log.h"
@@ -72,46 +73,67 @@ static void add_prompt_tokens(ic_sched *s, session *ss, int n)
     g->last_served_step = s->step;
 }
 
-/* The most prompt tokens this step may carry by the time model. */
-static int time_budget(ic_sched *s, int n_decoding, int budget)
+int ic_prefill_budget(const ic_prefill_model *m, int n_decoding, int budget)
 {
-    if (s->opts.max_step_ms <= 0)
+    if (m->max_step_ms <= 0)
         return budget; /* count only: max_chunk_tokens and the batch */
-    if (n_decoding > 0 && (s->decode_ms <= 0 || s->step - s->decode_probe_step >= PROBE_EVERY))
+    if (n_decoding > 0 && (m->decode_ms <= 0 || m->probe_due))
         return 0; /* measure the decoding sessions alone now and then */
-    if (s->prompt_ms <= 0)
+    if (m->prompt_ms <= 0)
         return FIRST_CHUNK < budget ? FIRST_CHUNK : budget;
-    double target = n_decoding == 0 ? SOLO_STEPS * s->opts.max_step_ms
-                    : s->decode_ms * SLOWDOWN < s->opts.max_step_ms ? s->decode_ms * SLOWDOWN
-                                                                     : s->opts.max_step_ms;
+    double target = n_decoding == 0 ? SOLO_STEPS * m->max_step_ms
+                    : m->decode_ms * SLOWDOWN < m->max_step_ms ? m->decode_ms * SLOWDOWN
+                                                                     : m->max_step_ms;
     /* Steps far shorter than max_step_ms (a small model) may still grow to
      * a fraction of it: nobody sees that latency, and 1.5x of a 1 ms step
      * would hold a prompt to a token or two a step. */
-    if (n_decoding > 0 && target < s->opts.max_step_ms * MIN_TARGET)
-        target = s->opts.max_step_ms * MIN_TARGET;
-    double room = n_decoding == 0 ? target : target - s->decode_ms;
+    if (n_decoding > 0 && target < m->max_step_ms * MIN_TARGET)
+        target = m->max_step_ms * MIN_TARGET;
+    double room = n_decoding == 0 ? target : target - m->decode_ms;
     /* Where the decoding sessions alone take about max_step_ms or more (a
      * big model, many sessions, a slow or busy machine), the bound cannot
-     * hold: prompts still get a share of the step rather than a token a
-     * step (which made a long prompt wait minutes behind streaming ones). */
-    if (n_decoding > 0 && room < PROMPT_SHARE * s->decode_ms)
-        room = PROMPT_SHARE * s->decode_ms;
+     * hold. Trickling prompts in then keeps the streams steadier but makes
+     * every waiting session's first token many steps later and keeps the
+     * batch narrow (on a CPU a step of 16 rows costs 5x one row, not 16x):
+     * by default they go in by count; slow_step_whole false still
+     * gives them a share of the step rather than a token a step (which made
+     * a long prompt wait minutes behind streaming ones). */
+    if (n_decoding > 0 && room < PROMPT_SHARE * m->decode_ms) {
+        if (m->slow_step_whole)
+            return budget;
+        room = PROMPT_SHARE * m->decode_ms;
+    }
     /* A prompt token costs no more than a decoding session's token: the
      * estimate from small chunks also carries each step's fixed cost (and
      * on a busy machine, preemption), which must not starve prompts. */
-    double per = s->prompt_ms;
-    if (n_decoding > 0 && per > s->decode_ms / n_decoding)
-        per = s->decode_ms / n_decoding;
+    double per = m->prompt_ms;
+    if (n_decoding > 0 && per > m->decode_ms / n_decoding)
+        per = m->decode_ms / n_decoding;
     double k = room / per;
     /* Floors keep the cost model measured and prompts moving: alone, a
      * step is never smaller than the count-based chunk was. */
-    int floor = n_decoding == 0 ? (s->opts.max_chunk_tokens > SOLO_MIN ? s->opts.max_chunk_tokens
+    int floor = n_decoding == 0 ? (m->max_chunk_tokens > SOLO_MIN ? m->max_chunk_tokens
                                                                          : SOLO_MIN)
-                                : s->opts.min_prefill_tokens > MIN_PROMPT
-                                      ? s->opts.min_prefill_tokens
+                                : m->min_prefill_tokens > MIN_PROMPT
+                                      ? m->min_prefill_tokens
                                       : MIN_PROMPT;
     int n = k < floor ? floor : k > budget ? budget : (int)k;
     return n < budget ? n : budget;
+}
+
+/* The most prompt tokens this step may carry by the time model. */
+static int time_budget(ic_sched *s, int n_decoding, int budget)
+{
+    ic_prefill_model m = {
+        .max_step_ms = s->opts.max_step_ms,
+        .min_prefill_tokens = s->opts.min_prefill_tokens,
+        .max_chunk_tokens = s->opts.max_chunk_tokens,
+        .slow_step_whole = s->opts.slow_step_whole,
+        .decode_ms = s->decode_ms,
+        .prompt_ms = s->prompt_ms,
+        .probe_due = s->step - s->decode_probe_step >= PROBE_EVERY,
+    };
+    return ic_prefill_budget(&m, n_decoding, budget);
 }
 
 void ic_sched__prefill(ic_sched *s, int n_decoding)

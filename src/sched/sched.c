@@ -38,6 +38,7 @@ ic_sched_opts ic_sched_opts_default(void)
         .max_chunk_tokens = 256,
         .max_step_ms = 50,
         .min_prefill_tokens = 1,
+        .slow_step_whole = true,
         .kv_unified = false,
         .temp_resume_delta_c = 5.0,
         .spec_mode = IC_SPEC_OFF,
@@ -256,6 +257,7 @@ static int gen_init(ic_sched *s, req *r, gen *g, const ic_chat_prompt *cp, char 
     g->request_id = r->request_id;
     g->state = IC_SESSION_QUEUED;
     g->priority = r->params.priority;
+    g->prefix_group = r->params.prefix_group;
     g->max_tokens = r->params.max_tokens > 0 ? r->params.max_tokens : 1;
     g->ignore_eos = r->params.ignore_eos;
     g->logprobs = r->params.logprobs;
@@ -376,6 +378,43 @@ static void start_generation(ic_sched *s, req *r)
     publish_session(s, ss);
 }
 
+/* Copies into ss the leading KV cells of the idle session of its group
+ * whose tokens share the longest start with ss's prompt (at least
+ * MIN_BORROW tokens), as automatic prefix caching does: a chat template's
+ * header, a system prompt, an earlier request of the same conversation.
+ * The lender keeps its cells; in a split KV cache its stream is copied
+ * whole and the tail dropped. Returns how many tokens ss now holds. */
+#define MIN_BORROW 4
+static int borrow_prefix(ic_sched *s, session *ss, const gen *g)
+{
+    if (g->prefix_group == 0)
+        return 0;
+    session *best = NULL;
+    int best_n = MIN_BORROW - 1;
+    for (int i = 0; i < s->opts.max_sessions; i++) {
+        session *o = &s->sessions[i];
+        if (o == ss || !o->id || o->gen || o->prefix_group != g->prefix_group ||
+            o->n_hist <= best_n)
+            continue;
+        int n = ic_tokens_common_prefix(o->hist, o->n_hist, g->prompt, g->n_prompt_tokens);
+        if (n > best_n) {
+            best = o;
+            best_n = n;
+        }
+    }
+    if (!best)
+        return 0;
+    if (best_n >= g->n_prompt_tokens)
+        best_n = g->n_prompt_tokens - 1; /* the last prompt token gives the logits */
+    if (best_n < MIN_BORROW)
+        return 0;
+    ic_engine_seq_share(s->engine, best->seq, ss->seq, best_n);
+    ss->n_shared = 0; /* counted as its own: the lender may drop its copy */
+    ic_log_debug("scheduler: session %llu starts from %d cells of session %llu",
+                 (unsigned long long)ss->id, best_n, (unsigned long long)best->id);
+    return best_n;
+}
+
 /* QUEUED -> PREFILL when it may start (its shared prefix is ready). */
 static void admit(ic_sched *s, session *ss)
 {
@@ -387,10 +426,15 @@ static void admit(ic_sched *s, session *ss)
                              g->n_prompt_tokens, s->step, &shared);
         if (v == IC_PREFIX_WAIT)
             return;
+        if (shared == 0) {
+            shared = borrow_prefix(s, ss, g);
+        } else {
+            ss->n_shared = shared;
+        }
         for (int i = 0; i < shared; i++)
             ic_sched__hist_push(ss, g->prompt[i]);
-        ss->n_shared = shared;
     }
+    ss->prefix_group = g->prefix_group;
     if (g->penalize) {
         /* Repetition penalties see the prompt as llama.cpp's server does. */
         int from = g->n_prompt_tokens > 64 ? g->n_prompt_tokens - 64 : 0;

@@ -82,6 +82,13 @@ typedef struct ic_chat_turn {
 
 typedef struct ic_gen_params {
     ic_sample_params sample;
+    /* A session's first turn may start from the KV cells of an idle
+     * session of the same non-zero group whose tokens begin the same way
+     * (a chat template's header, a system prompt, an earlier request of a
+     * conversation): those cells are copied, not decoded. 0: never, and the
+     * session never lends its own. The gateway sets it (per client with
+     * --prompt-cache-isolation client). */
+    uint64_t prefix_group;
     int max_tokens;
     bool ignore_eos;
     enum ic_priority priority;
@@ -197,6 +204,12 @@ typedef struct ic_sched_opts {
      * prompts wait (a turn's few new tokens then go in at once; the step
      * grows by what they cost). 1: the time bound alone. */
     int min_prefill_tokens;
+    /* Where the decoding sessions' step alone already takes about
+     * max_step_ms or more (a slow CPU, a big model, many sessions), the
+     * time bound cannot hold. true (the default): prompts then go in by
+     * count (max_chunk_tokens a session, the batch), as if max_step_ms were
+     * 0; false: they get a quarter of a decode-only step's time. */
+    bool slow_step_whole;
     bool kv_unified;             /* one KV buffer for all (see docs/scheduler.md) */
     /* Called from the scheduler thread after events were added to an empty
      * queue; must be cheap and thread-safe (e.g. lws_cancel_service). */

@@ -108,6 +108,7 @@ typedef struct gen {
     int top_logprobs;
     ic_buf lp_bytes;          /* scratch: their tokens' bytes */
     uint64_t last_served_step;
+    uint64_t prefix_group;    /* ic_gen_params: whose cells its first turn may copy */
     double t_submit_ms, t_start_ms, t_first_ms, t_prefill_done_ms, t_last_token_ms;
 } gen;
 
@@ -122,6 +123,7 @@ typedef struct session {
     int n_hist, cap_hist;
     int n_step_start;         /* n_hist before this step's batch (for rollback) */
     int n_shared;             /* leading cells shared with a prefix entry */
+    uint64_t prefix_group;    /* of its last INFER (ic_gen_params); 0: lends nothing */
     bool first_turn_done;
     gen *gen;
     ic_event *closed;         /* its SESSION_CLOSED, allocated with the OPEN */

@@ -106,9 +106,11 @@ test('chat: logprobs with top_logprobs, greedy tokens are their own top-1', asyn
     const mass = e.top_logprobs.reduce((s, t) => s + Math.exp(t.logprob), 0);
     assert.ok(mass <= 1 + 1e-4 && mass > 0, String(mass));
   }
-  // the same tokens' values whatever top_logprobs is
+  // the same tokens' values whatever top_logprobs is (to float rounding: b
+  // starts from a's cells and decodes its prompt's last token alone)
   b.choices[0].logprobs.content.forEach((e, i) =>
-    assert.ok(Math.abs(e.logprob - content[i].logprob) < 1e-4, `token ${i}`));
+    assert.ok(Math.abs(e.logprob - content[i].logprob) < 1e-3 * (1 + Math.abs(content[i].logprob)),
+              `token ${i}: ${e.logprob} vs ${content[i].logprob}`));
 });
 
 test('chat: top_logprobs 0 and no logprobs', async () => {
