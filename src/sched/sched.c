@@ -383,8 +383,10 @@ static void start_generation(ic_sched *s, req *r)
  * MIN_BORROW tokens), as automatic prefix caching does: a chat template's
  * header, a system prompt, an earlier request of the same conversation.
  * The lender keeps its cells; in a split KV cache its stream is copied
- * whole and the tail dropped. Returns how many tokens ss now holds. */
+ * whole and the tail dropped, so there the prefix must be at least
+ * 1/COPY_PER_TOKEN of a session's context. Returns how many tokens ss now holds. */
 #define MIN_BORROW 4
+#define COPY_PER_TOKEN 128
 static int borrow_prefix(ic_sched *s, session *ss, const gen *g)
 {
     if (g->prefix_group == 0)
@@ -407,6 +409,12 @@ static int borrow_prefix(ic_sched *s, session *ss, const gen *g)
     if (best_n >= g->n_prompt_tokens)
         best_n = g->n_prompt_tokens - 1; /* the last prompt token gives the logits */
     if (best_n < MIN_BORROW)
+        return 0;
+    /* In a split buffer the lender's whole stream is copied: worth it only
+     * when the tokens saved are at least 1/COPY_PER_TOKEN of the cells
+     * copied (a cell's K and V move in about the time a GPU decodes a
+     * prompt token's share of a batch; on a CPU copying is far cheaper). */
+    if (!s->info.kv_unified && (int64_t)best_n * COPY_PER_TOKEN < s->opts.n_ctx_per_session)
         return 0;
     ic_engine_seq_share(s->engine, best->seq, ss->seq, best_n);
     ss->n_shared = 0; /* counted as its own: the lender may drop its copy */
